@@ -1,0 +1,39 @@
+"""The data section of a recipe. Every knob of the pipeline is a key here (``data.<key>=value`` overrides)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class DataConfig:
+    # what to read
+    dataset: str = "imagefolder"  # imagefolder | digits | mnist | cifar10 | cifar100 | ... (see convnext.data)
+    root: str = ""  # folder holding the splits (ImageFolder: one sub-folder per class)
+    train_split: str = "train"
+    val_split: str = "val"
+    class_list: str | None = None  # file with one class per line, or "imagenet1k"; None: sorted folders
+    strict: bool = False  # True: an unreadable image is fatal instead of skipped and counted
+    # geometry (eval: resize shorter side to img_size / crop_pct, bicubic, center crop)
+    img_size: int = 224
+    crop_pct: float = 0.875
+    interpolation: str = "bicubic"
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    # train augmentation: the paper's recipe by default
+    scale: tuple[float, float] = (0.08, 1.0)
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    hflip: float = 0.5
+    randaugment: str | None = "rand-m9-mstd0.5-inc1"  # timm's notation; None disables
+    reprob: float = 0.25  # RandomErasing probability
+    mixup: float = 0.8  # MixUp alpha (0 disables)
+    cutmix: float = 1.0  # CutMix alpha (0 disables)
+    mixup_prob: float = 1.0  # probability a batch gets MixUp or CutMix at all
+    mixup_switch_prob: float = 0.5  # when both are on, probability of CutMix rather than MixUp
+    # loader
+    workers: int = 8
+    pin_memory: bool = True
+    persistent_workers: bool = True

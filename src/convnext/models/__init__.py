@@ -1,0 +1,20 @@
+"""The ConvNeXt family: V1 (``convnext.py``), V2 (``convnext_v2.py``), isotropic (``isotropic.py``)."""
+
+from .convnext import Block, ConvNeXt, LayerNorm2d
+from .convnext_v2 import GRN, BlockV2
+from .factory import VARIANTS, Variant, create_model, get_variant, list_models
+from .isotropic import ConvNeXtIsotropic
+
+__all__ = [
+    "Block",
+    "BlockV2",
+    "ConvNeXt",
+    "ConvNeXtIsotropic",
+    "GRN",
+    "LayerNorm2d",
+    "VARIANTS",
+    "Variant",
+    "create_model",
+    "get_variant",
+    "list_models",
+]

@@ -1,0 +1,23 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+IMAGENET_SAMPLE = SHARED / "data" / "imagenet-sample" / "val"
+SYNSETS = SHARED / "data" / "imagenet" / "LOC_synset_mapping.txt"
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    torch.manual_seed(0)
+
+
+@pytest.fixture
+def imagenet_sample() -> Path:
+    if not IMAGENET_SAMPLE.is_dir():
+        pytest.skip(f"shared ImageNet sample not found at {IMAGENET_SAMPLE}")
+    return IMAGENET_SAMPLE
