@@ -1,0 +1,51 @@
+"""``convnext benchmark``: images/s, batch-1 latency and memory, ours against timm and torchvision."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from ..benchmark import format_report, run_benchmark
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "benchmark",
+        help="time a ConvNeXt (inference or a training step), optionally against timm/torchvision",
+        description="Times a model interleaved with its peers in one process and reports medians and ratios.",
+    )
+    p.add_argument("--model", default="convnext_tiny", help="architecture name (see `convnext models`)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--img-size", type=int, default=224)
+    p.add_argument("--mode", choices=["infer", "train"], default="infer", help="train: fwd+bwd+AdamW")
+    p.add_argument("--channels-last", action="store_true", help="models and input in channels_last")
+    p.add_argument("--compile", action="store_true", help="torch.compile every model (untimed)")
+    p.add_argument("--amp", choices=["bf16", "fp16"], help="autocast to this dtype")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("--compare", default="", help="comma-separated peers: timm,torchvision")
+    p.add_argument("--repeats", type=int, default=5, help="timed rounds (each runs every contestant once)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed calls per contestant first")
+    p.add_argument("--no-fuse", action="store_true", help="infer: time our plain model, unfused")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    report = run_benchmark(
+        args.model,
+        batch_size=args.batch_size,
+        img_size=args.img_size,
+        mode=args.mode,
+        channels_last=args.channels_last,
+        compile=args.compile,
+        amp=args.amp,
+        device=args.device,
+        compare=tuple(p.strip() for p in args.compare.split(",") if p.strip()),
+        repeats=args.repeats,
+        warmup=args.warmup,
+        fuse=not args.no_fuse,
+        progress=lambda msg: print(f"[benchmark] {msg}", file=sys.stderr, flush=True),
+    )
+    print(json.dumps(report) if args.json else format_report(report))
+    return 0
