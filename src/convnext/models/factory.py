@@ -98,16 +98,19 @@ def create_model(
     else:
         src = None
 
-    ckpt_classes = None
-    if src is not None and num_classes is None:
-        from ..weights.registry import find_tag
-
-        entry = find_tag(src)
-        ckpt_classes = entry.num_classes if entry is not None else None
-    model = variant(num_classes=num_classes if num_classes is not None else (ckpt_classes or 1000), **options)
-    model.variant = arch  # type: ignore[assignment]
+    prepared = None
     if src is not None:
+        from ..weights.load import prepare
+
+        # Read the checkpoint before building: without num_classes the model takes the checkpoint's
+        # (21841 for a 22k one; 0, a pooled-feature model, for a backbone without classifier).
+        prepared = prepare(src)
+        if num_classes is None:
+            num_classes = prepared.info.num_classes or 0
+    model = variant(num_classes=num_classes if num_classes is not None else 1000, **options)
+    model.variant = arch  # type: ignore[assignment]
+    if prepared is not None:
         from ..weights.load import load_checkpoint
 
-        load_checkpoint(model, src)
+        model.pretrained_info = load_checkpoint(model, prepared)  # type: ignore[assignment]
     return model

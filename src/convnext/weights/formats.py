@@ -1,0 +1,254 @@
+"""Every ecosystem's ConvNeXt parameter names, translated to ours (the official facebookresearch names).
+
+Each mapping below was read off the real modules (timm 1.0 ``ConvNeXt``, torchvision ``convnext_*``,
+transformers ``ConvNextForImageClassification`` / ``ConvNextV2ForImageClassification``) and is checked by
+tests/test_equivalence.py, which compares logits. No library ships this translation (each only imports
+the official names into its own), hence the hand-written tables.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+from torch import Tensor
+
+from ..errors import UserError
+
+StateDict = dict[str, Tensor]
+
+OFFICIAL, TIMM, TORCHVISION, HF, HF_V2, FCMAE = (
+    "official",
+    "timm",
+    "torchvision",
+    "transformers",
+    "transformers-v2",
+    "fcmae",
+)
+
+
+def strip_prefixes(sd: StateDict) -> StateDict:
+    """Drop wrapper prefixes every key shares: DDP/DataParallel ``module.``, torch.compile ``_orig_mod.``."""
+    for prefix in ("module.", "_orig_mod.", "model."):
+        if sd and all(k.startswith(prefix) for k in sd):
+            sd = {k[len(prefix) :]: v for k, v in sd.items()}
+    return sd
+
+
+def detect_format(sd: StateDict) -> str:
+    """Which ecosystem named these keys; one sentence when none did."""
+    keys = sd.keys()
+    if any(k.startswith("convnextv2.") for k in keys):
+        return HF_V2
+    if any(k.startswith("convnext.embeddings.") for k in keys):
+        return HF
+    if "features.0.0.weight" in keys:
+        return TORCHVISION
+    if "stem.0.weight" in keys or any(".blocks." in k and k.startswith("stages.") for k in keys):
+        return TIMM
+    if any(k.startswith("encoder.") for k in keys) or any(k.endswith(".kernel") for k in keys):
+        return FCMAE
+    if "downsample_layers.0.0.weight" in keys or "stem.weight" in keys:
+        return OFFICIAL
+    sample = ", ".join(list(keys)[:3])
+    raise UserError(
+        f"these weights are not a ConvNeXt from any known source (official, timm, torchvision, "
+        f"transformers); first keys: {sample or '(none)'}"
+    )
+
+
+def _timm(sd: StateDict) -> StateDict:
+    out: StateDict = {}
+    for k, v in sd.items():
+        if k.startswith("head.norm."):
+            k = "norm." + k[len("head.norm.") :]
+        elif k.startswith("head.fc."):
+            k = "head." + k[len("head.fc.") :]
+        elif k.startswith("stem."):
+            k = "downsample_layers.0." + k[len("stem.") :]
+        else:
+            k = re.sub(r"^stages\.(\d+)\.downsample\.", r"downsample_layers.\1.", k)
+            k = re.sub(r"^stages\.(\d+)\.blocks\.(\d+)\.", r"stages.\1.\2.", k)
+            k = (
+                k.replace(".conv_dw.", ".dwconv.")
+                .replace(".mlp.fc1.", ".pwconv1.")
+                .replace(".mlp.fc2.", ".pwconv2.")
+            )
+            if ".mlp.grn." in k:  # timm GRN: weight/bias (C,) -> official gamma/beta (1, 1, 1, C)
+                k = k.replace(".mlp.grn.weight", ".grn.gamma").replace(".mlp.grn.bias", ".grn.beta")
+                v = v.reshape(1, 1, 1, -1)
+            if (".pwconv1.weight" in k or ".pwconv2.weight" in k) and v.ndim == 4:
+                v = v.flatten(1)  # conv_mlp=True (atto..nano): 1x1 conv (out, in, 1, 1) -> linear (out, in)
+        out[k] = v
+    return out
+
+
+# torchvision's block is an nn.Sequential:
+# 0 dwconv, 1 permute, 2 norm, 3 pwconv1, 4 GELU, 5 pwconv2, 6 permute.
+_TV_BLOCK = {"0": "dwconv", "2": "norm", "3": "pwconv1", "5": "pwconv2"}
+
+
+def _torchvision(sd: StateDict) -> StateDict:
+    out: StateDict = {}
+    for k, v in sd.items():
+        m = re.match(r"^features\.(\d+)\.(\d+)\.(.*)$", k)
+        if k.startswith("classifier.0."):
+            k = "norm." + k[len("classifier.0.") :]
+        elif k.startswith("classifier.2."):
+            k = "head." + k[len("classifier.2.") :]
+        elif m and m.group(1) in ("0", "2", "4", "6"):  # stem, then downsampling between stages
+            k = f"downsample_layers.{int(m.group(1)) // 2}.{m.group(2)}.{m.group(3)}"
+        elif m:  # features 1, 3, 5, 7 are the stages
+            stage, block, rest = (int(m.group(1)) - 1) // 2, m.group(2), m.group(3)
+            if rest == "layer_scale":
+                k, v = f"stages.{stage}.{block}.gamma", v.reshape(-1)  # (C, 1, 1) -> (C,)
+            else:
+                bm = re.match(r"^block\.(\d+)\.(.*)$", rest)
+                if bm is None or bm.group(1) not in _TV_BLOCK:
+                    raise UserError(f"unexpected torchvision ConvNeXt key {k!r}")
+                k = f"stages.{stage}.{block}.{_TV_BLOCK[bm.group(1)]}.{bm.group(2)}"
+        out[k] = v
+    return out
+
+
+_HF_LAYER = {"dwconv": "dwconv", "layernorm": "norm", "pwconv1": "pwconv1", "pwconv2": "pwconv2"}
+
+
+def _transformers(sd: StateDict, prefix: str) -> StateDict:
+    out: StateDict = {}
+    for k, v in sd.items():
+        if k.startswith("classifier."):
+            out["head." + k[len("classifier.") :]] = v
+            continue
+        if not k.startswith(prefix):
+            continue  # e.g. a pooler without parameters; anything else is reported as missing later
+        k = k[len(prefix) :]
+        if k.startswith("embeddings.patch_embeddings."):
+            k = "downsample_layers.0.0." + k[len("embeddings.patch_embeddings.") :]
+        elif k.startswith("embeddings.layernorm."):
+            k = "downsample_layers.0.1." + k[len("embeddings.layernorm.") :]
+        elif k.startswith("layernorm."):
+            k = "norm." + k[len("layernorm.") :]
+        else:
+            m = re.match(r"^encoder\.stages\.(\d+)\.downsampling_layer\.(.*)$", k)
+            if m:
+                k = f"downsample_layers.{m.group(1)}.{m.group(2)}"
+            else:
+                m = re.match(r"^encoder\.stages\.(\d+)\.layers\.(\d+)\.(.*)$", k)
+                if m is None:
+                    raise UserError(f"unexpected transformers ConvNeXt key {prefix + k!r}")
+                head, rest = f"stages.{m.group(1)}.{m.group(2)}", m.group(3)
+                if rest == "layer_scale_parameter":
+                    k = f"{head}.gamma"
+                elif rest.startswith("grn."):  # (1, 1, 1, C) like the official
+                    k = f"{head}.grn." + {"weight": "gamma", "bias": "beta"}[rest[4:]]
+                else:
+                    name, _, param = rest.partition(".")
+                    k = f"{head}.{_HF_LAYER.get(name, name)}.{param}"
+        out[k] = v
+    return out
+
+
+def _fcmae(sd: StateDict) -> StateDict:
+    """FCMAE pre-training checkpoints: the sparse (MinkowskiEngine) encoder, made dense.
+
+    Drops the decoder, mask token and projection; ``*.kernel`` of a sparse conv is (k*k, in, out) for a
+    full conv and (k*k, C) for a depthwise one, stored with the spatial axes swapped relative to torch;
+    MinkowskiLayerNorm/Linear wrap ``ln``/``linear``; GRN and biases carry an extra leading axis.
+    """
+    out: StateDict = {}
+    for k, v in sd.items():
+        if not k.startswith("encoder.") and any(
+            k.startswith(p) for p in ("decoder", "mask_token", "proj", "pred")
+        ):
+            continue
+        k = k.removeprefix("encoder.")
+        if k.endswith(".kernel"):
+            k = k[: -len(".kernel")] + ".weight"
+            ks = math.isqrt(v.shape[0])
+            if v.ndim == 3:
+                _, cin, cout = v.shape
+                v = v.permute(2, 1, 0).reshape(cout, cin, ks, ks).transpose(3, 2)
+            else:
+                v = v.permute(1, 0).reshape(v.shape[1], 1, ks, ks).transpose(3, 2)
+        k = k.replace(".ln.", ".").replace(".linear.", ".")
+        if ".grn." in k:
+            v = v.reshape(1, 1, 1, -1)
+        elif k.endswith(".bias") and v.ndim != 1:
+            v = v.reshape(-1)
+        out[k] = v.contiguous()
+    return out
+
+
+def to_ours(sd: StateDict, fmt: str) -> StateDict:
+    """``sd`` (in format ``fmt``) renamed and reshaped to our parameter names."""
+    if fmt == OFFICIAL:
+        return dict(sd)
+    if fmt == TIMM:
+        return _timm(sd)
+    if fmt == TORCHVISION:
+        return _torchvision(sd)
+    if fmt == HF:
+        return _transformers(sd, "convnext.")
+    if fmt == HF_V2:
+        return _transformers(sd, "convnextv2.")
+    if fmt == FCMAE:
+        return _fcmae(sd)
+    raise ValueError(f"unknown format {fmt!r}")
+
+
+def num_classes_of(sd: StateDict) -> int | None:
+    """The classifier's class count, or None when the weights carry no classifier (a backbone)."""
+    w = sd.get("head.weight")
+    return int(w.shape[0]) if w is not None else None
+
+
+def infer_arch(sd: StateDict) -> str | None:
+    """Which of our architectures has exactly these depths and widths (our names); None if none does."""
+    from ..models.factory import VARIANTS
+
+    if "stem.weight" in sd:  # isotropic
+        depth = len({k.split(".")[1] for k in sd if k.startswith("blocks.")})
+        dim = int(sd["stem.weight"].shape[0])
+        for name, v in VARIANTS.items():
+            if v.family == "isotropic" and v.kwargs == {"depth": depth, "dim": dim}:
+                return name
+        return None
+    if "downsample_layers.0.0.weight" not in sd:
+        return None
+    dims = [int(sd["downsample_layers.0.0.weight"].shape[0])]
+    dims += [
+        int(sd[f"downsample_layers.{i}.1.weight"].shape[0])
+        for i in (1, 2, 3)
+        if f"downsample_layers.{i}.1.weight" in sd
+    ]
+    depths = [len({k.split(".")[2] for k in sd if k.startswith(f"stages.{i}.")}) for i in range(4)]
+    family = "v2" if any(".grn." in k for k in sd) else "v1"
+    for name, v in VARIANTS.items():
+        if (
+            v.family == family
+            and tuple(v.kwargs["depths"]) == tuple(depths)
+            and tuple(v.kwargs["dims"]) == tuple(dims)
+        ):
+            return name
+    return None
+
+
+def describe_shape(sd: StateDict) -> str:
+    """Depths and widths in words, for an error message about weights that fit no architecture."""
+    if "stem.weight" in sd:
+        depth = len({k.split(".")[1] for k in sd if k.startswith("blocks.")})
+        return f"isotropic, depth {depth}, dim {sd['stem.weight'].shape[0]}"
+    depths = [len({k.split(".")[2] for k in sd if k.startswith(f"stages.{i}.")}) for i in range(4)]
+    w = sd.get("downsample_layers.0.0.weight")
+    return f"depths {depths}, stem width {int(w.shape[0]) if w is not None else '?'}"
+
+
+__all__ = [
+    "detect_format",
+    "describe_shape",
+    "infer_arch",
+    "num_classes_of",
+    "strip_prefixes",
+    "to_ours",
+]

@@ -1,0 +1,192 @@
+"""The officially released ConvNeXt weights, by tag: where to fetch them and how they were evaluated.
+
+Tags follow timm's naming (``<arch>.<pretrained tag>``) so that a name people already know finds the same
+weights here. URLs and top-1 figures are those of the official READMEs (facebookresearch/ConvNeXt and
+facebookresearch/ConvNeXt-V2); input size, crop_pct and crop mode follow timm's ``default_cfgs`` for the
+same files, which reproduce the papers' evaluation (224: resize to 224/crop_pct then center crop;
+384 and up: resize the whole image to the square, no crop, "squash").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+_FB = "https://dl.fbaipublicfiles.com/convnext"
+_FB2 = "https://dl.fbaipublicfiles.com/convnext/convnextv2"
+_TIMM = "https://github.com/rwightman/pytorch-image-models/releases/download/v0.1-rsb-weights"
+
+
+@dataclass(frozen=True)
+class WeightEntry:
+    """One released checkpoint. ``num_classes`` 0 means a backbone without classifier (FCMAE pre-training)."""
+
+    tag: str
+    arch: str
+    url: str
+    dataset: str  # "in1k", "in22k", "in22k->in1k", "fcmae-in1k" (self-supervised, no labels)
+    num_classes: int
+    input_size: int = 224
+    crop_pct: float = 0.875
+    crop_mode: str = "center"  # "center": resize to input/crop_pct then crop; "squash": resize to the square
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    interpolation: str = "bicubic"
+    top1: float | None = None  # ImageNet-1k val top-1 (%) published with the weights, at input_size
+    source: str = "facebookresearch/ConvNeXt"
+    license: str = "MIT"
+
+
+_ENTRIES: list[WeightEntry] = []
+
+
+def _add(tag: str, url: str, dataset: str, num_classes: int, top1: float | None, **kw: object) -> None:
+    _ENTRIES.append(WeightEntry(tag, tag.partition(".")[0], url, dataset, num_classes, top1=top1, **kw))
+
+
+_SQUASH384 = {"input_size": 384, "crop_pct": 1.0, "crop_mode": "squash"}
+
+# ConvNeXt V1, ImageNet-1k trained (EMA weights at 224, as released).
+for _s, _top1 in {"tiny": 82.1, "small": 83.1, "base": 83.8, "large": 84.3}.items():
+    _add(f"convnext_{_s}.fb_in1k", f"{_FB}/convnext_{_s}_1k_224_ema.pth", "in1k", 1000, _top1)
+for _s, _top1 in {"base": 85.1, "large": 85.5}.items():  # not in timm; tag named in the same pattern
+    _add(f"convnext_{_s}.fb_in1k_384", f"{_FB}/convnext_{_s}_1k_384.pth", "in1k", 1000, _top1, **_SQUASH384)
+# ImageNet-22k pre-trained (21841 classes; top1 is that of the 22k->1k fine-tuned model at 224).
+_V1_22K = {
+    "tiny": (82.9, 84.1),
+    "small": (84.6, 85.8),
+    "base": (85.8, 86.8),
+    "large": (86.6, 87.5),
+    "xlarge": (87.0, 87.8),
+}
+for _s in _V1_22K:
+    _add(f"convnext_{_s}.fb_in22k", f"{_FB}/convnext_{_s}_22k_224.pth", "in22k", 21841, None)
+for _s, (_t224, _t384) in _V1_22K.items():
+    _ema = "_ema" if _s == "xlarge" else ""  # the README links the EMA files for XL only
+    _add(
+        f"convnext_{_s}.fb_in22k_ft_in1k",
+        f"{_FB}/convnext_{_s}_22k_1k_224{_ema}.pth",
+        "in22k->in1k",
+        1000,
+        _t224,
+    )
+    _add(
+        f"convnext_{_s}.fb_in22k_ft_in1k_384",
+        f"{_FB}/convnext_{_s}_22k_1k_384{_ema}.pth",
+        "in22k->in1k",
+        1000,
+        _t384,
+        **_SQUASH384,
+    )
+# Isotropic ConvNeXt, ImageNet-1k.
+for _s, _top1 in {"small": 78.7, "base": 82.0, "large": 82.6}.items():
+    _add(f"convnext_isotropic_{_s}.fb_in1k", f"{_FB}/convnext_iso_{_s}_1k_224_ema.pth", "in1k", 1000, _top1)
+# The light V1 variants were trained by timm (Ross Wightman), not in the paper; no published top-1 here.
+for _s, _t, _h, _crop in (
+    ("atto", "d2", "01bb0f51", 0.875),
+    ("femto", "d1", "d71d5b4c", 0.875),
+    ("pico", "d1", "10ad7f0d", 0.875),
+    ("nano", "d1h", "7eb4bdea", 0.95),
+):
+    _add(
+        f"convnext_{_s}.{_t}_in1k",
+        f"{_TIMM}/convnext_{_s}_{_t}-{_h}.pth",
+        "in1k",
+        1000,
+        None,
+        crop_pct=_crop,
+        source="huggingface/pytorch-image-models",
+        license="Apache-2.0",
+    )
+
+# ConvNeXt V2 (weights CC-BY-NC 4.0). FCMAE self-supervised pre-training only: encoder, no head.
+_V2 = {"source": "facebookresearch/ConvNeXt-V2", "license": "CC-BY-NC-4.0"}
+_V2_1K = {
+    "atto": 76.7,
+    "femto": 78.5,
+    "pico": 80.3,
+    "nano": 81.9,
+    "tiny": 83.0,
+    "base": 84.9,
+    "large": 85.8,
+    "huge": 86.3,
+}
+for _s, _top1 in _V2_1K.items():
+    _add(
+        f"convnextv2_{_s}.fcmae_ft_in1k",
+        f"{_FB2}/im1k/convnextv2_{_s}_1k_224_ema.pt",
+        "in1k",
+        1000,
+        _top1,
+        **_V2,
+    )
+for _s, _res, _top1 in (
+    ("nano", 224, 82.1),
+    ("nano", 384, 83.4),
+    ("tiny", 224, 83.9),
+    ("tiny", 384, 85.1),
+    ("base", 224, 86.8),
+    ("base", 384, 87.7),
+    ("large", 224, 87.3),
+    ("large", 384, 88.2),
+    ("huge", 384, 88.7),
+    ("huge", 512, 88.9),
+):
+    _res_kw = {"input_size": _res, "crop_pct": 1.0, "crop_mode": "squash"} if _res > 224 else {}
+    _add(
+        f"convnextv2_{_s}.fcmae_ft_in22k_in1k" + (f"_{_res}" if _res > 224 else ""),
+        f"{_FB2}/im22k/convnextv2_{_s}_22k_{_res}_ema.pt",
+        "in22k->in1k",
+        1000,
+        _top1,
+        **_res_kw,
+        **_V2,
+    )
+for _s in _V2_1K:
+    _add(
+        f"convnextv2_{_s}.fcmae",
+        f"{_FB2}/pt_only/convnextv2_{_s}_1k_224_fcmae.pt",
+        "fcmae-in1k",
+        0,
+        None,
+        **_V2,
+    )
+
+REGISTRY: dict[str, WeightEntry] = {e.tag: e for e in _ENTRIES}
+
+# The weights ``pretrained=True`` picks: the paper's ImageNet-1k model where there is one (what people
+# reproduce), else the 22k->1k fine-tuned one at 224.
+_DEFAULT_ORDER = ("fb_in1k", "fcmae_ft_in1k", "fb_in22k_ft_in1k", "d2_in1k", "d1_in1k", "d1h_in1k")
+
+
+def register(entry: WeightEntry) -> None:
+    """Add (or replace) an entry: a lab's own released weights, or a test server's."""
+    REGISTRY[entry.tag] = entry
+
+
+def find_tag(src: str) -> WeightEntry | None:
+    """The entry called ``src``, or None when ``src`` is not a tag (a path or a URL)."""
+    return REGISTRY.get(src)
+
+
+def list_tags(arch: str | None = None) -> list[str]:
+    """Every tag, or those of one architecture."""
+    return [t for t, e in REGISTRY.items() if arch is None or e.arch == arch]
+
+
+def default_tag(arch: str) -> str:
+    """The tag ``create_model(arch, pretrained=True)`` loads; one sentence when the architecture has none."""
+    from ..errors import UserError
+
+    for suffix in _DEFAULT_ORDER:
+        if f"{arch}.{suffix}" in REGISTRY:
+            return f"{arch}.{suffix}"
+    tags = list_tags(arch)
+    if tags:
+        return tags[0]
+    raise UserError(
+        f"no released weights for {arch!r} (e.g. convnextv2_small was never released); "
+        "pass pretrained=<file or URL> or train it"
+    )
