@@ -1,0 +1,60 @@
+"""``convnext train``: a recipe file, ``key=value`` overrides, automatic resume."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..errors import UserError
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train or fine-tune from a YAML recipe (configs/*.yaml), resumable, single GPU/CPU or torchrun",
+        description="Train from a recipe. Overrides use the recipe's dotted keys, values in YAML: "
+        "optim.lr=1e-3 data.root=/data/imagenet model.name=convnext_small epochs=10. "
+        "A run folder (run.dir) holding checkpoints/last.pth is resumed automatically.",
+    )
+    p.add_argument("--config", "-c", help="recipe YAML (see configs/); optional with --resume")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="override a recipe key")
+    p.add_argument("--resume", metavar="PATH", help="continue from this training checkpoint (last.pth)")
+    p.add_argument(
+        "--fresh",
+        action="store_true",
+        help="start from scratch even when the run folder has a checkpoint to resume",
+    )
+    p.add_argument("--dry-run", action="store_true", help="validate and print the resolved config, then stop")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import yaml
+
+    from ..engine.checkpoint import load_train_checkpoint
+    from ..engine.config import apply_overrides, config_from_dict, load_config, to_dict, validate
+
+    if args.resume and args.fresh:
+        raise UserError("--resume and --fresh contradict each other; pass one")
+    if args.config:
+        cfg = load_config(args.config, args.overrides)
+    elif args.resume:
+        # The checkpoint carries its resolved recipe: `convnext train --resume last.pth` needs nothing else.
+        raw = apply_overrides(load_train_checkpoint(args.resume)["config"], args.overrides)
+        cfg = config_from_dict(raw)
+        validate(cfg)
+    else:
+        raise UserError("pass --config configs/<recipe>.yaml (or --resume PATH to continue a run)")
+    if args.dry_run:
+        print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
+        return 0
+    from ..engine.train import train
+
+    result = train(cfg, resume=Path(args.resume) if args.resume else None, fresh=args.fresh)
+    if result.stopped_early:
+        return 0
+    print(
+        f"convnext train: done, {result.epoch} epochs in {result.run_dir}"
+        + (f"; best top-1 {result.best_top1:.2f}%" if result.best_top1 is not None else "")
+    )
+    return 0
