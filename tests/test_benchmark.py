@@ -1,0 +1,110 @@
+"""The benchmark runs and compares like with like; the fused inference model computes the plain function.
+
+No timing is asserted here: speed figures live in BENCHMARKS.md, measured interleaved.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from convnext import create_model
+from convnext.benchmark import build_peer, format_report, run_benchmark, to_peer_state_dict
+from convnext.cli.main import main
+from convnext.errors import UserError
+from convnext.models import ConvNeXtIsotropic
+from convnext.models.fuse import FusedBlock, fuse_for_inference
+
+
+def _randomise(model: torch.nn.Module) -> torch.nn.Module:
+    """Layer scales and biases far from their init, so folding them is really tested."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith(("gamma", "bias")):
+                p.uniform_(-0.5, 0.5)
+    return model
+
+
+def _small(name: str) -> torch.nn.Module:
+    if name == "isotropic":  # a 2-block isotropic model with layer scale: same code path, a tenth of the time
+        return ConvNeXtIsotropic(depth=2, dim=64, layer_scale_init_value=1e-6)
+    return create_model(name)
+
+
+@pytest.mark.parametrize("name", ["convnext_atto", "isotropic", "convnextv2_atto"])
+def test_fused_model_equals_plain_model(name: str) -> None:
+    torch.manual_seed(0)
+    model = _randomise(_small(name)).eval()
+    fused = fuse_for_inference(model, chunk_rows=100)  # chunks that do not divide the rows: ragged last chunk
+    assert any(isinstance(m, FusedBlock) for m in fused.modules()) == (name != "convnextv2_atto")
+    x = torch.randn(3, 3, 64, 64)
+    with torch.inference_mode():
+        ref = model(x)
+        out = fused(x)
+        feats = fused.forward_features(x)
+    assert (out - ref).abs().max() <= 1e-4
+    assert feats.shape == model.forward_features(x).shape
+    assert next(model.parameters()).requires_grad  # the plain model is left as it was
+    assert not any(isinstance(m, FusedBlock) for m in model.modules())
+
+
+def test_fused_model_equals_plain_at_batch_one_and_channels_last_input() -> None:
+    torch.manual_seed(0)
+    model = _randomise(create_model("convnext_atto")).eval()
+    fused = fuse_for_inference(model)
+    x = torch.randn(1, 3, 96, 80).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        assert (fused(x) - model(x)).abs().max() <= 1e-4
+
+
+PEER_CASES = [("timm", "convnext_atto"), ("timm", "convnextv2_atto")]  # torchvision: in the verb test
+
+
+@pytest.mark.parametrize("peer,name", PEER_CASES)
+def test_our_weights_give_the_peers_our_logits(peer: str, name: str) -> None:
+    pytest.importorskip(peer)
+    torch.manual_seed(0)
+    ours = _randomise(create_model(name)).eval()
+    theirs = build_peer(peer, name, 1000)
+    theirs.load_state_dict(to_peer_state_dict(ours.state_dict(), peer, theirs), strict=True)
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        assert (theirs.eval()(x) - ours(x)).abs().max() <= 1e-4
+
+
+def test_benchmark_verb_compares_with_timm_and_torchvision(capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("timm")
+    args = ["benchmark", "--model", "convnext_tiny", "--batch-size", "1", "--img-size", "32"]
+    args += ["--repeats", "1"]
+    assert main([*args, "--compare", "timm,torchvision", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert [r["name"] for r in report["results"]] == ["ours", "timm", "torchvision"]
+    ours, timm, tv = report["results"]
+    assert ours["images_per_s"] > 0 and ours["latency_ms"] > 0 and timm["ours_speedup"] > 0
+    assert "ours_latency_speedup" in tv and "fuse_for_inference" in ours["note"]
+    assert all(r["max_abs_diff_vs_ours"] <= 1e-4 for r in report["results"])  # the same function was timed
+    assert report["matmul_peak_gflops"] > 0 and ours["fraction_of_matmul_peak"] > 0
+    assert report["params_m"] == pytest.approx(28.6, abs=0.05) and ours["peak_memory_mb"] >= 0
+
+
+def test_benchmark_train_mode_table() -> None:
+    report = run_benchmark(
+        "convnext_atto", batch_size=2, img_size=32, mode="train", repeats=1, channels_last=True
+    )
+    table = format_report(report)
+    assert "images/s" in table and "AdamW" in table and "forward + backward" in table
+    assert report["results"][0]["latency_ms"] is None
+
+
+def test_benchmark_errors_are_one_clear_sentence(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(UserError, match="torchvision has no convnext_atto"):
+        run_benchmark("convnext_atto", batch_size=1, img_size=32, repeats=1, compare=("torchvision",))
+    with pytest.raises(UserError, match="unknown peer"):
+        run_benchmark("convnext_atto", batch_size=1, img_size=32, repeats=1, compare=("keras",))
+    assert main(["benchmark", "--model", "convnext_nope", "--repeats", "1"]) == 2
+    assert "unknown model 'convnext_nope'" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        with pytest.raises(UserError, match="no CUDA GPU"):
+            run_benchmark("convnext_atto", device="cuda")
