@@ -12,6 +12,7 @@ import logging
 import pickle
 import pickletools
 import re
+import warnings
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -174,7 +175,9 @@ def _read_file(path: Path) -> tuple[Any, dict[str, str]]:
         except (SafetensorError, OSError) as e:
             raise UserError(f"{path} is not a readable safetensors file ({e}); it may be truncated") from None
     try:
-        return torch.load(path, map_location="cpu", weights_only=True), {}
+        with warnings.catch_warnings():  # torch's note on pickle protocols is noise for a user
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(path, map_location="cpu", weights_only=True), {}
     except pickle.UnpicklingError as e:
         m = re.search(r"GLOBAL (\S+)", str(e))
         culprits = [m.group(1)] if m else _unsafe_globals(path)

@@ -1,0 +1,419 @@
+"""Checkpoints from every ecosystem load safely, with one clear sentence for anything wrong.
+
+Real files (torch.save, safetensors, transformers' save_pretrained), a real HTTP server on 127.0.0.1 for
+downloads, and a real malicious pickle: nothing is mocked.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import http.server
+import json
+import logging
+import os
+import pickle
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+
+import convnext
+from convnext.cli.main import main
+from convnext.errors import UserError
+from convnext.weights import registry
+from convnext.weights.load import load_checkpoint, prepare, read_checkpoint
+
+ARCH = "convnext_atto"
+N_CLASSES = 7
+CLASSES = [f"class_{i}" for i in range(N_CLASSES)]
+
+
+def same_weights(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.fixture(scope="module")
+def source() -> torch.nn.Module:
+    torch.manual_seed(1)
+    return convnext.create_model(ARCH, num_classes=N_CLASSES).eval()
+
+
+@pytest.fixture(scope="module")
+def official(source: torch.nn.Module, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("official") / "convnext_atto_official.pth"
+    torch.save({"model": source.state_dict(), "epoch": 299, "args": {"lr": 4e-3}}, path)
+    return path
+
+
+# --------------------------------------------------------------------------------------- formats
+
+
+def test_official_format_loads_exactly(source: torch.nn.Module, official: Path) -> None:
+    model = convnext.create_model(ARCH, pretrained=str(official))
+    assert model.num_classes == N_CLASSES  # taken from the checkpoint
+    assert same_weights(model.state_dict(), source.state_dict())
+    assert model.pretrained_info.format == "official" and model.pretrained_info.arch == ARCH
+
+
+def test_official_training_checkpoint_ema(source: torch.nn.Module, tmp_path: Path) -> None:
+    ema = {k: v + 1 for k, v in source.state_dict().items()}
+    path = tmp_path / "checkpoint-best.pth"
+    torch.save({"model": source.state_dict(), "model_ema": ema, "optimizer": {}, "epoch": 3}, path)
+    model = convnext.create_model(ARCH, num_classes=N_CLASSES)
+    load_checkpoint(model, path)
+    assert same_weights(model.state_dict(), source.state_dict())
+    info = load_checkpoint(model, path, ema=True)
+    assert info.ema and same_weights(model.state_dict(), ema)
+
+    torch.save({"model": source.state_dict()}, path)
+    with pytest.raises(UserError, match="has no EMA weights"):
+        load_checkpoint(model, path, ema=True)
+
+
+def test_ddp_module_prefix(source: torch.nn.Module, tmp_path: Path) -> None:
+    path = tmp_path / "ddp.pth"
+    torch.save({f"module.{k}": v for k, v in source.state_dict().items()}, path)
+    model = convnext.create_model(ARCH, pretrained=str(path))
+    assert same_weights(model.state_dict(), source.state_dict())
+
+
+def test_our_training_checkpoint(source: torch.nn.Module, tmp_path: Path) -> None:
+    opt = torch.optim.AdamW(source.parameters())
+    ema = {k: v * 2 for k, v in source.state_dict().items()}
+    ckpt = {  # contract 4 in notes/common.md
+        "format": "convnext-train",
+        "version": 1,
+        "arch": ARCH,
+        "model": source.state_dict(),
+        "model_ema": ema,
+        "optimizer": opt.state_dict(),
+        "scheduler": {"last_epoch": 3},
+        "scaler": None,
+        "epoch": 3,
+        "step": 120,
+        "rng": {"torch": torch.get_rng_state()},
+        "config": {"model": {"name": ARCH}, "lr": 1e-3},
+        "class_names": CLASSES,
+        "metrics": {"top1": 12.5},
+    }
+    path = tmp_path / "last.pth"
+    torch.save(ckpt, path)
+    model = convnext.create_model(ARCH, pretrained=str(path))
+    info = model.pretrained_info
+    assert info.format == "convnext-train" and info.class_names == CLASSES and info.arch == ARCH
+    assert model.num_classes == N_CLASSES and same_weights(model.state_dict(), source.state_dict())
+    assert info.metadata["epoch"] == 3
+    assert same_weights(prepare(path, ema=True).state_dict, ema)
+
+
+@pytest.fixture(scope="module")
+def hf_folder(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, torch.nn.Module]:
+    tr = pytest.importorskip("transformers")
+    cfg = tr.ConvNextV2Config(
+        depths=[2, 2, 6, 2],
+        hidden_sizes=[40, 80, 160, 320],
+        num_labels=N_CLASSES,
+        id2label=dict(enumerate(CLASSES)),
+        label2id={c: i for i, c in enumerate(CLASSES)},
+    )
+    torch.manual_seed(2)
+    hf = tr.ConvNextV2ForImageClassification(cfg).eval()
+    with torch.no_grad():
+        for p in hf.parameters():
+            p.add_(0.1 * torch.randn_like(p))  # GRN params away from zero, so a wrong mapping shows
+    folder = tmp_path_factory.mktemp("hf") / "convnextv2-atto"
+    hf.save_pretrained(folder)
+    return folder, hf
+
+
+@torch.no_grad()
+def test_hf_folder_safetensors_and_bin(hf_folder: tuple[Path, torch.nn.Module], tmp_path: Path) -> None:
+    folder, hf = hf_folder
+    assert (folder / "model.safetensors").is_file() and (folder / "config.json").is_file()
+    x = torch.randn(1, 3, 64, 64)
+    expected = hf(pixel_values=x).logits
+
+    model = convnext.create_model("convnextv2_atto", pretrained=str(folder)).eval()
+    assert model.pretrained_info.class_names == CLASSES  # from config.json's id2label
+    assert model.pretrained_info.format == "transformers-v2"
+    assert (model(x) - expected).abs().max() < 1e-4
+
+    model = convnext.create_model("convnextv2_atto", pretrained=str(folder / "model.safetensors")).eval()
+    assert (model(x) - expected).abs().max() < 1e-4
+
+    bin_folder = tmp_path / "bin"
+    bin_folder.mkdir()
+    torch.save(hf.state_dict(), bin_folder / "pytorch_model.bin")
+    (bin_folder / "config.json").write_text((folder / "config.json").read_text())
+    for src in (bin_folder, bin_folder / "pytorch_model.bin"):
+        model = convnext.create_model("convnextv2_atto", pretrained=str(src)).eval()
+        assert (model(x) - expected).abs().max() < 1e-4
+
+
+def test_fine_tuning_drops_the_classifier(
+    source: torch.nn.Module, official: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="convnext.weights"):
+        model = convnext.create_model(ARCH, pretrained=str(official), num_classes=3)
+    assert model.num_classes == 3 and model.head.out_features == 3
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "7-class classifier" in warnings[0] and "starts fresh" in warnings[0]
+    backbone = {k: v for k, v in source.state_dict().items() if not k.startswith("head.")}
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in backbone.items())
+    assert model.pretrained_info.dropped_classifier and model.pretrained_info.class_names is None
+
+
+def test_missing_and_unexpected_keys_are_named(source: torch.nn.Module, tmp_path: Path) -> None:
+    sd = dict(source.state_dict())
+    del sd["stages.1.0.pwconv1.weight"]
+    sd["extra.weight"] = torch.zeros(1)
+    path = tmp_path / "broken.pth"
+    torch.save(sd, path)
+    model = convnext.create_model(ARCH, num_classes=N_CLASSES)
+    with pytest.raises(UserError) as e:
+        load_checkpoint(model, path)
+    msg = str(e.value)
+    assert "1 missing keys (stages.1.0.pwconv1.weight)" in msg and "1 unexpected keys (extra.weight)" in msg
+    assert str(path) in msg and "\n" not in msg
+    info = load_checkpoint(model, path, strict=False)
+    assert info.missing == ["stages.1.0.pwconv1.weight"] and info.unexpected == ["extra.weight"]
+
+
+# ------------------------------------------------------------------------------- bad checkpoints
+
+
+class Evil:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):  # noqa: ANN204 - what an attacker writes
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_another_variants_weights(official: Path) -> None:
+    model = convnext.create_model("convnext_femto", num_classes=N_CLASSES)
+    with pytest.raises(UserError, match=r"holds convnext_atto weights but the model is convnext_femto"):
+        load_checkpoint(model, official)
+
+
+def test_tiny_weights_into_small(tmp_path: Path) -> None:
+    with torch.device("meta"):
+        tiny = convnext.create_model("convnext_tiny")
+    path = tmp_path / "tiny.safetensors"
+    from safetensors.torch import save_file
+
+    save_file({k: torch.zeros(v.shape) for k, v in tiny.state_dict().items()}, path)
+    with pytest.raises(UserError, match="holds convnext_tiny weights but the model is convnext_small"):
+        convnext.create_model("convnext_small", pretrained=str(path))
+
+
+def test_bad_files_are_one_sentence(official: Path, tmp_path: Path) -> None:
+    data = official.read_bytes()
+    (tmp_path / "truncated.pth").write_bytes(data[: len(data) // 2])
+    (tmp_path / "random.pth").write_bytes(os.urandom(4096))
+    (tmp_path / "empty.pth").write_bytes(b"")
+    (tmp_path / "truncated.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{")
+    expected = {
+        "truncated.pth": "is truncated or corrupt",
+        "random.pth": "is not a PyTorch or safetensors checkpoint",
+        "empty.pth": "is empty (0 bytes)",
+        "truncated.safetensors": "is not a readable safetensors file",
+    }
+    for name, sentence in expected.items():
+        with pytest.raises(UserError) as e:
+            convnext.create_model(ARCH, pretrained=str(tmp_path / name))
+        assert sentence in str(e.value) and name in str(e.value), str(e.value)
+    with pytest.raises(UserError, match="does not exist"):
+        read_checkpoint(tmp_path / "nope.pth")
+    with pytest.raises(UserError, match="neither a file nor a known weights tag"):
+        convnext.create_model(ARCH, pretrained="convnext_atto.no_such_tag")
+
+
+@pytest.mark.parametrize("kind", ["torch.save", "pickle"])
+def test_malicious_pickle_is_refused_and_never_run(kind: str, tmp_path: Path) -> None:
+    marker = tmp_path / "PWNED"
+    path = tmp_path / "evil.pth"
+    if kind == "torch.save":
+        torch.save({"model": Evil(marker)}, path)
+    else:
+        path.write_bytes(pickle.dumps({"model": Evil(marker)}, protocol=4))
+    with pytest.raises(UserError) as e:
+        convnext.create_model(ARCH, pretrained=str(path))
+    msg = str(e.value)
+    assert "refused" in msg and "not a plain weights file" in msg and "system" in msg and str(path) in msg
+    assert not marker.exists()
+
+
+def test_cli_error_is_one_line(tmp_path: Path) -> None:
+    marker = tmp_path / "PWNED"
+    torch.save(Evil(marker), tmp_path / "evil.pth")
+    exe = Path(sys.executable).parent / "convnext"
+    r = subprocess.run(
+        [str(exe), "convert", str(tmp_path / "evil.pth"), str(tmp_path / "out.safetensors")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("convnext convert: error: refused"), r.stderr
+    assert not marker.exists() and not (tmp_path / "out.safetensors").exists()
+
+
+# ---------------------------------------------------------------------------------------- convert
+
+
+def test_convert_timm_to_safetensors_round_trip(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(3)
+    ref = timm.create_model("convnext_atto", pretrained=False, num_classes=N_CLASSES).eval()
+    src = tmp_path / "timm_atto.pth"
+    torch.save(ref.state_dict(), src)  # conv_mlp 1x1-conv weights: (out, in, 1, 1)
+    dst = tmp_path / "atto.safetensors"
+    assert main(["convert", str(src), str(dst)]) == 0  # no --model: read from the shapes
+    assert "convnext_atto" in capsys.readouterr().out
+
+    from safetensors import safe_open
+
+    with safe_open(str(dst), "pt") as f:
+        meta = f.metadata()
+    assert meta["arch"] == "convnext_atto" and meta["num_classes"] == str(N_CLASSES)
+    model = convnext.create_model("convnext_atto", pretrained=str(dst)).eval()
+    x = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        assert (model(x) - ref(x)).abs().max() < 1e-4
+
+    # .pth output is the official layout {"model": state_dict, ...}; existing files are kept
+    pth = tmp_path / "atto.pth"
+    assert main(["convert", str(dst), str(pth)]) == 0
+    raw = torch.load(pth, weights_only=True)
+    assert raw["arch"] == "convnext_atto" and same_weights(raw["model"], model.state_dict())
+    assert main(["convert", str(dst), str(pth)]) == 2
+    assert "already exists" in capsys.readouterr().err
+
+
+def test_convert_keeps_class_names_and_ema(source: torch.nn.Module, tmp_path: Path) -> None:
+    ema = {k: v * 2 for k, v in source.state_dict().items()}
+    src = tmp_path / "last.pth"
+    torch.save({"format": "convnext-train", "arch": ARCH, "model": source.state_dict(), "model_ema": ema,
+                "class_names": CLASSES}, src)  # fmt: skip
+    dst = tmp_path / "ema.safetensors"
+    assert main(["convert", str(src), str(dst), "--ema"]) == 0
+    model = convnext.create_model(ARCH, pretrained=str(dst))
+    assert model.pretrained_info.class_names == CLASSES and same_weights(model.state_dict(), ema)
+
+
+def test_convert_asks_for_model_when_shapes_are_unknown(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from convnext.models import ConvNeXt
+
+    odd = ConvNeXt(depths=(1, 1, 1, 1), dims=(8, 16, 32, 64), num_classes=2)
+    torch.save(odd.state_dict(), tmp_path / "odd.pth")
+    assert main(["convert", str(tmp_path / "odd.pth"), str(tmp_path / "odd.safetensors")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("convnext convert: error: cannot tell which architecture") and "--model" in err
+    assert main(["convert", str(tmp_path / "odd.pth"), str(tmp_path / "o.safetensors"), "--model", ARCH]) == 2
+    assert "does not fit convnext_atto" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------ downloads
+
+
+class _CountingHandler(http.server.SimpleHTTPRequestHandler):
+    hits: list[str] = []
+
+    def do_GET(self) -> None:  # noqa: N802
+        self.hits.append(self.path)
+        super().do_GET()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def server(tmp_path: Path):  # noqa: ANN201
+    root = tmp_path / "www"
+    root.mkdir()
+    _CountingHandler.hits = []
+    httpd = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(_CountingHandler, directory=str(root))
+    )
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield httpd, root
+    httpd.shutdown()
+    httpd.server_close()
+    thread.join()
+
+
+def test_download_cache_and_offline(
+    server, official: Path, source: torch.nn.Module, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:  # noqa: ANN001
+    httpd, root = server
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    data = official.read_bytes()
+    name = f"convnext_atto_test-{hashlib.sha256(data).hexdigest()[:10]}.pth"  # torch.hub check_hash naming
+    (root / name).write_bytes(data)
+    url = f"http://127.0.0.1:{httpd.server_address[1]}/{name}"
+    entry = registry.WeightEntry("convnext_atto.test_http", ARCH, url, "in1k", N_CLASSES)
+    registry.register(entry)
+    try:
+        model = convnext.create_model("convnext_atto.test_http", pretrained=True)
+        assert same_weights(model.state_dict(), source.state_dict())
+        assert model.pretrained_info.entry == entry
+        cached = tmp_path / "torch_home" / "hub" / "checkpoints" / name
+        assert cached.is_file() and _CountingHandler.hits == [f"/{name}"]
+
+        httpd.shutdown()  # offline from now on: the cache serves the tag and the URL
+        httpd.server_close()
+        model = convnext.create_model("convnext_atto.test_http", pretrained=True)
+        model = convnext.create_model(ARCH, pretrained=url)
+        assert same_weights(model.state_dict(), source.state_dict()) and len(_CountingHandler.hits) == 1
+
+        missing = url.replace(name, "not_cached.pth")
+        with pytest.raises(UserError) as e:
+            convnext.create_model(ARCH, pretrained=missing)
+        msg = str(e.value)
+        assert (
+            msg.startswith(f"could not download {missing}") and "download it by hand and pass the file" in msg
+        )
+    finally:
+        registry.REGISTRY.pop("convnext_atto.test_http", None)
+
+
+def test_download_with_wrong_hash_is_refused(server, official: Path, tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
+    httpd, root = server
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    name = "convnext_atto_test-0123456789.pth"  # hash in the name does not match the content
+    (root / name).write_bytes(official.read_bytes())
+    url = f"http://127.0.0.1:{httpd.server_address[1]}/{name}"
+    with pytest.raises(UserError, match="is corrupt"):
+        convnext.create_model(ARCH, pretrained=url)
+    assert not (tmp_path / "torch_home" / "hub" / "checkpoints" / name).exists()
+
+
+# ------------------------------------------------------------------------------------- registry
+
+
+def test_registry() -> None:
+    tags = registry.list_tags()
+    for tag in ("convnext_tiny.fb_in1k", "convnext_tiny.fb_in22k", "convnext_base.fb_in22k_ft_in1k_384",
+                "convnextv2_tiny.fcmae_ft_in1k", "convnextv2_huge.fcmae_ft_in22k_in1k_512",
+                "convnextv2_atto.fcmae", "convnext_isotropic_small.fb_in1k"):  # fmt: skip
+        assert tag in tags
+    assert registry.find_tag("convnext_xlarge.fb_in22k").num_classes == 21841
+    assert registry.find_tag("convnext_tiny.fb_in1k").top1 == 82.1
+    assert registry.find_tag("convnextv2_huge.fcmae_ft_in22k_in1k_512").input_size == 512
+    assert registry.find_tag("/some/file.pth") is None
+    assert registry.default_tag("convnext_tiny") == "convnext_tiny.fb_in1k"
+    assert registry.default_tag("convnext_xlarge") == "convnext_xlarge.fb_in22k_ft_in1k"
+    assert registry.default_tag("convnextv2_atto") == "convnextv2_atto.fcmae_ft_in1k"
+    archs = set(convnext.list_models())
+    for e in registry.REGISTRY.values():
+        assert e.arch in archs and e.url.startswith("https://") and e.tag.startswith(e.arch + ".")
+    json.dumps([e.__dict__ for e in registry.REGISTRY.values()])  # plain data, printable by a CLI
