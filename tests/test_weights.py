@@ -417,3 +417,69 @@ def test_registry() -> None:
     for e in registry.REGISTRY.values():
         assert e.arch in archs and e.url.startswith("https://") and e.tag.startswith(e.arch + ".")
     json.dumps([e.__dict__ for e in registry.REGISTRY.values()])  # plain data, printable by a CLI
+
+
+# ----------------------------------------------------------------------- shapes, backbones, FCMAE
+
+
+@pytest.mark.parametrize("arch", convnext.list_models())
+def test_arch_is_read_from_the_shapes(arch: str) -> None:
+    from convnext.weights.formats import infer_arch
+
+    with torch.device("meta"):  # shapes only, no memory, no init
+        model = convnext.create_model(arch)
+    assert infer_arch(model.state_dict()) == arch
+
+
+def test_features_only_backbone_takes_classification_weights(source: torch.nn.Module, official: Path) -> None:
+    backbone = convnext.create_model(ARCH, pretrained=str(official), features_only=True)
+    for k, v in backbone.state_dict().items():
+        if not k.startswith("norm"):
+            assert torch.equal(v, source.state_dict()[k]), k
+    assert len(backbone(torch.randn(1, 3, 64, 64))) == 4
+
+
+def _to_sparse_fcmae(dense: dict) -> dict:
+    """Our dense V2 weights in the layout of the official FCMAE pre-training checkpoints (MinkowskiEngine
+    encoder under ``encoder.``, plus decoder keys), by inverting the official repo's remap_checkpoint_keys."""
+    out = {"mask_token": torch.zeros(1, 512, 1, 1), "proj.weight": torch.zeros(512, 320, 1, 1)}
+    out["decoder.0.dwconv.weight"] = torch.zeros(512, 1, 7, 7)
+    for k, v in dense.items():
+        if k.startswith(("head.", "norm.")):
+            continue  # FCMAE has neither
+        stage_conv = k.startswith("downsample_layers.") and not k.startswith("downsample_layers.0.")
+        if (stage_conv and k.endswith(".1.weight")) or k.endswith("dwconv.weight"):
+            cout, cin, ks, _ = v.shape
+            if k.endswith("dwconv.weight"):  # depthwise: (k*k, C)
+                v = v.transpose(3, 2).reshape(cout, ks * ks).permute(1, 0)
+            else:  # (k*k, in, out)
+                v = v.transpose(3, 2).reshape(cout, cin, ks * ks).permute(2, 1, 0)
+            k = k[: -len(".weight")] + ".kernel"
+        elif (stage_conv and k.endswith(".1.bias")) or k.endswith("dwconv.bias"):
+            v = v.reshape(1, -1)
+        elif stage_conv and ".0." in k[len("downsample_layers.1") :]:
+            k = k.replace(".0.weight", ".0.ln.weight").replace(".0.bias", ".0.ln.bias")
+        elif ".norm." in k:
+            k = k.replace(".norm.", ".norm.ln.")
+        elif ".pwconv" in k:
+            k = k.replace(".weight", ".linear.weight").replace(".bias", ".linear.bias")
+        elif ".grn." in k:
+            v = v.reshape(1, -1)
+        out["encoder." + k] = v
+    return out
+
+
+def test_fcmae_pretraining_checkpoint_is_a_backbone(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    torch.manual_seed(4)
+    dense = convnext.create_model("convnextv2_atto").state_dict()
+    path = tmp_path / "convnextv2_atto_1k_224_fcmae.pt"
+    torch.save({"model": _to_sparse_fcmae(dense)}, path)
+    with caplog.at_level(logging.WARNING, logger="convnext.weights"):
+        model = convnext.create_model("convnextv2_atto", pretrained=str(path))
+    assert "backbone without classifier" in caplog.text
+    assert model.pretrained_info.format == "fcmae" and model.num_classes == 0
+    for k, v in model.state_dict().items():
+        if not k.startswith("norm."):
+            assert torch.equal(v, dense[k]), k
+    assert model(torch.randn(1, 3, 64, 64)).shape == (1, 320)  # pooled features, ready for a new head
+    assert convnext.create_model("convnextv2_atto", pretrained=str(path), num_classes=5).num_classes == 5

@@ -366,12 +366,17 @@ def load_checkpoint(
         sd = {k: v for k, v in sd.items() if not k.startswith("head.")}
         info.dropped_classifier, info.class_names = True, None
         allowed_missing |= {k for k in target if k.startswith("head.")}
-    elif not has_head and model_head and not getattr(model, "features_only", False):
-        log.warning(
-            "%s holds a backbone without classifier: the classifier (and a missing final norm) start fresh",
-            where,
-        )
-        allowed_missing |= {k for k in target if k.startswith(("head.", "norm."))}
+    elif not has_head and not getattr(model, "features_only", False):
+        fresh = {k for k in target if k.startswith(("head.", "norm.")) and k not in sd}
+        if fresh:
+            log.warning(
+                "%s holds a backbone without classifier: %s start fresh",
+                where,
+                "the classifier and final norm"
+                if any(k.startswith("norm.") for k in fresh)
+                else "the classifier",
+            )
+        allowed_missing |= fresh
         info.class_names = None
     if getattr(model, "features_only", False):
         allowed_missing |= {k for k in target if re.match(r"norm\d\.", k)}
