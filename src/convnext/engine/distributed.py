@@ -12,10 +12,11 @@ import torch.distributed as dist
 def init_distributed(device_kind: str) -> tuple[int, int, int]:
     """Join the process group torchrun describes (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT).
 
-    Returns (rank, world_size, local_rank); a plain ``python`` run is rank 0 of 1 and starts no group.
+    Returns (rank, world_size, local_rank); a plain ``python`` run is rank 0 of 1 and starts no group. Under
+    torchrun a group is started even for one process, so that 1 and N processes shard data the same way.
     """
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
+    if "RANK" not in os.environ or "MASTER_ADDR" not in os.environ:
         return 0, 1, 0
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     if not dist.is_initialized():

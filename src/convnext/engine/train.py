@@ -264,7 +264,7 @@ def train(cfg: TrainConfig, *, resume: str | Path | None = None, fresh: bool = F
             f"checkpoint {resume_path} was trained on other classes than data.root={cfg.data.root!r}"
         )
     train_loader = build_loader(
-        train_ds, cfg.train.batch_size, train=True, cfg=cfg.data, seed=cfg.seed, distributed=world > 1
+        train_ds, cfg.train.batch_size, train=True, cfg=cfg.data, seed=cfg.seed, distributed=D.is_dist()
     )
     val_loader = None
     if val_ds is not None:
@@ -274,7 +274,7 @@ def train(cfg: TrainConfig, *, resume: str | Path | None = None, fresh: bool = F
             train=False,
             cfg=cfg.data,
             seed=cfg.seed,
-            distributed=world > 1,
+            distributed=D.is_dist(),
         )
     mixup = build_mixup_cutmix(cfg.data, num_classes)
     accum = cfg.train.accum_steps
@@ -338,7 +338,7 @@ def train(cfg: TrainConfig, *, resume: str | Path | None = None, fresh: bool = F
             _print(f"convnext train: {resume_path} has already completed {epoch} of {cfg.epochs} epochs")
 
     train_model: nn.Module = model
-    if world > 1:
+    if D.is_dist():
         train_model = nn.parallel.DistributedDataParallel(
             model, device_ids=[local_rank] if device.type == "cuda" else None
         )
@@ -463,7 +463,7 @@ def train(cfg: TrainConfig, *, resume: str | Path | None = None, fresh: bool = F
                     last = micro == accum - 1
                     sync = (
                         train_model.no_sync()
-                        if world > 1 and not last and hasattr(train_model, "no_sync")
+                        if D.is_dist() and not last and hasattr(train_model, "no_sync")
                         else contextlib.nullcontext()
                     )
                     with sync:
@@ -579,6 +579,7 @@ def train(cfg: TrainConfig, *, resume: str | Path | None = None, fresh: bool = F
 
             plot_curves(metrics, run_dir / "curves.png")
     D.barrier()
+    D.cleanup()
     return TrainResult(
         run_dir=run_dir, epoch=epoch, step=step, stopped_early=stopped, metrics=metrics, best_top1=best_top1
     )
