@@ -11,11 +11,14 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 @dataclass
 class DataConfig:
     # what to read
-    dataset: str = "imagefolder"  # imagefolder | digits | mnist | cifar10 | cifar100 | ... (see convnext.data)
+    dataset: str = "imagefolder"  # imagefolder | digits | mnist | cifar10 | ... (convnext.data.DATASETS)
     root: str = ""  # folder holding the splits (ImageFolder: one sub-folder per class)
     train_split: str = "train"
     val_split: str = "val"
-    class_list: str | None = None  # file with one class per line, or "imagenet1k"; None: sorted folders
+    # class index: None = auto (every folder an ImageNet-1k wnid -> "imagenet1k", else "folders");
+    # "imagenet1k" (true ImageNet indices, 1000 classes), "folders" (sorted folder names), or a file with
+    # one class per line (custom data; the names saved with the model)
+    class_list: str | None = None
     strict: bool = False  # True: an unreadable image is fatal instead of skipped and counted
     # geometry (eval: resize shorter side to img_size / crop_pct, bicubic, center crop)
     img_size: int = 224
