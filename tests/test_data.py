@@ -2,13 +2,30 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 from conftest import SYNSETS
 
 import convnext.data.classes
-from convnext.data import imagenet1k_classes, resolve_class_list
+from convnext.data import (
+    DataConfig,
+    build_dataset,
+    build_eval_transform,
+    build_loader,
+    build_mixup_cutmix,
+    build_train_transform,
+    check_num_classes,
+    eval_resize_size,
+    imagenet1k_classes,
+    parse_randaugment,
+    resolve_class_list,
+)
+from convnext.data.loader import EvalShardSampler
+from convnext.data.transforms import TimmRandAugment
 from convnext.errors import UserError
 
 
@@ -45,3 +62,197 @@ def test_class_list_file(tmp_path: Path) -> None:
         resolve_class_list(str(f), ["a"])
     with pytest.raises(UserError, match="not in the ImageNet-1k synset list"):
         resolve_class_list("imagenet1k", ["n01440764", "cats"])
+
+
+# ------------------------------------------------------------------------------------------ helpers
+def _save(path: Path, mode: str = "RGB", fmt: str = "JPEG", size: tuple[int, int] = (20, 16)) -> Path:
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(len(str(path)))
+    arr = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    Image.fromarray(arr).convert(mode).save(path, fmt)
+    return path
+
+
+def _folder(root: Path, classes=("cat", "dog"), per_class: int = 3, split: str = "train") -> Path:
+    for c in classes:
+        for i in range(per_class):
+            _save(root / split / c / f"{c}_{i}.jpg")
+    return root
+
+
+# --------------------------------------------------------------------------------------- datasets
+def test_digits_split_is_seeded_stratified_and_disjoint() -> None:
+    cfg = DataConfig(dataset="digits")
+    tr, va = build_dataset(cfg, "train", None), build_dataset(cfg, "val", None)
+    assert (len(tr), len(va)) == (1437, 360) and tr.classes == [str(i) for i in range(10)]
+    img, y = va[0]
+    assert img.shape == (3, 32, 32) and img.dtype == torch.uint8 and 0 <= y < 10
+    assert sorted(set(va.targets)) == list(range(10))
+    again = build_dataset(cfg, "val", None)
+    assert torch.equal(again.images, va.images)
+    flat = {bytes(x.numpy()) for x in tr.images}
+    assert not any(bytes(x.numpy()) in flat for x in va.images[:50])
+    with pytest.raises(UserError, match="split 'nope' does not exist"):
+        build_dataset(cfg, "nope", None)
+
+
+def test_image_folder_odd_images_and_bad_files(tmp_path: Path) -> None:
+    root = _folder(tmp_path, per_class=2)
+    cat = root / "train" / "cat"
+    _save(cat / "cmyk.jpg", mode="CMYK")
+    _save(cat / "palette.png", mode="P", fmt="PNG")
+    _save(cat / "grey.jpg", mode="L")
+    _save(cat / "png_named.jpg", fmt="PNG")
+    _save(cat / "old.bmp", fmt="BMP")
+    (cat / "empty.jpg").write_bytes(b"")
+    (cat / "notes.txt").write_text("not an image")
+    good = _save(cat / "trunc.jpg").read_bytes()
+    (cat / "trunc.jpg").write_bytes(good[: len(good) // 2])
+    cfg = DataConfig(root=str(root))
+    with pytest.warns(
+        RuntimeWarning, match=r"skipped 2 unusable file\(s\).*empty.jpg \(empty file\).*notes.txt"
+    ):
+        ds = build_dataset(cfg, "train", None)
+    assert ds.classes == ["cat", "dog"] and len(ds.skipped) == 2
+    names = [Path(p).name for p, _ in ds.samples]
+    for i, name in enumerate(names):
+        if name == "trunc.jpg":
+            with pytest.warns(RuntimeWarning, match="trunc.jpg.*truncated or corrupt"):
+                img, y = ds[i]
+            assert torch.equal(img, ds[i + 1][0]) and ds.load_failures == 1  # the next sample instead
+        else:
+            img, y = ds[i]
+        assert img.shape[0] == 3 and img.dtype == torch.uint8
+    strict = DataConfig(root=str(root), strict=True)
+    with pytest.raises(UserError, match=r"image .*(empty|notes).* is unusable .*data.strict=false"):
+        build_dataset(strict, "train", None)
+    (cat / "empty.jpg").unlink()
+    (cat / "notes.txt").unlink()
+    ds = build_dataset(strict, "train", None)
+    with pytest.raises(UserError, match=r"trunc.jpg is unusable"):
+        [ds[i] for i in range(len(ds))]
+
+
+def test_image_folder_errors(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="split folder .*train does not exist"):
+        build_dataset(DataConfig(root=str(tmp_path)), "train", None)
+    (tmp_path / "train").mkdir()
+    with pytest.raises(UserError, match="has no class folders"):
+        build_dataset(DataConfig(root=str(tmp_path)), "train", None)
+    _folder(tmp_path, classes=("a",), per_class=1)
+    (tmp_path / "train" / "b").mkdir()
+    (tmp_path / "train" / "b" / "x.txt").write_text("hi")
+    with pytest.raises(UserError, match=r"class folder .*b has no usable images"):
+        build_dataset(DataConfig(root=str(tmp_path)), "train", None)
+    with pytest.raises(UserError, match="not one of"):
+        build_dataset(DataConfig(dataset="imagenet22k-nope"), "train", None)
+
+
+def test_check_num_classes(tmp_path: Path) -> None:
+    ds = build_dataset(DataConfig(root=str(_folder(tmp_path))), "train", None)
+    check_num_classes(ds, 2)
+    with pytest.raises(
+        UserError, match=r"the model has 1000 outputs but the dataset has 2 classes \(cat, dog"
+    ):
+        check_num_classes(ds, 1000)
+
+
+def test_imagenet_sample_folder_uses_true_indices(imagenet_sample: Path) -> None:
+    cfg = DataConfig(root=str(imagenet_sample.parent))
+    ds = build_dataset(cfg, "val", build_eval_transform(DataConfig(img_size=64, crop_pct=0.875)))
+    lines = [ln.split()[0] for ln in SYNSETS.read_text().splitlines()]
+    assert len(ds) == 100 and len(ds.classes) == 1000 and ds.classes == lines
+    for path, target in ds.samples:
+        assert target == lines.index(Path(path).parent.name)
+    assert dict((Path(p).parent.name, t) for p, t in ds.samples)["n01440764"] == 0
+    x, _ = ds[0]
+    assert x.shape == (3, 64, 64) and x.dtype == torch.float32
+
+
+# ------------------------------------------------------------------------------------- transforms
+def test_eval_transform_resize_and_center_crop() -> None:
+    assert eval_resize_size(224, 0.875) == 256 and eval_resize_size(384, 1.0) == 384
+    img = torch.zeros(3, 100, 200, dtype=torch.uint8)
+    img[:, :, 90:110] = 255  # a bright vertical bar in the middle survives the center crop
+    out = build_eval_transform(DataConfig(img_size=56, crop_pct=0.875))(img)
+    assert out.shape == (3, 56, 56) and out.dtype == torch.float32
+    # resized to 64 x 128, center crop 56 keeps columns 36..92 of 128: the bar (58..70) is in the middle
+    assert out[:, :, 28].mean() > 1.5 and out[:, :, 2].mean() < -1.5
+    t = build_eval_transform(DataConfig(img_size=32, crop_pct=1.0))
+    assert t(torch.zeros(3, 32, 40, dtype=torch.uint8)).shape == (3, 32, 32)
+
+
+def test_train_transform_shape_dtype_and_normalization() -> None:
+    cfg = DataConfig(img_size=48)
+    t = build_train_transform(cfg)
+    imgs = torch.stack([t(torch.randint(0, 256, (3, 70, 90), dtype=torch.uint8)) for _ in range(8)])
+    assert imgs.shape == (8, 3, 48, 48) and imgs.dtype == torch.float32
+    assert -3 < imgs.mean() < 3
+    plain = build_train_transform(DataConfig(img_size=48, randaugment=None, reprob=0, hflip=0))
+    names = [type(x).__name__ for x in plain.transforms]
+    assert names == ["RandomResizedCrop", "ToDtype", "Normalize"]
+
+
+def test_randaugment_string_parsing() -> None:
+    s = parse_randaugment("rand-m9-mstd0.5-inc1")
+    assert (s.num_ops, s.magnitude, s.magnitude_std, s.increasing, s.prob) == (2, 9.0, 0.5, True, 0.5)
+    s = parse_randaugment("rand-n3-m10-mmax12-p0.7")
+    assert (s.num_ops, s.magnitude, s.magnitude_max, s.prob) == (3, 10.0, 12.0, 0.7)
+    assert parse_randaugment("rand-m7-mstdinf").magnitude_std == float("inf")
+    ra = TimmRandAugment(parse_randaugment("rand-m9-mstd0.5-inc1"))
+    assert ra.num_magnitude_bins == 101 and ra.magnitude == 90  # bin 90 of 0..100 = timm's m9 / 10
+    for bad, msg in (
+        ("auto-m9", "must start with 'rand-'"),
+        ("rand-q9", "cannot read 'q9'"),
+        ("rand-m11", "range"),
+    ):
+        with pytest.raises(UserError, match=msg):
+            parse_randaugment(bad)
+
+
+def test_mixup_cutmix_soft_targets_and_smoothing_equivalence() -> None:
+    cfg = DataConfig()
+    mix = build_mixup_cutmix(cfg, 10)
+    x, y = torch.randn(8, 3, 16, 16), torch.arange(8)
+    for _ in range(6):
+        xm, ym = mix(x, y)
+        assert xm.shape == x.shape and ym.shape == (8, 10)
+        torch.testing.assert_close(ym.sum(1), torch.ones(8))
+    _, ym = build_mixup_cutmix(DataConfig(mixup_prob=1e-9), 10)(x, y)
+    assert torch.equal(ym, torch.nn.functional.one_hot(y, 10).float())
+    assert build_mixup_cutmix(DataConfig(mixup=0, cutmix=0), 10) is None
+    # torch's label smoothing on mixed soft targets == timm's mixing of smoothed one-hot targets
+    logits, eps, lam = torch.randn(8, 10), 0.1, 0.3
+    y1, y2 = torch.nn.functional.one_hot(y, 10).float(), torch.nn.functional.one_hot(y.roll(1), 10).float()
+    mixed = lam * y1 + (1 - lam) * y2
+    ours = torch.nn.CrossEntropyLoss(label_smoothing=eps)(logits, mixed)
+    smooth = lambda t: t * (1 - eps) + eps / 10  # noqa: E731
+    timm_target = lam * smooth(y1) + (1 - lam) * smooth(y2)
+    timm_loss = (-timm_target * logits.log_softmax(-1)).sum(-1).mean()
+    torch.testing.assert_close(ours, timm_loss)
+
+
+# ----------------------------------------------------------------------------------------- loader
+def test_seeded_loader_same_batches_twice_with_workers(tmp_path: Path) -> None:
+    cfg = DataConfig(dataset="digits", img_size=24, workers=2, persistent_workers=False)
+    ds = build_dataset(cfg, "val", build_train_transform(cfg))
+
+    def batches(seed: int) -> list[torch.Tensor]:
+        loader = build_loader(ds, 32, train=True, cfg=cfg, seed=seed, distributed=False)
+        assert loader.drop_last and loader.num_workers == 2
+        return [torch.cat([x.flatten(), y.float()]) for x, y in itertools.islice(loader, 3)]
+
+    a, b, c = batches(0), batches(0), batches(1)
+    assert all(torch.equal(u, v) for u, v in zip(a, b))
+    assert not torch.equal(a[0], c[0])
+
+
+def test_eval_shards_cover_every_sample_once() -> None:
+    shards = [list(EvalShardSampler(10, r, 3)) for r in range(3)]
+    assert sorted(sum(shards, [])) == list(range(10)) and [len(s) for s in shards] == [4, 3, 3]
+    loader = build_loader(
+        list(range(10)), 4, train=False, cfg=DataConfig(workers=0), seed=0, distributed=False
+    )
+    assert [len(b) for b in loader] == [4, 4, 2] and not loader.pin_memory
