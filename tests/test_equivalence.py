@@ -19,21 +19,26 @@ from convnext.weights.load import load_checkpoint, prepare
 timm = pytest.importorskip("timm")
 TOL = 1e-4
 SLOW = pytest.mark.slow
-INPUTS = [(64, 64), (64, 96)]  # square and non-square: catches any H/W transpose in a conversion
+# Square and non-square: a non-square map catches any H/W transpose of a kernel in a conversion. The
+# 27-block variants run at half the size (stage 3 still 2x4, the last stage 1x2) to stay fast on 2 cores.
+INPUTS = [(64, 64), (64, 96)]
+INPUTS_DEEP = [(32, 32), (32, 64)]
+DEEP = ("small", "base", "large", "huge")  # "large" also matches xlarge
 
 
 @torch.no_grad()
 def randomize_(module: nn.Module, seed: int = 0) -> nn.Module:
     """Random values of a sensible scale for every parameter, so that every mapping shows in the logits."""
-    g = torch.Generator().manual_seed(seed)
-    for name, p in module.named_parameters():
+    torch.manual_seed(seed)
+    for name, p in module.named_parameters():  # in place, uniform: the cheapest fill (xlarge/huge)
         fan_in = math.prod(p.shape[1:])
-        if p.ndim >= 2 and p.shape[0] > 1 and fan_in > 1:  # conv and linear weights
-            p.copy_(torch.randn(p.shape, generator=g) / math.sqrt(fan_in))
+        if p.ndim >= 2 and p.shape[0] > 1 and fan_in > 1:  # conv and linear weights: unit output variance
+            bound = math.sqrt(3 / fan_in)
+            p.uniform_(-bound, bound)
         elif p.ndim == 1 and name.endswith("weight"):  # norm weights (and timm's GRN weight)
-            p.copy_(1 + 0.1 * torch.randn(p.shape, generator=g))
+            p.uniform_(0.8, 1.2)
         else:  # biases, layer scale (C,), (C, 1, 1), GRN (1, 1, 1, C)
-            p.copy_(0.2 * torch.randn(p.shape, generator=g))
+            p.uniform_(-0.3, 0.3)
     return module.eval()
 
 
@@ -55,7 +60,8 @@ def ours_from(reference_sd: dict, arch: str) -> nn.Module:
 
 @torch.no_grad()
 def assert_same_logits(ref_fn, ours: nn.Module) -> None:  # noqa: ANN001
-    for h, w in INPUTS:
+    deep = any(s in getattr(ours, "variant", "") for s in DEEP)
+    for h, w in INPUTS_DEEP if deep else INPUTS:
         x = torch.randn(1, 3, h, w)
         diff = (ref_fn(x) - ours(x)).abs().max().item()
         assert diff <= TOL, f"max |logit difference| {diff:.2e} at {h}x{w}"
@@ -65,7 +71,7 @@ SIZES_V1 = ("atto", "femto", "pico", "nano", "tiny", "small", "base", "large", "
 SIZES_V2 = ("atto", "femto", "pico", "nano", "tiny", "base", "large", "huge")  # every size timm has
 TIMM_V1 = [f"convnext_{s}" for s in SIZES_V1]
 TIMM_V2 = [f"convnextv2_{s}" for s in SIZES_V2]
-BIG = {"convnext_xlarge", "convnextv2_large", "convnextv2_huge"}  # @slow: 5-30 s each on 2 cores
+BIG = {"convnext_large", "convnext_xlarge", "convnextv2_large", "convnextv2_huge"}  # slow: 5-30 s each
 
 
 @pytest.mark.parametrize(

@@ -64,7 +64,7 @@ def test_official_training_checkpoint_ema(source: torch.nn.Module, tmp_path: Pat
     path = tmp_path / "checkpoint-best.pth"
     torch.save({"model": source.state_dict(), "model_ema": ema, "optimizer": {}, "epoch": 3}, path)
     model = convnext.create_model(ARCH, num_classes=N_CLASSES)
-    load_checkpoint(model, path)
+    convnext.load_checkpoint(model, path)  # the top-level re-export
     assert same_weights(model.state_dict(), source.state_dict())
     info = load_checkpoint(model, path, ema=True)
     assert info.ema and same_weights(model.state_dict(), ema)
@@ -483,3 +483,21 @@ def test_fcmae_pretraining_checkpoint_is_a_backbone(tmp_path: Path, caplog: pyte
             assert torch.equal(v, dense[k]), k
     assert model(torch.randn(1, 3, 64, 64)).shape == (1, 320)  # pooled features, ready for a new head
     assert convnext.create_model("convnextv2_atto", pretrained=str(path), num_classes=5).num_classes == 5
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("v2", [False, True], ids=["ConvNextModel", "ConvNextV2Model"])
+def test_hf_bare_backbone(v2: bool) -> None:
+    tr = pytest.importorskip("transformers")
+    shape = {"depths": [2, 2, 6, 2], "hidden_sizes": [40, 80, 160, 320]}
+    hf = (
+        tr.ConvNextV2Model(tr.ConvNextV2Config(**shape))
+        if v2
+        else tr.ConvNextModel(tr.ConvNextConfig(**shape))
+    )
+    for p in hf.parameters():
+        p.add_(0.1 * torch.randn_like(p))
+    ours = convnext.create_model("convnextv2_atto" if v2 else ARCH, pretrained=hf.eval().state_dict()).eval()
+    assert ours.num_classes == 0
+    x = torch.randn(1, 3, 64, 96)
+    assert (ours(x) - hf(pixel_values=x).pooler_output).abs().max() < 1e-4

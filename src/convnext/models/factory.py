@@ -75,7 +75,7 @@ def get_variant(name: str) -> Variant:
 
 def create_model(
     name: str,
-    pretrained: str | bool | None = None,
+    pretrained: str | bool | dict | None = None,
     num_classes: int | None = None,
     **options: Any,
 ) -> nn.Module:
@@ -88,11 +88,13 @@ def create_model(
     """
     arch, _, tag = name.partition(".")
     variant = get_variant(arch)
-    src: str | None
+    src: str | dict | None
     if pretrained is True:
         from ..weights.registry import default_tag
 
         src = name if tag else default_tag(arch)
+    elif isinstance(pretrained, dict):  # an in-memory state dict, e.g. another library's model's
+        src = pretrained
     elif pretrained:
         src = str(pretrained)
     else:

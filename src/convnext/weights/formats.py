@@ -42,6 +42,8 @@ def detect_format(sd: StateDict) -> str:
         return HF_V2
     if any(k.startswith("convnext.embeddings.") for k in keys):
         return HF
+    if "embeddings.patch_embeddings.weight" in keys:  # a bare ConvNextModel / ConvNextV2Model (no head)
+        return HF_V2 if any(".grn." in k for k in keys) else HF
     if "features.0.0.weight" in keys:
         return TORCHVISION
     if "stem.0.weight" in keys or any(".blocks." in k and k.startswith("stages.") for k in keys):
@@ -121,7 +123,8 @@ def _transformers(sd: StateDict, prefix: str) -> StateDict:
             out["head." + k[len("classifier.") :]] = v
             continue
         if not k.startswith(prefix):
-            continue  # e.g. a pooler without parameters; anything else is reported as missing later
+            out[k] = v  # unknown: kept, so that loading names it as unexpected
+            continue
         k = k[len(prefix) :]
         if k.startswith("embeddings.patch_embeddings."):
             k = "downsample_layers.0.0." + k[len("embeddings.patch_embeddings.") :]
@@ -188,10 +191,9 @@ def to_ours(sd: StateDict, fmt: str) -> StateDict:
         return _timm(sd)
     if fmt == TORCHVISION:
         return _torchvision(sd)
-    if fmt == HF:
-        return _transformers(sd, "convnext.")
-    if fmt == HF_V2:
-        return _transformers(sd, "convnextv2.")
+    if fmt in (HF, HF_V2):
+        prefix = "convnextv2." if fmt == HF_V2 else "convnext."
+        return _transformers(sd, prefix if any(k.startswith(prefix) for k in sd) else "")
     if fmt == FCMAE:
         return _fcmae(sd)
     raise ValueError(f"unknown format {fmt!r}")
