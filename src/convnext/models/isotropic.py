@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .convnext import Block, drop_path_rates, init_weights
+from .convnext import Block, drop_path_rates, init_weights, to_channels_last
 
 
 class ConvNeXtIsotropic(nn.Module):
@@ -37,7 +37,7 @@ class ConvNeXtIsotropic(nn.Module):
                 self.head.bias.mul_(head_init_scale)
 
     def forward_features(self, x: Tensor) -> Tensor:
-        return self.blocks(self.stem(x))
+        return self.blocks(self.stem(to_channels_last(x)))
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
         x = self.norm(x.mean((-2, -1)))
