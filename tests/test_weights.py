@@ -6,6 +6,7 @@ downloads, and a real malicious pickle: nothing is mocked.
 
 from __future__ import annotations
 
+import argparse
 import functools
 import hashlib
 import http.server
@@ -62,7 +63,10 @@ def test_official_format_loads_exactly(source: torch.nn.Module, official: Path) 
 def test_official_training_checkpoint_ema(source: torch.nn.Module, tmp_path: Path) -> None:
     ema = {k: v + 1 for k, v in source.state_dict().items()}
     path = tmp_path / "checkpoint-best.pth"
-    torch.save({"model": source.state_dict(), "model_ema": ema, "optimizer": {}, "epoch": 3}, path)
+    args = argparse.Namespace(model=ARCH, lr=4e-3, model_ema=True)  # the official main.py saves its args
+    torch.save(
+        {"model": source.state_dict(), "model_ema": ema, "optimizer": {}, "epoch": 3, "args": args}, path
+    )
     model = convnext.create_model(ARCH, num_classes=N_CLASSES)
     convnext.load_checkpoint(model, path)  # the top-level re-export
     assert same_weights(model.state_dict(), source.state_dict())
@@ -501,3 +505,18 @@ def test_hf_bare_backbone(v2: bool) -> None:
     assert ours.num_classes == 0
     x = torch.randn(1, 3, 64, 96)
     assert (ours(x) - hf(pixel_values=x).pooler_output).abs().max() < 1e-4
+
+
+def test_imagenet_tag_names_its_classes(server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+    httpd, root = server
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    with torch.device("meta"):
+        shapes = convnext.create_model(ARCH).state_dict()
+    torch.save({"model": {k: torch.zeros(v.shape) for k, v in shapes.items()}}, root / "in1k.pth")
+    url = f"http://127.0.0.1:{httpd.server_address[1]}/in1k.pth"
+    registry.register(registry.WeightEntry("convnext_atto.test_in1k", ARCH, url, "in1k", 1000))
+    try:
+        info = prepare("convnext_atto.test_in1k").info
+    finally:
+        registry.REGISTRY.pop("convnext_atto.test_in1k", None)
+    assert info.num_classes == 1000 and info.class_names[0] == "tench" and len(info.class_names) == 1000

@@ -68,14 +68,28 @@ def run(args: argparse.Namespace) -> int:
     n_params = sum(v.numel() for k, v in sd.items())
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = dst.with_name(dst.name + ".tmp")
-    if dst.suffix == ".safetensors":
+    try:
+        _write(sd, tmp, arch, n_classes, info, str(args.src))
+        os.replace(tmp, dst)
+    finally:
+        tmp.unlink(missing_ok=True)  # a failed write leaves nothing behind
+    names = f", {len(info.class_names)} class names" if info.class_names else ""
+    print(
+        f"wrote {dst}: {arch} from {info.format} weights, {n_classes} classes{names}, "
+        f"{n_params / 1e6:.1f}M parameters"
+    )
+    return 0
+
+
+def _write(sd: dict, tmp: Path, arch: str, n_classes: int, info, source: str) -> None:  # noqa: ANN001
+    if tmp.name.endswith(".safetensors.tmp"):
         from safetensors.torch import save_file
 
         meta = {
             "format": "convnext",
             "arch": arch,
             "num_classes": str(n_classes),
-            "source": str(args.src),
+            "source": source,
         }
         if info.class_names:
             meta["class_names"] = json.dumps(info.class_names)
@@ -90,10 +104,3 @@ def run(args: argparse.Namespace) -> int:
             },
             tmp,
         )
-    os.replace(tmp, dst)
-    names = f", {len(info.class_names)} class names" if info.class_names else ""
-    print(
-        f"wrote {dst}: {arch} from {info.format} weights, {n_classes} classes{names}, "
-        f"{n_params / 1e6:.1f}M parameters"
-    )
-    return 0

@@ -7,6 +7,7 @@ checkpoints``), so a file fetched once is never fetched again and works offline.
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import pickle
@@ -141,13 +142,19 @@ def _pickle_globals(data: bytes) -> list[str]:
 
 
 def _unsafe_globals(path: Path) -> list[str]:
+    """What a checkpoint would import beyond tensors and containers: torch's own scan for torch.save
+    archives; for a legacy raw pickle (torch has no scanner for those) our opcode walk."""
     if zipfile.is_zipfile(path):
-        with zipfile.ZipFile(path) as z:
-            pkls = [n for n in z.namelist() if n.endswith("data.pkl")]
-            data = z.read(pkls[0]) if pkls else b""
-    else:
-        data = path.read_bytes()
-    return [g for g in _pickle_globals(data) if not _SAFE_GLOBAL.match(g)]
+        try:
+            return list(torch.serialization.get_unsafe_globals_in_checkpoint(path))
+        except Exception:  # noqa: BLE001 - a damaged archive; the caller reports it as unreadable
+            return []
+    return [g for g in _pickle_globals(path.read_bytes()) if not _SAFE_GLOBAL.match(g)]
+
+
+# Plain data that official training checkpoints carry ("args": the argparse Namespace of the run).
+# Unpickling it only sets attributes; nothing is called.
+_ALLOWED_GLOBALS = [argparse.Namespace]
 
 
 def _is_safetensors(path: Path) -> bool:
@@ -177,7 +184,8 @@ def _read_file(path: Path) -> tuple[Any, dict[str, str]]:
     try:
         with warnings.catch_warnings():  # torch's note on pickle protocols is noise for a user
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
-            return torch.load(path, map_location="cpu", weights_only=True), {}
+            with torch.serialization.safe_globals(_ALLOWED_GLOBALS):
+                return torch.load(path, map_location="cpu", weights_only=True), {}
     except pickle.UnpicklingError as e:
         m = re.search(r"GLOBAL (\S+)", str(e))
         culprits = [m.group(1)] if m else _unsafe_globals(path)
@@ -251,7 +259,10 @@ def _unwrap(obj: Any, path: Path, ema: bool) -> tuple[dict[str, Tensor], dict[st
     if ema:
         sd = obj.get("model_ema")
         if not _is_state_dict(sd):
-            raise UserError(f"{path} has no EMA weights ('model_ema'); load it without ema")
+            raise UserError(
+                f"{path} has no EMA weights ('model_ema'); load it without ema "
+                "(the official *_ema releases already hold the EMA weights as 'model')"
+            )
         return sd, meta
     for key in ("model", "state_dict"):  # official / ours / timm training / Lightning containers
         if _is_state_dict(obj.get(key)):
