@@ -13,6 +13,7 @@ import logging
 import pickle
 import pickletools
 import re
+import socket
 import warnings
 import zipfile
 from dataclasses import dataclass, field
@@ -31,6 +32,7 @@ from .registry import WeightEntry, find_tag, list_tags
 log = logging.getLogger("convnext.weights")
 
 HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+DOWNLOAD_TIMEOUT_S = 60  # per connection attempt / read, not for the whole download
 
 
 @dataclass
@@ -80,6 +82,8 @@ def fetch(url: str, *, progress: bool = True) -> Path:
     dst.parent.mkdir(parents=True, exist_ok=True)
     m = torch.hub.HASH_REGEX.search(name)  # "name-<sha256 prefix>.ext": torch.hub's check_hash convention
     hash_prefix = m.group(1) if m and m.group(1) else None
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)  # torch.hub has no timeout: a dropped network would hang
     try:
         torch.hub.download_url_to_file(url, str(dst), hash_prefix, progress=progress)
     except (URLError, OSError, TimeoutError) as e:
@@ -92,6 +96,8 @@ def fetch(url: str, *, progress: bool = True) -> Path:
         if "hash" in str(e):
             raise UserError(f"the file downloaded from {url} is corrupt ({e}); try again") from None
         raise
+    finally:
+        socket.setdefaulttimeout(previous)
     return dst
 
 
