@@ -18,6 +18,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..errors import UserError
+from . import layouts
 from .classes import resolve_class_list
 from .config import DataConfig
 from .images import check_file, load_image, strict_error
@@ -216,11 +217,9 @@ def _pick_split(split: str, table: dict):
 
 
 # ------------------------------------------------------------------------------ torchvision's datasets
-def _offline_error(name: str, root: Path, files: str) -> UserError:
-    return UserError(
-        f"dataset {name} is not in {root} and cannot be downloaded here: put {files} in {root} "
-        f"(or set data.download=true with internet access)"
-    )
+def _offline_error(name: str, root: Path, files: str, tried_download: bool) -> UserError:
+    how = "the download failed (offline?)" if tried_download else "data.download=true downloads it"
+    return UserError(f"dataset {name} is not in {root}: put {files} there ({how})")
 
 
 def _torchvision(cls_name: str, files: str) -> Callable[[DataConfig, str, Transform], ArrayDataset]:
@@ -232,12 +231,13 @@ def _torchvision(cls_name: str, files: str) -> Callable[[DataConfig, str, Transf
         try:
             ds = getattr(tvd, cls_name)(str(root), train=train, download=cfg.download)
         except RuntimeError as e:  # "Dataset not found or corrupted" / failed download
-            raise _offline_error(cls_name, root, files) from e
+            raise _offline_error(cls_name, root, files, cfg.download) from e
         except OSError as e:  # no network
-            raise _offline_error(cls_name, root, files) from e
+            raise _offline_error(cls_name, root, files, cfg.download) from e
         data = ds.data.numpy() if isinstance(ds.data, torch.Tensor) else ds.data
         targets = ds.targets.tolist() if isinstance(ds.targets, torch.Tensor) else ds.targets
-        return ArrayDataset(data, targets, list(ds.classes), transform)
+        classes = [str(i) for i in range(10)] if cls_name == "MNIST" else list(ds.classes)
+        return ArrayDataset(data, targets, classes, transform)
 
     return build
 
@@ -252,6 +252,39 @@ cifar10 = _torchvision("CIFAR10", _TORCHVISION_FILES["CIFAR10"])
 cifar100 = _torchvision("CIFAR100", _TORCHVISION_FILES["CIFAR100"])
 
 
+# ---------------------------------------------------------------------------------------- raw layouts
+def _raw(
+    layout: Callable[..., layouts.RawSplit], needs_split: bool = False, **fixed: object
+) -> Callable[[DataConfig, str, Transform], FileDataset]:
+    def build(cfg: DataConfig, split: str, transform: Transform = None) -> FileDataset:
+        if not cfg.root:
+            raise UserError(f"config key data.root is required for data.dataset={cfg.dataset}")
+        root = Path(cfg.root).expanduser()
+        if not root.is_dir():
+            raise UserError(f"config key data.root: folder {root} does not exist")
+        kw = dict(fixed)
+        if needs_split:
+            kw.update(val_fraction=cfg.val_fraction, seed=cfg.split_seed)
+        raw = layout(root, split, **kw)
+        for note in raw.notes:
+            warnings.warn(note, UserWarning, stacklevel=3)
+        classes = raw.classes
+        if cfg.class_list:
+            classes = resolve_class_list(cfg.class_list, sorted({c for _, c in raw.samples}))
+        index = {c: i for i, c in enumerate(classes)}
+        files = [(p, index[c]) for p, c in raw.samples]
+        missing = [p for p, _ in files if not os.path.exists(p)]
+        if missing:
+            raise UserError(
+                f"{cfg.dataset}: {missing[0]} is listed but does not exist ({len(missing)} missing)"
+            )
+        good, bad = scan_files(files, strict=cfg.strict, check_headers=cfg.check_headers)
+        _warn_skipped(bad, f"{cfg.dataset} {split}")
+        return FileDataset(good, classes, transform, strict=cfg.strict, skipped=bad, root=str(root))
+
+    return build
+
+
 # -------------------------------------------------------------------------------------------- registry
 Builder = Callable[[DataConfig, str, Transform], Dataset]
 DATASETS: dict[str, Builder] = {
@@ -260,6 +293,24 @@ DATASETS: dict[str, Builder] = {
     "mnist": mnist,
     "cifar10": cifar10,
     "cifar100": cifar100,
+    "tiny-imagenet": _raw(layouts.tiny_imagenet),
+    "mini-imagenet": _raw(layouts.mini_imagenet, needs_split=True),
+    "imagenet": _raw(layouts.imagenet),
+    "caltech101": _raw(layouts.caltech, needs_split=True, version=101),
+    "caltech256": _raw(layouts.caltech, needs_split=True, version=256),
+}
+
+
+_ALIASES = {
+    "tinyimagenet": "tiny-imagenet",
+    "tiny-imagenet-200": "tiny-imagenet",
+    "miniimagenet": "mini-imagenet",
+    "imagenet1k": "imagenet",
+    "imagenet-1k": "imagenet",
+    "caltech-101": "caltech101",
+    "caltech-256": "caltech256",
+    "cifar-10": "cifar10",
+    "cifar-100": "cifar100",
 }
 
 
@@ -269,7 +320,9 @@ def build_dataset(cfg: DataConfig, split: str, transform: Transform = None) -> D
     Raises UserError (one sentence) for a missing folder, an empty dataset or an empty class folder.
     """
     name = cfg.dataset.lower().replace("_", "-")
-    builder = DATASETS.get(name) or DATASETS.get(name.replace("-", ""))
+    builder = (
+        DATASETS.get(name) or DATASETS.get(name.replace("-", "")) or DATASETS.get(_ALIASES.get(name, ""))
+    )
     if builder is None:
         raise UserError(f"config key data.dataset: {cfg.dataset!r} is not one of {', '.join(DATASETS)}")
     ds = builder(cfg, split, transform)

@@ -1,0 +1,51 @@
+"""``convnext prepare <dataset> SRC DST``: a raw public dataset layout -> ImageFolder (data.root=DST)."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..data.prepare import MODES, PREPARABLE, prepare
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "prepare",
+        help="turn a raw dataset layout (ImageNet devkit val, Tiny-ImageNet, Caltech, CIFAR, ...) into "
+        "an image folder",
+        description="Write DST/train/<class>/, DST/val/<class>/ and DST/classes.txt from a raw dataset "
+        "layout. JPEGs are hard-linked (or copied), never re-encoded; MNIST/CIFAR become PNG files. "
+        "Then train with data.root=DST.",
+    )
+    p.add_argument("dataset", choices=PREPARABLE, metavar="dataset", help=f"one of: {', '.join(PREPARABLE)}")
+    p.add_argument("src", help="the raw dataset folder (as extracted from its archives)")
+    p.add_argument("dst", help="output folder (created)")
+    p.add_argument(
+        "--mode",
+        choices=MODES,
+        default="link",
+        help="link (hard links, default; copies across file systems), copy, or symlink",
+    )
+    p.add_argument(
+        "--val-fraction",
+        type=float,
+        default=0.2,
+        help="Caltech, pooled mini-ImageNet: share of each class that goes to val (default 0.2)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of that split (default 0)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    counts = prepare(
+        args.dataset,
+        args.src,
+        args.dst,
+        mode=args.mode,
+        val_fraction=args.val_fraction,
+        seed=args.seed,
+        progress=not args.no_progress,
+    )
+    parts = ", ".join(f"{n} {split}" for split, n in counts.items())
+    print(f"convnext prepare: {args.dataset}: {parts} images in {args.dst} (train with data.root={args.dst})")
+    return 0

@@ -1,0 +1,244 @@
+"""The raw layouts of public datasets as (file, class name) lists: read directly by build_dataset, and turned
+into an ImageFolder by ``convnext prepare``.
+
+- Tiny-ImageNet-200: wnids.txt, train/<wnid>/images/*.JPEG, val/images/*.JPEG + val/val_annotations.txt
+  (file, wnid, box); 200 classes in sorted-wnid order (their own index, not ImageNet-1k's).
+- mini-ImageNet: images/*.jpg + train.csv/val.csv/test.csv ("filename,label" with label a wnid). The usual
+  (Ravi & Larochelle) csvs are a few-shot split with disjoint classes per split; a classifier needs the same
+  classes in train and val, so then all 100 classes are pooled and split per class (data.val_fraction,
+  data.split_seed). csvs that already share their classes are used as they are.
+- ImageNet-1k: train/<wnid>/*.JPEG; val/ either wnid folders or flat ILSVRC2012_val_XXXXXXXX.JPEG labelled by
+  the devkit (ILSVRC2012_devkit_t12/data/ILSVRC2012_validation_ground_truth.txt: devkit ILSVRC2012_IDs,
+  mapped to wnids through meta.mat, because the devkit's ID order is NOT the standard sorted-wnid order) or by
+  Kaggle's LOC_val_solution.csv. The Kaggle tree (ILSVRC/Data/CLS-LOC/{train,val}) works too.
+- Caltech-101 (101_ObjectCategories/<class>/*.jpg, BACKGROUND_Google left out as torchvision does) and
+  Caltech-256 (256_ObjectCategories/<NNN.name>/*.jpg): no official split; a seeded per-class split.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import UserError
+from .classes import imagenet1k_wnids
+
+
+@dataclass
+class RawSplit:
+    samples: list[tuple[str, str]]  # (file, class name)
+    classes: list[str]  # class names in index order
+    notes: list[str] = field(default_factory=list)
+
+
+def _images_in(folder: Path) -> list[str]:
+    return sorted(
+        os.path.join(folder, f)
+        for f in os.listdir(folder)
+        if not f.startswith(".") and (folder / f).is_file()
+    )
+
+
+def _need(path: Path, dataset: str, what: str) -> Path:
+    if not path.exists():
+        raise UserError(f"{dataset}: {path} does not exist ({what})")
+    return path
+
+
+def seeded_split(
+    samples: list[tuple[str, str]], val_fraction: float, seed: int
+) -> dict[str, list[tuple[str, str]]]:
+    """Per class: a seeded permutation, the first round(n * val_fraction) to val (at least one when a class
+    has 2+ images), the rest to train. Depends only on (files, fraction, seed)."""
+    if not 0 < val_fraction < 1:
+        raise UserError(f"the validation fraction must be in (0, 1), got {val_fraction}")
+    by_class: dict[str, list[str]] = {}
+    for path, c in sorted(samples):
+        by_class.setdefault(c, []).append(path)
+    out: dict[str, list[tuple[str, str]]] = {"train": [], "val": []}
+    rng = np.random.default_rng(seed)
+    for c in sorted(by_class):
+        files = by_class[c]
+        order = rng.permutation(len(files))
+        n_val = min(max(int(round(len(files) * val_fraction)), 1 if len(files) > 1 else 0), len(files) - 1)
+        for k, i in enumerate(order):
+            out["val" if k < n_val else "train"].append((files[i], c))
+    return out
+
+
+# --------------------------------------------------------------------------------------- Tiny-ImageNet
+def tiny_imagenet(root: Path, split: str) -> RawSplit:
+    name = "Tiny-ImageNet"
+    if not (root / "wnids.txt").is_file() and (root / "tiny-imagenet-200" / "wnids.txt").is_file():
+        root = root / "tiny-imagenet-200"
+    wnids = sorted(
+        _need(root / "wnids.txt", name, "the folder of the extracted tiny-imagenet-200.zip")
+        .read_text()
+        .split()
+    )
+    known = set(wnids)
+    samples: list[tuple[str, str]] = []
+    if split == "train":
+        for w in wnids:
+            folder = root / "train" / w / "images"
+            if folder.is_dir():
+                samples += [(p, w) for p in _images_in(folder)]
+    elif split == "val":
+        ann = _need(root / "val" / "val_annotations.txt", name, "the val labels")
+        for line in ann.read_text().splitlines():
+            parts = line.split("\t")
+            if len(parts) >= 2:
+                if parts[1] not in known:
+                    raise UserError(
+                        f"{name}: {ann} labels {parts[0]} with {parts[1]}, which is not in wnids.txt"
+                    )
+                samples.append((str(root / "val" / "images" / parts[0]), parts[1]))
+    else:
+        raise UserError(f"{name}: split {split!r} has no labels; use train or val")
+    return RawSplit(samples, wnids)
+
+
+# ---------------------------------------------------------------------------------------- mini-ImageNet
+def _read_csv(path: Path) -> list[tuple[str, str]]:
+    with open(path, newline="") as f:
+        rows = [r for r in csv.reader(f) if r]
+    if rows and rows[0][:2] == ["filename", "label"]:
+        rows = rows[1:]
+    return [(r[0], r[1]) for r in rows]
+
+
+def mini_imagenet(root: Path, split: str, *, val_fraction: float = 0.2, seed: int = 0) -> RawSplit:
+    name = "mini-ImageNet"
+    images = _need(root / "images", name, "the folder of the images named in train.csv/val.csv/test.csv")
+    csvs = {s: root / f"{s}.csv" for s in ("train", "val", "test") if (root / f"{s}.csv").is_file()}
+    if "train" not in csvs:
+        raise UserError(f"{name}: {root / 'train.csv'} does not exist (filename,label rows)")
+    rows = {s: _read_csv(p) for s, p in csvs.items()}
+    classes_of = {s: sorted({c for _, c in r}) for s, r in rows.items()}
+    if all(c == classes_of["train"] for c in classes_of.values()):  # a classification split: as it is
+        if split not in rows:
+            raise UserError(f"{name}: {root / f'{split}.csv'} does not exist")
+        return RawSplit([(str(images / f), c) for f, c in rows[split]], classes_of["train"])
+    pooled = [(str(images / f), c) for r in rows.values() for f, c in r]
+    if split not in ("train", "val"):
+        raise UserError(f"{name}: split {split!r} does not exist; use train or val")
+    parts = seeded_split(pooled, val_fraction, seed)
+    classes = sorted({c for _, c in pooled})
+    note = (
+        f"{name}: the csv splits have disjoint classes (few-shot); pooled {len(pooled)} images of "
+        f"{len(classes)} classes and split them per class ({val_fraction:g} to val, seed {seed})"
+    )
+    return RawSplit(parts[split], classes, [note])
+
+
+# ---------------------------------------------------------------------------------------------- ImageNet
+def _imagenet_dir(root: Path, split: str) -> Path | None:
+    for cand in (
+        root / split,
+        root / "ILSVRC" / "Data" / "CLS-LOC" / split,
+        root / "Data" / "CLS-LOC" / split,
+    ):
+        if cand.is_dir():
+            return cand
+    return None
+
+
+def _find(root: Path, names: list[str]) -> Path | None:
+    for base in (root, *list(root.parents)[:3]):
+        for n in names:
+            if (base / n).is_file():
+                return base / n
+    return None
+
+
+def _devkit_labels(gt: Path) -> dict[int, str]:
+    """Validation image number -> wnid from the devkit ground truth and meta.mat."""
+    meta = gt.with_name("meta.mat")
+    if not meta.is_file():
+        raise UserError(f"ImageNet: {meta} is missing (the devkit's meta.mat maps its class ids to wnids)")
+    try:
+        from scipy.io import loadmat
+    except ImportError:
+        raise UserError("ImageNet: reading the devkit's meta.mat needs scipy (pip install scipy)") from None
+    syn = loadmat(str(meta), squeeze_me=True)["synsets"]
+    id_to_wnid = {int(i): str(w) for i, w in zip(syn["ILSVRC2012_ID"], syn["WNID"])}
+    labels = {}
+    for n, line in enumerate(gt.read_text().split(), start=1):
+        labels[n] = id_to_wnid[int(line)]
+    return labels
+
+
+def _loc_csv_labels(path: Path) -> dict[int, str]:
+    labels = {}
+    with open(path, newline="") as f:
+        for row in csv.reader(f):
+            if len(row) >= 2 and row[0] != "ImageId":
+                m = re.search(r"(\d+)$", row[0])
+                if m and row[1].split():
+                    labels[int(m.group(1))] = row[1].split()[0]
+    return labels
+
+
+def imagenet(root: Path, split: str) -> RawSplit:
+    name = "ImageNet"
+    wnids = imagenet1k_wnids()
+    d = _imagenet_dir(root, split)
+    if d is None:
+        raise UserError(
+            f"{name}: no {split}/ folder under {root} (expected {root}/{split} or the Kaggle tree)"
+        )
+    subdirs = sorted(e.name for e in os.scandir(d) if e.is_dir())
+    if subdirs:  # already <wnid>/ folders
+        samples = [(p, w) for w in subdirs for p in _images_in(d / w)]
+        return RawSplit(samples, wnids)
+    gt = _find(
+        root,
+        [
+            "ILSVRC2012_devkit_t12/data/ILSVRC2012_validation_ground_truth.txt",
+            "data/ILSVRC2012_validation_ground_truth.txt",
+            "ILSVRC2012_validation_ground_truth.txt",
+        ],
+    )
+    loc = _find(root, ["LOC_val_solution.csv"])
+    if gt is not None:
+        labels, source = _devkit_labels(gt), str(gt)
+    elif loc is not None:
+        labels, source = _loc_csv_labels(loc), str(loc)
+    else:
+        raise UserError(
+            f"{name}: {d} holds flat images but no labels were found: put the devkit "
+            f"(ILSVRC2012_devkit_t12/data/ILSVRC2012_validation_ground_truth.txt and meta.mat) or Kaggle's "
+            f"LOC_val_solution.csv in {root}"
+        )
+    known = set(wnids)
+    samples = []
+    for p in _images_in(d):
+        m = re.search(r"_(\d+)\.\w+$", os.path.basename(p))
+        if m is None or int(m.group(1)) not in labels:
+            raise UserError(f"{name}: image {p} has no label in {source}")
+        w = labels[int(m.group(1))]
+        if w not in known:
+            raise UserError(f"{name}: {source} labels {p} with {w}, which is not an ImageNet-1k class")
+        samples.append((p, w))
+    return RawSplit(samples, wnids)
+
+
+# ----------------------------------------------------------------------------------------------- Caltech
+def caltech(root: Path, split: str, *, version: int, val_fraction: float = 0.2, seed: int = 0) -> RawSplit:
+    name = f"Caltech-{version}"
+    top = f"{version}_ObjectCategories"
+    for cand in (root / top, root / f"caltech{version}" / top, root):
+        if cand.is_dir() and cand.name == top:
+            break
+    else:
+        raise UserError(f"{name}: {root / top} does not exist (extract the archive into {root})")
+    classes = sorted(e.name for e in os.scandir(cand) if e.is_dir() and e.name != "BACKGROUND_Google")
+    samples = [(p, c) for c in classes for p in _images_in(cand / c)]
+    if split not in ("train", "val"):
+        raise UserError(f"{name}: split {split!r} does not exist; use train or val")
+    return RawSplit(seeded_split(samples, val_fraction, seed)[split], classes)

@@ -1,0 +1,186 @@
+"""Raw dataset layouts (synthetic replicas in tmp_path) read directly and through `convnext prepare`."""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from convnext.cli.main import main as cli
+from convnext.data import DataConfig, build_dataset, imagenet1k_wnids
+from convnext.data.prepare import prepare
+from convnext.errors import UserError
+
+
+def _jpeg(path: Path, seed: int = 0, size: int = 12) -> Path:
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arr = np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)
+    Image.fromarray(arr).save(path, "JPEG")
+    return path
+
+
+def _prepared(dst: Path, split: str) -> dict[str, list[str]]:
+    return {d.name: sorted(f.name for f in d.iterdir()) for d in sorted((dst / split).iterdir())}
+
+
+def test_tiny_imagenet(tmp_path: Path) -> None:
+    src = tmp_path / "tiny-imagenet-200"
+    wnids = ["n02124075", "n01443537"]
+    (src / "val" / "images").mkdir(parents=True)
+    src.joinpath("wnids.txt").write_text("\n".join(wnids) + "\n")
+    for w in wnids:
+        for i in range(2):
+            _jpeg(src / "train" / w / "images" / f"{w}_{i}.JPEG", i)
+        (src / "train" / w / f"{w}_boxes.txt").write_text("boxes\n")
+    rows = [("val_0.JPEG", wnids[0]), ("val_1.JPEG", wnids[1]), ("val_2.JPEG", wnids[0])]
+    for i, (f, _) in enumerate(rows):
+        _jpeg(src / "val" / "images" / f, 10 + i)
+    (src / "val" / "val_annotations.txt").write_text("".join(f"{f}\t{w}\t0\t0\t5\t5\n" for f, w in rows))
+
+    raw = build_dataset(DataConfig(dataset="tiny-imagenet", root=str(tmp_path)), "val", None)
+    assert raw.classes == sorted(wnids) and len(raw) == 3
+    assert [t for _, t in raw.samples] == [1, 0, 1]  # sorted wnids: n01443537 -> 0
+
+    dst = tmp_path / "out"
+    assert prepare("tiny-imagenet", src, dst, progress=False) == {"train": 4, "val": 3}
+    assert _prepared(dst, "val") == {"n01443537": ["val_1.JPEG"], "n02124075": ["val_0.JPEG", "val_2.JPEG"]}
+    assert (dst / "val" / "n02124075" / "val_0.JPEG").stat().st_ino == (
+        src / "val/images/val_0.JPEG"
+    ).stat().st_ino
+    # classes.txt keeps Tiny-ImageNet's own 200-class index instead of auto-mapping wnids to ImageNet-1k
+    ds = build_dataset(DataConfig(root=str(dst)), "val", None)
+    assert ds.classes == sorted(wnids) and sorted(t for _, t in ds.samples) == [0, 1, 1]
+    assert prepare("tiny-imagenet", src, dst, progress=False)["val"] == 3  # a second run is harmless
+
+
+def _meta_mat(path: Path, id_to_wnid: dict[int, str]) -> None:
+    from scipy.io import savemat
+
+    rec = np.zeros(len(id_to_wnid), dtype=[("ILSVRC2012_ID", "O"), ("WNID", "O"), ("words", "O")])
+    for k, (i, w) in enumerate(id_to_wnid.items()):
+        rec[k] = (i, w, "words")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    savemat(path, {"synsets": rec})
+
+
+def test_imagenet_val_from_devkit_and_loc_csv(tmp_path: Path) -> None:
+    wn = imagenet1k_wnids()
+    # the devkit's ILSVRC2012_IDs are not the sorted-wnid order: id 1 is wnid #449, id 2 is #0, id 3 is #999
+    id_to_wnid = {1: wn[449], 2: wn[0], 3: wn[999]}
+    src = tmp_path / "imagenet"
+    truth = [2, 3, 1, 2]  # image k+1 has devkit id truth[k]
+    for k in range(4):
+        _jpeg(src / "val" / f"ILSVRC2012_val_{k + 1:08d}.JPEG", k)
+    data = src / "ILSVRC2012_devkit_t12" / "data"
+    _meta_mat(data / "meta.mat", id_to_wnid)
+    (data / "ILSVRC2012_validation_ground_truth.txt").write_text("".join(f"{t}\n" for t in truth))
+
+    ds = build_dataset(DataConfig(dataset="imagenet", root=str(src)), "val", None)
+    assert len(ds.classes) == 1000 and [t for _, t in ds.samples] == [0, 999, 449, 0]
+
+    dst = tmp_path / "out"
+    assert prepare("imagenet", src, dst, mode="copy", progress=False) == {"val": 4}
+    assert _prepared(dst, "val")[wn[0]] == ["ILSVRC2012_val_00000001.JPEG", "ILSVRC2012_val_00000004.JPEG"]
+    img = (dst / "val" / wn[449] / "ILSVRC2012_val_00000003.JPEG").read_bytes()
+    assert img == (src / "val" / "ILSVRC2012_val_00000003.JPEG").read_bytes()  # bytes as they were
+    ds = build_dataset(DataConfig(root=str(dst)), "val", None)
+    assert sorted(t for _, t in ds.samples) == [0, 0, 449, 999]
+
+    # Kaggle: ILSVRC/Data/CLS-LOC/val + LOC_val_solution.csv
+    kag = tmp_path / "kaggle"
+    for k in range(2):
+        _jpeg(kag / "ILSVRC" / "Data" / "CLS-LOC" / "val" / f"ILSVRC2012_val_{k + 1:08d}.JPEG", k)
+    (kag / "LOC_val_solution.csv").write_text(
+        f"ImageId,PredictionString\nILSVRC2012_val_00000002,{wn[7]} 1 2 3 4 {wn[7]} 5 6 7 8\n"
+        f"ILSVRC2012_val_00000001,{wn[3]} 1 2 3 4\n"
+    )
+    ds = build_dataset(DataConfig(dataset="imagenet", root=str(kag)), "val", None)
+    assert [t for _, t in ds.samples] == [3, 7]
+    (kag / "LOC_val_solution.csv").unlink()
+    with pytest.raises(UserError, match="no labels were found: put the devkit"):
+        build_dataset(DataConfig(dataset="imagenet", root=str(kag)), "val", None)
+
+
+def test_caltech_seeded_split(tmp_path: Path) -> None:
+    src = tmp_path / "caltech"
+    for c, n in (("BACKGROUND_Google", 3), ("accordion", 10), ("airplanes", 5)):
+        for i in range(n):
+            _jpeg(src / "101_ObjectCategories" / c / f"image_{i:04d}.jpg", i)
+    cfg = DataConfig(dataset="caltech101", root=str(src), val_fraction=0.2)
+    tr, va = build_dataset(cfg, "train", None), build_dataset(cfg, "val", None)
+    assert tr.classes == ["accordion", "airplanes"] and (len(tr), len(va)) == (12, 3)
+    assert not {p for p, _ in tr.samples} & {p for p, _ in va.samples}
+    again = build_dataset(cfg, "val", None)
+    assert again.samples == va.samples
+    other = build_dataset(DataConfig(dataset="caltech101", root=str(src), split_seed=1), "val", None)
+    assert other.samples != va.samples
+
+    dst = tmp_path / "out"
+    assert cli(["prepare", "caltech101", str(src), str(dst), "--val-fraction", "0.4", "--no-progress"]) == 0
+    assert sum(len(v) for v in _prepared(dst, "val").values()) == 6
+    assert sorted(_prepared(dst, "train")) == ["accordion", "airplanes"]
+
+
+def test_mini_imagenet_pools_disjoint_fewshot_splits(tmp_path: Path) -> None:
+    src = tmp_path / "mini"
+    rows = {"train": ["n01532829", "n01558993"], "val": ["n01855672"], "test": ["n01930112"]}
+    k = 0
+    for split, classes in rows.items():
+        lines = ["filename,label"]
+        for c in classes:
+            for i in range(5):
+                name = f"{c}{i:08d}.jpg"
+                _jpeg(src / "images" / name, k)
+                k += 1
+                lines.append(f"{name},{c}")
+        (src / f"{split}.csv").write_text("\n".join(lines) + "\n")
+    with pytest.warns(UserWarning, match="disjoint classes"):
+        tr = build_dataset(DataConfig(dataset="mini-imagenet", root=str(src)), "train", None)
+    assert len(tr.classes) == 4 and len(tr) == 16
+    dst = tmp_path / "out"
+    assert prepare("mini-imagenet", src, dst, progress=False) == {"train": 16, "val": 4}
+
+
+def _idx(path: Path, arr: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as f:
+        f.write(struct.pack(">I", 0x0800 + arr.ndim))  # idx magic: unsigned bytes, ndim dimensions
+        f.write(struct.pack(f">{arr.ndim}I", *arr.shape))
+        f.write(arr.astype(np.uint8).tobytes())
+
+
+def test_mnist_from_torchvision_files_and_cifar_offline_error(tmp_path: Path) -> None:
+    raw = tmp_path / "mnist" / "MNIST" / "raw"
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", 6), ("t10k", 4)):
+        _idx(raw / f"{prefix}-images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28)))
+        _idx(raw / f"{prefix}-labels-idx1-ubyte", np.arange(n) % 3)
+    ds = build_dataset(DataConfig(dataset="mnist", root=str(tmp_path / "mnist")), "val", None)
+    assert len(ds) == 4 and ds.classes[:3] == ["0", "1", "2"]
+    img, y = ds[1]
+    assert img.shape == (3, 28, 28) and img.dtype == torch.uint8 and y == 1
+    dst = tmp_path / "out"
+    assert prepare("mnist", tmp_path / "mnist", dst, progress=False) == {"train": 6, "val": 4}
+    back = build_dataset(DataConfig(root=str(dst)), "val", None)
+    assert torch.equal(back.load(0)[0], ds[0][0]) and back.classes[:2] == ["0", "1"]  # PNG is lossless
+
+    with pytest.raises(
+        UserError,
+        match=r"dataset CIFAR10 is not in .*cifar: put cifar-10-batches-py/ .* there \(data.download=true",
+    ):
+        build_dataset(DataConfig(dataset="cifar10", root=str(tmp_path / "cifar")), "train", None)
+    assert cli(["prepare", "cifar10", str(tmp_path), str(tmp_path / "o2"), "--no-progress"]) == 2
+
+
+def test_prepare_errors(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert cli(["prepare", "caltech256", str(tmp_path / "missing"), str(tmp_path / "o")]) == 2
+    assert "source folder" in capsys.readouterr().err
+    with pytest.raises(UserError, match="must not be the source folder"):
+        prepare("caltech101", tmp_path, tmp_path / "inside")
+    with pytest.raises(UserError, match="Caltech-101: .*101_ObjectCategories does not exist"):
+        prepare("caltech101", tmp_path, tmp_path.parent / f"{tmp_path.name}_o")
