@@ -215,7 +215,7 @@ def test_tiny_weights_into_small(tmp_path: Path) -> None:
         convnext.create_model("convnext_small", pretrained=str(path))
 
 
-def test_bad_files_are_one_sentence(official: Path, tmp_path: Path) -> None:
+def test_bad_files_are_one_sentence(official: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     data = official.read_bytes()
     (tmp_path / "truncated.pth").write_bytes(data[: len(data) // 2])
     (tmp_path / "random.pth").write_bytes(os.urandom(4096))
@@ -231,6 +231,11 @@ def test_bad_files_are_one_sentence(official: Path, tmp_path: Path) -> None:
         with pytest.raises(UserError) as e:
             convnext.create_model(ARCH, pretrained=str(tmp_path / name))
         assert sentence in str(e.value) and name in str(e.value), str(e.value)
+        # the same through the CLI: exit code 2 and a single line, no traceback
+        assert main(["convert", str(tmp_path / name), str(tmp_path / "out.safetensors")]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith("convnext convert: error: ") and sentence in err
+    assert not (tmp_path / "out.safetensors").exists()
     with pytest.raises(UserError, match="does not exist"):
         read_checkpoint(tmp_path / "nope.pth")
     with pytest.raises(UserError, match="neither a file nor a known weights tag"):

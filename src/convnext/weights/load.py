@@ -191,7 +191,9 @@ def _read_file(path: Path) -> tuple[Any, dict[str, str]]:
         with warnings.catch_warnings():  # torch's note on pickle protocols is noise for a user
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
             with torch.serialization.safe_globals(_ALLOWED_GLOBALS):
-                return torch.load(path, map_location="cpu", weights_only=True), {}
+                # mmap: a 2.6 GB huge checkpoint is paged in as it is copied, not read whole first
+                mmap = zipfile.is_zipfile(path)
+                return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap), {}
     except pickle.UnpicklingError as e:
         m = re.search(r"GLOBAL (\S+)", str(e))
         culprits = [m.group(1)] if m else _unsafe_globals(path)
