@@ -525,3 +525,10 @@ def test_imagenet_tag_names_its_classes(server, tmp_path: Path, monkeypatch: pyt
     finally:
         registry.REGISTRY.pop("convnext_atto.test_in1k", None)
     assert info.num_classes == 1000 and info.class_names[0] == "tench" and len(info.class_names) == 1000
+
+
+def test_shape_mismatch_is_named(official: Path) -> None:
+    with pytest.raises(UserError) as e:
+        convnext.create_model(ARCH, pretrained=str(official), in_chans=1)
+    expected = "downsample_layers.0.0.weight: checkpoint (40, 3, 4, 4) vs model (40, 1, 4, 4)"
+    assert f"1 shape mismatches ({expected})" in str(e.value)
