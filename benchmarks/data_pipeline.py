@@ -1,0 +1,101 @@
+"""Images/s of ONE loader worker: our pipeline (torchvision.io decode + v2 on uint8 tensors) against the same
+recipe on PIL (PIL decode + torchvision.transforms v1), interleaved repeats in one process, medians.
+
+    .venv/bin/python benchmarks/data_pipeline.py [--root /work/shared/data/imagenet-sample/val] [--repeats 7]
+
+One thread (torch.set_num_threads(1)), as a DataLoader worker has: the figure is the per-worker cost; a
+loader with N workers scales it by about N.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+from PIL import Image
+from torchvision import transforms as T
+
+from convnext.data import DataConfig, build_eval_transform, build_train_transform, load_image
+from convnext.data.transforms import parse_randaugment
+
+
+def pil_train(cfg: DataConfig) -> T.Compose:
+    """The same recipe on PIL images (v1): what the official ConvNeXt/timm loaders do per image."""
+    ra = parse_randaugment(cfg.randaugment)
+    return T.Compose(
+        [
+            T.RandomResizedCrop(
+                cfg.img_size, scale=cfg.scale, ratio=cfg.ratio, interpolation=T.InterpolationMode.BICUBIC
+            ),
+            T.RandomHorizontalFlip(cfg.hflip),
+            T.RandAugment(num_ops=ra.num_ops, magnitude=9, num_magnitude_bins=11, fill=[124, 116, 104]),
+            T.ToTensor(),
+            T.Normalize(cfg.mean, cfg.std),
+            T.RandomErasing(p=cfg.reprob, value="random"),
+        ]
+    )
+
+
+def pil_eval(cfg: DataConfig) -> T.Compose:
+    return T.Compose(
+        [
+            T.Resize(int(cfg.img_size / cfg.crop_pct), interpolation=T.InterpolationMode.BICUBIC),
+            T.CenterCrop(cfg.img_size),
+            T.ToTensor(),
+            T.Normalize(cfg.mean, cfg.std),
+        ]
+    )
+
+
+def pil_load(path: Path) -> Image.Image:
+    with Image.open(path) as im:
+        return im.convert("RGB")
+
+
+def run_once(files: list[Path], load, transform) -> float:
+    torch.manual_seed(0)
+    t0 = time.perf_counter()
+    for f in files:
+        out = transform(load(f))
+        del out
+    return len(files) / (time.perf_counter() - t0)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument(
+        "--root", default=str(Path(__file__).resolve().parents[2] / "shared/data/imagenet-sample/val")
+    )
+    ap.add_argument("--repeats", type=int, default=7)
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    files = sorted(Path(args.root).rglob("*.JPEG"))
+    cfg = DataConfig()
+    pipes = {
+        "train ours": (load_image, build_train_transform(cfg)),
+        "train PIL": (pil_load, pil_train(cfg)),
+        "eval ours": (load_image, build_eval_transform(cfg)),
+        "eval PIL": (pil_load, pil_eval(cfg)),
+        "decode ours": (load_image, lambda x: x[..., :224]),
+        "decode PIL": (pil_load, lambda x: T.functional.pil_to_tensor(x)[..., :224]),
+    }
+    for load, t in pipes.values():  # warm up (first-call allocations, lazy imports)
+        run_once(files[:10], load, t)
+    rates: dict[str, list[float]] = {k: [] for k in pipes}
+    for _ in range(args.repeats):
+        for name, (load, t) in pipes.items():  # interleaved: machine noise hits every pipeline alike
+            rates[name].append(run_once(files, load, t))
+    med = {k: statistics.median(v) for k, v in rates.items()}
+    print(f"{len(files)} images from {args.root}, {args.repeats} interleaved repeats, 1 thread, medians")
+    print(f"machine: {platform.processor() or platform.machine()}, torch {torch.__version__}")
+    for kind in ("train", "eval", "decode"):
+        a, b = med[f"{kind} ours"], med[f"{kind} PIL"]
+        print(f"{kind:6s}: ours {a:7.1f} img/s   PIL {b:7.1f} img/s   ratio {a / b:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
