@@ -53,6 +53,7 @@ class CheckpointInfo:
     dropped_classifier: bool = False
     missing: list[str] = field(default_factory=list)
     unexpected: list[str] = field(default_factory=list)
+    mismatched: list[str] = field(default_factory=list)  # skipped (strict=False only): shapes differ
     metadata: dict[str, Any] = field(default_factory=dict)
 
 
@@ -375,13 +376,19 @@ def load_checkpoint(
     has_head, model_head = "head.weight" in sd, "head.weight" in target
     allowed_missing: set[str] = set()
     if has_head and (not model_head or sd["head.weight"].shape != target["head.weight"].shape):
-        n_model = target["head.weight"].shape[0] if model_head else 0
-        log.warning(
-            "%s has a %d-class classifier, the model %d classes: the classifier starts fresh (fine-tuning)",
-            where,
-            sd["head.weight"].shape[0],
-            n_model,
-        )
+        n_ckpt = sd["head.weight"].shape[0]
+        if model_head:
+            n_model = target["head.weight"].shape[0]
+            log.warning(
+                "%s has a %d-class classifier, the model %d classes: the classifier starts fresh",
+                where,
+                n_ckpt,
+                n_model,
+            )
+        else:
+            log.warning(
+                "%s has a %d-class classifier, the model none: the classifier is not used", where, n_ckpt
+            )
         sd = {k: v for k, v in sd.items() if not k.startswith("head.")}
         info.dropped_classifier, info.class_names = True, None
         allowed_missing |= {k for k in target if k.startswith("head.")}
@@ -404,8 +411,7 @@ def load_checkpoint(
     unexpected = [k for k in sd if k not in target]
     mismatched = [k for k in sd if k in target and sd[k].shape != target[k].shape]
     if strict and (missing or unexpected or mismatched):
-        ckpt_arch = formats.infer_arch(sd) if "head.weight" in sd or info.arch is None else info.arch
-        ckpt_arch = ckpt_arch or formats.infer_arch(prepared.state_dict)
+        ckpt_arch = formats.infer_arch(prepared.state_dict) or info.arch  # the shapes are the truth
         model_arch = getattr(model, "variant", None)
         if ckpt_arch and model_arch and ckpt_arch != model_arch:
             raise UserError(
@@ -433,5 +439,5 @@ def load_checkpoint(
         )
     sd = {k: v for k, v in sd.items() if k not in mismatched and k not in unexpected}
     model.load_state_dict(sd, strict=False, assign=assign)
-    info.missing, info.unexpected = missing, unexpected
+    info.missing, info.unexpected, info.mismatched = missing, unexpected, mismatched
     return info
