@@ -12,6 +12,7 @@ from conftest import SYNSETS
 
 import convnext.data.classes
 from convnext.data import (
+    SMALL_DATASET_DEFAULTS,
     DataConfig,
     build_dataset,
     build_eval_transform,
@@ -23,6 +24,7 @@ from convnext.data import (
     imagenet1k_classes,
     parse_randaugment,
     resolve_class_list,
+    small_dataset_defaults,
 )
 from convnext.data.loader import EvalShardSampler
 from convnext.data.transforms import TimmRandAugment
@@ -256,3 +258,14 @@ def test_eval_shards_cover_every_sample_once() -> None:
         list(range(10)), 4, train=False, cfg=DataConfig(workers=0), seed=0, distributed=False
     )
     assert [len(b) for b in loader] == [4, 4, 2] and not loader.pin_memory
+
+
+def test_small_dataset_defaults_are_valid_config() -> None:
+    for name, values in SMALL_DATASET_DEFAULTS.items():
+        cfg = DataConfig(dataset=name, **small_dataset_defaults(name))
+        native = 32 if name in ("digits", "cifar10", "cifar100", "mnist") else 64
+        x = torch.randint(0, 256, (3, native, native), dtype=torch.uint8)
+        assert build_train_transform(cfg)(x).shape == (3, cfg.img_size, cfg.img_size)
+        assert build_eval_transform(cfg)(x).shape == (3, cfg.img_size, cfg.img_size)
+        assert values["hflip"] == 0 or name not in ("digits", "mnist")
+    assert small_dataset_defaults("imagenet") == {}

@@ -5,6 +5,7 @@ from .config import IMAGENET_MEAN, IMAGENET_STD, DataConfig
 from .datasets import DATASETS, build_dataset, check_num_classes
 from .images import load_image
 from .loader import build_loader
+from .presets import SMALL_DATASET_DEFAULTS, small_dataset_defaults
 from .transforms import (
     build_eval_transform,
     build_mixup_cutmix,
@@ -16,6 +17,7 @@ from .transforms import (
 __all__ = [
     "DATASETS",
     "DataConfig",
+    "SMALL_DATASET_DEFAULTS",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "build_dataset",
@@ -31,4 +33,5 @@ __all__ = [
     "load_image",
     "parse_randaugment",
     "resolve_class_list",
+    "small_dataset_defaults",
 ]
