@@ -269,3 +269,24 @@ def test_small_dataset_defaults_are_valid_config() -> None:
         assert build_eval_transform(cfg)(x).shape == (3, cfg.img_size, cfg.img_size)
         assert values["hflip"] == 0 or name not in ("digits", "mnist")
     assert small_dataset_defaults("imagenet") == {}
+
+
+def test_distributed_loaders_use_seeded_train_sampler_and_unpadded_eval_shards() -> None:
+    import socket
+
+    import torch.distributed as dist
+    from torch.utils.data import DistributedSampler
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+    try:
+        cfg = DataConfig(workers=0)
+        train = build_loader(list(range(10)), 4, train=True, cfg=cfg, seed=3, distributed=True)
+        assert isinstance(train.sampler, DistributedSampler) and train.sampler.seed == 3
+        assert len(train) == 2  # drop_last
+        val = build_loader(list(range(10)), 4, train=False, cfg=cfg, seed=3, distributed=True)
+        assert isinstance(val.sampler, EvalShardSampler) and sum(len(b) for b in val) == 10
+    finally:
+        dist.destroy_process_group()

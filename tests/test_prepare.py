@@ -184,3 +184,9 @@ def test_prepare_errors(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
         prepare("caltech101", tmp_path, tmp_path / "inside")
     with pytest.raises(UserError, match="Caltech-101: .*101_ObjectCategories does not exist"):
         prepare("caltech101", tmp_path, tmp_path.parent / f"{tmp_path.name}_o")
+    tiny = tmp_path / "tiny"
+    (tiny / "val").mkdir(parents=True)
+    (tiny / "wnids.txt").write_text("n01443537\n")
+    (tiny / "val" / "val_annotations.txt").write_text("")
+    with pytest.raises(UserError, match=r"the 'val' split of dataset tiny-imagenet .* has no images"):
+        build_dataset(DataConfig(dataset="tiny-imagenet", root=str(tiny)), "val", None)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -135,10 +136,26 @@ def _files_under(folder: Path) -> list[str]:
 def scan_files(
     files: Sequence[tuple[str, int]], *, strict: bool, check_headers: bool
 ) -> tuple[list[tuple[str, int]], list[tuple[str, str]]]:
-    """Keep the files that look like images; the others come back as (file, reason)."""
+    """Keep the files that look like images; the others come back as (file, reason).
+
+    Reading 16 bytes of each file is I/O-bound (1.28M files for ImageNet), so large folders are checked by a
+    thread pool, with a progress bar."""
+    paths = [p for p, _ in files]
+    check = partial(check_file, headers=check_headers)
+    if len(paths) > 2000:
+        from concurrent.futures import ThreadPoolExecutor
+
+        from tqdm import tqdm
+
+        with ThreadPoolExecutor(max_workers=min(32, 4 * (os.cpu_count() or 1))) as pool:
+            it = pool.map(check, paths, chunksize=256)
+            reasons = list(
+                tqdm(it, total=len(paths), desc="checking images", unit="file", disable=len(paths) < 50_000)
+            )
+    else:
+        reasons = [check(p) for p in paths]
     good, bad = [], []
-    for path, target in files:
-        reason = check_file(path, headers=check_headers)
+    for (path, target), reason in zip(files, reasons):
         if reason is None:
             good.append((path, target))
         elif strict:
