@@ -190,3 +190,22 @@ def test_prepare_errors(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     (tiny / "val" / "val_annotations.txt").write_text("")
     with pytest.raises(UserError, match=r"the 'val' split of dataset tiny-imagenet .* has no images"):
         build_dataset(DataConfig(dataset="tiny-imagenet", root=str(tiny)), "val", None)
+
+
+def test_caltech_download_offline_names_dataset_and_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torchvision.datasets.utils as tvu
+
+    def no_network(*args: object, **kwargs: object) -> None:
+        raise OSError("network is unreachable")
+
+    monkeypatch.setattr(tvu, "download_and_extract_archive", no_network)  # torchvision's own download step
+    import torchvision.datasets.caltech as tvc
+
+    monkeypatch.setattr(tvc, "download_and_extract_archive", no_network)
+    cfg = DataConfig(dataset="caltech101", root=str(tmp_path), download=True)
+    with pytest.raises(
+        UserError, match=r"Caltech-101 could not be downloaded .*put the extracted 101_ObjectCategories/"
+    ):
+        build_dataset(cfg, "train", None)

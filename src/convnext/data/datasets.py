@@ -277,6 +277,9 @@ def _raw(
         if not cfg.root:
             raise UserError(f"config key data.root is required for data.dataset={cfg.dataset}")
         root = Path(cfg.root).expanduser()
+        if cfg.download and "version" in fixed:
+            root.mkdir(parents=True, exist_ok=True)
+            _download_caltech(int(fixed["version"]), root)  # type: ignore[call-overload]
         if not root.is_dir():
             raise UserError(f"config key data.root: folder {root} does not exist")
         kw = dict(fixed)
@@ -300,6 +303,22 @@ def _raw(
         return FileDataset(good, classes, transform, strict=cfg.strict, skipped=bad, root=str(root))
 
     return build
+
+
+def _download_caltech(version: int, root: Path) -> None:
+    """torchvision's downloader (it extracts into root/caltech<version>/<version>_ObjectCategories)."""
+    top = f"{version}_ObjectCategories"
+    if (root / top).is_dir() or (root / f"caltech{version}" / top).is_dir():
+        return
+    import torchvision.datasets as tvd
+
+    try:
+        getattr(tvd, f"Caltech{version}")(str(root), download=True)
+    except Exception as e:  # no network, Google Drive quota, ...
+        raise UserError(
+            f"dataset Caltech-{version} could not be downloaded ({type(e).__name__}): put the extracted "
+            f"{top}/ folder in {root}"
+        ) from e
 
 
 # -------------------------------------------------------------------------------------------- registry

@@ -236,7 +236,9 @@ def caltech(root: Path, split: str, *, version: int, val_fraction: float = 0.2, 
         if cand.is_dir() and cand.name == top:
             break
     else:
-        raise UserError(f"{name}: {root / top} does not exist (extract the archive into {root})")
+        raise UserError(
+            f"{name}: {root / top} does not exist (extract the archive into {root}, or data.download=true)"
+        )
     classes = sorted(e.name for e in os.scandir(cand) if e.is_dir() and e.name != "BACKGROUND_Google")
     samples = [(p, c) for c in classes for p in _images_in(cand / c)]
     if split not in ("train", "val"):
