@@ -13,12 +13,34 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from ..errors import UserError
 from .metrics import correct_topk, hard_targets
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
     # DDP and torch.compile wrappers: evaluation needs no gradient sync, so call the plain module.
     return getattr(model, "module", model)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _dataset_order(parts: list[torch.Tensor], loader: DataLoader) -> torch.Tensor:
+    """Per-rank results back in dataset order when the loader shards as indices[rank::world] (our eval
+    loader); any other sampler keeps rank order."""
+    from ..data.loader import EvalShardSampler
+
+    if not isinstance(getattr(loader, "sampler", None), EvalShardSampler) or not parts:
+        return torch.cat(parts)
+    world, n = len(parts), sum(len(p) for p in parts)
+    if any(len(p) != len(range(r, n, world)) for r, p in enumerate(parts)):
+        return torch.cat(parts)
+    out = parts[0].new_empty((n, *parts[0].shape[1:]))
+    for r, p in enumerate(parts):
+        out[r::world] = p
+    return out
 
 
 @torch.no_grad()
@@ -35,26 +57,40 @@ def evaluate(
 ) -> dict[str, Any]:
     """Evaluate ``model`` on ``loader`` (this rank's shard under torch.distributed).
 
-    Sums (correct@1, correct@5, loss x n, n) are all-reduced, so with an eval loader that shards without
-    padding every sample counts once. images_per_s is measured over the whole pass, data loading included,
-    from the first batch's arrival (the loader's start-up is not counted). With ``return_predictions``, rank 0
-    also gets ``predictions`` (N, topk class indices) and ``targets`` (N,), gathered in rank order.
+    Returns top1, top5 (percent), loss (mean cross-entropy), n (samples), images_per_s, world_size; with
+    ``return_predictions`` also ``predictions`` (N, topk class indices, best first) and ``targets`` (N,),
+    gathered from every rank and put back in dataset order.
+
+    Sums (correct@1, correct@k, loss x n, n) are all-reduced, so with an eval loader that shards without
+    padding every sample counts once. Accuracy is computed on all the model's logits, whatever subset of
+    classes the data holds. images_per_s excludes the first batch (warm-up: allocator, cuDNN autotune,
+    loader start-up) when there is more than one batch, and includes data loading for the rest: it is
+    the world's throughput, samples after the first batch over the slowest rank's wall time.
     """
     device = torch.device(device)
     net = _unwrap(model)
     was_training = net.training
     net.eval()
-    sums = torch.zeros(4, dtype=torch.float64, device=device)  # correct1, correct5, loss_sum, n
+    # correct1, correct5, loss_sum, n, n timed (after the first batch)
+    sums = torch.zeros(5, dtype=torch.float64, device=device)
     preds, targs = [], []
     distributed = dist.is_available() and dist.is_initialized()
     main = not distributed or dist.get_rank() == 0
-    bar = tqdm(loader, desc="eval", unit="batch", disable=not (progress and main), leave=False)
-    start = None
+    try:
+        total = len(loader.sampler)  # type: ignore[arg-type]  # this rank's samples
+    except TypeError:
+        total = None
+    bar = tqdm(total=total, desc="eval", unit="img", disable=not (progress and main), leave=False)
+    first_start, start = None, None
+    n_local, n_after_first = 0, 0  # Python ints: no device sync per batch
     autocast = (
         torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else contextlib.nullcontext()
     )
-    for images, targets in bar:
-        if start is None:
+    for i, (images, targets) in enumerate(loader):
+        if first_start is None:
+            first_start = time.perf_counter()
+        elif start is None:  # the first batch is done: warm-up over
+            _sync(device)
             start = time.perf_counter()
         images = images.to(device, non_blocking=True)
         if channels_last:
@@ -63,35 +99,51 @@ def evaluate(
         with autocast:
             logits = net(images)
         logits = logits.float()
+        if i == 0 and targets.numel() and int(targets.max()) >= logits.shape[1]:
+            raise UserError(
+                f"the data has class index {int(targets.max())} but the model has only {logits.shape[1]} "
+                f"outputs; evaluate with the model's own class list (or a checkpoint with more classes)"
+            )
         c1, c5 = correct_topk(logits, targets, (1, topk))
         loss_sum = F.cross_entropy(logits, targets, reduction="sum")
-        sums += torch.stack([c1.double(), c5.double(), loss_sum.double(), sums.new_tensor(len(targets))])
+        sums[:3] += torch.stack([c1.double(), c5.double(), loss_sum.double()])
+        n_local += len(targets)
+        n_after_first += len(targets) if i > 0 else 0
+        bar.update(len(targets))
         if return_predictions:
             preds.append(logits.topk(min(topk, logits.shape[1]), dim=1).indices.cpu())
             targs.append(targets.cpu())
+    bar.close()
+    _sync(device)
+    end = time.perf_counter()
+    if start is not None:
+        elapsed, n_timed = end - start, n_after_first
+    else:  # one batch (or none): time it whole
+        elapsed, n_timed = (end - first_start) if first_start is not None else 0.0, n_local
+    sums[3], sums[4] = n_local, n_timed
+    t = torch.tensor([elapsed], dtype=torch.float64, device=device)
     if distributed:
         dist.all_reduce(sums)
-    elapsed = time.perf_counter() - start if start is not None else 0.0
-    c1, c5, loss_sum, n = sums.tolist()
-    n_int = int(n)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    c1, c5, loss_sum, n, n_timed = sums.tolist()
+    elapsed = float(t.item())
     world = dist.get_world_size() if distributed else 1
     out: dict[str, Any] = {
         "top1": 100.0 * c1 / max(n, 1),
         "top5": 100.0 * c5 / max(n, 1),
         "loss": loss_sum / max(n, 1),
-        "n": n_int,
-        # each rank timed its own shard concurrently: the world's throughput is n over the (shared) wall time
-        "images_per_s": n / elapsed if elapsed > 0 else 0.0,
+        "n": int(n),
+        "images_per_s": n_timed / elapsed if elapsed > 0 else 0.0,
         "world_size": world,
     }
     if return_predictions:
         p = torch.cat(preds) if preds else torch.empty(0, topk, dtype=torch.long)
-        t = torch.cat(targs) if targs else torch.empty(0, dtype=torch.long)
+        tg = torch.cat(targs) if targs else torch.empty(0, dtype=torch.long)
         if distributed:
             gathered: list[Any] = [None] * world
-            dist.all_gather_object(gathered, (p, t))
-            p = torch.cat([g[0] for g in gathered])
-            t = torch.cat([g[1] for g in gathered])
-        out["predictions"], out["targets"] = p, t
+            dist.all_gather_object(gathered, (p, tg))
+            p = _dataset_order([g[0] for g in gathered], loader)
+            tg = _dataset_order([g[1] for g in gathered], loader)
+        out["predictions"], out["targets"] = p, tg
     net.train(was_training)
     return out
