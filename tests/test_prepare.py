@@ -84,7 +84,12 @@ def test_imagenet_val_from_devkit_and_loc_csv(tmp_path: Path) -> None:
     assert len(ds.classes) == 1000 and [t for _, t in ds.samples] == [0, 999, 449, 0]
 
     dst = tmp_path / "out"
-    assert prepare("imagenet", src, dst, mode="copy", progress=False) == {"val": 4}
+    assert prepare("imagenet", src, dst, mode="copy", progress=False) == {"val": 4}  # val only: fine
+    for k, i in enumerate((5, 5, 998)):
+        _jpeg(src / "train" / wn[i] / f"{wn[i]}_{k}.JPEG", k)
+    tr = build_dataset(DataConfig(dataset="imagenet", root=str(src)), "train", None)
+    assert sorted(t for _, t in tr.samples) == [5, 5, 998] and len(tr.classes) == 1000
+    assert prepare("imagenet", src, dst, progress=False) == {"train": 3, "val": 4}
     assert _prepared(dst, "val")[wn[0]] == ["ILSVRC2012_val_00000001.JPEG", "ILSVRC2012_val_00000004.JPEG"]
     img = (dst / "val" / wn[449] / "ILSVRC2012_val_00000003.JPEG").read_bytes()
     assert img == (src / "val" / "ILSVRC2012_val_00000003.JPEG").read_bytes()  # bytes as they were
