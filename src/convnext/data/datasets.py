@@ -39,7 +39,12 @@ def _warn_skipped(skipped: Sequence[tuple[str, str]], where: str) -> None:
 
 
 class FileDataset(Dataset):
-    """Images on disk: ``samples`` is a list of (path, class index)."""
+    """Images on disk: ``samples`` is a list of (path, class index).
+
+    Paths and targets are kept in numpy arrays, not Python lists: loader workers are forked, and touching
+    a list of 1.28M Python strings copies it into every worker (reference counts are writes), which costs
+    gigabytes with 8-16 workers; one numpy buffer stays shared.
+    """
 
     def __init__(
         self,
@@ -51,8 +56,8 @@ class FileDataset(Dataset):
         skipped: list[tuple[str, str]] | None = None,
         root: str = "",
     ) -> None:
-        self.samples = samples
-        self.targets = [t for _, t in samples]
+        self._paths = np.array([os.fsencode(p) for p, _ in samples], dtype=np.bytes_)
+        self._targets = np.array([t for _, t in samples], dtype=np.int64)
         self.classes = list(classes)
         self.transform = transform
         self.strict = strict
@@ -61,15 +66,24 @@ class FileDataset(Dataset):
         self.load_failures = 0  # in this process (each loader worker counts its own)
         self._warned: set[str] = set()
 
+    @property
+    def samples(self) -> list[tuple[str, int]]:
+        return [(os.fsdecode(p), int(t)) for p, t in zip(self._paths, self._targets)]
+
+    @property
+    def targets(self) -> list[int]:
+        return self._targets.tolist()
+
     def __len__(self) -> int:
-        return len(self.samples)
+        return len(self._targets)
 
     def load(self, index: int) -> tuple[torch.Tensor, int]:
         """The decoded image of ``index`` or, if it is corrupt, of the next good sample (never raises
         mid-epoch unless ``strict``)."""
-        n = len(self.samples)
+        n = len(self._targets)
         for k in range(_MAX_SUBSTITUTES):
-            path, target = self.samples[(index + k) % n]
+            i = (index + k) % n
+            path, target = os.fsdecode(self._paths[i]), int(self._targets[i])
             try:
                 return load_image(path), target
             except ValueError as e:
