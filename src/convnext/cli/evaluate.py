@@ -12,8 +12,10 @@ import dataclasses
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import torch
+from torch.utils.data import Dataset
 
 from ..errors import UserError
 
@@ -53,11 +55,28 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _remap(ds: object, names: list[str], source: str) -> None:
-    """Re-index a dataset's targets from its own class list to the model's (matched by name)."""
+class Relabeled(Dataset):
+    """A dataset whose targets are re-indexed into the model's class list (matched by name)."""
+
+    def __init__(self, ds: Dataset, mapping: dict[int, int], classes: list[str]) -> None:
+        self.ds, self.mapping, self.classes = ds, mapping, list(classes)
+        self.targets = [mapping[t] for t in ds.targets]  # type: ignore[attr-defined]
+        self.skipped = getattr(ds, "skipped", [])
+
+    def __len__(self) -> int:
+        return len(self.ds)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        img, t = self.ds[index]
+        return img, self.mapping[int(t)]
+
+
+def relabel(ds: Dataset, names: list[str], source: str) -> Dataset:
+    """``ds`` with targets in the order of ``names`` (the checkpoint's classes); one sentence when the data
+    has a class the model does not know."""
     own = list(ds.classes)  # type: ignore[attr-defined]
     if own == names:
-        return
+        return ds
     index = {n: i for i, n in enumerate(names)}
     used = sorted(set(ds.targets))  # type: ignore[attr-defined]
     unknown = [own[t] for t in used if own[t] not in index]
@@ -67,11 +86,7 @@ def _remap(ds: object, names: list[str], source: str) -> None:
             f"class {unknown[0]!r} of the data is not one of the {len(names)} classes of {source} "
             f"({shown}, ...; {len(unknown)} class(es) unknown): the head does not match this data"
         )
-    mapping = {t: index[own[t]] for t in used}
-    ds.targets = [mapping[t] for t in ds.targets]  # type: ignore[attr-defined]
-    if hasattr(ds, "samples"):
-        ds.samples = [(p, mapping[t]) for p, t in ds.samples]  # type: ignore[attr-defined]
-    ds.classes = list(names)  # type: ignore[attr-defined]
+    return Relabeled(ds, {t: index[own[t]] for t in used}, names)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -112,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
         ds = build_dataset(cfg, cfg.val_split, build_eval_transform(cfg))
         names = imagenet_wnid_names(loaded.class_names, loaded.num_classes)
         if names is not None:
-            _remap(ds, names, loaded.checkpoint)
+            ds = relabel(ds, names, loaded.checkpoint)
         elif len(ds.classes) != loaded.num_classes:
             raise UserError(
                 f"{loaded.checkpoint} has a {loaded.num_classes}-class head but {cfg.root or cfg.dataset} "

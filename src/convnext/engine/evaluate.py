@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from ..errors import UserError
-from .metrics import correct_topk, hard_targets
+from .metrics import correct_topk, hard_targets, topk_indices
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -111,7 +111,7 @@ def evaluate(
         n_after_first += len(targets) if i > 0 else 0
         bar.update(len(targets))
         if return_predictions:
-            preds.append(logits.topk(min(topk, logits.shape[1]), dim=1).indices.cpu())
+            preds.append(topk_indices(logits, topk).cpu())
             targs.append(targets.cpu())
     bar.close()
     _sync(device)

@@ -14,6 +14,7 @@ from torch import nn
 from ..data.config import DataConfig
 from ..data.images import IMG_EXTENSIONS, load_image
 from ..data.transforms import build_eval_transform
+from ..engine.metrics import topk_indices
 
 
 @dataclass
@@ -102,17 +103,15 @@ def predict_paths(
         with torch.no_grad(), ctx:
             logits = model(x).float()
         probs = logits.softmax(dim=1)
-        top = probs.topk(k, dim=1)
-        preds = [
-            Prediction(p, top.indices[i].tolist(), top.values[i].tolist())
-            for i, (p, _, _) in enumerate(batch)
-        ]
+        idx = topk_indices(logits, k)  # ties: lower class index first, as in evaluate
+        vals = probs.gather(1, idx)
+        preds = [Prediction(p, idx[i].tolist(), vals[i].tolist()) for i, (p, _, _) in enumerate(batch)]
         if cam is not None:
             from torchvision.io import write_png
 
             from .cam import cam_overlay, crop_box
 
-            maps, _ = cam(x, top.indices[:, 0])
+            maps, _ = cam(x, idx[:, 0])
             for pred, (p, orig, _), m in zip(preds, batch, maps):
                 stem = Path(p).stem
                 name, j = f"{stem}_cam.png", 1

@@ -1,0 +1,248 @@
+"""Evaluation core and `convnext evaluate`: hand-computed accuracy, true ImageNet indices for a subset of
+wnid folders, each sample counted once across 2 gloo processes, run folders, and the one-line errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+from conftest import SYNSETS
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from convnext.cli.main import main
+from convnext.engine.evaluate import evaluate
+from convnext.engine.metrics import accuracy
+
+IMG = 64  # reduced resolution: the point is the mapping and the counting, not the accuracy
+
+
+# ------------------------------------------------------------------------------------------- accuracy
+def test_accuracy_hand_computed_with_ties_soft_targets_and_capped_k() -> None:
+    logits = torch.tensor(
+        [
+            [0.1, 0.9, 0.0, 0.0, 0.0, 0.0, 0.0],  # best 1; target 1 -> top-1 hit
+            [0.5, 0.2, 0.9, 0.3, 0.1, 0.0, 0.0],  # order 2,0,3,1,4,...; target 4 -> top-5 hit only
+            [0.0, 0.7, 0.7, 0.0, 0.0, 0.0, 0.0],  # tie 1 == 2: lower index first; target 2 -> top-1 miss
+            [0.6, 0.5, 0.4, 0.3, 0.2, 0.1, 0.0],  # target 6 -> rank 7: miss in both
+        ]
+    )
+    targets = torch.tensor([1, 4, 2, 6])
+    assert accuracy(logits, targets) == [25.0, 75.0]
+    # soft / one-hot targets (MixUp) count their argmax class
+    soft = torch.zeros(4, 7)
+    soft[torch.arange(4), targets] = 0.7
+    soft[:, 0] += 0.3
+    assert accuracy(logits, soft, topk=(1, 2, 5)) == [25.0, 50.0, 75.0]
+    # k beyond the number of classes is capped: top-5 of a 3-class head is top-3 (100%)
+    assert accuracy(torch.randn(5, 3), torch.randint(0, 3, (5,)), topk=(5,)) == [100.0]
+
+
+def test_evaluate_hand_computed_loss_and_predictions() -> None:
+    torch.manual_seed(1)
+    x, y = torch.randn(9, 4), torch.randint(0, 6, (9,))
+    model = nn.Linear(4, 6)
+    loader = torch.utils.data.DataLoader(TensorDataset(x, y), batch_size=4)
+    res = evaluate(model, loader, "cpu", progress=False, return_predictions=True)
+    with torch.no_grad():
+        logits = model(x)
+    assert res["n"] == 9
+    assert res["top1"] == pytest.approx(accuracy(logits, y)[0])
+    assert res["top5"] == pytest.approx(accuracy(logits, y)[1])
+    assert res["loss"] == pytest.approx(float(nn.functional.cross_entropy(logits, y)), rel=1e-6)
+    assert torch.equal(res["predictions"], logits.sort(dim=1, descending=True, stable=True).indices[:, :5])
+    assert torch.equal(res["targets"], y)
+    assert res["images_per_s"] > 0
+
+
+# -------------------------------------------------------------------------------- ImageNet-sample mapping
+@pytest.fixture(scope="module")
+def atto_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A seeded random timm convnext_atto, saved as timm saves it (our loader converts it)."""
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    peer = timm.create_model("convnext_atto", pretrained=False).eval()
+    path = tmp_path_factory.mktemp("w") / "atto_timm.pth"
+    torch.save(peer.state_dict(), path)
+    return path
+
+
+def test_evaluate_maps_wnid_folders_to_true_imagenet_indices(imagenet_sample: Path, atto_ckpt: Path) -> None:
+    import convnext
+    from convnext.data import DataConfig, build_dataset, build_eval_transform, build_loader, load_image
+
+    model = convnext.create_model("convnext_atto")
+    convnext.load_checkpoint(model, str(atto_ckpt))
+    model.eval()
+    cfg = DataConfig(root=str(imagenet_sample), img_size=IMG, workers=0, class_list="imagenet1k")
+    tf = build_eval_transform(cfg)
+    ds = build_dataset(cfg, "", tf)
+    loader = build_loader(ds, 50, train=False, cfg=cfg, seed=0, distributed=False)
+    res = evaluate(model, loader, "cpu", progress=False, return_predictions=True)
+
+    # by hand: the true index is the wnid's line in the shared synset list; logits on all 1000 classes
+    wnids = [ln.split()[0] for ln in SYNSETS.read_text().splitlines() if ln.strip()]
+    files = sorted(imagenet_sample.glob("*/*"))
+    truth = torch.tensor([wnids.index(f.parent.name) for f in files])
+    with torch.no_grad():
+        logits = model(torch.stack([tf(load_image(f)) for f in files]))
+    assert res["n"] == len(files) == 100
+    assert truth.max() > 100  # the subset's folders are not 0..99
+    assert torch.equal(res["targets"], truth)
+    assert torch.equal(res["predictions"], logits.sort(dim=1, descending=True, stable=True).indices[:, :5])
+    assert res["top1"] == pytest.approx(accuracy(logits, truth)[0])
+    assert res["top5"] == pytest.approx(accuracy(logits, truth)[1])
+
+
+def test_cli_evaluate_outputs(imagenet_sample: Path, atto_ckpt: Path, tmp_path: Path, capsys) -> None:
+    subset = tmp_path / "val"  # 10 of the 100 classes (linked): the CLI path, at a tenth of the decoding
+    subset.mkdir()
+    for d in sorted(imagenet_sample.iterdir())[:10]:
+        (subset / d.name).symlink_to(d, target_is_directory=True)
+    out = tmp_path / "m.json"
+    rc = main(
+        [
+            "evaluate",
+            "--weights", str(atto_ckpt),
+            "--data", str(tmp_path),
+            "--img-size", str(IMG),
+            "--workers", "0",
+            "--batch-size", "50",
+            "--json", str(out),
+            "--per-class", str(tmp_path / "pc.csv"),
+            "--confusion", str(tmp_path / "cm.png"),
+        ]
+    )  # fmt: skip
+    text = capsys.readouterr().out
+    assert rc == 0
+    assert "10 images, 10 of 1000 classes" in text  # --data DIR with DIR/val found
+    m = json.loads(out.read_text())
+    assert m["n"] == 10 and m["split"] == "val" and m["model"] == "convnext_atto" and m["img_size"] == IMG
+    assert f"top-1      {m['top1']:.2f}%" in text and f"top-5      {m['top5']:.2f}%" in text
+    rows = (tmp_path / "pc.csv").read_text().splitlines()
+    assert rows[0] == "index,class,n,top1,top5" and len(rows) == 11
+    assert rows[1].startswith('0,"tench, Tinca tinca",1,')
+    assert (tmp_path / "cm.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# ------------------------------------------------------------------------------------------ distributed
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _tiny_data() -> tuple[nn.Module, TensorDataset]:
+    g = torch.Generator().manual_seed(3)
+    model = nn.Linear(5, 4)
+    with torch.no_grad():
+        model.weight.copy_(torch.randn(4, 5, generator=g))
+        model.bias.zero_()
+    return model, TensorDataset(torch.randn(7, 5, generator=g), torch.randint(0, 4, (7,), generator=g))
+
+
+def _worker(rank: int, world: int, port: int, out: str) -> None:
+    import torch.distributed as dist
+
+    from convnext.data import DataConfig, build_loader
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        model, ds = _tiny_data()
+        loader = build_loader(ds, 2, train=False, cfg=DataConfig(workers=0), seed=0, distributed=True)
+        res = evaluate(model, loader, "cpu", progress=False, return_predictions=True)
+        if rank == 0:
+            torch.save(res, out)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_distributed_evaluate_counts_every_sample_once(tmp_path: Path) -> None:
+    model, ds = _tiny_data()
+    single = evaluate(model, torch.utils.data.DataLoader(ds, batch_size=2), "cpu", progress=False,
+                      return_predictions=True)  # fmt: skip
+    out = tmp_path / "res.pt"
+    mp.spawn(_worker, args=(2, _free_port(), str(out)), nprocs=2, join=True)
+    res = torch.load(out, weights_only=True)
+    assert res["n"] == single["n"] == 7  # shards of 4 and 3, no padding
+    assert res["world_size"] == 2
+    assert res["top1"] == pytest.approx(single["top1"]) and res["top5"] == pytest.approx(single["top5"])
+    assert res["loss"] == pytest.approx(single["loss"], rel=1e-6)
+    assert torch.equal(res["targets"], single["targets"])  # gathered back in dataset order
+    assert torch.equal(res["predictions"], single["predictions"])
+
+
+# --------------------------------------------------------------------------------------- run folders
+def _image_folder(root: Path, classes: list[str], per_class: int = 2) -> None:
+    from torchvision.io import write_png
+
+    g = torch.Generator().manual_seed(0)
+    for c in classes:
+        (root / c).mkdir(parents=True)
+        for i in range(per_class):
+            img = torch.randint(0, 256, (3, 40, 48), dtype=torch.uint8, generator=g)
+            write_png(img, str(root / c / f"{i}.png"))
+
+
+def test_run_folder_class_names_define_the_order(tmp_path: Path, capsys) -> None:
+    """A run trained on classes [zebra, apple, mango] (its order) evaluated on folders apple/zebra: targets
+    follow the checkpoint's names, and the EMA weights are used with --ema."""
+    import convnext
+    from convnext.engine.config import TrainConfig, to_dict
+
+    names = ["zebra", "apple", "mango"]
+    cfg = TrainConfig()
+    cfg.model.name = "convnext_atto"
+    cfg.data.img_size, cfg.data.crop_pct = 32, 1.0
+    model = convnext.create_model("convnext_atto", num_classes=3)
+    ema = convnext.create_model("convnext_atto", num_classes=3)
+    with torch.no_grad():  # the model's head says "zebra" for everything, the EMA's "mango"
+        for m, cls in ((model, 0), (ema, 2)):
+            m.head.weight.zero_()
+            m.head.bias.copy_(torch.nn.functional.one_hot(torch.tensor(cls), 3) * 10.0)
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    ckpt = {
+        "format": "convnext-train", "version": 1, "arch": "convnext_atto",
+        "model": model.state_dict(), "model_ema": ema.state_dict(),
+        "epoch": 1, "step": 1, "config": to_dict(cfg), "class_names": names, "metrics": {},
+    }  # fmt: skip
+    torch.save(ckpt, run / "checkpoints" / "last.pth")
+    data = tmp_path / "data"
+    _image_folder(data / "val", ["apple", "zebra"])
+    for ema_flag, top1 in (([], 50.0), (["--ema"], 0.0)):
+        js = tmp_path / "m.json"
+        argv = ["evaluate", "--weights", str(run), "--data", str(data), "--workers", "0", "--json", str(js)]
+        assert main(argv + ema_flag) == 0
+        m = json.loads(js.read_text())
+        assert m["n"] == 4 and m["top1"] == top1 and m["img_size"] == 32
+        assert m["weights"].endswith("last.pth")
+    capsys.readouterr()
+    # the same folder, but a class the run never saw: one sentence, exit 2
+    _image_folder(data / "val", ["kiwi"], per_class=1)
+    rc = main(["evaluate", "--weights", str(run), "--data", str(data), "--workers", "0"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1
+    assert "class 'kiwi' of the data is not one of the 3 classes" in err[0]
+
+
+# ---------------------------------------------------------------------------------------------- errors
+def test_evaluate_errors_are_one_line(tmp_path: Path, atto_ckpt: Path, capsys) -> None:
+    data = tmp_path / "data"
+    _image_folder(data, ["cat", "dog", "fish"], per_class=1)
+    cases = [
+        (["--weights", str(tmp_path / "missing.pth"), "--data", str(data)], "does not exist"),
+        (["--weights", str(atto_ckpt), "--data", str(data)], "is not one of the 1000 classes"),
+        (["--weights", str(atto_ckpt), "--data", str(tmp_path / "nodata")], "does not exist"),
+    ]
+    for argv, needle in cases:
+        rc = main(["evaluate", *argv, "--workers", "0", "--img-size", "32"])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert rc == 2, argv
+        assert len(err) == 1 and err[0].startswith("convnext evaluate: error: ") and needle in err[0], err
