@@ -1,0 +1,206 @@
+"""`convnext predict` and Grad-CAM: the same top-5 as timm on every sample image, the original output
+format, JSON lines, CAM maps that point at the evidence, and per-image errors that do not stop the rest."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import SYNSETS
+from torch import nn
+from torchvision.io import decode_png, read_file
+
+import convnext
+from convnext.cli.main import main
+from convnext.data import DataConfig, build_eval_transform, load_image
+from convnext.inference import GradCAM, predict_paths
+from convnext.inference.cam import crop_box
+
+IMG = 64
+LINE = re.compile(r"^.{75} \(\d{1,3}\.\d{2}%\)$")  # the original project's "name padded (38.61%)"
+
+
+@pytest.fixture(scope="module")
+def timm_pair(tmp_path_factory: pytest.TempPathFactory) -> tuple[nn.Module, nn.Module, Path]:
+    """A seeded random timm convnext_atto, its saved state dict, and ours loaded from that file."""
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    peer = timm.create_model("convnext_atto", pretrained=False).eval()
+    path = tmp_path_factory.mktemp("w") / "atto_timm.pth"
+    torch.save(peer.state_dict(), path)
+    ours = convnext.create_model("convnext_atto")
+    convnext.load_checkpoint(ours, str(path))
+    return peer, ours.eval(), path
+
+
+def _sample_files(root: Path, n: int | None = None) -> list[str]:
+    return [str(p) for p in sorted(root.glob("*/*"))][:n]
+
+
+def test_top5_matches_timm_on_every_sample_image(imagenet_sample: Path, timm_pair) -> None:
+    peer, ours, _ = timm_pair
+    files = _sample_files(imagenet_sample)
+    cfg = DataConfig(img_size=IMG)
+    preds = list(predict_paths(ours, files, cfg, topk=5, batch_size=50))
+    tf = build_eval_transform(cfg)
+    with torch.no_grad():
+        peer_logits = peer(torch.stack([tf(load_image(f)) for f in files]))
+    peer_top5 = peer_logits.sort(dim=1, descending=True, stable=True).indices[:, :5]
+    assert len(preds) == len(files) == 100
+    for p, f, want in zip(preds, files, peer_top5.tolist()):
+        assert p.path == f and p.error is None
+        assert p.indices == want, f  # same classes, same order
+    probs = peer_logits.softmax(1)
+    assert preds[0].probs == pytest.approx(probs[0, peer_top5[0]].tolist(), abs=1e-5)
+
+
+def test_cli_text_and_json_output(imagenet_sample: Path, timm_pair, capsys) -> None:
+    _, _, path = timm_pair
+    files = _sample_files(imagenet_sample, 3)
+    assert main(["predict", *files, "--weights", str(path), "--img-size", str(IMG), "--device", "cpu"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 3 * 6
+    for i, f in enumerate(files):
+        assert lines[6 * i] == f
+        assert all(LINE.match(ln) for ln in lines[6 * i + 1 : 6 * i + 6]), lines[6 * i + 1 : 6 * i + 6]
+    # ImageNet-1k names in full, as the original prints them ("tench, Tinca tinca")
+    assert (
+        main(["predict", files[0], "--weights", str(path), "--img-size", str(IMG), "--json", "--topk", "3"])
+        == 0
+    )
+    obj = json.loads(capsys.readouterr().out)
+    assert obj["path"] == files[0] and len(obj["top"]) == 3
+    names = [ln.split(" ", 1)[1].strip() for ln in SYNSETS.read_text().splitlines() if ln.strip()]
+    assert all(t["class"] == names[t["index"]] for t in obj["top"])
+    assert obj["top"][0]["prob"] >= obj["top"][1]["prob"] >= obj["top"][2]["prob"]
+
+
+# ---------------------------------------------------------------------------------------------- Grad-CAM
+class ColourNet(nn.Module):
+    """A real two-layer CNN whose class c is "how much of colour channel c": stage 0 pools each channel
+    over 4x4 patches, the head is the identity on the pooled channels. The evidence for "red" is where the
+    red pixels are, so Grad-CAM for "red" must light up there and nowhere else."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        conv = nn.Conv2d(3, 3, kernel_size=4, stride=4)
+        with torch.no_grad():
+            conv.weight.zero_()
+            for c in range(3):
+                conv.weight[c, c] = 1 / 16
+            conv.bias.zero_()
+        self.stages = nn.ModuleList([nn.Sequential(conv, nn.ReLU())])
+        self.head = nn.Linear(3, 3)
+        with torch.no_grad():
+            self.head.weight.copy_(torch.eye(3))
+            self.head.bias.zero_()
+        self.num_classes = 3
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for s in self.stages:
+            x = s(x)
+        return self.head(x.mean((2, 3)))
+
+
+def test_gradcam_points_at_the_evidence() -> None:
+    x = torch.zeros(1, 3, 64, 64)
+    x[0, 0, 4:20, 6:22] = 1.0  # red square, top-left quadrant
+    x[0, 1, 44:60, 40:56] = 0.6  # smaller green evidence, bottom-right quadrant
+    cam = GradCAM(ColourNet())
+    (red,), cls = cam(x)  # top-1 by default: red
+    assert cls.tolist() == [0]
+    (green,), _ = cam(x, torch.tensor([1]))
+    for m, (y, xx) in ((red, (12, 14)), (green, (52, 48))):
+        assert m.shape == (64, 64) and float(m.min()) == 0.0 and float(m.max()) == pytest.approx(1.0)
+        peak = divmod(int(m.argmax()), 64)
+        assert abs(peak[0] - y) <= 8 and abs(peak[1] - xx) <= 8, peak
+    assert float(red[32:, 32:].max()) < 0.05 and float(green[:32, :32].max()) < 0.05
+
+
+def test_gradcam_on_convnext_is_normalized_and_not_constant(timm_pair) -> None:
+    _, ours, _ = timm_pair
+    x = torch.randn(2, 3, IMG, IMG)
+    maps, cls = GradCAM(ours)(x)
+    assert maps.shape == (2, IMG, IMG) and cls.shape == (2,)
+    assert cls.tolist() == ours(x).argmax(1).tolist()
+    assert float(maps.min()) >= 0 and float(maps.max()) <= 1
+    assert all(float(m.max() - m.min()) > 0.5 for m in maps)
+    iso = convnext.create_model("convnext_isotropic_small", num_classes=5, depth=2, dim=32)
+    (m,), _ = GradCAM(iso)(torch.randn(1, 3, 64, 64))  # target: model.blocks
+    assert m.shape == (64, 64) and float(m.max()) == pytest.approx(1.0)
+
+
+def test_crop_box_is_the_center_crop_the_model_sees() -> None:
+    from torchvision.transforms import v2
+
+    img = torch.arange(375 * 500, dtype=torch.float32).reshape(1, 375, 500)  # pixel value = position
+    cfg = DataConfig(img_size=224, crop_pct=0.875)
+    top, left, h, w = crop_box(375, 500, cfg.img_size, cfg.crop_pct)
+    resized = v2.Resize(256, interpolation=v2.InterpolationMode.NEAREST)(img)
+    crop = v2.CenterCrop(224)(resized)
+    # the crop's first and last pixels come from the box's corners (nearest resize: exact positions)
+    r0, c0 = divmod(int(crop[0, 0, 0]), 500)
+    r1, c1 = divmod(int(crop[0, -1, -1]), 500)
+    assert abs(r0 - top) <= 2 and abs(c0 - left) <= 2
+    assert abs(r1 - (top + h)) <= 3 and abs(c1 - (left + w)) <= 3
+
+
+def test_cli_cam_writes_overlay_at_original_size(
+    imagenet_sample: Path, timm_pair, tmp_path: Path, capsys
+) -> None:
+    _, _, path = timm_pair
+    files = _sample_files(imagenet_sample, 2)
+    out = tmp_path / "cam"
+    assert main(["predict", *files, "--weights", str(path), "--img-size", str(IMG), "--cam", str(out)]) == 0
+    assert "Grad-CAM: " in capsys.readouterr().out
+    for f in files:
+        png = decode_png(read_file(str(out / f"{Path(f).stem}_cam.png")))
+        assert png.shape == load_image(f).shape  # the original image, not the 64 px crop
+
+
+# ------------------------------------------------------------------------------------------- bad inputs
+def test_unreadable_image_among_good_ones(imagenet_sample: Path, timm_pair, tmp_path: Path, capsys) -> None:
+    _, _, path = timm_pair
+    good = _sample_files(imagenet_sample, 2)
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"\xff\xd8\xff\xe0" + b"\x00garbage" * 20)  # a JPEG header and nothing decodable
+    a, b = tmp_path / "a.JPEG", tmp_path / "b.JPEG"
+    shutil.copy(good[0], a)
+    shutil.copy(good[1], b)
+    rc = main(["predict", str(a), str(bad), str(b), str(tmp_path / "absent.jpg"), "--weights", str(path),
+               "--img-size", str(IMG), "--batch-size", "2"])  # fmt: skip
+    cap = capsys.readouterr()
+    lines = cap.out.splitlines()
+    assert rc == 1
+    assert lines[0] == str(a) and lines[6] == f"{bad}: error: cannot read image (truncated or corrupt)"
+    assert lines[7] == str(b) and all(LINE.match(ln) for ln in lines[8:13])
+    assert lines[13].startswith(f"{tmp_path / 'absent.jpg'}: error: cannot read image (")
+    assert "2 of 4 image(s) could not be read" in cap.err
+
+
+def test_weights_errors_are_one_line(timm_pair, imagenet_sample: Path, tmp_path: Path, capsys) -> None:
+    _, _, path = timm_pair
+    img = _sample_files(imagenet_sample, 1)
+    classes = tmp_path / "classes.txt"
+    classes.write_text("cat\ndog\nfish\n")
+    cases = [
+        (
+            ["--weights", str(tmp_path / "nope.pth")],
+            "checkpoint " + str(tmp_path / "nope.pth") + " does not exist",
+        ),
+        (["--weights", str(path), "--classes", str(classes)], "1000-class head but class list"),
+        (
+            ["--weights", str(path), "--model", "convnext_tiny"],
+            "convnext_atto weights but the model is convnext_tiny",
+        ),
+    ]
+    for argv, needle in cases:
+        rc = main(["predict", *img, *argv, "--img-size", str(IMG)])
+        cap = capsys.readouterr()
+        err = cap.err.strip().splitlines()
+        assert rc == 2 and cap.out == ""
+        assert len(err) == 1 and err[0].startswith("convnext predict: error: ") and needle in err[0], err
