@@ -93,6 +93,17 @@ def test_one_plus_resume_two_is_bit_identical(straight: Path, tmp_path: Path) ->
     assert (tmp_path / "curves.png").stat().st_size > 0 and (tmp_path / "config.yaml").exists()
 
 
+def test_cli_resume_needs_only_the_checkpoint(straight: Path, tmp_path: Path) -> None:
+    """`convnext train --resume epoch_0002.pth` takes the recipe from the checkpoint itself."""
+    from convnext.cli.main import main
+
+    assert (
+        main(["train", "--resume", str(straight / "checkpoints" / "epoch_0002.pth"), f"run.dir={tmp_path}"])
+        == 0
+    )
+    assert_identical(straight / "checkpoints" / "last.pth", tmp_path / "checkpoints" / "last.pth")
+
+
 def test_sigterm_mid_epoch_then_auto_resume_is_bit_identical(straight: Path, tmp_path: Path) -> None:
     """A real pre-emption: SIGTERM a `convnext train` process during epoch 2; it saves and exits 0; the same
     recipe again resumes from the exact batch (auto-resume) and ends bit-identical to the straight run."""

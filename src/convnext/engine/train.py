@@ -334,14 +334,34 @@ def train(cfg: TrainConfig, *, resume: str | Path | None = None, fresh: bool = F
             scaler.load_state_dict(ckpt["scaler"])
         epoch, step = int(ckpt["epoch"]), int(ckpt["step"])
         best_top1 = ckpt.get("best_top1")
+        saved_spe = int(ckpt.get("steps_per_epoch", steps_per_epoch))
+        if saved_spe != steps_per_epoch:
+            # A different batch size or number of processes: only an epoch boundary maps onto this run.
+            if step != epoch * saved_spe:
+                raise UserError(
+                    f"checkpoint {resume_path} was saved mid-epoch with {saved_spe} steps per epoch but "
+                    f"this run has {steps_per_epoch} (other batch size, accum_steps or process count); "
+                    "resume it with the same settings, or resume from an epoch_XXXX.pth checkpoint"
+                )
+            step = epoch * steps_per_epoch
+            scheduler.last_epoch = step
+            for group, base in zip(optimizer.param_groups, scheduler.base_lrs):
+                group["lr"] = base * scheduler.lr_lambdas[0](step)
+            scheduler._last_lr = [g["lr"] for g in optimizer.param_groups]
+            _print(
+                f"convnext train: {saved_spe} -> {steps_per_epoch} steps per epoch; the schedule "
+                f"continues at epoch {epoch}"
+            )
         if epoch >= cfg.epochs:
             _print(f"convnext train: {resume_path} has already completed {epoch} of {cfg.epochs} epochs")
 
     train_model: nn.Module = model
+    ddp: nn.parallel.DistributedDataParallel | None = None
     if D.is_dist():
-        train_model = nn.parallel.DistributedDataParallel(
+        ddp = nn.parallel.DistributedDataParallel(
             model, device_ids=[local_rank] if device.type == "cuda" else None
         )
+        train_model = ddp
     if cfg.train.compile:
         train_model = torch.compile(train_model)
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.train.label_smoothing)
@@ -461,11 +481,8 @@ def train(cfg: TrainConfig, *, resume: str | Path | None = None, fresh: bool = F
                     if cfg.train.channels_last:
                         images_b = images_b.contiguous(memory_format=torch.channels_last)
                     last = micro == accum - 1
-                    sync = (
-                        train_model.no_sync()
-                        if D.is_dist() and not last and hasattr(train_model, "no_sync")
-                        else contextlib.nullcontext()
-                    )
+                    # accumulation: skip the gradient all-reduce until the last micro-batch
+                    sync = ddp.no_sync() if ddp is not None and not last else contextlib.nullcontext()
                     with sync:
                         with autocast:
                             loss = criterion(train_model(images_b), targets)
