@@ -204,3 +204,14 @@ def test_weights_errors_are_one_line(timm_pair, imagenet_sample: Path, tmp_path:
         err = cap.err.strip().splitlines()
         assert rc == 2 and cap.out == ""
         assert len(err) == 1 and err[0].startswith("convnext predict: error: ") and needle in err[0], err
+
+
+def test_class_names_shown() -> None:
+    from convnext.cli.predict import weights_source
+    from convnext.inference import display_names
+
+    assert display_names(None, 1000)[0] == "tench, Tinca tinca"  # ImageNet-1k: full synonym list
+    assert display_names(["n01440764", "my_cat"], 2) == ["tench, Tinca tinca", "my_cat"]  # run folders
+    assert display_names(None, 21841)[21840] == "class 21840"  # no 22k name list ships offline
+    assert weights_source(None, "convnext_tiny.fb_in1k") == "convnext_tiny.fb_in1k"
+    assert weights_source("w.pth", "convnext_tiny") == "w.pth"

@@ -28,9 +28,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--weights",
-        required=True,
         metavar="SRC",
-        help="checkpoint file, URL, weights tag (convnext_tiny.fb_in1k), HF folder or training run folder",
+        help="checkpoint file, URL, weights tag (convnext_tiny.fb_in1k), HF folder or training run folder "
+        "(default: the tag in --model, e.g. --model convnext_tiny.fb_in1k, or the arch's default weights)",
     )
     p.add_argument("--model", metavar="ARCH", help="architecture (default: from the checkpoint or run)")
     p.add_argument(
@@ -95,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
     from ..engine.evaluate import evaluate
     from ..inference.loading import display_names, imagenet_wnid_names, load_for_inference
     from ..inference.report import per_class_rows, write_confusion_png, write_per_class_csv
-    from .predict import amp_dtype, resolve_device
+    from .predict import amp_dtype, resolve_device, weights_source
 
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")
@@ -106,7 +106,11 @@ def run(args: argparse.Namespace) -> int:
     dtype = amp_dtype(args.amp, device)
     try:
         loaded = load_for_inference(
-            args.weights, args.model, ema=args.ema, img_size=args.img_size, crop_pct=args.crop_pct
+            weights_source(args.weights, args.model),
+            args.model,
+            ema=args.ema,
+            img_size=args.img_size,
+            crop_pct=args.crop_pct,
         )
         cfg = loaded.data
         if args.data:

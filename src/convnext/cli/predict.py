@@ -28,9 +28,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--weights",
-        required=True,
         metavar="SRC",
-        help="checkpoint file, URL, weights tag (convnext_tiny.fb_in1k), HF folder or training run folder",
+        help="checkpoint file, URL, weights tag (convnext_tiny.fb_in1k), HF folder or training run folder "
+        "(default: the tag in --model, e.g. --model convnext_tiny.fb_in1k, or the arch's default weights)",
     )
     p.add_argument("--model", metavar="ARCH", help="architecture (default: from the checkpoint)")
     p.add_argument("--ema", action="store_true", help="use the EMA weights of a training checkpoint")
@@ -69,6 +69,19 @@ def amp_dtype(name: str | None, device: torch.device) -> torch.dtype | None:
     return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(name or "")
 
 
+def weights_source(weights: str | None, model: str | None) -> str:
+    """--weights, else the tag named by --model (convnext_tiny.fb_in1k), else the arch's default tag."""
+    if weights:
+        return weights
+    if not model:
+        raise UserError("pass --weights (a file, URL, weights tag or run folder) or --model with a tag")
+    if "." in model:
+        return model
+    from ..weights.registry import default_tag
+
+    return default_tag(model)
+
+
 def read_names_file(path: str) -> list[str]:
     from pathlib import Path
 
@@ -93,7 +106,11 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     dtype = amp_dtype(args.amp, device)
     loaded = load_for_inference(
-        args.weights, args.model, ema=args.ema, img_size=args.img_size, crop_pct=args.crop_pct
+        weights_source(args.weights, args.model),
+        args.model,
+        ema=args.ema,
+        img_size=args.img_size,
+        crop_pct=args.crop_pct,
     )
     names = loaded.class_names
     if args.classes:
