@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from ..errors import UserError
@@ -14,7 +15,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="train or fine-tune from a YAML recipe (configs/*.yaml), resumable, single GPU/CPU or torchrun",
         description="Train from a recipe. Overrides use the recipe's dotted keys, values in YAML: "
         "optim.lr=1e-3 data.root=/data/imagenet model.name=convnext_small epochs=10. "
-        "A run folder (run.dir) holding checkpoints/last.pth is resumed automatically.",
+        "A run folder (run.dir) holding checkpoints/last.pth is resumed automatically. "
+        "Give all key=value overrides together (before or after the flags, not split by them).",
     )
     p.add_argument("--config", "-c", help="recipe YAML (see configs/); optional with --resume")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="override a recipe key")
@@ -51,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
     from ..engine.train import train
 
     result = train(cfg, resume=Path(args.resume) if args.resume else None, fresh=args.fresh)
-    if result.stopped_early:
+    if result.stopped_early or os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 reports
         return 0
     print(
         f"convnext train: done, {result.epoch} epochs in {result.run_dir}"
