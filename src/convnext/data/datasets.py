@@ -68,7 +68,12 @@ class FileDataset(Dataset):
 
     @property
     def samples(self) -> list[tuple[str, int]]:
+        """(path, target) of every image, built on each access: in a loop use ``path(i)``."""
         return [(os.fsdecode(p), int(t)) for p, t in zip(self._paths, self._targets)]
+
+    def path(self, index: int) -> str:
+        """The file of sample ``index`` (e.g. to name a misclassified image)."""
+        return os.fsdecode(self._paths[index])
 
     @property
     def targets(self) -> list[int]:
@@ -83,7 +88,7 @@ class FileDataset(Dataset):
         n = len(self._targets)
         for k in range(_MAX_SUBSTITUTES):
             i = (index + k) % n
-            path, target = os.fsdecode(self._paths[i]), int(self._targets[i])
+            path, target = self.path(i), int(self._targets[i])
             try:
                 return load_image(path), target
             except ValueError as e:
