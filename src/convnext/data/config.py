@@ -21,8 +21,8 @@ class DataConfig:
     class_list: str | None = None
     strict: bool = False  # True: an unreadable image is fatal instead of skipped and counted
     check_headers: bool = True  # scan: read each file's first bytes (skips non-images, PNG-as-.jpg passes)
-    download: bool = False  # mnist/cifar: let torchvision download into data.root
-    val_fraction: float = 0.2  # digits (and raw Caltech): share of each class held out for val
+    download: bool = False  # mnist/cifar/caltech: let torchvision download into data.root
+    val_fraction: float = 0.2  # digits, raw Caltech, pooled mini-ImageNet: share of each class for val
     split_seed: int = 0  # seed of that split (fixed: the val set must not change between runs)
     # geometry (eval: resize shorter side to img_size / crop_pct, bicubic, center crop)
     img_size: int = 224
