@@ -291,7 +291,7 @@ def run_benchmark(
 ) -> dict[str, Any]:
     """Time ``model`` (ours, and the peers in ``compare``) and return every figure as plain data.
 
-    In infer mode ours is ``fuse_for_inference(model)`` unless ``fuse=False``; peers run as their authors
+    In fp32 infer mode ours is ``fuse_for_inference(model)`` unless ``fuse=False``; peers run as their authors
     wrote them. ``channels_last`` converts every contestant and the input to channels_last memory.
     """
     say = progress or (lambda _msg: None)
@@ -335,7 +335,7 @@ def run_benchmark(
         ours.eval()
         ref = ours(check_x).float()
         entries: list[tuple[str, nn.Module, str]] = []
-        if mode == "infer" and fuse:
+        if mode == "infer" and fuse and amp is None:  # the fused GEMMs write fp32 buffers: no autocast
             fused = fuse_for_inference(ours)
             entries.append(("ours", fused, FUSED_NOTE))
         else:

@@ -7,10 +7,14 @@ equivalent eval model. What it changes, each measured faster (figures in BENCHMA
 * The whole network runs in ``channels_last`` memory, so every ``permute`` to (N, H, W, C) is a free view and
   the 1x1 convs (``nn.Linear``) read the data in place.
 * The block's MLP runs over row chunks of the (N*H*W, C) activations: LayerNorm -> expand -> GELU -> project
-  for a few hundred pixels at a time, so the 4x-wide hidden activation stays in the CPU cache instead of
+  for a thousand pixels at a time, so the 4x-wide hidden activation stays in the CPU cache instead of
   streaming a hundred megabytes through memory. The projection accumulates straight into the residual
-  (``addmm_``), so there is no separate bias, scale or add pass.
+  (``addmm_``), so there is no separate bias, scale or add pass. On GPU the whole tensor is one chunk (many
+  small kernels would only add launch latency).
 
+Measured on 2 CPU cores: 1.4x timm's and torchvision's images/s at batch 32 when the machine is ours; when
+other processes oversubscribe the cores, the ~1000 small parallel regions per forward wait on descheduled
+threads and the plain model is faster (BENCHMARKS.md, "Under contention").
 Nothing here is differentiable on purpose: a fused model is for ``torch.inference_mode()``.
 """
 
@@ -58,7 +62,7 @@ class FusedBlock(nn.Module):
         out = torch.add(x.permute(0, 2, 3, 1), self.b2).contiguous()
         rows = out.view(-1, c)
         w1t, w2t = self.w1t, self.w2t
-        step = self.chunk_rows
+        step = self.chunk_rows if x.device.type == "cpu" else rows.shape[0]
         hidden = torch.empty(min(step, rows.shape[0]), w1t.shape[1], dtype=x.dtype, device=x.device)
         for start in range(0, rows.shape[0], step):
             part = F.layer_norm(y[start : start + step], (c,), self.ln_weight, self.ln_bias, self.eps)
