@@ -8,6 +8,7 @@ each process evaluates its shard; the sums are all-reduced, only rank 0 prints a
 from __future__ import annotations
 
 import argparse
+import os
 import dataclasses
 import json
 import sys
@@ -44,7 +45,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--img-size", type=int, help="input resolution (default: the weights')")
     p.add_argument("--crop-pct", type=float, help="center-crop fraction (default: the weights')")
-    p.add_argument("--workers", type=int, default=4, help="data loading processes (default 4)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=min(4, os.cpu_count() or 1),
+        help="data loading processes (default: 4, or the number of cores when fewer)",
+    )
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--amp", choices=("bf16", "fp16"), help="autocast dtype")
     p.add_argument("--channels-last", action="store_true", help="channels_last input memory format")
