@@ -8,9 +8,9 @@ each process evaluates its shard; the sums are all-reduced, only rank 0 prints a
 from __future__ import annotations
 
 import argparse
-import os
 import dataclasses
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
