@@ -12,8 +12,12 @@ $(BIN)/convnext: pyproject.toml constraints.txt
 .PHONY: setup demo test lint bench
 setup: $(BIN)/convnext
 
+# The quickstart: a ConvNeXt learns scikit-learn's handwritten digits on CPU, then is evaluated and run.
+RUN := runs/quickstart_digits
 demo: setup
-	$(BIN)/convnext models
+	$(BIN)/convnext train --config configs/quickstart_digits.yaml run.dir=$(RUN) --fresh
+	$(BIN)/convnext evaluate --weights $(RUN)
+	$(BIN)/convnext predict $(RUN)/samples --weights $(RUN) --topk 3 --cam $(RUN)/cam
 
 test: setup
 	$(BIN)/ruff check src tests
