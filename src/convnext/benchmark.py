@@ -291,8 +291,8 @@ def run_benchmark(
 ) -> dict[str, Any]:
     """Time ``model`` (ours, and the peers in ``compare``) and return every figure as plain data.
 
-    In fp32 infer mode ours is ``fuse_for_inference(model)`` unless ``fuse=False``; peers run as their authors
-    wrote them. ``channels_last`` converts every contestant and the input to channels_last memory.
+    In fp32 eager infer mode ours is ``fuse_for_inference(model)`` unless ``fuse=False``; peers run as
+    their authors wrote them. ``channels_last`` converts every contestant and the input to that layout.
     """
     say = progress or (lambda _msg: None)
     if mode not in ("infer", "train"):
@@ -335,7 +335,8 @@ def run_benchmark(
         ours.eval()
         ref = ours(check_x).float()
         entries: list[tuple[str, nn.Module, str]] = []
-        if mode == "infer" and fuse and amp is None:  # the fused GEMMs write fp32 buffers: no autocast
+        # Fused: fp32 eager only (its GEMMs write fp32 buffers; under --compile inductor does its own fusion).
+        if mode == "infer" and fuse and amp is None and not compile:
             fused = fuse_for_inference(ours)
             entries.append(("ours", fused, FUSED_NOTE))
         else:

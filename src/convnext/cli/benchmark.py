@@ -20,7 +20,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--img-size", type=int, default=224)
     p.add_argument("--mode", choices=["infer", "train"], default="infer", help="train: fwd+bwd+AdamW")
     p.add_argument("--channels-last", action="store_true", help="models and input in channels_last")
-    p.add_argument("--compile", action="store_true", help="torch.compile every model (untimed)")
+    p.add_argument("--compile", action="store_true", help="torch.compile every model first")
     p.add_argument("--amp", choices=["bf16", "fp16"], help="autocast to this dtype")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--compare", default="", help="comma-separated peers: timm,torchvision")
