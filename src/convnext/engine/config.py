@@ -62,6 +62,7 @@ class TrainLoopConfig:
     channels_last: bool = False
     compile: bool = False  # torch.compile the model
     device: str = "auto"  # auto | cpu | cuda
+    threads: int | None = None  # CPU intra-op threads (torch.set_num_threads); None: torch's default
     log_every: int = 50  # optimizer steps between progress-bar / TensorBoard updates (one host sync each)
     eval_every: int = 1  # epochs between evaluations (the last epoch is always evaluated); 0: never
     eval_batch_size: int | None = None  # None: 2 x batch_size
@@ -305,6 +306,7 @@ def validate(cfg: TrainConfig, *, check_paths: bool = True) -> None:
     _check(0 <= t.label_smoothing < 1, "train.label_smoothing", "must be in [0, 1)", t.label_smoothing)
     _check(t.amp in ("none", "bf16", "fp16"), "train.amp", "must be none, bf16 or fp16", t.amp)
     _check(t.device in ("auto", "cpu", "cuda"), "train.device", "must be auto, cpu or cuda", t.device)
+    _check(t.threads is None or t.threads >= 1, "train.threads", "must be at least 1 (or null)", t.threads)
     _check(t.log_every >= 1, "train.log_every", "must be at least 1", t.log_every)
     _check(t.eval_every >= 0, "train.eval_every", "must be >= 0", t.eval_every)
     _check(0 <= cfg.ema.decay < 1, "ema.decay", "must be in [0, 1)", cfg.ema.decay)

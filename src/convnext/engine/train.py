@@ -225,6 +225,8 @@ def train(cfg: TrainConfig, *, resume: str | Path | None = None, fresh: bool = F
     want = cfg.train.device
     if want == "auto":
         want = "cuda" if torch.cuda.is_available() else "cpu"
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
     rank, world, local_rank = D.init_distributed(want)
     device = _resolve_device(want, local_rank)
     if cfg.train.amp == "fp16" and device.type != "cuda":
