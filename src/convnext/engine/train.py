@@ -417,7 +417,13 @@ def train(cfg: TrainConfig, *, resume: str | Path | None = None, fresh: bool = F
         return vals
 
     def save(epoch_done: int, *, epoch_end: bool, is_best: bool, record: dict | None = None) -> None:
-        flush_window()  # never write a diverged state
+        flush_window()  # never write a diverged state: finite losses so far, and finite weights now
+        if not torch.stack([torch.isfinite(p).all() for p in model.parameters()]).all():
+            raise TrainingDiverged(
+                f"the weights became NaN/inf by optimizer step {step} (epoch {epoch + 1}); the last good "
+                f"checkpoint ({ckpts.last if ckpts.last.exists() else 'none yet'}) is intact; lower optim.lr "
+                "or set optim.clip_grad"
+            )
         rngs = D.all_gather_object(rng_state())
         if not main:
             return
