@@ -16,18 +16,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="convnext", description="ConvNeXt: train, evaluate, run and ship.")
     sub = parser.add_subparsers(dest="verb", required=True, metavar="<verb>")
     for verb in VERBS:
-        try:
-            module = importlib.import_module(f"convnext.cli.{verb}")
-        except ModuleNotFoundError as e:  # TEMPORARY while verbs are being written; removed before release
-            if e.name != f"convnext.cli.{verb}":
-                raise
-            continue
-        module.register(sub)
+        importlib.import_module(f"convnext.cli.{verb}").register(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # argparse gives a positional list one contiguous run, so `train --config X a=1 --fresh b=2` would leave
+    # b=2 over: overrides may stand anywhere on the line.
+    if extra and hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
+        args.overrides = [*(args.overrides or []), *extra]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return int(args.func(args) or 0)
     except UserError as e:

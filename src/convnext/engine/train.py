@@ -171,19 +171,8 @@ def _build_model(cfg: TrainConfig, num_classes: int) -> nn.Module:
         raise UserError(f"config key model.options: {e}") from None
     except ValueError as e:
         raise UserError(f"config key model.name: {e}") from None
-    if (
-        cfg.model.pretrained
-        and cfg.model.head_init_scale != 1.0
-        and isinstance(getattr(model, "head", None), nn.Linear)
-    ):
-        # The official fine-tuning scales the NEW head (pretrained on other classes) by head_init_scale.
-        from ..weights.registry import find_tag
-
-        entry = find_tag(str(cfg.model.pretrained))
-        if entry is not None and entry.num_classes != num_classes:
-            with torch.no_grad():
-                model.head.weight.mul_(cfg.model.head_init_scale)
-                model.head.bias.mul_(cfg.model.head_init_scale)
+    # head_init_scale reaches the constructor, so a classifier that starts fresh (fine-tuning on other
+    # classes) is already scaled, as in the official fine-tuning; one loaded from the checkpoint is not.
     if cfg.model.grad_checkpointing:
         model.set_grad_checkpointing(True)
     return model
