@@ -27,7 +27,9 @@ def count_macs(model: nn.Module, img_size: int | tuple[int, int] = 224, in_chans
     return counter.get_total_flops() // 2
 
 
-def model_stats(name: str, img_size: int | None = None, num_classes: int = 1000) -> dict[str, float | int | str]:
+def model_stats(
+    name: str, img_size: int | None = None, num_classes: int = 1000
+) -> dict[str, float | int | str]:
     """Params and GMACs of a named variant, built on the meta device so even the huge ones cost nothing."""
     variant = get_variant(name)
     size = img_size or variant.input_size
