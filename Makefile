@@ -5,11 +5,10 @@ BIN := $(VENV)/bin
 
 $(BIN)/convnext: pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -c constraints.txt -e '.[dev]'
 	touch $@
 
-.PHONY: setup demo test lint bench
+.PHONY: setup demo test lint
 setup: $(BIN)/convnext
 
 # The quickstart: a ConvNeXt learns scikit-learn's handwritten digits on CPU, then is evaluated and run.
