@@ -6,8 +6,8 @@ equivalent eval model. What it changes, each measured faster (figures in BENCHMA
 * Layer scale is folded into ``pwconv2``: ``gamma * (W h + b) == (gamma W) h + gamma b``.
 * The whole network runs in ``channels_last`` memory, so every ``permute`` to (N, H, W, C) is a free view and
   the 1x1 convs (``nn.Linear``) read the data in place.
-* The block's MLP runs over row chunks of the (N*H*W, C) activations: LayerNorm -> expand -> GELU -> project
-  for a thousand pixels at a time, so the 4x-wide hidden activation stays in the CPU cache instead of
+* The block's MLP runs over row chunks of the (N*H*W, C) activations: expand -> GELU -> project for a few
+  thousand pixels at a time, so the 4x-wide hidden activation stays in the CPU cache instead of
   streaming a hundred megabytes through memory. The projection accumulates straight into the residual
   (``addmm_``), so there is no separate bias, scale or add pass. On GPU the whole tensor is one chunk (many
   small kernels would only add launch latency).
@@ -28,9 +28,10 @@ from torch import Tensor, nn
 
 from .convnext import Block
 
-# Pixels per MLP chunk. With C=96 the hidden chunk is 1024 x 384 floats = 1.5 MiB: at home in L2/L3 on the
-# CPUs we measured; fewer, larger GEMMs than this lose the cache, smaller ones lose GEMM efficiency.
-CHUNK_ROWS = 1024
+# Pixels per MLP chunk: measured on ConvNeXt-T batch 32 (BENCHMARKS.md), 1024 and 4096 rows are equally fast
+# (hidden chunk 1.5-6 MiB at C=96), 16384 is 8% slower (out of cache). The larger size issues 4x fewer
+# parallel regions per forward, which is what costs time when other processes share the cores.
+CHUNK_ROWS = 4096
 
 
 class FusedBlock(nn.Module):
@@ -57,7 +58,8 @@ class FusedBlock(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         n, c, h, w = x.shape
-        y = self.dwconv(x).permute(0, 2, 3, 1).reshape(-1, c)  # a view when x is channels_last
+        y = self.dwconv(x).permute(0, 2, 3, 1)  # a view when x is channels_last
+        y = F.layer_norm(y, (c,), self.ln_weight, self.ln_bias, self.eps).reshape(-1, c)  # one pass, C wide
         # The output starts as shortcut + folded bias; each chunk's projection is added into it in place.
         out = torch.add(x.permute(0, 2, 3, 1), self.b2).contiguous()
         rows = out.view(-1, c)
@@ -65,7 +67,7 @@ class FusedBlock(nn.Module):
         step = self.chunk_rows if x.device.type == "cpu" else rows.shape[0]
         hidden = torch.empty(min(step, rows.shape[0]), w1t.shape[1], dtype=x.dtype, device=x.device)
         for start in range(0, rows.shape[0], step):
-            part = F.layer_norm(y[start : start + step], (c,), self.ln_weight, self.ln_bias, self.eps)
+            part = y[start : start + step]
             hid = hidden[: part.shape[0]]
             torch.addmm(self.b1, part, w1t, out=hid)
             torch.ops.aten.gelu_(hid)  # exact (erf) GELU, as nn.GELU(), in place
