@@ -335,13 +335,10 @@ def prepare(src: str | Path | dict, *, ema: bool = False) -> Prepared:
     return Prepared(ours, info)
 
 
-def _imagenet_names() -> list[str] | None:
-    try:  # engineer B's shipped synset list; optional so that weights never depend on the data package
-        from ..data.classes import imagenet1k_classes
+def _imagenet_names() -> list[str]:
+    from ..data.classes import imagenet1k_classes  # the synset list shipped with the package
 
-        return [name for _, name in imagenet1k_classes()]
-    except Exception:  # noqa: BLE001
-        return None
+    return [name for _, name in imagenet1k_classes()]
 
 
 # ----------------------------------------------------------------------------------------------- loading
