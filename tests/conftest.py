@@ -21,3 +21,10 @@ def imagenet_sample() -> Path:
     if not IMAGENET_SAMPLE.is_dir():
         pytest.skip(f"shared ImageNet sample not found at {IMAGENET_SAMPLE}")
     return IMAGENET_SAMPLE
+
+
+@pytest.fixture
+def synset_file() -> Path:
+    if not SYNSETS.is_file():
+        pytest.skip(f"shared ImageNet synset list not found at {SYNSETS}")
+    return SYNSETS

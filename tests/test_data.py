@@ -32,9 +32,9 @@ from convnext.errors import UserError
 
 
 # ---------------------------------------------------------------------------------------------- classes
-def test_shipped_synsets_equal_shared_list() -> None:
+def test_shipped_synsets_equal_shared_list(synset_file: Path) -> None:
     shipped = Path(convnext.data.classes.__file__).with_name("imagenet_synsets.txt")
-    assert shipped.read_text() == SYNSETS.read_text()
+    assert shipped.read_text() == synset_file.read_text()
     classes = imagenet1k_classes()
     assert len(classes) == 1000 and classes[0] == ("n01440764", "tench")
     assert classes[999][0] == "n15075141"
