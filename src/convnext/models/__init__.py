@@ -3,6 +3,7 @@
 from .convnext import Block, ConvNeXt, LayerNorm2d
 from .convnext_v2 import GRN, BlockV2
 from .factory import VARIANTS, Variant, create_model, get_variant, list_models
+from .fuse import fuse_for_inference
 from .isotropic import ConvNeXtIsotropic
 
 __all__ = [
@@ -15,6 +16,7 @@ __all__ = [
     "VARIANTS",
     "Variant",
     "create_model",
+    "fuse_for_inference",
     "get_variant",
     "list_models",
 ]
