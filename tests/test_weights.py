@@ -532,3 +532,15 @@ def test_shape_mismatch_is_named(official: Path) -> None:
         convnext.create_model(ARCH, pretrained=str(official), in_chans=1)
     expected = "downsample_layers.0.0.weight: checkpoint (40, 3, 4, 4) vs model (40, 1, 4, 4)"
     assert f"1 shape mismatches ({expected})" in str(e.value)
+
+
+def test_any_random_bytes_are_one_sentence(tmp_path: Path) -> None:
+    """Garbage drives the weights-only unpickler into many exception types; each must become a UserError."""
+    import random
+
+    for seed in range(200):
+        rng = random.Random(seed)
+        path = tmp_path / f"garbage{seed}.pth"
+        path.write_bytes(rng.randbytes(rng.choice([1, 7, 64, 1000])))
+        with pytest.raises(UserError, match=str(path)):
+            read_checkpoint(path)

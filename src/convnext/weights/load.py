@@ -14,6 +14,7 @@ import pickle
 import pickletools
 import re
 import socket
+import struct
 import warnings
 import zipfile
 from dataclasses import dataclass, field
@@ -213,6 +214,11 @@ def _read_file(path: Path) -> tuple[Any, dict[str, str]]:
         raise
     except (EOFError, ValueError, OSError, zipfile.BadZipFile, UnicodeDecodeError) as e:
         raise UserError(f"{path} is not a PyTorch or safetensors checkpoint ({type(e).__name__})") from None
+    except (IndexError, KeyError, TypeError, AttributeError, struct.error, OverflowError) as e:
+        # Random bytes drive torch's weights-only unpickler (which runs no code) into any of these.
+        raise UserError(
+            f"{path} is not a PyTorch or safetensors checkpoint (garbled pickle: {type(e).__name__})"
+        ) from None
 
 
 def read_checkpoint(src: str | Path) -> dict:
