@@ -213,7 +213,10 @@ def _read_file(path: Path) -> tuple[Any, dict[str, str]]:
             ) from None
         raise
     except (EOFError, ValueError, OSError, zipfile.BadZipFile, UnicodeDecodeError) as e:
-        raise UserError(f"{path} is not a PyTorch or safetensors checkpoint ({type(e).__name__})") from None
+        raise UserError(
+            f"{path} is not a readable PyTorch or safetensors checkpoint ({type(e).__name__}): "
+            "it is truncated or not a checkpoint at all; fetch it again"
+        ) from None
     except (IndexError, KeyError, TypeError, AttributeError, struct.error, OverflowError) as e:
         # Random bytes drive torch's weights-only unpickler (which runs no code) into any of these.
         raise UserError(
