@@ -1,4 +1,4 @@
-"""Resume is exact: 3 straight epochs == a checkpoint + resume, bit for bit, also after a SIGTERM mid-epoch;
+"""Resume is exact: 4 straight epochs == 2 + resume + 2, bit for bit, also after a SIGTERM mid-epoch;
 a diverged loss stops the run with the step named and the last good checkpoint intact."""
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ QUICK = ROOT / "configs" / "quickstart_digits.yaml"
 # A tiny ConvNeXt on the digits, with every source of randomness switched ON (random resized crops,
 # stochastic depth, EMA), so that exactness is not an accident of a deterministic setup.
 TINY = [
-    "epochs=3",
-    "train.eval_every=3",  # evaluate once, at the end
+    "epochs=4",
+    "train.eval_every=4",  # evaluate once, at the end
     "model.options={depths: [1, 1, 1, 1], dims: [8, 16, 32, 64]}",
     "model.drop_path_rate=0.2",
     "train.batch_size=64",
@@ -73,32 +73,32 @@ def assert_identical(a: Path, b: Path) -> None:
 
 @pytest.fixture(scope="module")
 def straight(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """3 epochs without interruption; every epoch's checkpoint kept."""
+    """4 epochs without interruption; every epoch's checkpoint kept."""
     run = tmp_path_factory.mktemp("straight")
     train(load_config(QUICK, [*TINY, f"run.dir={run}"]))
     return run
 
 
-def test_one_plus_resume_two_is_bit_identical(straight: Path, tmp_path: Path) -> None:
+def test_two_plus_resume_two_is_bit_identical(straight: Path, tmp_path: Path) -> None:
     ckpt = load_train_checkpoint(straight / "checkpoints" / "epoch_0001.pth")
     assert ckpt["epoch"] == 1 and len(ckpt["rng"]) == 1 and ckpt["class_names"] == [str(i) for i in range(10)]
     # the checkpoint is contract 4: plain types only (it was read with weights_only=True)
     assert ckpt["format"] == "convnext-train" and ckpt["arch"] == "convnext_atto" and ckpt["model_ema"]
     result = train(
-        load_config(QUICK, [*TINY, f"run.dir={tmp_path}"]), resume=straight / "checkpoints" / "epoch_0001.pth"
+        load_config(QUICK, [*TINY, f"run.dir={tmp_path}"]), resume=straight / "checkpoints" / "epoch_0002.pth"
     )
-    assert result.epoch == 3
+    assert result.epoch == 4
     assert_identical(straight / "checkpoints" / "last.pth", tmp_path / "checkpoints" / "last.pth")
-    assert [r["epoch"] for r in result.metrics] == [2, 3]
+    assert [r["epoch"] for r in result.metrics] == [3, 4]
     assert (tmp_path / "curves.png").stat().st_size > 0 and (tmp_path / "config.yaml").exists()
 
 
 def test_cli_resume_needs_only_the_checkpoint(straight: Path, tmp_path: Path) -> None:
-    """`convnext train --resume epoch_0002.pth` takes the recipe from the checkpoint itself."""
+    """`convnext train --resume epoch_0003.pth` takes the recipe from the checkpoint itself."""
     from convnext.cli.main import main
 
     assert (
-        main(["train", "--resume", str(straight / "checkpoints" / "epoch_0002.pth"), f"run.dir={tmp_path}"])
+        main(["train", "--resume", str(straight / "checkpoints" / "epoch_0003.pth"), f"run.dir={tmp_path}"])
         == 0
     )
     assert_identical(straight / "checkpoints" / "last.pth", tmp_path / "checkpoints" / "last.pth")
@@ -135,7 +135,7 @@ def test_sigterm_mid_epoch_then_auto_resume_is_bit_identical(straight: Path, tmp
     assert stopped["epoch"] == 1 and spe < stopped["step"] < 2 * spe  # mid-epoch: resume must skip batches
     # the same recipe and run folder again: resumes by itself from last.pth (in-process, to save a start-up)
     result = train(load_config(QUICK, [*TINY, f"run.dir={tmp_path}"]))
-    assert result.epoch == 3 and not result.stopped_early
+    assert result.epoch == 4 and not result.stopped_early
     assert_identical(straight / "checkpoints" / "last.pth", tmp_path / "checkpoints" / "last.pth")
 
 
