@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from pathlib import Path
 
 import pytest
 import torch
@@ -51,3 +52,27 @@ def test_finetune_head_is_scaled_once(caplog: pytest.LogCaptureFixture) -> None:
     assert 0.5e-5 < fresh.head.weight.std().item() < 4e-5  # trunc_normal(0.02) x 1e-3
     kept = convnext.create_model("convnext_atto", pretrained=src, num_classes=5, head_init_scale=1e-3)
     assert torch.equal(kept.head.weight, src["head.weight"])
+
+
+def test_engine_switches_train_together(tmp_path: Path) -> None:
+    """bf16 autocast on CPU, channels_last, gradient accumulation, clipping and EMA in one short real run."""
+    argv = [
+        "train",
+        "--config",
+        "configs/quickstart_digits.yaml",
+        f"run.dir={tmp_path}",
+        "epochs=1",
+        "train.amp=bf16",
+        "train.channels_last=true",
+        "train.accum_steps=2",
+        "optim.clip_grad=1.0",
+        "ema.enabled=true",
+        "ema.decay=0.9",
+        "train.progress=false",
+        "model.options={depths: [1, 1, 1, 1], dims: [8, 16, 32, 64]}",
+        "run.export_samples=0",
+    ]
+    assert main(argv) == 0
+    (record,) = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert record["step"] == 1437 // 64  # 64 = 32 per micro-batch x 2 accumulation steps
+    assert record["val_top1"] > 50 and record["ema_val_top1"] > 20
