@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -28,3 +29,13 @@ def synset_file() -> Path:
     if not SYNSETS.is_file():
         pytest.skip(f"shared ImageNet synset list not found at {SYNSETS}")
     return SYNSETS
+
+
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    """One intra-op thread for a module: on a CPU shared with other jobs, two spinning threads per process
+    run several times slower than one, and runs compared bit-for-bit must use the same thread count."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

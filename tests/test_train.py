@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,14 +19,7 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 TINY = {"depths": (1, 1, 2, 1), "dims": (8, 16, 32, 64)}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """One intra-op thread: on a CPU shared with other jobs, two spinning threads per process run several
-    times slower than one. Every run compared bit-for-bit here uses the same thread count."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _group_of(opt: torch.optim.Optimizer, model: nn.Module, name: str) -> dict:
