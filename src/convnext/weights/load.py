@@ -8,6 +8,7 @@ checkpoints``), so a file fetched once is never fetched again and works offline.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import pickle
@@ -129,7 +130,7 @@ def resolve(src: str | Path) -> tuple[Path, WeightEntry | None]:
 
 # What a plain torch.save of tensors and containers imports; anything else in a pickle is code.
 _SAFE_GLOBAL = re.compile(
-    r"^(torch\..*|collections (OrderedDict|defaultdict)|_codecs encode|builtins (set|frozenset))$"
+    r"^(torch[. ].*|collections (OrderedDict|defaultdict)|_codecs encode|builtins (set|frozenset))$"
 )
 
 
@@ -153,8 +154,14 @@ def _unsafe_globals(path: Path) -> list[str]:
     """What a checkpoint would import beyond tensors and containers: torch's own scan for torch.save
     archives; for a legacy raw pickle (torch has no scanner for those) our opcode walk."""
     if zipfile.is_zipfile(path):
+        scan = getattr(torch.serialization, "get_unsafe_globals_in_checkpoint", None)  # torch >= 2.5
+        if scan is None:
+            with zipfile.ZipFile(path) as z:
+                name = next((n for n in z.namelist() if n.endswith("data.pkl")), None)
+                data = z.read(name) if name else b""
+            return [g for g in _pickle_globals(data) if not _SAFE_GLOBAL.match(g)]
         try:
-            return list(torch.serialization.get_unsafe_globals_in_checkpoint(path))
+            return list(scan(path))
         except Exception:  # noqa: BLE001 - a damaged archive; the caller reports it as unreadable
             return []
     return [g for g in _pickle_globals(path.read_bytes()) if not _SAFE_GLOBAL.match(g)]
@@ -163,6 +170,14 @@ def _unsafe_globals(path: Path) -> list[str]:
 # Plain data that official training checkpoints carry ("args": the argparse Namespace of the run).
 # Unpickling it only sets attributes; nothing is called.
 _ALLOWED_GLOBALS = [argparse.Namespace]
+
+
+def _allow(globals_: list) -> contextlib.AbstractContextManager:
+    """torch's scoped allow-list (torch >= 2.5); on torch 2.4 the process-wide one."""
+    if hasattr(torch.serialization, "safe_globals"):
+        return torch.serialization.safe_globals(globals_)
+    torch.serialization.add_safe_globals(globals_)
+    return contextlib.nullcontext()
 
 
 def _is_safetensors(path: Path) -> bool:
@@ -192,7 +207,7 @@ def _read_file(path: Path) -> tuple[Any, dict[str, str]]:
     try:
         with warnings.catch_warnings():  # torch's note on pickle protocols is noise for a user
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
-            with torch.serialization.safe_globals(_ALLOWED_GLOBALS):
+            with _allow(_ALLOWED_GLOBALS):
                 # mmap: a 2.6 GB huge checkpoint is paged in as it is copied, not read whole first
                 mmap = zipfile.is_zipfile(path)
                 return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap), {}
