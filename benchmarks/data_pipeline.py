@@ -4,7 +4,9 @@ recipe on PIL (PIL decode + torchvision.transforms v1), interleaved repeats in o
     .venv/bin/python benchmarks/data_pipeline.py [--root /work/shared/data/imagenet-sample/val] [--repeats 7]
 
 One thread (torch.set_num_threads(1)), as a DataLoader worker has: the figure is the per-worker cost; a
-loader with N workers scales it by about N.
+loader with N workers scales it by about N. "train" is what a `convnext train` worker does: the recipe up to
+uint8 (float conversion, normalization and RandomErasing then run on the device batch); "train-float" is the
+whole recipe per image in the worker, as the PIL pipeline does it.
 """
 
 from __future__ import annotations
@@ -76,7 +78,10 @@ def main() -> None:
     files = sorted(Path(args.root).rglob("*.JPEG"))
     cfg = DataConfig()
     pipes = {
-        "train ours": (load_image, build_train_transform(cfg)),
+        # what a worker does in `convnext train` (data.normalize_on_device: float + erasing on the device)
+        "train ours": (load_image, build_train_transform(cfg, finish=False)),
+        # the whole recipe per image in the worker, float at the end (data.normalize_on_device=false)
+        "train-float ours": (load_image, build_train_transform(cfg)),
         "train PIL": (pil_load, pil_train(cfg)),
         "eval ours": (load_image, build_eval_transform(cfg)),
         "eval PIL": (pil_load, pil_eval(cfg)),
@@ -104,8 +109,8 @@ def main() -> None:
         "medians"
     )
     print(f"machine: {platform.processor() or platform.machine()}, torch {torch.__version__}")
-    for kind in ("train", "eval", "decode"):
-        a, b = med[f"{kind} ours"], med[f"{kind} PIL"]
+    for kind in ("train", "train-float", "eval", "decode"):
+        a, b = med[f"{kind} ours"], med[f"{kind.split('-')[0]} PIL"]
         print(f"{kind:6s}: ours {a:7.1f} img/s   PIL {b:7.1f} img/s   ratio {a / b:.2f}x")
 
 

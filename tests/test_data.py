@@ -322,3 +322,21 @@ def test_fast_geometric_ops_match_torchvision() -> None:
     for op, m in (("ShearX", 0.27), ("ShearY", -0.2), ("Rotate", 27.0), ("Rotate", -9.0)):
         diff = (_fast_geometric(x, op, m, fill).int() - ref(op, m).int()).abs()
         assert (diff > 1).float().mean() < 0.05, op
+
+
+def test_batch_finish_on_device_equals_the_per_image_transform() -> None:
+    """Workers stop at uint8; BatchFinish (float, normalize, per-sample erasing) gives the same values."""
+    from convnext.data import BatchFinish
+
+    cfg = DataConfig(img_size=32, randaugment=None, reprob=0.0)
+    images = [torch.randint(0, 256, (3, 40, 48), dtype=torch.uint8) for _ in range(4)]
+    torch.manual_seed(0)
+    full = torch.stack([build_train_transform(cfg)(x) for x in images])
+    torch.manual_seed(0)
+    head = torch.stack([build_train_transform(cfg, finish=False)(x) for x in images])
+    assert head.dtype == torch.uint8
+    assert torch.equal(BatchFinish(cfg)(head), full)
+    # with erasing always on, every sample gets its own box of N(0, 1) noise
+    erased = BatchFinish(DataConfig(img_size=32, reprob=1.0))(head.clone())
+    changed = (erased != BatchFinish(cfg)(head)).flatten(1).float().mean(1)
+    assert (changed > 0).all() and len(set(changed.tolist())) > 1

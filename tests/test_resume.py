@@ -20,12 +20,13 @@ from convnext.engine.train import TrainingDiverged, train
 ROOT = Path(__file__).resolve().parents[1]
 QUICK = ROOT / "configs" / "quickstart_digits.yaml"
 # A tiny ConvNeXt on the digits, with every source of randomness switched ON (random resized crops,
-# stochastic depth, EMA), so that exactness is not an accident of a deterministic setup.
+# random erasing, stochastic depth, EMA), so that exactness is not an accident of a deterministic setup.
 TINY = [
     "epochs=4",
     "train.eval_every=4",  # evaluate once, at the end
     "model.options={depths: [1, 1, 1, 1], dims: [8, 16, 32, 64]}",
     "model.drop_path_rate=0.2",
+    "data.reprob=0.25",  # random erasing, drawn on the device batch (data.normalize_on_device)
     "train.batch_size=64",
     "train.progress=false",
     "ema.enabled=true",

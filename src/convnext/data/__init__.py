@@ -7,6 +7,7 @@ from .images import load_image
 from .loader import build_loader
 from .presets import SMALL_DATASET_DEFAULTS, small_dataset_defaults
 from .transforms import (
+    BatchFinish,
     build_eval_transform,
     build_mixup_cutmix,
     build_train_transform,
@@ -15,6 +16,7 @@ from .transforms import (
 )
 
 __all__ = [
+    "BatchFinish",
     "DATASETS",
     "DataConfig",
     "SMALL_DATASET_DEFAULTS",

@@ -203,6 +203,7 @@ def _export_samples(cfg: TrainConfig, run_dir: Path, n: int) -> None:
 def train(cfg: TrainConfig, *, resume: str | Path | None = None, fresh: bool = False) -> TrainResult:
     """Train ``cfg``; resume ``resume`` (or <run.dir>/checkpoints/last.pth unless ``fresh``)."""
     from ..data import (
+        BatchFinish,
         build_dataset,
         build_eval_transform,
         build_loader,
@@ -236,7 +237,11 @@ def train(cfg: TrainConfig, *, resume: str | Path | None = None, fresh: bool = F
 
     # ---- data
     _seed_all(cfg.seed)
-    train_ds = build_dataset(cfg.data, cfg.data.train_split, build_train_transform(cfg.data))
+    on_device = cfg.data.normalize_on_device
+    train_ds = build_dataset(
+        cfg.data, cfg.data.train_split, build_train_transform(cfg.data, finish=not on_device)
+    )
+    finish = BatchFinish(cfg.data) if on_device else None
     do_eval = cfg.train.eval_every > 0
     val_ds = build_dataset(cfg.data, cfg.data.val_split, build_eval_transform(cfg.data)) if do_eval else None
     classes = list(train_ds.classes)
@@ -472,6 +477,8 @@ def train(cfg: TrainConfig, *, resume: str | Path | None = None, fresh: bool = F
                 for micro in range(accum):
                     images_b, targets = next(it)
                     images_b = images_b.to(device, non_blocking=True)
+                    if finish is not None:
+                        images_b = finish(images_b)
                     targets = targets.to(device, non_blocking=True)
                     if mixup is not None:
                         images_b, targets = mixup(images_b, targets)
