@@ -22,6 +22,28 @@ TINY = {"depths": (1, 1, 2, 1), "dims": (8, 16, 32, 64)}
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
+def _adamw(
+    model: nn.Module,
+    lr: float,
+    weight_decay: float = 0.05,
+    layer_decay: float | None = None,
+    fused: bool | None = None,
+) -> torch.optim.Optimizer:
+    """The recipe's AdamW (betas 0.9/0.999, eps 1e-8) on CPU."""
+    return build_optimizer(
+        model,
+        name="adamw",
+        lr=lr,
+        weight_decay=weight_decay,
+        betas=(0.9, 0.999),
+        eps=1e-8,
+        momentum=0.9,
+        layer_decay=layer_decay,
+        fused=fused,
+        device=torch.device("cpu"),
+    )
+
+
 def _group_of(opt: torch.optim.Optimizer, model: nn.Module, name: str) -> dict:
     p = dict(model.named_parameters())[name]
     return next(g for g in opt.param_groups if any(q is p for q in g["params"]))
@@ -34,18 +56,7 @@ def test_schedule_matches_recipe_closed_form() -> None:
     eff_batch = 1024  # e.g. 128 x 8 GPUs x 1: optim.lr (at 4096) scales to a quarter
     lr = cfg.optim.lr * eff_batch / cfg.optim.lr_base_batch
     assert lr == pytest.approx(1e-3)
-    opt = build_optimizer(
-        model,
-        name="adamw",
-        lr=lr,
-        weight_decay=cfg.optim.weight_decay,
-        betas=(0.9, 0.999),
-        eps=1e-8,
-        momentum=0.9,
-        layer_decay=None,
-        fused=None,
-        device=torch.device("cpu"),
-    )
+    opt = _adamw(model, lr=lr, weight_decay=cfg.optim.weight_decay)
     spe = 10
     total, warm = cfg.epochs * spe, int(cfg.schedule.warmup_epochs * spe)
     sched = build_scheduler(opt, total_steps=total, warmup_steps=warm, base_lr=lr, min_lr=cfg.schedule.min_lr)
@@ -75,18 +86,7 @@ def test_schedule_matches_recipe_closed_form() -> None:
 @pytest.mark.parametrize("arch", ["convnext_atto", "convnextv2_atto"])
 def test_no_weight_decay_on_norms_biases_gamma_grn(arch: str) -> None:
     model = create_model(arch, num_classes=10)
-    opt = build_optimizer(
-        model,
-        name="adamw",
-        lr=1e-3,
-        weight_decay=0.05,
-        betas=(0.9, 0.999),
-        eps=1e-8,
-        momentum=0.9,
-        layer_decay=None,
-        fused=None,
-        device=torch.device("cpu"),
-    )
+    opt = _adamw(model, lr=1e-3)
     names = dict(model.named_parameters())
     for name in names:
         wd = _group_of(opt, model, name)["weight_decay"]
@@ -124,18 +124,7 @@ def test_layer_decay_uses_official_convnext_layer_ids() -> None:
     for name, layer in expect.items():
         assert groups[name]["layer_id"] == layer, name
         assert groups[name]["lr_scale"] == pytest.approx(d ** (13 - layer)), name
-    opt = build_optimizer(
-        model,
-        name="adamw",
-        lr=1e-3,
-        weight_decay=0.05,
-        betas=(0.9, 0.999),
-        eps=1e-8,
-        momentum=0.9,
-        layer_decay=d,
-        fused=False,
-        device=torch.device("cpu"),
-    )
+    opt = _adamw(model, lr=1e-3, layer_decay=d, fused=False)
     assert _group_of(opt, model, "head.weight")["lr"] == pytest.approx(1e-3)
     assert _group_of(opt, model, "downsample_layers.0.0.weight")["lr"] == pytest.approx(1e-3 * d**13)
 
@@ -145,18 +134,7 @@ def test_overfits_a_small_batch() -> None:
     torch.manual_seed(0)
     model = create_model("convnext_atto", num_classes=4, **TINY)
     x, y = torch.randn(16, 3, 32, 32), torch.arange(16) % 4
-    opt = build_optimizer(
-        model,
-        name="adamw",
-        lr=3e-3,
-        weight_decay=0.05,
-        betas=(0.9, 0.999),
-        eps=1e-8,
-        momentum=0.9,
-        layer_decay=None,
-        fused=None,
-        device=torch.device("cpu"),
-    )
+    opt = _adamw(model, lr=3e-3)
     sched = build_scheduler(opt, total_steps=40, warmup_steps=4, base_lr=5e-3, min_lr=1e-5)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=0.1)
     for _ in range(40):
