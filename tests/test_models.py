@@ -11,7 +11,8 @@ import torch.nn.functional as F
 
 from convnext import create_model
 from convnext.cli.main import main
-from convnext.models import list_models
+from convnext.models import Block, chunked_mlp, list_models
+from convnext.models.chunked_mlp import set_chunked_mlp, use_chunked_mlp
 from convnext.models.profile import model_stats
 
 # (params in M, GMACs) at 224 px and 1000 classes, as printed in the papers' tables.
@@ -211,3 +212,86 @@ def test_torch_compile_runs_with_equal_outputs() -> None:
         out = compiled(x)
         assert torch.allclose(out, model(x), atol=1e-5)
     print(f"compile + first call: {time.perf_counter() - start:.1f}s")
+
+
+def _block_out_and_grads(block: Block, x: torch.Tensor, g: torch.Tensor) -> list[torch.Tensor]:
+    block.zero_grad(set_to_none=True)
+    x = x.detach().requires_grad_()
+    out = block(x)
+    out.backward(g)
+    return [out.detach(), x.grad] + [p.grad for p in block.parameters()]
+
+
+@pytest.mark.parametrize("layer_scale", [0.5, 0.0])
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_chunked_mlp_equals_the_plain_ops_in_output_and_every_gradient(
+    layer_scale: float, channels_last: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 700 rows in chunks of 256 (the minimum): several chunks and a ragged last one.
+    monkeypatch.setattr(chunked_mlp, "CHUNK_ELEMENTS", 1)
+    torch.manual_seed(0)
+    block = Block(24, layer_scale_init_value=layer_scale)
+    with torch.no_grad():
+        for p in block.parameters():
+            p.add_(torch.randn_like(p) * 0.2)  # non-trivial LN affine, biases and layer scale
+    x = torch.randn(7, 24, 10, 10)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    g = torch.randn(7, 10, 10, 24).permute(0, 3, 1, 2)  # upstream grad in the other memory format
+    block.chunked = False
+    ref = _block_out_and_grads(block, x, g)
+    block.chunked = True
+    got = _block_out_and_grads(block, x, g)
+    names = ["output", "input"] + [n for n, _ in block.named_parameters()]
+    for name, a, b in zip(names, ref, got, strict=True):
+        assert (a - b).abs().max() <= 1e-5 * a.abs().max(), name
+    with torch.no_grad():
+        block.chunked = False
+        plain = block(x)
+        block.chunked = True
+        assert (block(x) - plain).abs().max() <= 1e-5 * plain.abs().max()
+
+
+def test_chunked_mlp_saves_about_half_the_activations() -> None:
+    saved: list[int] = []
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        if t.numel() > 10_000:  # activations, not weights
+            saved.append(t.numel())
+        return t
+
+    block = Block(32)
+    x = torch.randn(4, 32, 28, 28).contiguous(memory_format=torch.channels_last)
+    sizes = {}
+    for chunked in (False, True):
+        saved.clear()
+        block.chunked = chunked
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            block(x.requires_grad_())
+        sizes[chunked] = sum(saved)
+    # In units of (pixels x C). Plain: dwconv input, LN input, LN output, hidden, GELU(hidden), projection:
+    # 1+1+1+4+4+1. Chunked: dwconv input, LN input, hidden: 1+1+4.
+    assert sizes[True] / sizes[False] == pytest.approx(6 / 12)
+
+
+def test_training_step_is_the_same_with_and_without_chunked_mlp() -> None:
+    torch.manual_seed(0)
+    model = create_model("convnext_atto", drop_path_rate=0.1).train()
+    x = torch.randn(2, 3, 64, 64)
+    set_chunked_mlp(model, False)
+    torch.manual_seed(1)
+    ref_out, ref_grads = _loss_and_grads(model, x)
+    set_chunked_mlp(model, True)
+    torch.manual_seed(1)  # same stochastic-depth draws
+    out, grads = _loss_and_grads(model, x)
+    assert (out - ref_out).abs().max() <= 1e-5
+    for a, b in zip(ref_grads, grads, strict=True):
+        assert (a - b).abs().max() <= 1e-5 * max(a.abs().max().item(), 1e-12)
+
+
+def test_chunked_mlp_steps_aside_under_autocast() -> None:
+    x = torch.randn(2, 4, 4, 8)
+    assert use_chunked_mlp(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not use_chunked_mlp(x)
+    assert not use_chunked_mlp(x.double())

@@ -1,5 +1,6 @@
 """The ConvNeXt family: V1 (``convnext.py``), V2 (``convnext_v2.py``), isotropic (``isotropic.py``)."""
 
+from .chunked_mlp import set_chunked_mlp
 from .convnext import Block, ConvNeXt, LayerNorm2d
 from .convnext_v2 import GRN, BlockV2
 from .factory import VARIANTS, Variant, create_model, get_variant, list_models
@@ -19,4 +20,5 @@ __all__ = [
     "fuse_for_inference",
     "get_variant",
     "list_models",
+    "set_chunked_mlp",
 ]

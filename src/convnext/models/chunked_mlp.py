@@ -1,0 +1,166 @@
+"""The block's channel MLP (LN -> expand 4x -> GELU -> project -> layer scale) in cache-sized row chunks.
+
+Why by hand: autograd runs each op over the whole (N*H*W, C) activation, so every elementwise step (GELU and
+its backward, layer scale, bias) streams the 4x-wide hidden tensor -- 150 MB per stage-1 block at batch 32 --
+through memory, and saves five activations for backward. Here one ``autograd.Function`` does the same math a
+few thousand pixels at a time, so the hidden chunk stays in the CPU cache between the two GEMMs, in forward
+and in backward. Compilers fuse the elementwise ops but not across GEMMs, and no library op does this.
+
+What it changes, with the same math (equal to the plain ops to float rounding; tests/test_models.py checks
+outputs and every gradient):
+
+* Saved for backward: the block's input rows, the pre-GELU hidden ``a`` and LayerNorm's mean/rstd. The LN
+  output and ``GELU(a)`` are recomputed per chunk in cache (cheap elementwise work, no GEMM is redone); the
+  plain ops also keep the LN output, ``GELU(a)`` and the projection: about half the activation memory.
+* Layer scale is folded into the projection, ``gamma * (W h + b) == (gamma W) h + gamma b``; its gradient
+  follows by the chain rule, ``dgamma_c = sum_j dW'_cj W_cj + db'_c b_c``, with no extra pass over the rows.
+* Weight gradients accumulate chunk by chunk with ``addmm_`` into one buffer.
+
+Used by :class:`~convnext.models.convnext.Block` on CPU in float32 (training and plain eval); on GPU, under
+autocast and under ``torch.compile`` the block runs the plain ops (launch-bound many-kernel loops on GPU;
+dtype handling belongs to autocast; inductor fuses the elementwise ops itself). Measured: BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+# Hidden elements per chunk (rows x 4C): 4096 rows at C=96, 1024 at C=384. About 6 MiB of float32, which
+# measured fastest on ConvNeXt-T's stages (BENCHMARKS.md); much larger chunks fall out of cache, much
+# smaller ones make the GEMMs inefficient.
+CHUNK_ELEMENTS = 4096 * 384
+
+
+def chunk_rows(hidden: int) -> int:
+    return max(256, CHUNK_ELEMENTS // hidden)
+
+
+def use_chunked_mlp(x: Tensor) -> bool:
+    """Whether the chunked path applies: float32 on CPU, outside autocast and torch.compile."""
+    return (
+        x.device.type == "cpu"
+        and x.dtype == torch.float32
+        and not torch.is_autocast_enabled("cpu")
+        and not torch.compiler.is_compiling()
+    )
+
+
+def set_chunked_mlp(model: nn.Module, enabled: bool) -> nn.Module:
+    """Switch every V1 block of ``model`` between the chunked MLP and the plain ops (e.g. on a shared CPU,
+    where many small parallel regions wait on descheduled threads: see BENCHMARKS.md)."""
+    for module in model.modules():
+        if hasattr(module, "chunked"):
+            module.chunked = enabled
+    return model
+
+
+def _layer_norm(x: Tensor, weight: Tensor, bias: Tensor, eps: float) -> tuple[Tensor, Tensor, Tensor]:
+    return torch.ops.aten.native_layer_norm(x, [x.shape[-1]], weight, bias, eps)
+
+
+class _ChannelMLP(torch.autograd.Function):
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any,
+        x: Tensor,
+        ln_w: Tensor,
+        ln_b: Tensor,
+        w1: Tensor,
+        b1: Tensor,
+        w2: Tensor,
+        b2: Tensor,
+        gamma: Tensor | None,
+        eps: float,
+    ) -> Tensor:
+        rows, dim = x.shape
+        hidden = w1.shape[0]
+        step = chunk_rows(hidden)
+        w2g, b2g = (w2, b2) if gamma is None else (w2 * gamma[:, None], b2 * gamma)
+        w1t, w2gt = w1.t().contiguous(), w2g.t().contiguous()  # (in, out): MKL's faster orientation
+        a = x.new_empty(rows, hidden)  # pre-GELU, saved for backward
+        mean = x.new_empty(rows, 1)
+        rstd = x.new_empty(rows, 1)
+        out = x.new_empty(rows, dim)
+        h = x.new_empty(min(step, rows), hidden)
+        for s in range(0, rows, step):
+            e = min(s + step, rows)
+            xn, mean[s:e], rstd[s:e] = _layer_norm(x[s:e], ln_w, ln_b, eps)
+            torch.addmm(b1, xn, w1t, out=a[s:e])
+            torch.ops.aten.gelu.out(a[s:e], out=h[: e - s])
+            torch.addmm(b2g, h[: e - s], w2gt, out=out[s:e])
+        ctx.save_for_backward(x, a, mean, rstd, ln_w, ln_b, w1, w2, b2, gamma, w2g)
+        ctx.eps = eps
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        x, a, mean, rstd, ln_w, ln_b, w1, w2, b2, gamma, w2g = ctx.saved_tensors
+        rows, dim = x.shape
+        hidden = w1.shape[0]
+        step = chunk_rows(hidden)
+        grad = grad.contiguous()
+        gx = torch.empty_like(x)
+        g_lnw, g_lnb = torch.zeros_like(ln_w), torch.zeros_like(ln_b)
+        g_w1, g_b1 = torch.zeros_like(w1), w1.new_zeros(hidden)
+        g_w2g = torch.zeros_like(w2)
+        h = x.new_empty(min(step, rows), hidden)
+        gh = x.new_empty(min(step, rows), hidden)
+        for s in range(0, rows, step):
+            e = min(s + step, rows)
+            xc, ac, gc, hc, ghc = x[s:e], a[s:e], grad[s:e], h[: e - s], gh[: e - s]
+            torch.ops.aten.gelu.out(ac, out=hc)
+            g_w2g.addmm_(gc.t(), hc)
+            torch.mm(gc, w2g, out=ghc)
+            torch.ops.aten.gelu_backward.grad_input(ghc, ac, grad_input=ghc)  # in place: grad of a
+            g_b1 += ghc.sum(0)
+            xn = _layer_norm(xc, ln_w, ln_b, ctx.eps)[0]
+            g_w1.addmm_(ghc.t(), xn)
+            gx[s:e], dw, db = torch.ops.aten.native_layer_norm_backward(
+                ghc @ w1, xc, [dim], mean[s:e], rstd[s:e], ln_w, ln_b, [True, True, True]
+            )
+            g_lnw += dw
+            g_lnb += db
+        g_b2g = grad.sum(0)
+        if gamma is None:
+            return gx, g_lnw, g_lnb, g_w1, g_b1, g_w2g, g_b2g, None, None
+        g_gamma = (g_w2g * w2).sum(1) + g_b2g * b2
+        return gx, g_lnw, g_lnb, g_w1, g_b1, g_w2g * gamma[:, None], g_b2g * gamma, g_gamma, None
+
+
+def _forward_only(
+    x: Tensor, norm: nn.LayerNorm, fc1: nn.Linear, fc2: nn.Linear, gamma: Tensor | None
+) -> Tensor:
+    """The same chunks without saving anything: for ``no_grad`` / ``inference_mode`` forwards."""
+    rows, dim = x.shape
+    w2, b2 = fc2.weight, fc2.bias
+    if gamma is not None:
+        w2, b2 = w2 * gamma[:, None], b2 * gamma
+    w1t, w2t = fc1.weight.t().contiguous(), w2.t().contiguous()
+    step = chunk_rows(w1t.shape[1])
+    out = x.new_empty(rows, dim)
+    h = x.new_empty(min(step, rows), w1t.shape[1])
+    for s in range(0, rows, step):
+        e = min(s + step, rows)
+        xn = _layer_norm(x[s:e], norm.weight, norm.bias, norm.eps)[0]
+        hc = torch.addmm(fc1.bias, xn, w1t, out=h[: e - s])
+        torch.ops.aten.gelu_(hc)
+        torch.addmm(b2, hc, w2t, out=out[s:e])
+    return out
+
+
+def chunked_mlp(
+    x: Tensor, norm: nn.LayerNorm, fc1: nn.Linear, fc2: nn.Linear, gamma: Tensor | None
+) -> Tensor:
+    """``gamma * fc2(GELU(fc1(norm(x))))`` over (..., C) channels-last ``x``, chunked over its pixels."""
+    shape = x.shape
+    rows = x.reshape(-1, shape[-1])
+    if torch.is_grad_enabled():
+        out = _ChannelMLP.apply(
+            rows, norm.weight, norm.bias, fc1.weight, fc1.bias, fc2.weight, fc2.bias, gamma, norm.eps
+        )
+    else:
+        out = _forward_only(rows, norm, fc1, fc2, gamma)
+    return out.view(shape)
