@@ -96,6 +96,9 @@ def test_benchmark_train_mode_table() -> None:
     table = format_report(report)
     assert "images/s" in table and "AdamW" in table and "forward + backward" in table
     assert report["results"][0]["latency_ms"] is None
+    assert "chunked MLP" in report["results"][0]["note"]  # what ours trains with on CPU
+    plain = run_benchmark("convnext_atto", batch_size=2, img_size=32, mode="train", repeats=1, fuse=False)
+    assert plain["results"][0]["note"].startswith("plain model")
 
 
 def test_benchmark_errors_are_one_clear_sentence(capsys: pytest.CaptureFixture[str]) -> None:

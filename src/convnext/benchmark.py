@@ -25,10 +25,12 @@ from torch import Tensor, nn
 
 from .errors import UserError
 from .models import create_model, get_variant
+from .models.chunked_mlp import set_chunked_mlp
 from .models.fuse import fuse_for_inference
 from .models.profile import count_macs, count_params
 
 PEERS = ("timm", "torchvision")
+CHUNKED_NOTE = "chunked MLP in forward and backward (models/chunked_mlp.py), channels_last inside"
 FUSED_NOTE = "fuse_for_inference (folded layer scale, chunked MLP, channels_last)"
 TORCHVISION_MODELS = ("convnext_tiny", "convnext_small", "convnext_base", "convnext_large")
 
@@ -291,7 +293,8 @@ def run_benchmark(
 ) -> dict[str, Any]:
     """Time ``model`` (ours, and the peers in ``compare``) and return every figure as plain data.
 
-    In fp32 eager infer mode ours is ``fuse_for_inference(model)`` unless ``fuse=False``; peers run as
+    In fp32 eager infer mode ours is ``fuse_for_inference(model)``, and in train mode on CPU its blocks run
+    the chunked MLP; ``fuse=False`` times the plain ops instead (the reference). Peers run as
     their authors wrote them. ``channels_last`` converts every contestant and the input to that layout.
     """
     say = progress or (lambda _msg: None)
@@ -313,6 +316,12 @@ def run_benchmark(
 
     torch.manual_seed(0)
     ours = create_model(model).to(dev)
+    has_chunked = (
+        dev.type == "cpu"
+        and amp is None
+        and not compile
+        and any(hasattr(m, "chunked") for m in ours.modules())
+    )
     if variant.family == "v1":
         # Non-trivial layer scales and biases, so that weight copying and folding are really exercised.
         with torch.no_grad():
@@ -333,14 +342,15 @@ def run_benchmark(
     check_x = x[:2]
     with torch.inference_mode():
         ours.eval()
-        ref = ours(check_x).float()
+        ref = set_chunked_mlp(ours, False)(check_x).float()  # the plain ops are the reference
+        set_chunked_mlp(ours, fuse)
         entries: list[tuple[str, nn.Module, str]] = []
         # Fused: fp32 eager only (its GEMMs write fp32 buffers; under --compile inductor does its own fusion).
         if mode == "infer" and fuse and amp is None and not compile:
             fused = fuse_for_inference(ours)
             entries.append(("ours", fused, FUSED_NOTE))
         else:
-            entries.append(("ours", ours, "plain model"))
+            entries.append(("ours", ours, CHUNKED_NOTE if fuse and has_chunked else "plain model"))
         for p, pm in peer_models.items():
             entries.append((p, pm.eval(), ""))
         max_diff = {name: (m(check_x).float() - ref).abs().max().item() for name, m, _ in entries}

@@ -26,7 +26,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--compare", default="", help="comma-separated peers: timm,torchvision")
     p.add_argument("--repeats", type=int, default=5, help="timed rounds (each runs every contestant once)")
     p.add_argument("--warmup", type=int, default=1, help="untimed calls per contestant first")
-    p.add_argument("--no-fuse", action="store_true", help="infer: time our plain model, unfused")
+    p.add_argument(
+        "--no-fuse", action="store_true", help="time our plain ops: no inference fusion, no chunked MLP"
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     p.set_defaults(func=run)
 
