@@ -29,6 +29,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--no-fuse", action="store_true", help="time our plain ops: no inference fusion, no chunked MLP"
     )
+    p.add_argument(
+        "--tuned-malloc",
+        action="store_true",
+        help="time every contestant with glibc malloc tuned as `convnext train` runs on CPU (after memory)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     p.set_defaults(func=run)
 
@@ -47,6 +52,7 @@ def run(args: argparse.Namespace) -> int:
         repeats=args.repeats,
         warmup=args.warmup,
         fuse=not args.no_fuse,
+        tuned_malloc=args.tuned_malloc,
         progress=lambda msg: print(f"[benchmark] {msg}", file=sys.stderr, flush=True),
     )
     print(json.dumps(report) if args.json else format_report(report))

@@ -24,6 +24,7 @@ from torch.utils.data import BatchSampler, DataLoader, RandomSampler, Sampler
 
 from ..errors import UserError
 from . import distributed as D
+from .allocator import tune_cpu_allocator
 from .checkpoint import CheckpointManager, load_train_checkpoint, rng_state, set_rng_state
 from .config import TrainConfig, dump_yaml, to_dict
 from .ema import build_ema, ema_state_dict, load_ema_state_dict
@@ -219,6 +220,8 @@ def train(cfg: TrainConfig, *, resume: str | Path | None = None, fresh: bool = F
         torch.set_num_threads(cfg.train.threads)
     rank, world, local_rank = D.init_distributed(want)
     device = _resolve_device(want, local_rank)
+    if device.type == "cpu":
+        tune_cpu_allocator()  # reuse the heap for activations instead of page-faulting them in every step
     if cfg.train.amp == "fp16" and device.type != "cuda":
         raise UserError("config key train.amp: fp16 needs a CUDA device; use train.amp=bf16 on CPU")
     amp_dtype = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.train.amp]
