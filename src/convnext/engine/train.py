@@ -159,7 +159,7 @@ def _print(*args: Any) -> None:
 
 
 def _build_model(cfg: TrainConfig, num_classes: int) -> nn.Module:
-    from ..models import create_model
+    from ..models import create_model, set_chunked_mlp
 
     opts = dict(cfg.model.options)
     opts.setdefault("drop_path_rate", cfg.model.drop_path_rate)
@@ -176,6 +176,7 @@ def _build_model(cfg: TrainConfig, num_classes: int) -> nn.Module:
     # classes) is already scaled, as in the official fine-tuning; one loaded from the checkpoint is not.
     if cfg.model.grad_checkpointing:
         model.set_grad_checkpointing(True)
+    set_chunked_mlp(model, cfg.model.chunked_mlp)
     return model
 
 

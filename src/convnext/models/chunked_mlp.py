@@ -1,24 +1,31 @@
-"""The block's channel MLP (LN -> expand 4x -> GELU -> project -> layer scale) in cache-sized row chunks.
+"""The block's channel MLP (LN -> expand 4x -> GELU -> project -> layer scale) in row chunks, on CPU.
 
-Why by hand: autograd runs each op over the whole (N*H*W, C) activation, so every elementwise step (GELU and
-its backward, layer scale, bias) streams the 4x-wide hidden tensor -- 150 MB per stage-1 block at batch 32 --
-through memory, and saves five activations for backward. Here one ``autograd.Function`` does the same math a
-few thousand pixels at a time, so the hidden chunk stays in the CPU cache between the two GEMMs, in forward
-and in backward. Compilers fuse the elementwise ops but not across GEMMs, and no library op does this.
+Why by hand: autograd runs each op over the whole (N*H*W, C) activation, so a stage-1 block at batch 32
+allocates five fresh 40-150 MB activations, keeps them all for backward, and streams the 4x-wide hidden
+tensor through memory for every elementwise step (GELU and its backward, bias, layer scale). Here one
+``autograd.Function`` does the same math some thousands of pixels at a time: one big buffer per block, and
+the hidden chunk is reused while warm between the two GEMMs, in forward and in backward. Compilers fuse the
+elementwise ops but not across GEMMs, and no library op does this.
 
 What it changes, with the same math (equal to the plain ops to float rounding; tests/test_models.py checks
 outputs and every gradient):
 
 * Saved for backward: the block's input rows, the pre-GELU hidden ``a`` and LayerNorm's mean/rstd. The LN
-  output and ``GELU(a)`` are recomputed per chunk in cache (cheap elementwise work, no GEMM is redone); the
-  plain ops also keep the LN output, ``GELU(a)`` and the projection: about half the activation memory.
+  output and ``GELU(a)`` are recomputed per chunk (elementwise work, no GEMM is redone); the plain ops also
+  keep the LN output, ``GELU(a)`` and the projection: half the activation memory.
 * Layer scale is folded into the projection, ``gamma * (W h + b) == (gamma W) h + gamma b``; its gradient
   follows by the chain rule, ``dgamma_c = sum_j dW'_cj W_cj + db'_c b_c``, with no extra pass over the rows.
 * Weight gradients accumulate chunk by chunk with ``addmm_`` into one buffer.
 
+Measured on 2 CPU cores, ConvNeXt-T batch 32 (BENCHMARKS.md): 1.18-1.22x timm's and torchvision's training
+step in a default process, where glibc page-faults every fresh big activation (our plain ops: 0.99-1.03x).
+Most of that is the allocation: with the allocator tuned (``engine/allocator.py``, as ``convnext train``
+runs) all three are level, their GEMMs at the machine's matmul peak. The memory saving holds either way.
+
 Used by :class:`~convnext.models.convnext.Block` on CPU in float32 (training and plain eval); on GPU, under
 autocast and under ``torch.compile`` the block runs the plain ops (launch-bound many-kernel loops on GPU;
-dtype handling belongs to autocast; inductor fuses the elementwise ops itself). Measured: BENCHMARKS.md.
+dtype handling belongs to autocast; inductor fuses the elementwise ops itself). ``set_chunked_mlp(model,
+False)`` or ``model.chunked_mlp=false`` switches it off.
 """
 
 from __future__ import annotations
@@ -28,10 +35,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-# Hidden elements per chunk (rows x 4C): 4096 rows at C=96, 1024 at C=384. About 6 MiB of float32, which
-# measured fastest on ConvNeXt-T's stages (BENCHMARKS.md); much larger chunks fall out of cache, much
-# smaller ones make the GEMMs inefficient.
-CHUNK_ELEMENTS = 4096 * 384
+# Hidden elements per chunk (rows x 4C): 16384 rows at C=96, 4096 at C=384. Measured on the whole ConvNeXt-T
+# step (BENCHMARKS.md): 4.46 images/s against 4.20 with 4096 rows at C=96, 4.29 with 32768; and with other
+# processes on the cores, small chunks lose most (many short parallel regions each wait for a descheduled
+# thread): 16384 rows stayed level with the plain ops where 4096 rows fell to 0.84x.
+CHUNK_ELEMENTS = 16384 * 384
 
 
 def chunk_rows(hidden: int) -> int:
@@ -43,7 +51,7 @@ def use_chunked_mlp(x: Tensor) -> bool:
     return (
         x.device.type == "cpu"
         and x.dtype == torch.float32
-        and not torch.is_autocast_enabled("cpu")
+        and not _cpu_autocast()
         and not torch.compiler.is_compiling()
     )
 
@@ -55,6 +63,13 @@ def set_chunked_mlp(model: nn.Module, enabled: bool) -> nn.Module:
         if hasattr(module, "chunked"):
             module.chunked = enabled
     return model
+
+
+def _cpu_autocast() -> bool:
+    try:
+        return torch.is_autocast_enabled("cpu")
+    except TypeError:  # torch < 2.4 spelling
+        return torch.is_autocast_cpu_enabled()
 
 
 def _layer_norm(x: Tensor, weight: Tensor, bias: Tensor, eps: float) -> tuple[Tensor, Tensor, Tensor]:
