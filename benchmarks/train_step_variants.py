@@ -1,6 +1,7 @@
 """Time our ConvNeXt training step with the plain ops and with chunked MLPs of several sizes, interleaved.
 
     .venv/bin/python benchmarks/train_step_variants.py --batch-size 32 --rounds 3 plain 4096 16384 32768
+    .venv/bin/python benchmarks/train_step_variants.py --eval --rounds 4 plain 16384   # what `evaluate` runs
 
 Each variant name is ``plain`` or a chunk size in rows at C=96 (the hidden-element budget is rows x 384).
 One process, one model, round-robin over the variants, so noise from other processes hits them alike;
@@ -26,15 +27,20 @@ def main() -> None:
     p.add_argument("--model", default="convnext_tiny")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--eval", action="store_true", help="time an inference_mode forward (unfused)")
     args = p.parse_args()
 
     torch.manual_seed(0)
-    model = create_model(args.model).train()
+    model = create_model(args.model).train(not args.eval)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
     x = torch.randn(args.batch_size, 3, 224, 224)
     y = torch.randint(0, 1000, (args.batch_size,))
 
     def step() -> None:
+        if args.eval:
+            with torch.inference_mode():
+                model(x)
+            return
         loss = F.cross_entropy(model(x), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
