@@ -76,6 +76,45 @@ def _layer_norm(x: Tensor, weight: Tensor, bias: Tensor, eps: float) -> tuple[Te
     return torch.ops.aten.native_layer_norm(x, [x.shape[-1]], weight, bias, eps)
 
 
+def _fold_layer_scale(w2: Tensor, b2: Tensor, gamma: Tensor | None) -> tuple[Tensor, Tensor]:
+    return (w2, b2) if gamma is None else (w2 * gamma[:, None], b2 * gamma)
+
+
+def _forward_chunks(
+    x: Tensor,
+    ln_w: Tensor,
+    ln_b: Tensor,
+    eps: float,
+    w1: Tensor,
+    b1: Tensor,
+    w2g: Tensor,
+    b2g: Tensor,
+    save: bool,
+) -> tuple[Tensor, Tensor | None, Tensor | None, Tensor | None]:
+    """``out`` and, if ``save``, what backward needs: the pre-GELU hidden ``a`` and LN's mean and rstd."""
+    rows, dim = x.shape
+    hidden = w1.shape[0]
+    step = chunk_rows(hidden)
+    w1t, w2gt = w1.t().contiguous(), w2g.t().contiguous()  # (in, out): MKL's faster orientation
+    out = x.new_empty(rows, dim)
+    h = x.new_empty(min(step, rows), hidden)
+    a = mean = rstd = None
+    if save:
+        a, mean, rstd = x.new_empty(rows, hidden), x.new_empty(rows, 1), x.new_empty(rows, 1)
+    for s in range(0, rows, step):
+        e = min(s + step, rows)
+        xn, m, r = _layer_norm(x[s:e], ln_w, ln_b, eps)
+        hc = h[: e - s]
+        if save:
+            mean[s:e], rstd[s:e] = m, r
+            torch.addmm(b1, xn, w1t, out=a[s:e])
+            torch.ops.aten.gelu.out(a[s:e], out=hc)
+        else:
+            torch.ops.aten.gelu_(torch.addmm(b1, xn, w1t, out=hc))
+        torch.addmm(b2g, hc, w2gt, out=out[s:e])
+    return out, a, mean, rstd
+
+
 class _ChannelMLP(torch.autograd.Function):
     @staticmethod
     def forward(  # type: ignore[override]
@@ -90,22 +129,8 @@ class _ChannelMLP(torch.autograd.Function):
         gamma: Tensor | None,
         eps: float,
     ) -> Tensor:
-        rows, dim = x.shape
-        hidden = w1.shape[0]
-        step = chunk_rows(hidden)
-        w2g, b2g = (w2, b2) if gamma is None else (w2 * gamma[:, None], b2 * gamma)
-        w1t, w2gt = w1.t().contiguous(), w2g.t().contiguous()  # (in, out): MKL's faster orientation
-        a = x.new_empty(rows, hidden)  # pre-GELU, saved for backward
-        mean = x.new_empty(rows, 1)
-        rstd = x.new_empty(rows, 1)
-        out = x.new_empty(rows, dim)
-        h = x.new_empty(min(step, rows), hidden)
-        for s in range(0, rows, step):
-            e = min(s + step, rows)
-            xn, mean[s:e], rstd[s:e] = _layer_norm(x[s:e], ln_w, ln_b, eps)
-            torch.addmm(b1, xn, w1t, out=a[s:e])
-            torch.ops.aten.gelu.out(a[s:e], out=h[: e - s])
-            torch.addmm(b2g, h[: e - s], w2gt, out=out[s:e])
+        w2g, b2g = _fold_layer_scale(w2, b2, gamma)
+        out, a, mean, rstd = _forward_chunks(x, ln_w, ln_b, eps, w1, b1, w2g, b2g, save=True)
         ctx.save_for_backward(x, a, mean, rstd, ln_w, ln_b, w1, w2, b2, gamma, w2g)
         ctx.eps = eps
         return out
@@ -145,27 +170,6 @@ class _ChannelMLP(torch.autograd.Function):
         return gx, g_lnw, g_lnb, g_w1, g_b1, g_w2g * gamma[:, None], g_b2g * gamma, g_gamma, None
 
 
-def _forward_only(
-    x: Tensor, norm: nn.LayerNorm, fc1: nn.Linear, fc2: nn.Linear, gamma: Tensor | None
-) -> Tensor:
-    """The same chunks without saving anything: for ``no_grad`` / ``inference_mode`` forwards."""
-    rows, dim = x.shape
-    w2, b2 = fc2.weight, fc2.bias
-    if gamma is not None:
-        w2, b2 = w2 * gamma[:, None], b2 * gamma
-    w1t, w2t = fc1.weight.t().contiguous(), w2.t().contiguous()
-    step = chunk_rows(w1t.shape[1])
-    out = x.new_empty(rows, dim)
-    h = x.new_empty(min(step, rows), w1t.shape[1])
-    for s in range(0, rows, step):
-        e = min(s + step, rows)
-        xn = _layer_norm(x[s:e], norm.weight, norm.bias, norm.eps)[0]
-        hc = torch.addmm(fc1.bias, xn, w1t, out=h[: e - s])
-        torch.ops.aten.gelu_(hc)
-        torch.addmm(b2, hc, w2t, out=out[s:e])
-    return out
-
-
 def chunked_mlp(
     x: Tensor, norm: nn.LayerNorm, fc1: nn.Linear, fc2: nn.Linear, gamma: Tensor | None
 ) -> Tensor:
@@ -176,6 +180,9 @@ def chunked_mlp(
         out = _ChannelMLP.apply(
             rows, norm.weight, norm.bias, fc1.weight, fc1.bias, fc2.weight, fc2.bias, gamma, norm.eps
         )
-    else:
-        out = _forward_only(rows, norm, fc1, fc2, gamma)
+    else:  # no_grad / inference_mode: the same chunks, nothing kept
+        w2g, b2g = _fold_layer_scale(fc2.weight, fc2.bias, gamma)
+        out = _forward_chunks(rows, norm.weight, norm.bias, norm.eps, fc1.weight, fc1.bias, w2g, b2g, False)[
+            0
+        ]
     return out.view(shape)
