@@ -29,7 +29,7 @@ class ModelConfig:
     layer_scale_init_value: float = 1e-6
     head_init_scale: float = 1.0
     grad_checkpointing: bool = False
-    chunked_mlp: bool = True  # CPU fp32: the block MLP in cache-sized chunks (same math, half the memory)
+    chunked_mlp: bool = True  # CPU fp32: the block MLP in row chunks (same math, half the activations)
     options: dict = field(default_factory=dict)  # extra constructor arguments, e.g. {depths: [1,1,3,1]}
 
 
