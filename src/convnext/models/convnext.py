@@ -55,7 +55,7 @@ class Block(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         shortcut = x
         x = self.dwconv(x).permute(0, 2, 3, 1)  # (N, C, H, W) -> (N, H, W, C)
-        if self.chunked and use_chunked_mlp(x):  # same math in cache-sized chunks (chunked_mlp.py)
+        if self.chunked and use_chunked_mlp(x):  # CPU fp32: the same math in row chunks (chunked_mlp.py)
             x = chunked_mlp(x, self.norm, self.pwconv1, self.pwconv2, self.gamma)
         else:
             x = self.pwconv2(self.act(self.pwconv1(self.norm(x))))
