@@ -17,7 +17,7 @@ outputs and every gradient):
   follows by the chain rule, ``dgamma_c = sum_j dW'_cj W_cj + db'_c b_c``, with no extra pass over the rows.
 * Weight gradients accumulate chunk by chunk with ``addmm_`` into one buffer.
 
-Measured on 2 CPU cores, ConvNeXt-T batch 32 (BENCHMARKS.md): 1.18-1.22x timm's and torchvision's training
+Measured on 2 CPU cores, ConvNeXt-T batch 32 (BENCHMARKS.md): 1.16-1.24x timm's and torchvision's training
 step in a default process, where glibc page-faults every fresh big activation (our plain ops: 0.99-1.03x).
 Most of that is the allocation: with the allocator tuned (``engine/allocator.py``, as ``convnext train``
 runs) all three are level, their GEMMs at the machine's matmul peak. The memory saving holds either way.
