@@ -201,6 +201,18 @@ def test_torch_export_runs_with_equal_outputs() -> None:
         assert torch.allclose(program.module()(x), model(x), atol=1e-5)
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.trace.*is deprecated:FutureWarning")
+def test_jit_trace_gives_a_model_that_takes_other_batch_sizes(monkeypatch: pytest.MonkeyPatch) -> None:
+    # 256-row chunks: traced on 512 stage-1 rows, run on 1280. A trace of the chunk loop would keep 2 chunks.
+    monkeypatch.setattr(chunked_mlp, "CHUNK_ELEMENTS", 1)
+    torch.manual_seed(0)
+    model = create_model("convnext_atto").eval()
+    with torch.no_grad():
+        traced = torch.jit.trace(model, torch.randn(2, 3, 64, 64))
+        x = torch.randn(5, 3, 64, 64)
+        assert torch.allclose(traced(x), model(x), atol=1e-5)
+
+
 def test_torch_compile_runs_with_equal_outputs() -> None:
     # inductor's C++ compile: ~25 s with a cold cache on an idle 2-core machine, minutes when it is loaded.
     torch.manual_seed(0)

@@ -47,12 +47,14 @@ def chunk_rows(hidden: int) -> int:
 
 
 def use_chunked_mlp(x: Tensor) -> bool:
-    """Whether the chunked path applies: float32 on CPU, outside autocast and torch.compile."""
+    """Whether the chunked path applies: float32 on CPU, outside autocast, compile, export and jit tracing
+    (a trace would bake this batch's chunk bounds into the graph)."""
     return (
         x.device.type == "cpu"
         and x.dtype == torch.float32
         and not _cpu_autocast()
         and not torch.compiler.is_compiling()
+        and not torch.jit.is_tracing()
     )
 
 
