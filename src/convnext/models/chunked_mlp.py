@@ -23,9 +23,9 @@ Most of that is the allocation: with the allocator tuned (``engine/allocator.py`
 runs) all three are level, their GEMMs at the machine's matmul peak. The memory saving holds either way.
 
 Used by :class:`~convnext.models.convnext.Block` on CPU in float32 (training and plain eval); on GPU, under
-autocast and under ``torch.compile`` the block runs the plain ops (launch-bound many-kernel loops on GPU;
-dtype handling belongs to autocast; inductor fuses the elementwise ops itself). ``set_chunked_mlp(model,
-False)`` or ``model.chunked_mlp=false`` switches it off.
+autocast, compile, export and jit tracing the block runs the plain ops (launch-bound many-kernel loops on
+GPU; dtype handling belongs to autocast; inductor fuses the elementwise ops itself; a graph should not keep
+one batch's chunk bounds). ``set_chunked_mlp(model, False)`` or ``model.chunked_mlp=false`` switches it off.
 """
 
 from __future__ import annotations
