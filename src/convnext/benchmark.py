@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from .engine.allocator import allocator_tuned, tune_cpu_allocator
 from .errors import UserError
 from .models import create_model, get_variant
-from .models.chunked_mlp import set_chunked_mlp
+from .models.chunked_mlp import set_chunked_mlp, use_chunked_mlp
 from .models.fuse import fuse_for_inference
 from .models.profile import count_macs, count_params
 
@@ -320,12 +320,6 @@ def run_benchmark(
 
     torch.manual_seed(0)
     ours = create_model(model).to(dev)
-    has_chunked = (
-        dev.type == "cpu"
-        and amp is None
-        and not compile
-        and any(hasattr(m, "chunked") for m in ours.modules())
-    )
     if variant.family == "v1":
         # Non-trivial layer scales and biases, so that weight copying and folding are really exercised.
         with torch.no_grad():
@@ -339,6 +333,13 @@ def run_benchmark(
         peer_models[p] = pm.to(dev)
 
     x = torch.randn(batch_size, 3, img_size, img_size, device=dev)
+    # What the model's own switch will decide inside the timed step (autocast and compile are set there).
+    has_chunked = (
+        amp is None
+        and not compile
+        and use_chunked_mlp(x)
+        and any(hasattr(m, "chunked") for m in ours.modules())
+    )
     x1 = torch.randn(1, 3, img_size, img_size, device=dev)
     targets = torch.randint(0, ours.num_classes, (batch_size,), device=dev)
 
