@@ -1,6 +1,7 @@
 """ConvNeXt for PyTorch: every published variant, weights from any ecosystem, and the tools to train them."""
 
-from .models import create_model, list_models
+from .hub import create_model
+from .models import list_models
 
 __version__ = "0.1.0"
 

@@ -41,7 +41,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..models.factory import VARIANTS, create_model
+    from ..models.factory import VARIANTS, build_model
     from ..weights import formats
     from ..weights.load import load_checkpoint, prepare
 
@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
         shape = formats.describe_shape(prepared.state_dict)
         raise UserError(f"cannot tell which architecture {args.src} holds ({shape}); pass --model ARCH")
     with torch.device("meta"):  # shapes only: verifies the weights without allocating a second copy
-        model = create_model(arch, num_classes=n_classes)
+        model = build_model(arch, num_classes=n_classes)
     load_checkpoint(model, prepared, assign=True)  # raises one sentence on any mismatch
 
     sd = {k: v.detach().contiguous().clone() for k, v in prepared.state_dict.items()}

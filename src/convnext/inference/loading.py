@@ -67,7 +67,7 @@ def load_for_inference(
     is run on. Eval geometry: the flags, else the training run's data config, else the registry entry of
     a tag, else 224 / 0.875 / bicubic / ImageNet mean-std.
     """
-    from ..models import create_model
+    from ..models import build_model
     from ..weights.load import load_checkpoint, prepare, read_checkpoint
 
     src = str(weights)
@@ -102,7 +102,7 @@ def load_for_inference(
             opts.setdefault("layer_scale_init_value", train_cfg.model.layer_scale_init_value)
         opts.pop("drop_path_rate", None)
     try:
-        model = create_model(arch, num_classes=info.num_classes, **opts)
+        model = build_model(arch, num_classes=info.num_classes, **opts)
     except ValueError as e:
         raise UserError(str(e)) from None
     info = load_checkpoint(model, prepared)

@@ -3,7 +3,7 @@
 from .chunked_mlp import set_chunked_mlp
 from .convnext import Block, ConvNeXt, LayerNorm2d
 from .convnext_v2 import GRN, BlockV2
-from .factory import VARIANTS, Variant, create_model, get_variant, list_models
+from .factory import VARIANTS, Variant, build_model, get_variant, list_models
 from .fuse import fuse_for_inference
 from .isotropic import ConvNeXtIsotropic
 
@@ -16,7 +16,7 @@ __all__ = [
     "LayerNorm2d",
     "VARIANTS",
     "Variant",
-    "create_model",
+    "build_model",
     "fuse_for_inference",
     "get_variant",
     "list_models",
