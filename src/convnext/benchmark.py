@@ -23,9 +23,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .device import AMP_DTYPES
 from .engine.allocator import allocator_tuned, tune_cpu_allocator
 from .errors import UserError
-from .models import create_model, get_variant
+from .models import build_model, get_variant
 from .models.chunked_mlp import set_chunked_mlp, use_chunked_mlp
 from .models.fuse import fuse_for_inference
 from .models.profile import count_macs, count_params
@@ -199,10 +200,6 @@ def _adamw(params: Any, device: torch.device) -> tuple[torch.optim.Optimizer, st
         return torch.optim.AdamW(params, lr=1e-4, weight_decay=0.05, foreach=True), "foreach"
 
 
-def _amp_dtype(amp: str | None) -> torch.dtype | None:
-    return {None: None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
-
-
 def _make_steps(
     model: nn.Module,
     x: Tensor,
@@ -212,7 +209,7 @@ def _make_steps(
     device: torch.device,
     amp: str | None,
 ) -> tuple[Callable[[], Any], Callable[[], Any] | None, str]:
-    dtype = _amp_dtype(amp)
+    dtype = AMP_DTYPES[amp or "none"]
 
     def autocast() -> contextlib.AbstractContextManager:
         if dtype is None:
@@ -319,7 +316,7 @@ def run_benchmark(
             raise UserError(f"unknown peer {p!r} for --compare; choose from {', '.join(PEERS)}")
 
     torch.manual_seed(0)
-    ours = create_model(model).to(dev)
+    ours = build_model(model).to(dev)
     if variant.family == "v1":
         # Non-trivial layer scales and biases, so that weight copying and folding are really exercised.
         with torch.no_grad():
@@ -373,7 +370,7 @@ def run_benchmark(
         note = "; ".join(filter(None, [note, opt_note]))
         contestants.append(Contestant(name, m, step, lat if latency else None, note))
 
-    peak_dtype = _amp_dtype(amp) or torch.float32
+    peak_dtype = AMP_DTYPES[amp or "none"] or torch.float32
     gemm, gemm_flops = matmul_peak_step(dev, peak_dtype)
 
     say("warm-up" + (" and compilation" if compile else ""))

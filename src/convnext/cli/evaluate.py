@@ -97,11 +97,12 @@ def relabel(ds: Dataset, names: list[str], source: str) -> Dataset:
 
 def run(args: argparse.Namespace) -> int:
     from ..data import build_dataset, build_eval_transform, build_loader
+    from ..device import amp_dtype, resolve_device
     from ..engine import distributed as D
     from ..engine.evaluate import evaluate
     from ..inference.loading import display_names, imagenet_wnid_names, load_for_inference
     from ..inference.report import per_class_rows, write_confusion_png, write_per_class_csv
-    from .predict import amp_dtype, resolve_device, weights_source
+    from .predict import weights_source
 
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")

@@ -12,8 +12,7 @@ import argparse
 import json
 import sys
 
-import torch
-
+from ..device import amp_dtype, resolve_device
 from ..errors import UserError
 
 
@@ -50,23 +49,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--amp", choices=("bf16", "fp16"), help="autocast dtype")
     p.set_defaults(func=run)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
-    try:
-        return torch.device(name)
-    except RuntimeError:
-        raise UserError(f"--device {name!r} is not a device (auto, cpu, cuda, cuda:N)") from None
-
-
-def amp_dtype(name: str | None, device: torch.device) -> torch.dtype | None:
-    if name == "fp16" and device.type != "cuda":
-        raise UserError("--amp fp16 needs a CUDA device; use --amp bf16 on CPU")
-    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(name or "")
 
 
 def weights_source(weights: str | None, model: str | None) -> str:

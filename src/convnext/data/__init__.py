@@ -4,7 +4,7 @@ from .classes import imagenet1k_classes, imagenet1k_descriptions, imagenet1k_wni
 from .config import IMAGENET_MEAN, IMAGENET_STD, DataConfig
 from .datasets import DATASETS, build_dataset, check_num_classes
 from .images import load_image
-from .loader import build_loader
+from .loader import build_loader, epoch_iterator
 from .presets import SMALL_DATASET_DEFAULTS, small_dataset_defaults
 from .transforms import (
     BatchFinish,
@@ -25,6 +25,7 @@ __all__ = [
     "build_dataset",
     "build_eval_transform",
     "build_loader",
+    "epoch_iterator",
     "build_mixup_cutmix",
     "build_train_transform",
     "check_num_classes",

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import (
+    BatchSampler,
     DataLoader,
     Dataset,
     DistributedSampler,
@@ -90,3 +92,62 @@ def build_loader(
         generator=torch.Generator().manual_seed(seed + 1),
         **kw,
     )
+
+
+# ---------------------------------------------------------------------------------------------------------
+# data order: a function of (seed, epoch) only, with an exact mid-epoch restart
+
+
+class _SkipBatches(Sampler):
+    """The batches of ``batch_sampler`` after the first ``skip`` ones (the RNG draws are the same)."""
+
+    def __init__(self, batch_sampler: Sampler, skip: int) -> None:
+        self.inner, self.skip = batch_sampler, skip
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for i, batch in enumerate(self.inner):
+            if i >= self.skip:
+                yield batch
+
+    def __len__(self) -> int:
+        return max(len(self.inner) - self.skip, 0)  # type: ignore[arg-type]
+
+
+def _seed_epoch(loader: DataLoader, seed: int, epoch: int) -> None:
+    """Make the epoch's shuffle (and the workers' base seed) depend only on (seed, epoch)."""
+    sampler = (
+        loader.batch_sampler.sampler if isinstance(loader.batch_sampler, BatchSampler) else loader.sampler
+    )
+    if hasattr(sampler, "set_epoch"):
+        sampler.set_epoch(epoch)
+    if isinstance(sampler, RandomSampler) and sampler.generator is None:
+        sampler.generator = torch.Generator()  # else its shuffle would come from the global RNG stream
+    for gen in {
+        id(g): g for g in (loader.generator, getattr(sampler, "generator", None)) if g is not None
+    }.values():
+        gen.manual_seed(seed * 1_000_003 + epoch)
+
+
+def epoch_iterator(loader: DataLoader, seed: int, epoch: int, skip: int = 0) -> Iterator:
+    """The batches of ``epoch`` (a function of (seed, epoch) only), after the first ``skip`` ones: the
+    training loop's exact mid-epoch restart."""
+    _seed_epoch(loader, seed, epoch)
+    if skip == 0:
+        return iter(loader)
+    kw: dict[str, Any] = {}
+    if loader.num_workers > 0:
+        kw = {
+            "prefetch_factor": loader.prefetch_factor,
+            "worker_init_fn": loader.worker_init_fn,
+            "multiprocessing_context": loader.multiprocessing_context,
+        }
+    resumed = DataLoader(
+        loader.dataset,
+        batch_sampler=_SkipBatches(loader.batch_sampler, skip),
+        num_workers=loader.num_workers,
+        collate_fn=loader.collate_fn,
+        pin_memory=loader.pin_memory,
+        generator=loader.generator,
+        **kw,
+    )
+    return iter(resumed)

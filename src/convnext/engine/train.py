@@ -13,15 +13,15 @@ import math
 import signal
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import BatchSampler, DataLoader, RandomSampler, Sampler
 
+from ..device import amp_dtype as resolve_amp
+from ..device import resolve_device
 from ..errors import UserError
 from . import distributed as D
 from .allocator import tune_cpu_allocator
@@ -47,63 +47,6 @@ class TrainResult:
     stopped_early: bool  # True when a SIGTERM/SIGUSR1 ended the run after a checkpoint
     metrics: list[dict[str, Any]]
     best_top1: float | None
-
-
-# ----------------------------------------------------------------------------------------------------------
-# data order: a function of (seed, epoch) only, with an exact mid-epoch restart
-
-
-class _SkipBatches(Sampler):
-    """The batches of ``batch_sampler`` after the first ``skip`` ones (the RNG draws are the same)."""
-
-    def __init__(self, batch_sampler: Sampler, skip: int) -> None:
-        self.inner, self.skip = batch_sampler, skip
-
-    def __iter__(self) -> Iterator[list[int]]:
-        for i, batch in enumerate(self.inner):
-            if i >= self.skip:
-                yield batch
-
-    def __len__(self) -> int:
-        return max(len(self.inner) - self.skip, 0)  # type: ignore[arg-type]
-
-
-def _seed_epoch(loader: DataLoader, seed: int, epoch: int) -> None:
-    """Make the epoch's shuffle (and the workers' base seed) depend only on (seed, epoch)."""
-    sampler = (
-        loader.batch_sampler.sampler if isinstance(loader.batch_sampler, BatchSampler) else loader.sampler
-    )
-    if hasattr(sampler, "set_epoch"):
-        sampler.set_epoch(epoch)
-    if isinstance(sampler, RandomSampler) and sampler.generator is None:
-        sampler.generator = torch.Generator()  # else its shuffle would come from the global RNG stream
-    for gen in {
-        id(g): g for g in (loader.generator, getattr(sampler, "generator", None)) if g is not None
-    }.values():
-        gen.manual_seed(seed * 1_000_003 + epoch)
-
-
-def _epoch_iter(loader: DataLoader, seed: int, epoch: int, skip: int) -> Iterator:
-    _seed_epoch(loader, seed, epoch)
-    if skip == 0:
-        return iter(loader)
-    kw: dict[str, Any] = {}
-    if loader.num_workers > 0:
-        kw = {
-            "prefetch_factor": loader.prefetch_factor,
-            "worker_init_fn": loader.worker_init_fn,
-            "multiprocessing_context": loader.multiprocessing_context,
-        }
-    resumed = DataLoader(
-        loader.dataset,
-        batch_sampler=_SkipBatches(loader.batch_sampler, skip),
-        num_workers=loader.num_workers,
-        collate_fn=loader.collate_fn,
-        pin_memory=loader.pin_memory,
-        generator=loader.generator,
-        **kw,
-    )
-    return iter(resumed)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -133,16 +76,6 @@ class _StopFlag:
             signal.signal(sig, old)
 
 
-def _resolve_device(kind: str, local_rank: int) -> torch.device:
-    if kind == "auto":
-        kind = "cuda" if torch.cuda.is_available() else "cpu"
-    if kind == "cuda":
-        if not torch.cuda.is_available():
-            raise UserError("config key train.device is cuda but no CUDA device is available")
-        return torch.device("cuda", local_rank)
-    return torch.device("cpu")
-
-
 def _seed_all(seed: int) -> None:
     import random
 
@@ -159,7 +92,8 @@ def _print(*args: Any) -> None:
 
 
 def _build_model(cfg: TrainConfig, num_classes: int) -> nn.Module:
-    from ..models import create_model, set_chunked_mlp
+    from ..hub import create_model
+    from ..models import set_chunked_mlp
 
     opts = dict(cfg.model.options)
     opts.setdefault("drop_path_rate", cfg.model.drop_path_rate)
@@ -211,21 +145,18 @@ def train(cfg: TrainConfig, *, resume: str | Path | None = None, fresh: bool = F
         build_loader,
         build_mixup_cutmix,
         build_train_transform,
+        epoch_iterator,
     )
     from .evaluate import evaluate
 
-    want = cfg.train.device
-    if want == "auto":
-        want = "cuda" if torch.cuda.is_available() else "cpu"
+    want = resolve_device(cfg.train.device, what="config key train.device").type
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     rank, world, local_rank = D.init_distributed(want)
-    device = _resolve_device(want, local_rank)
+    device = resolve_device(want, local_rank, what="config key train.device")
     if device.type == "cpu":
         tune_cpu_allocator()  # reuse the heap for activations instead of page-faulting them in every step
-    if cfg.train.amp == "fp16" and device.type != "cuda":
-        raise UserError("config key train.amp: fp16 needs a CUDA device; use train.amp=bf16 on CPU")
-    amp_dtype = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.train.amp]
+    amp_dtype = resolve_amp(cfg.train.amp, device, what="config key train.amp")
 
     run_dir = Path(cfg.run.dir).expanduser()
     ckpts = CheckpointManager(run_dir / "checkpoints", keep_last=cfg.checkpoint.keep_last)
@@ -462,7 +393,7 @@ def train(cfg: TrainConfig, *, resume: str | Path | None = None, fresh: bool = F
                 ckpt = None
             if saved_rng is not None and skip_steps == 0:
                 set_rng_state(saved_rng)
-            it = _epoch_iter(train_loader, cfg.seed, epoch, skip_steps * accum)
+            it = epoch_iterator(train_loader, cfg.seed, epoch, skip_steps * accum)
             if saved_rng is not None and skip_steps > 0:
                 set_rng_state(saved_rng)
             from tqdm import tqdm
