@@ -183,25 +183,39 @@ def test_sampler_shards_like_one_process_and_skips_without_redrawing() -> None:
     assert [i for i, _, _ in one] == order[40:] and len(one) == 103  # len stays the epoch's (schedule)
 
 
-def test_seeded_samples_depend_on_epoch_and_index_only_and_leave_the_rngs_alone() -> None:
-    draw = SeededSamples(
-        type(
-            "Draw", (), {"__getitem__": lambda self, i: (torch.rand(2), random.random(), np.random.rand())}
-        )()
-    )
+class _Draws:
+    """A "transform" that draws from each RNG a user transform might use."""
+
+    def __len__(self) -> int:
+        return 100
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, float, float]:
+        return torch.rand(2), random.random(), float(np.random.rand())
+
+
+def test_seeded_samples_depend_on_seed_epoch_and_index_only_and_leave_the_main_rng_alone() -> None:
+    draw = SeededSamples(_Draws())
     torch.manual_seed(1)
-    random.seed(1)
-    np.random.seed(1)
-    a = draw[(7, 0, 3)]
-    after = torch.rand(1), random.random(), np.random.rand()
+    a = draw[(7, 0, 3)][0]
+    after = torch.rand(3)
     torch.manual_seed(1)
-    random.seed(1)
-    np.random.seed(1)
-    assert (torch.rand(1), random.random(), np.random.rand()) == after  # the main streams are untouched
+    assert torch.equal(torch.rand(3), after)  # the main torch stream is untouched
     torch.manual_seed(99)
-    b = draw[(7, 0, 3)]
-    assert torch.equal(a[0], b[0]) and a[1:] == b[1:]  # not the state the process was in
-    assert not torch.equal(draw[(7, 0, 4)][0], a[0]) and not torch.equal(draw[(8, 0, 3)][0], a[0])
+    assert torch.equal(draw[(7, 0, 3)][0], a)  # not the state the process was in
+    for other in ((8, 0, 3), (7, 1, 3), (7, 0, 4)):
+        assert not torch.equal(draw[other][0], a)
+    # in loader workers (whose own seeds differ from loader to loader) also Python's and numpy's draws
+    keys = [(i, 0, 3) for i in range(6)]
+
+    def through_workers(base: int) -> list:
+        loader = torch.utils.data.DataLoader(
+            draw, sampler=keys, batch_size=None, num_workers=2, generator=torch.Generator().manual_seed(base)
+        )
+        return [(t.tolist(), r, n) for t, r, n in loader]
+
+    first = through_workers(0)
+    assert first == through_workers(1) and len({r for _, r, _ in first}) == 6
+    assert [t for t, _, _ in first] == [draw[k][0].tolist() for k in keys]  # = in the main process
 
 
 def test_epoch_iterator_resumes_mid_epoch_with_the_same_batches() -> None:

@@ -4,7 +4,7 @@ eval shards.
 Exactness: a training sample's augmentation is a function of (seed, epoch, dataset index) only, never of
 the process that happens to load it. The sampler yields ``(index, seed, epoch)`` keys (a DataLoader hands
 whatever its sampler yields to ``dataset[key]``, in persistent workers too, which otherwise never learn the
-epoch), and :class:`SeededSamples` seeds the RNGs the transforms draw from around that one sample. So a run
+epoch), and :class:`SeededSamples` seeds the RNG the transforms draw from around that one sample. So a run
 is the same with 0 or 8 workers, persistent or not, launched by ``python`` or by ``torchrun`` with one
 process, and a resume (at an epoch boundary or mid-epoch) replays exactly the samples the straight run saw.
 """
@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler, SequentialSampler
+from torch.utils.data import DataLoader, Dataset, Sampler, SequentialSampler, get_worker_info
 
 from .config import DataConfig
 
@@ -41,15 +41,20 @@ def sample_seed(seed: int, epoch: int, index: int) -> int:
 
 
 class SeededSamples(Dataset):
-    """``dataset`` whose item ``(index, seed, epoch)`` is drawn with every RNG seeded from
+    """``dataset`` whose item ``(index, seed, epoch)`` is drawn with its RNGs seeded from
     :func:`sample_seed`; a plain int index reads the item as it is.
 
-    The CPU torch generator (torchvision's v2 transforms draw from it), Python's ``random`` and numpy's
-    global RNG are seeded before the sample is loaded and transformed, and restored after it: with
-    ``workers=0`` the main process's streams (MixUp/CutMix, RandomErasing on the device batch, stochastic
-    depth, all restored from a checkpoint on resume) are untouched. Only the CPU generator is reseeded,
-    never CUDA's (``torch.manual_seed`` would reseed the training GPU's generator too). The three
-    get/seed/set round trips cost ~35 us per sample (BENCHMARKS.md), against milliseconds for a JPEG decode.
+    The CPU torch generator (every torchvision v2 transform and our RandAugment draw from it) is seeded
+    before the sample is loaded and transformed and restored after it, so with ``workers=0`` the main
+    process's stream (MixUp/CutMix, RandomErasing on the device batch, stochastic depth, all restored from
+    a checkpoint on resume) is untouched. Only the CPU generator: ``torch.manual_seed`` would also reseed
+    the training GPU's. Costs ~2 us per sample (BENCHMARKS.md), against ~0.2 ms for a 32 px digit and
+    milliseconds for a JPEG decode. In a loader worker Python's ``random`` and numpy's global RNG are
+    seeded too (for a custom transform that uses them; nothing in this package does): there nothing else
+    draws from them, so they need no restoring. The main process leaves them alone, because saving and
+    restoring their states costs ~0.25 ms per sample; their streams are in the checkpoint, so a
+    ``workers=0`` resume stays exact, but such a transform would give another run with 0 workers than
+    with N.
     """
 
     def __init__(self, dataset: Dataset) -> None:
@@ -68,17 +73,16 @@ class SeededSamples(Dataset):
             return self.dataset[key]
         index, seed, epoch = key
         s = sample_seed(seed, epoch, index)
+        if get_worker_info() is not None:
+            random.seed(s)
+            np.random.seed(s & 0xFFFFFFFF)
         gen = torch.default_generator
-        saved = gen.get_state(), random.getstate(), np.random.get_state()
+        saved = gen.get_state()
         gen.manual_seed(s)
-        random.seed(s)
-        np.random.seed(s & 0xFFFFFFFF)
         try:
             return self.dataset[index]
         finally:
-            gen.set_state(saved[0])
-            random.setstate(saved[1])
-            np.random.set_state(saved[2])
+            gen.set_state(saved)
 
 
 class EpochSampler(Sampler[tuple[int, int, int]]):
