@@ -275,7 +275,8 @@ def test_distributed_loaders_use_seeded_train_sampler_and_unpadded_eval_shards()
     import socket
 
     import torch.distributed as dist
-    from torch.utils.data import DistributedSampler
+
+    from convnext.data.loader import EpochSampler
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -284,7 +285,7 @@ def test_distributed_loaders_use_seeded_train_sampler_and_unpadded_eval_shards()
     try:
         cfg = DataConfig(workers=0)
         train = build_loader(list(range(10)), 4, train=True, cfg=cfg, seed=3, distributed=True)
-        assert isinstance(train.sampler, DistributedSampler) and train.sampler.seed == 3
+        assert isinstance(train.sampler, EpochSampler) and train.sampler.seed == 3
         assert len(train) == 2  # drop_last
         val = build_loader(list(range(10)), 4, train=False, cfg=cfg, seed=3, distributed=True)
         assert isinstance(val.sampler, EvalShardSampler) and sum(len(b) for b in val) == 10
