@@ -84,7 +84,7 @@ def test_imagenet_val_from_devkit_and_loc_csv(tmp_path: Path) -> None:
     assert len(ds.classes) == 1000 and [t for _, t in ds.samples] == [0, 999, 449, 0]
 
     dst = tmp_path / "out"
-    assert prepare("imagenet", src, dst, mode="copy", progress=False) == {"val": 4}  # val only: fine
+    assert prepare("imagenet", src, dst, link="copy", progress=False) == {"val": 4}  # val only: fine
     for k, i in enumerate((5, 5, 998)):
         _jpeg(src / "train" / wn[i] / f"{wn[i]}_{k}.JPEG", k)
     tr = build_dataset(DataConfig(dataset="imagenet", root=str(src)), "train", None)
@@ -190,7 +190,7 @@ def test_prepare_errors(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     with pytest.raises(UserError, match="Caltech-101: .*101_ObjectCategories does not exist"):
         prepare("caltech101", tmp_path, tmp_path.parent / f"{tmp_path.name}_o")
     tiny = tmp_path / "tiny"
-    (tiny / "val").mkdir(parents=True)
+    (tiny / "val" / "images").mkdir(parents=True)
     (tiny / "wnids.txt").write_text("n01443537\n")
     (tiny / "val" / "val_annotations.txt").write_text("")
     with pytest.raises(UserError, match=r"the 'val' split of dataset tiny-imagenet .* has no images"):
