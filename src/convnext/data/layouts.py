@@ -215,10 +215,10 @@ def imagenet(root: Path, split: str) -> RawSplit:
             raise _not_imagenet(root, f"{d / odd[0]} is not an ImageNet-1k class folder (wnid)")
         samples = []
         for w in subdirs:
-            files = _images_in(d / w)
-            if not files and any(e.is_dir() for e in os.scandir(d / w)):
-                raise _not_imagenet(root, f"class folder {d / w} holds folders, not images")
-            samples += [(p, w) for p in files]
+            inner = sorted(e.name for e in os.scandir(d / w) if e.is_dir() and not e.name.startswith("."))
+            if inner:
+                raise _not_imagenet(root, f"class folder {d / w} holds folders ({inner[0]}), not only images")
+            samples += [(p, w) for p in _images_in(d / w)]
         return RawSplit(samples, wnids)
     gt = _find(
         root,
