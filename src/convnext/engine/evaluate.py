@@ -163,7 +163,7 @@ def evaluate(
             warnings.warn(
                 f"evaluation: left out {len(new)} unreadable file(s): {'; '.join(new[:10])}{more}",
                 RuntimeWarning,
-                stacklevel=2,
+                stacklevel=3,
             )
     out: dict[str, Any] = {
         "top1": 100.0 * c1 / max(n, 1),
