@@ -76,12 +76,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _dropped(ds: Any, res: dict[str, Any]) -> tuple[list[tuple[str, str]], int]:
     """Every file left out (scan time and load time) as sorted (file, why), and the number of classes
     that still have a counted image."""
-    from ..data.datasets import _file_dataset
+    from ..data.datasets import find_file_dataset
 
     load_time = list(res.get("dropped_files", []))
     files = sorted({*[(str(p), str(w)) for p, w in getattr(ds, "skipped", [])], *load_time})
     targets = list(ds.targets)
-    fd = _file_dataset(ds) if load_time else None
+    fd = find_file_dataset(ds) if load_time else None
     gone = {p for p, _ in load_time}
     present = {t for i, t in enumerate(targets) if fd is None or fd.path(i) not in gone}
     return files, len(present)

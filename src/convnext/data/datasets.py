@@ -182,7 +182,7 @@ def split_unreadable(targets: torch.Tensor) -> tuple[torch.Tensor | None, list[i
     return ~bad, [-1 - int(t) for t in targets[bad].tolist()]
 
 
-def _file_dataset(ds: Dataset) -> FileDataset | None:
+def find_file_dataset(ds: Dataset) -> FileDataset | None:
     """The FileDataset under any wrappers (Relabeled, Subset, a seeding wrapper): they keep its indices."""
     for _ in range(8):
         if isinstance(ds, FileDataset):
@@ -206,7 +206,7 @@ def explain_unreadable(ds: Dataset, index: int) -> tuple[str, str]:
     one). The cause is found again here, in the calling process (the worker that met it has only the
     target to send back); it is cheap: unreadable files are few, and a file over the pixel limit is
     refused from its header."""
-    fd = _file_dataset(ds)
+    fd = find_file_dataset(ds)
     if fd is None:
         return f"sample {index}", "unreadable"
     path = fd.path(index)
