@@ -218,25 +218,27 @@ def load_image(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS)
     kind = sniff_image(data[:16])
     if kind is None:
         raise ImageError(path, "not an image")
-    with _our_pixel_limit():
+    with _our_pixel_limit():  # PIL's global lifted only around PIL's own calls
         try:
             im = Image.open(io.BytesIO(data))
+            animated = kind in ("png", "webp") and getattr(im, "is_animated", False)
         except Exception:
             raise ImageError(path, "truncated or corrupt") from None
-        with im:
-            why = pixel_limit_why(*im.size, max_pixels)
-            if why is not None:
-                raise ImageError(path, why)
-            if kind in ("jpeg", "png", "webp") and not getattr(im, "is_animated", False):
-                try:
-                    buf = torch.frombuffer(bytearray(data), dtype=torch.uint8)
-                    return _uint8_rgb(decode_image(buf, mode=ImageReadMode.RGB))
-                except RuntimeError:
-                    pass  # PIL below: a second opinion on odd files
+    with im:
+        why = pixel_limit_why(*im.size, max_pixels)
+        if why is not None:
+            raise ImageError(path, why)
+        if kind in ("jpeg", "png", "webp") and not animated:
             try:
+                buf = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+                return _uint8_rgb(decode_image(buf, mode=ImageReadMode.RGB))
+            except RuntimeError:
+                pass  # PIL below: a second opinion on odd files
+        try:
+            with _our_pixel_limit():
                 return _pil_rgb(im)
-            except Exception:
-                raise ImageError(path, "truncated or corrupt") from None
+        except Exception:
+            raise ImageError(path, "truncated or corrupt") from None
 
 
 def strict_error(path: str | Path, reason: str) -> UserError:
