@@ -274,6 +274,13 @@ def test_mnist_errors_name_the_file_and_no_missing_flag(tmp_path: Path) -> None:
     (src / "t10k-labels-idx1-ubyte").write_bytes(b"<html>" + raw)
     with pytest.raises(UserError, match=r"t10k-labels-idx1-ubyte is not an idx file"):
         prepare("mnist", src, dst, progress=False)
+    (src / "t10k-labels-idx1-ubyte").unlink()
+    import gzip
+
+    packed = gzip.compress(raw + b"\x01")
+    (src / "t10k-labels-idx1-ubyte.gz").write_bytes(packed[:12] + b"\xff" * 8 + packed[20:])
+    with pytest.raises(UserError, match=r"t10k-labels-idx1-ubyte.gz cannot be read \(.*a damaged download"):
+        prepare("mnist", src, dst, progress=False)
     assert not dst.exists()
 
 

@@ -20,6 +20,7 @@ import gzip
 import os
 import struct
 import warnings
+import zlib
 from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
@@ -470,8 +471,9 @@ def read_idx(path: Path, ndim: int) -> np.ndarray:
             if n < 0 or n > _MNIST_MAX_BYTES:
                 raise UserError(f"MNIST: {path} has a damaged header (sizes {dims})")
             body = f.read(n + 1)
-    except (OSError, EOFError) as e:
-        raise UserError(f"MNIST: {path} cannot be read ({e.strerror or e}; a damaged download?)") from None
+    except (OSError, EOFError, zlib.error) as e:
+        why = getattr(e, "strerror", None) or e
+        raise UserError(f"MNIST: {path} cannot be read ({why}; a damaged download?)") from None
     if len(body) != n:
         raise UserError(
             f"MNIST: {path} is damaged: its header promises {n} bytes of data, it holds "
