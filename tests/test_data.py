@@ -137,6 +137,97 @@ def test_image_folder_odd_images_and_bad_files(tmp_path: Path) -> None:
         [ds[i] for i in range(len(ds))]
 
 
+def test_symlink_loops_and_links_count_each_file_once(tmp_path: Path) -> None:
+    """os.walk(followlinks=True) recursed through ``loop -> ..`` (2 images counted 41 times); each real
+    folder is walked once and each real file counted once, under its own class."""
+    import os
+
+    root = _folder(tmp_path / "data", per_class=2)
+    cat, dog = root / "train" / "cat", root / "train" / "dog"
+    _save(dog / "sub" / "deep.jpg")
+    outside = _save(tmp_path / "elsewhere" / "ext.jpg")
+    os.symlink("..", cat / "loop")  # cat/loop/cat/loop/... and cat/loop/dog
+    os.symlink("../dog", cat / "into_dog")  # dog's images must stay dog's
+    os.symlink("cat_0.jpg", cat / "same.jpg")  # the same file twice
+    os.symlink(outside, cat / "ext.jpg")  # a link to a file elsewhere: one more image
+    os.symlink(dog / "sub", dog / "sub_again")  # a second link to a folder already walked
+    os.symlink(cat / "nothing.jpg", cat / "broken.jpg")  # a dangling link is reported, not hidden
+    with pytest.warns(RuntimeWarning, match=r"skipped 1 unusable file\(s\): .*broken.jpg \(unreadable"):
+        ds = build_dataset(DataConfig(root=str(root)), "train", None)
+    got = sorted((str(Path(p).relative_to(root / "train")), ds.classes[t]) for p, t in ds.samples)
+    assert got == [
+        ("cat/cat_0.jpg", "cat"),
+        ("cat/cat_1.jpg", "cat"),
+        ("cat/ext.jpg", "cat"),
+        ("dog/dog_0.jpg", "dog"),
+        ("dog/dog_1.jpg", "dog"),
+        ("dog/sub/deep.jpg", "dog"),
+    ]
+
+
+def _count_lines(text: str, needle: str) -> int:
+    return sum(needle in ln for ln in text.splitlines())
+
+
+def test_training_substitution_is_said_once_across_workers(tmp_path: Path, capfd, monkeypatch) -> None:
+    """Each loader worker warned on its own (and again with each new set of workers every epoch); the
+    shared record says it once per file, and no file is decoded twice."""
+    import os
+    import warnings
+
+    def to_stderr(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
+        os.write(2, f"{category.__name__}: {message}\n".encode())  # from the worker processes too
+
+    monkeypatch.setattr(warnings, "showwarning", to_stderr)  # pytest records warnings in-process only
+    root = _folder(tmp_path, per_class=4)
+    good = _save(root / "train" / "cat" / "trunc.jpg").read_bytes()
+    (root / "train" / "cat" / "trunc.jpg").write_bytes(good[: len(good) // 2])
+    cfg = DataConfig(root=str(root), img_size=16, workers=2, persistent_workers=False)
+    ds = build_dataset(cfg, "train", build_eval_transform(cfg))
+    assert ds.on_error == "substitute"
+    loader = build_loader(ds, 3, train=True, cfg=cfg, seed=0, distributed=False)
+    for _ in range(3):  # three epochs, fresh worker processes each
+        n = sum(len(y) for _, y in loader)
+        assert n == 9  # 9 samples, drop_last: the bad one replaced, the epoch's length kept
+    err = capfd.readouterr().err
+    assert _count_lines(err, "trunc.jpg (truncated or corrupt); training uses another image") == 1, err
+    assert ds.load_failures == 1 and [Path(p).name for p in ds.failed_files()] == ["trunc.jpg"]
+
+
+def test_evaluation_drops_unreadable_files_with_workers(tmp_path: Path) -> None:
+    """ "drop" mode (every split but the training one): no substitute, the file in no metric, named."""
+    import warnings
+
+    from torch import nn
+
+    from convnext.data.datasets import Relabeled
+    from convnext.engine.evaluate import evaluate
+
+    root = _folder(tmp_path, per_class=3, split="val")
+    good = _save(root / "val" / "dog" / "trunc.jpg").read_bytes()
+    (root / "val" / "dog" / "trunc.jpg").write_bytes(good[: len(good) // 2])
+    cfg = DataConfig(root=str(root), img_size=16, workers=2, max_pixels=20 * 16)
+    _save(root / "val" / "cat" / "big.jpg", size=(21, 16))  # over the limit: refused from its header
+    ds = build_dataset(cfg, "val", build_eval_transform(cfg))
+    assert ds.on_error == "drop" and len(ds) == 8
+    model = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(3, 2))
+    for k, data in enumerate((ds, Relabeled(ds, {0: 1, 1: 0}, ["dog", "cat"]))):
+        loader = build_loader(data, 3, train=False, cfg=cfg, seed=0, distributed=False)
+        with warnings.catch_warnings(record=True) as said:
+            warnings.simplefilter("always")
+            res = evaluate(model, loader, "cpu", progress=False, return_predictions=True)
+        # named once per file per process (the training loop evaluates every epoch)
+        assert [str(w.message)[:36] for w in said] == ["evaluation: left out 2 unreadable fi"] * (k == 0)
+        assert res["n"] == 6 and res["dropped"] == 2 and len(res["targets"]) == 6
+        named = {Path(p).name: why for p, why in res["dropped_files"]}
+        assert named["trunc.jpg"] == "truncated or corrupt"
+        assert named["big.jpg"].startswith("21x16 = 0.0 Mpx, above the limit of 320 pixels")
+    assert sorted(res["targets"].tolist()) == [0, 0, 0, 1, 1, 1]
+    strict = build_dataset(DataConfig(root=str(root), strict=True, max_pixels=0), "val", None)
+    with pytest.raises(UserError, match=r"trunc.jpg is unusable \(truncated or corrupt\)"):
+        [strict[i] for i in range(len(strict))]
+
+
 def test_image_folder_errors(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="split folder .*train does not exist"):
         build_dataset(DataConfig(root=str(tmp_path)), "train", None)

@@ -146,6 +146,17 @@ def _tiny_data() -> tuple[nn.Module, TensorDataset]:
     return model, TensorDataset(torch.randn(7, 5, generator=g), torch.randint(0, 4, (7,), generator=g))
 
 
+UNREADABLE = (2, 5)  # samples a "drop"-mode dataset could not read: target -1 - index
+
+
+def _with_unreadable(ds: TensorDataset) -> TensorDataset:
+    x, y = ds.tensors
+    y = y.clone()
+    for i in UNREADABLE:
+        y[i] = -1 - i
+    return TensorDataset(x, y)
+
+
 def _worker(rank: int, world: int, port: int, out: str) -> None:
     import torch.distributed as dist
 
@@ -155,10 +166,12 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
         model, ds = _tiny_data()
-        loader = build_loader(ds, 2, train=False, cfg=DataConfig(workers=0), seed=0, distributed=True)
-        res = evaluate(model, loader, "cpu", progress=False, return_predictions=True)
+        results = []
+        for data in (ds, _with_unreadable(ds)):
+            loader = build_loader(data, 2, train=False, cfg=DataConfig(workers=0), seed=0, distributed=True)
+            results.append(evaluate(model, loader, "cpu", progress=False, return_predictions=True))
         if rank == 0:
-            torch.save(res, out)
+            torch.save(results, out)
     finally:
         dist.destroy_process_group()
 
@@ -169,13 +182,22 @@ def test_distributed_evaluate_counts_every_sample_once(tmp_path: Path) -> None:
                       return_predictions=True)  # fmt: skip
     out = tmp_path / "res.pt"
     mp.spawn(_worker, args=(2, _free_port(), str(out)), nprocs=2, join=True)
-    res = torch.load(out, weights_only=True)
+    res, res_dropped = torch.load(out, weights_only=True)
     assert res["n"] == single["n"] == 7  # shards of 4 and 3, no padding
     assert res["world_size"] == 2
     assert res["top1"] == pytest.approx(single["top1"]) and res["top5"] == pytest.approx(single["top5"])
     assert res["loss"] == pytest.approx(single["loss"], rel=1e-6)
     assert torch.equal(res["targets"], single["targets"])  # gathered back in dataset order
     assert torch.equal(res["predictions"], single["predictions"])
+    # unreadable samples (one on each rank) are in no metric, and rank 0 names both
+    keep = [i for i in range(7) if i not in UNREADABLE]
+    readable = TensorDataset(*(t[keep] for t in ds.tensors))
+    only = evaluate(model, torch.utils.data.DataLoader(readable, batch_size=2), "cpu", progress=False)
+    assert res_dropped["n"] == only["n"] == 5 and res_dropped["dropped"] == 2
+    assert res_dropped["dropped_files"] == [("sample 2", "unreadable"), ("sample 5", "unreadable")]
+    assert res_dropped["top1"] == pytest.approx(only["top1"])
+    assert res_dropped["loss"] == pytest.approx(only["loss"], rel=1e-6)
+    assert sorted(res_dropped["targets"].tolist()) == sorted(readable.tensors[1].tolist())
 
 
 # --------------------------------------------------------------------------------------- run folders

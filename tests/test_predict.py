@@ -215,3 +215,26 @@ def test_class_names_shown() -> None:
     assert display_names(None, 21841)[21840] == "class 21840"  # no 22k name list ships offline
     assert weights_source(None, "convnext_tiny.fb_in1k") == "convnext_tiny.fb_in1k"
     assert weights_source("w.pth", "convnext_tiny") == "w.pth"
+
+
+def test_expand_inputs_lists_each_real_file_once(tmp_path: Path) -> None:
+    """os.walk(followlinks=True) went round ``loop -> ..`` until the path was too long; each real folder
+    is walked once and each real file listed once, across all inputs (a folder and a file in it, a glob)."""
+    import os
+
+    from convnext.inference.predict import expand_inputs
+
+    d = tmp_path / "imgs"
+    (d / "sub").mkdir(parents=True)
+    for name in ("a.jpg", "b.PNG", "sub/c.jpeg", "notes.txt", ".hidden.jpg"):
+        (d / name).write_bytes(b"x")
+    os.symlink("..", d / "sub" / "loop")
+    os.symlink("a.jpg", d / "a_again.jpg")
+    os.symlink(d / "sub", d / "sub_again")
+    got = expand_inputs([str(d), str(d / "sub" / "c.jpeg"), str(d / "*.jpg"), str(tmp_path / "absent.jpg")])
+    assert got == [
+        str(d / "a.jpg"),
+        str(d / "b.PNG"),
+        str(d / "sub" / "c.jpeg"),
+        str(tmp_path / "absent.jpg"),
+    ]

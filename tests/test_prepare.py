@@ -84,7 +84,7 @@ def test_imagenet_val_from_devkit_and_loc_csv(tmp_path: Path) -> None:
     assert len(ds.classes) == 1000 and [t for _, t in ds.samples] == [0, 999, 449, 0]
 
     dst = tmp_path / "out"
-    assert prepare("imagenet", src, dst, mode="copy", progress=False) == {"val": 4}  # val only: fine
+    assert prepare("imagenet", src, dst, link="copy", progress=False) == {"val": 4}  # val only: fine
     for k, i in enumerate((5, 5, 998)):
         _jpeg(src / "train" / wn[i] / f"{wn[i]}_{k}.JPEG", k)
     tr = build_dataset(DataConfig(dataset="imagenet", root=str(src)), "train", None)
@@ -190,7 +190,7 @@ def test_prepare_errors(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     with pytest.raises(UserError, match="Caltech-101: .*101_ObjectCategories does not exist"):
         prepare("caltech101", tmp_path, tmp_path.parent / f"{tmp_path.name}_o")
     tiny = tmp_path / "tiny"
-    (tiny / "val").mkdir(parents=True)
+    (tiny / "val" / "images").mkdir(parents=True)
     (tiny / "wnids.txt").write_text("n01443537\n")
     (tiny / "val" / "val_annotations.txt").write_text("")
     with pytest.raises(UserError, match=r"the 'val' split of dataset tiny-imagenet .* has no images"):
@@ -214,3 +214,202 @@ def test_caltech_download_offline_names_dataset_and_folder(
         UserError, match=r"Caltech-101 could not be downloaded .*put the extracted 101_ObjectCategories/"
     ):
         build_dataset(cfg, "train", None)
+
+
+# ------------------------------------------------------------------------------------ MNIST as downloaded
+def _mnist_files(folder: Path, *, gz: bool, kaggle: bool = False) -> dict[str, np.ndarray]:
+    import gzip
+
+    rng = np.random.default_rng(1)
+    arrays = {}
+    for prefix, n in (("train", 5), ("t10k", 3)):
+        arrays[f"{prefix}-images"] = rng.integers(0, 256, (n, 28, 28))
+        arrays[f"{prefix}-labels"] = (np.arange(n) + 1) % 10
+    for stem, arr in arrays.items():
+        kind = "idx3" if "images" in stem else "idx1"
+        name = f"{stem}{'.' if kaggle else '-'}{kind}-ubyte"
+        _idx(folder / name, arr)
+        if gz:
+            raw = (folder / name).read_bytes()
+            (folder / name).unlink()
+            (folder / f"{name}.gz").write_bytes(gzip.compress(raw))
+    return arrays
+
+
+@pytest.mark.parametrize(
+    "where, gz, kaggle",
+    [(".", True, False), ("MNIST/raw", True, False), ("raw", False, False), (".", False, True)],
+)
+def test_mnist_in_its_official_layouts(tmp_path: Path, where: str, gz: bool, kaggle: bool) -> None:
+    """The .gz files as downloaded (flat, or under MNIST/raw/ as torchvision puts them), unzipped files
+    under raw/, Kaggle's dotted names: all read, by build_dataset and by prepare."""
+    src = tmp_path / "mnist"
+    arrays = _mnist_files(src / where, gz=gz, kaggle=kaggle)
+    ds = build_dataset(DataConfig(dataset="mnist", root=str(src)), "val", None)
+    assert len(ds) == 3 and ds.targets == [1, 2, 3]
+    assert torch.equal(ds[2][0][0], torch.from_numpy(arrays["t10k-images"][2].astype(np.uint8)))
+    dst = tmp_path / "out"
+    assert prepare("mnist", src, dst, progress=False) == {"train": 5, "val": 3}
+    assert sorted(p.name for p in (dst / "val").iterdir()) == ["1", "2", "3"]
+
+
+def test_mnist_errors_name_the_file_and_no_missing_flag(tmp_path: Path) -> None:
+    src = tmp_path / "mnist"
+    _mnist_files(src, gz=True)
+    (src / "t10k-labels-idx1-ubyte.gz").unlink()
+    dst = tmp_path / "out"
+    with pytest.raises(UserError) as e:
+        prepare("mnist", src, dst, progress=False)
+    msg = str(e.value)
+    assert "t10k-labels-idx1-ubyte[.gz] is not in" in msg and "MNIST/raw" in msg
+    assert "data.download" not in msg  # prepare has no download flag: do not suggest one
+    assert not dst.exists()  # checked before writing: nothing written, not even the train split
+    with pytest.raises(UserError, match=r"data.download=true downloads it"):  # training has the key
+        build_dataset(DataConfig(dataset="mnist", root=str(src)), "val", None)
+    _idx(src / "t10k-labels-idx1-ubyte", np.arange(3))
+    raw = (src / "t10k-labels-idx1-ubyte").read_bytes()
+    (src / "t10k-labels-idx1-ubyte").write_bytes(raw[:-1])
+    with pytest.raises(UserError, match=r"t10k-labels-idx1-ubyte is damaged: its header promises 3 bytes"):
+        prepare("mnist", src, dst, progress=False)
+    (src / "t10k-labels-idx1-ubyte").write_bytes(b"<html>" + raw)
+    with pytest.raises(UserError, match=r"t10k-labels-idx1-ubyte is not an idx file"):
+        prepare("mnist", src, dst, progress=False)
+    (src / "t10k-labels-idx1-ubyte").unlink()
+    import gzip
+
+    packed = gzip.compress(raw + b"\x01")
+    (src / "t10k-labels-idx1-ubyte.gz").write_bytes(packed[:12] + b"\xff" * 8 + packed[20:])
+    with pytest.raises(UserError, match=r"t10k-labels-idx1-ubyte.gz cannot be read \(.*a damaged download"):
+        prepare("mnist", src, dst, progress=False)
+    assert not dst.exists()
+
+
+# ---------------------------------------------------------------------------------------- CIFAR checksums
+def _fake_cifar(root: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """cifar-10-batches-py/ with 5 tiny train batches, a test batch and the meta file, and torchvision's
+    MD5 table pointed at them (the real checksums need the real 160 MB files)."""
+    import hashlib
+    import pickle
+
+    import torchvision.datasets as tvd
+
+    base = root / "cifar-10-batches-py"
+    base.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    md5 = {}
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        batch = {"data": rng.integers(0, 256, (2, 3072)).astype(np.uint8), "labels": [1, 2]}
+        (base / name).write_bytes(pickle.dumps(batch))
+    (base / "batches.meta").write_bytes(pickle.dumps({"label_names": [f"c{i}" for i in range(10)]}))
+    for f in base.iterdir():
+        md5[f.name] = hashlib.md5(f.read_bytes()).hexdigest()
+    monkeypatch.setattr(
+        tvd.CIFAR10, "train_list", [[f"data_batch_{i}", md5[f"data_batch_{i}"]] for i in range(1, 6)]
+    )
+    monkeypatch.setattr(tvd.CIFAR10, "test_list", [["test_batch", md5["test_batch"]]])
+    monkeypatch.setattr(tvd.CIFAR10, "meta", {**tvd.CIFAR10.meta, "md5": md5["batches.meta"]})
+    return base
+
+
+def test_cifar_names_the_file_failing_its_checksum(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    base = _fake_cifar(tmp_path / "src", monkeypatch)
+    # the alias is accepted by the command line; SRC may also be the cifar-10-batches-py folder itself
+    assert cli(["prepare", "cifar-10", str(base), str(tmp_path / "ok"), "--no-progress"]) == 0
+    assert sorted((tmp_path / "ok" / "val").iterdir())[0].name == "c1"
+    assert (tmp_path / "ok" / "classes.txt").read_text().splitlines()[:2] == ["c0", "c1"]
+    ds = build_dataset(DataConfig(dataset="cifar10", root=str(tmp_path / "src")), "train", None)
+    assert len(ds) == 10 and ds[0][0].shape == (3, 32, 32)
+    with open(base / "data_batch_3", "ab") as f:
+        f.write(b"\0")  # one byte more: a damaged extraction
+    dst = tmp_path / "out"
+    capsys.readouterr()
+    assert cli(["prepare", "cifar10", str(tmp_path / "src"), str(dst), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "data_batch_3 fails its MD5 checksum" in err and "not in" not in err
+    assert "download" not in err and not dst.exists()
+    with pytest.raises(UserError, match=r"data_batch_3 fails its MD5 checksum .*data.download=true"):
+        build_dataset(DataConfig(dataset="cifar10", root=str(tmp_path / "src")), "train", None)
+    (base / "test_batch").unlink()
+    (base / "data_batch_3").unlink()
+    with pytest.raises(UserError, match=r"cifar-10-batches-py/data_batch_3 is missing"):
+        prepare("cifar10", tmp_path / "src", dst, progress=False)
+
+
+# ------------------------------------------------------------------------- layout signatures and clean-up
+def _tiny(src: Path) -> None:
+    wnids = ["n02124075", "n01443537"]
+    src.joinpath("val", "images").mkdir(parents=True)
+    src.joinpath("wnids.txt").write_text("\n".join(wnids) + "\n")
+    for w in wnids:
+        _jpeg(src / "train" / w / "images" / f"{w}_0.JPEG")
+        (src / "train" / w / f"{w}_boxes.txt").write_text("boxes\n")
+    _jpeg(src / "val" / "images" / "val_0.JPEG")
+    (src / "val" / "val_annotations.txt").write_text(f"val_0.JPEG\t{wnids[0]}\t0\t0\t5\t5\n")
+
+
+def test_imagenet_refuses_a_tiny_imagenet_folder_and_writes_nothing(tmp_path: Path) -> None:
+    src, dst = tmp_path / "tiny-imagenet-200", tmp_path / "out"
+    _tiny(src)
+    with pytest.raises(
+        UserError, match=r"is not an ImageNet-1k layout: .*looks like Tiny-ImageNet.*tiny-imagenet"
+    ):
+        prepare("imagenet", src, dst, progress=False)
+    assert not dst.exists()
+    (src / "wnids.txt").unlink()  # without its signature file: the wnid folders hold folders, not images
+    with pytest.raises(
+        UserError, match=r"class folder .*n01443537 holds folders \(images\), not only images"
+    ):
+        prepare("imagenet", src, dst, progress=False)
+    for d in (src / "train").iterdir():
+        for f in (d / "images").iterdir():
+            f.rename(d / f.name)
+        (d / "images").rmdir()
+    with pytest.raises(UserError, match=r"val/images is not an ImageNet-1k class folder \(wnid\)"):
+        prepare("imagenet", src, dst, progress=False)
+    assert not dst.exists()
+    with pytest.raises(UserError, match=r"val/images is not an ImageNet-1k class folder"):
+        build_dataset(DataConfig(dataset="imagenet", root=str(src)), "val", None)
+
+
+def test_a_failed_prepare_removes_what_it_wrote_and_only_that(tmp_path: Path, monkeypatch, capsys) -> None:
+    from convnext.data import prepare as prep
+
+    src = tmp_path / "caltech"
+    for c in ("accordion", "airplanes"):
+        for i in range(4):
+            _jpeg(src / "101_ObjectCategories" / c / f"image_{i:04d}.jpg", i)
+    (src / "101_ObjectCategories" / "accordion" / "Thumbs.db").write_bytes(b"\0\1junk")
+    dst = tmp_path / "out"
+    (dst / "train" / "accordion").mkdir(parents=True)
+    (dst / "mine.txt").write_text("the user's")
+    (dst / "train" / "accordion" / "old.jpg").write_bytes(b"x")
+    before = sorted(str(p.relative_to(dst)) for p in dst.rglob("*"))
+    place, calls = prep._Writer.place, []
+
+    def disk_full(self, *args) -> None:  # noqa: ANN001
+        calls.append(args)
+        if len(calls) == 5:
+            raise OSError(28, "No space left on device")
+        place(self, *args)
+
+    monkeypatch.setattr(prep._Writer, "place", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        prepare("caltech101", src, dst, progress=False)
+    assert sorted(str(p.relative_to(dst)) for p in dst.rglob("*")) == before
+    calls.clear()
+    with pytest.raises(OSError):
+        prepare("caltech101", src, tmp_path / "new" / "out", progress=False)
+    assert not (tmp_path / "new").exists()  # folders this run created are gone too
+    monkeypatch.setattr(prep._Writer, "place", place)
+    # the --link flag (and the deprecated --mode), the non-image left out and said
+    capsys.readouterr()
+    assert cli(["prepare", "caltech101", str(src), str(dst), "--link", "symlink"]) == 0
+    err = capsys.readouterr().err
+    assert "left out 1 file(s) that are not images: " in err and "Thumbs.db" in err
+    files = [p for p in (dst / "train").rglob("*.jpg") if p.name != "old.jpg"]
+    assert len(files) == 6 and all(p.is_symlink() for p in files)
+    assert cli(["prepare", "caltech101", str(src), str(tmp_path / "copy"), "--mode", "copy"]) == 0
+    assert "--mode is deprecated; use --link copy" in capsys.readouterr().err
+    assert not any(p.is_symlink() for p in (tmp_path / "copy").rglob("*"))

@@ -3,6 +3,9 @@
 ``--weights`` may be a training run folder: its checkpoint (best.pth, else last.pth), class names, model
 options and eval transform are used, and ``--data`` defaults to the run's validation split. Under torchrun
 each process evaluates its shard; the sums are all-reduced, only rank 0 prints and writes.
+
+Every readable file counts exactly once; a file that cannot be used (empty, not an image, truncated,
+above the pixel limit) is in no metric, and is named and counted in the output ("dropped").
 """
 
 from __future__ import annotations
@@ -12,13 +15,15 @@ import dataclasses
 import json
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import Dataset
 
 from ..errors import UserError
+
+_SHOWN_DROPPED = 20  # dropped files listed in the text output (--json has them all)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -54,6 +59,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--amp", choices=("bf16", "fp16"), help="autocast dtype")
     p.add_argument("--channels-last", action="store_true", help="channels_last input memory format")
+    p.add_argument(
+        "--max-pixels",
+        type=int,
+        metavar="N",
+        help="refuse (drop) images whose header declares more pixels (default: the weights' data.max_pixels, "
+        "89478485 as PIL's; 0: no limit)",
+    )
     p.add_argument("--json", metavar="OUT", help="write the metrics as JSON")
     p.add_argument("--per-class", metavar="OUT.csv", help="write per-class top-1/top-5 as CSV")
     p.add_argument("--confusion", metavar="OUT.png", help="write a confusion-matrix plot")
@@ -61,42 +73,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-class Relabeled(Dataset):
-    """A dataset whose targets are re-indexed into the model's class list (matched by name)."""
+def _dropped(ds: Any, res: dict[str, Any]) -> tuple[list[tuple[str, str]], int]:
+    """Every file left out (scan time and load time) as sorted (file, why), and the number of classes
+    that still have a counted image."""
+    from ..data.datasets import find_file_dataset
 
-    def __init__(self, ds: Dataset, mapping: dict[int, int], classes: list[str]) -> None:
-        self.ds, self.mapping, self.classes = ds, mapping, list(classes)
-        self.targets = [mapping[t] for t in ds.targets]  # type: ignore[attr-defined]
-        self.skipped = getattr(ds, "skipped", [])
-
-    def __len__(self) -> int:
-        return len(self.ds)  # type: ignore[arg-type]
-
-    def __getitem__(self, index: int) -> tuple[Any, int]:
-        img, t = self.ds[index]
-        return img, self.mapping[int(t)]
-
-
-def relabel(ds: Dataset, names: list[str], source: str) -> Dataset:
-    """``ds`` with targets in the order of ``names`` (the checkpoint's classes); one sentence when the data
-    has a class the model does not know."""
-    own = list(ds.classes)  # type: ignore[attr-defined]
-    if own == names:
-        return ds
-    index = {n: i for i, n in enumerate(names)}
-    used = sorted(set(ds.targets))  # type: ignore[attr-defined]
-    unknown = [own[t] for t in used if own[t] not in index]
-    if unknown:
-        shown = ", ".join(names[:3])
-        raise UserError(
-            f"class {unknown[0]!r} of the data is not one of the {len(names)} classes of {source} "
-            f"({shown}, ...; {len(unknown)} class(es) unknown): the head does not match this data"
-        )
-    return Relabeled(ds, {t: index[own[t]] for t in used}, names)
+    load_time = list(res.get("dropped_files", []))
+    files = sorted({*[(str(p), str(w)) for p, w in getattr(ds, "skipped", [])], *load_time})
+    targets = list(ds.targets)
+    fd = find_file_dataset(ds) if load_time else None
+    gone = {p for p, _ in load_time}
+    present = {t for i, t in enumerate(targets) if fd is None or fd.path(i) not in gone}
+    return files, len(present)
 
 
 def run(args: argparse.Namespace) -> int:
     from ..data import build_dataset, build_eval_transform, build_loader
+    from ..data.datasets import relabel
     from ..device import amp_dtype, resolve_device
     from ..engine import distributed as D
     from ..engine.evaluate import evaluate
@@ -106,6 +99,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.max_pixels is not None and args.max_pixels < 0:
+        raise UserError(f"--max-pixels must be 0 (no limit) or a number of pixels, got {args.max_pixels}")
     want = resolve_device(args.device)
     _, world, local_rank = D.init_distributed(want.type)
     device = torch.device("cuda", local_rank) if want.type == "cuda" and world > 1 else want
@@ -135,7 +130,11 @@ def run(args: argparse.Namespace) -> int:
         if args.dataset and not args.data:
             cfg = dataclasses.replace(cfg, dataset=args.dataset)
         cfg.workers = max(int(args.workers), 0)
-        ds = build_dataset(cfg, cfg.val_split, build_eval_transform(cfg))
+        if args.max_pixels is not None:
+            cfg = dataclasses.replace(cfg, max_pixels=args.max_pixels)
+        with warnings.catch_warnings():  # the files left out at scan time are listed with the results
+            warnings.filterwarnings("ignore", message=r".*skipped \d+ unusable file", category=RuntimeWarning)
+            ds = build_dataset(cfg, cfg.val_split, build_eval_transform(cfg), on_error="drop")
         names = imagenet_wnid_names(loaded.class_names, loaded.num_classes)
         if names is not None:
             ds = relabel(ds, names, loaded.checkpoint)
@@ -157,6 +156,7 @@ def run(args: argparse.Namespace) -> int:
             channels_last=args.channels_last,
             progress=not args.no_progress and sys.stderr.isatty(),
             return_predictions=want_preds,
+            warn_dropped=False,
         )
     finally:
         if D.is_dist():
@@ -164,20 +164,30 @@ def run(args: argparse.Namespace) -> int:
     if not main:
         return 0
     shown = display_names(loaded.class_names, loaded.num_classes)
-    present = len({int(t) for t in ds.targets})
+    dropped, present = _dropped(ds, res)
     where = cfg.root or cfg.dataset
     print(f"model      {loaded.arch} ({loaded.checkpoint}{', EMA' if args.ema else ''})")
+    note = f"; {len(dropped)} unreadable file(s) dropped, in no metric (listed below)" if dropped else ""
     print(
         f"data       {where} [{cfg.val_split or '.'}]: {res['n']} images, {present} of "
-        f"{loaded.num_classes} classes"
+        f"{loaded.num_classes} classes{note}"
     )
     print(f"transform  {cfg.img_size} px, crop {cfg.crop_pct}, {cfg.interpolation}")
     print(f"top-1      {res['top1']:.2f}%")
     print(f"top-5      {res['top5']:.2f}%")
     print(f"loss       {res['loss']:.4f}")
     print(f"images/s   {res['images_per_s']:.1f} ({device}, {res['world_size']} process(es))")
+    if dropped:
+        print(f"dropped    {len(dropped)} unreadable file(s):")
+        for p, why in dropped[:_SHOWN_DROPPED]:
+            print(f"  {p} ({why})")
+        if len(dropped) > _SHOWN_DROPPED:
+            rest = len(dropped) - _SHOWN_DROPPED
+            print(f"  ... and {rest} more ({'in ' + args.json if args.json else '--json lists them all'})")
     if args.json:
         out = {k: res[k] for k in ("top1", "top5", "loss", "n", "images_per_s", "world_size") if k in res}
+        out["dropped"] = len(dropped)
+        out["dropped_files"] = [{"path": p, "reason": why} for p, why in dropped]
         out.update(
             model=loaded.arch,
             weights=loaded.checkpoint,

@@ -48,6 +48,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--crop-pct", type=float, help="center-crop fraction (default: the weights')")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--amp", choices=("bf16", "fp16"), help="autocast dtype")
+    p.add_argument(
+        "--max-pixels",
+        type=int,
+        metavar="N",
+        help="refuse images whose header declares more pixels (default 89478485, as PIL's; 0: no limit)",
+    )
     p.set_defaults(func=run)
 
 
@@ -85,6 +91,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--topk must be at least 1, got {args.topk}")
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.max_pixels is not None and args.max_pixels < 0:
+        raise UserError(f"--max-pixels must be 0 (no limit) or a number of pixels, got {args.max_pixels}")
     device = resolve_device(args.device)
     dtype = amp_dtype(args.amp, device)
     loaded = load_for_inference(
@@ -103,6 +111,10 @@ def run(args: argparse.Namespace) -> int:
                 f"has {len(names)} classes"
             )
     shown = display_names(names, loaded.num_classes)
+    if args.max_pixels is not None:
+        import dataclasses
+
+        loaded.data = dataclasses.replace(loaded.data, max_pixels=args.max_pixels)
     paths = expand_inputs(args.inputs)
     if not paths:
         raise UserError(f"no images found in {' '.join(args.inputs)}")

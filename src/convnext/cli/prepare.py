@@ -3,8 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
-from ..data.prepare import MODES, PREPARABLE, prepare
+from ..data.prepare import ALIASES, LINKS, PREPARABLE, canonical_name, prepare
+
+_OLD_MODES = {"link": "hard", "copy": "copy", "symlink": "symlink"}  # the deprecated --mode's values
+
+
+def _dataset(name: str) -> str:
+    try:
+        return canonical_name(name)
+    except Exception as e:  # argparse: "argument dataset: invalid choice ..." in one line
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -14,17 +24,24 @@ def register(sub: argparse._SubParsersAction) -> None:
         "an image folder",
         description="Write DST/train/<class>/, DST/val/<class>/ and DST/classes.txt from a raw dataset "
         "layout. JPEGs are hard-linked (or copied), never re-encoded; MNIST/CIFAR become PNG files. "
+        "The source is checked before anything is written, and a failed run removes what it wrote. "
         "Then train with data.root=DST.",
     )
-    p.add_argument("dataset", choices=PREPARABLE, metavar="dataset", help=f"one of: {', '.join(PREPARABLE)}")
+    p.add_argument(
+        "dataset",
+        type=_dataset,
+        metavar="dataset",
+        help=f"one of: {', '.join(PREPARABLE)} (or {', '.join(sorted(ALIASES))})",
+    )
     p.add_argument("src", help="the raw dataset folder (as extracted from its archives)")
     p.add_argument("dst", help="output folder (created)")
     p.add_argument(
-        "--mode",
-        choices=MODES,
-        default="link",
-        help="link (hard links, default; copies across file systems), copy, or symlink",
+        "--link",
+        choices=LINKS,
+        default=None,
+        help="hard (hard links, default; copies across file systems), copy, or symlink",
     )
+    p.add_argument("--mode", choices=tuple(_OLD_MODES), help=argparse.SUPPRESS)  # deprecated: --link
     p.add_argument(
         "--val-fraction",
         type=float,
@@ -37,14 +54,18 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    link = args.link
+    if args.mode is not None:
+        print(f"convnext prepare: --mode is deprecated; use --link {_OLD_MODES[args.mode]}", file=sys.stderr)
+        link = link or _OLD_MODES[args.mode]
     counts = prepare(
         args.dataset,
         args.src,
         args.dst,
-        mode=args.mode,
+        link=link or "hard",
         val_fraction=args.val_fraction,
         seed=args.seed,
-        progress=not args.no_progress,
+        progress=not args.no_progress and sys.stderr.isatty(),
     )
     parts = ", ".join(f"{n} {split}" for split, n in counts.items())
     print(f"convnext prepare: {args.dataset}: {parts} images in {args.dst} (train with data.root={args.dst})")

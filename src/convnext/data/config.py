@@ -6,6 +6,9 @@ from dataclasses import dataclass
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+#: PIL's default ``Image.MAX_IMAGE_PIXELS`` (1024**3 // 4 // 3, ~89.5 Mpx): a 437 KB PNG can declare
+#: 60000x60000 pixels and take 11 GB to decode.
+DEFAULT_MAX_PIXELS = 1024 * 1024 * 1024 // 4 // 3
 
 
 @dataclass
@@ -21,6 +24,8 @@ class DataConfig:
     class_list: str | None = None
     strict: bool = False  # True: an unreadable image is fatal instead of skipped and counted
     check_headers: bool = True  # scan: read each file's first bytes (skips non-images, PNG-as-.jpg passes)
+    # images whose header declares more pixels are refused before decoding (decompression bombs); 0: no limit
+    max_pixels: int = DEFAULT_MAX_PIXELS
     download: bool = False  # mnist/cifar/caltech: let torchvision download into data.root
     val_fraction: float = 0.2  # digits, raw Caltech, pooled mini-ImageNet: share of each class for val
     split_seed: int = 0  # seed of that split (fixed: the val set must not change between runs)

@@ -3,16 +3,28 @@ Tiny-ImageNet-200, mini-ImageNet, ImageNet-1k and Caltech-101/256 (``convnext pr
 ImageFolder; reading them raw works too).
 
 Every dataset yields ``(image, target)`` with image a uint8 (3, H, W) RGB tensor before the transform, and
-has ``.classes`` (class names in index order) and ``.skipped`` (list of (file, reason) left out).
+has ``.classes`` (class names in index order) and ``.skipped`` (list of (file, reason) left out at scan).
+
+A file that turns out unreadable at load time (truncated, over the pixel limit, ...) is, by ``on_error``:
+- ``"substitute"`` (training): replaced by the next readable sample, so batch shapes and the epoch length
+  stay; said once per file across all loader workers. ``data.strict=true`` makes it fatal.
+- ``"drop"`` (evaluation): returned as a placeholder image with target ``-1 - index`` (see
+  :func:`split_unreadable`), which the default collate batches like any sample; the evaluation loop removes
+  it from every metric and names the file (:func:`explain_unreadable`). A marker inside the target, not a
+  special collate_fn, so any loader (workers, torchrun shards, the training loop's own) carries it.
 """
 
 from __future__ import annotations
 
+import gzip
 import os
+import struct
 import warnings
+import zlib
 from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -21,11 +33,12 @@ from torch.utils.data import Dataset
 from ..errors import UserError
 from . import layouts
 from .classes import resolve_class_list
-from .config import DataConfig
-from .images import check_file, load_image, strict_error
+from .config import DEFAULT_MAX_PIXELS, DataConfig
+from .images import ImageError, check_file, dir_key, load_image, strict_error, unique_files, walk_files
 
 Transform = Callable[[torch.Tensor], torch.Tensor] | None
 _MAX_SUBSTITUTES = 64
+ON_ERROR = ("substitute", "drop")
 
 
 def _warn_skipped(skipped: Sequence[tuple[str, str]], where: str) -> None:
@@ -44,6 +57,10 @@ class FileDataset(Dataset):
     Paths and targets are kept in numpy arrays, not Python lists: loader workers are forked, and touching
     a list of 1.28M Python strings copies it into every worker (reference counts are writes), which costs
     gigabytes with 8-16 workers; one numpy buffer stays shared.
+
+    ``on_error`` says what an unreadable file becomes at load time (see the module docstring). Which files
+    failed is one byte per sample in shared memory, so every loader worker (persistent or not, forked or
+    spawned) sees what the others found: each file is warned about once, and never decoded twice.
     """
 
     def __init__(
@@ -55,7 +72,11 @@ class FileDataset(Dataset):
         strict: bool = False,
         skipped: list[tuple[str, str]] | None = None,
         root: str = "",
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        on_error: str = "substitute",
     ) -> None:
+        if on_error not in ON_ERROR:
+            raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
         self._paths = np.array([os.fsencode(p) for p, _ in samples], dtype=np.bytes_)
         self._targets = np.array([t for _, t in samples], dtype=np.int64)
         self.classes = list(classes)
@@ -63,8 +84,12 @@ class FileDataset(Dataset):
         self.strict = strict
         self.skipped = list(skipped or [])
         self.root = root
-        self.load_failures = 0  # in this process (each loader worker counts its own)
-        self._warned: set[str] = set()
+        self.max_pixels = int(max_pixels)
+        self.on_error = on_error
+        self._failed = torch.zeros(len(self._targets), dtype=torch.uint8)
+        if len(self._targets):
+            self._failed.share_memory_()
+        self._blank: torch.Tensor | None = None
 
     @property
     def samples(self) -> list[tuple[str, int]]:
@@ -79,36 +104,153 @@ class FileDataset(Dataset):
     def targets(self) -> list[int]:
         return self._targets.tolist()
 
+    @property
+    def load_failures(self) -> int:
+        """Distinct files found unreadable so far, by any loader worker."""
+        return int(self._failed.sum())
+
+    def failed_files(self) -> list[str]:
+        return [self.path(int(i)) for i in torch.nonzero(self._failed).flatten()]
+
     def __len__(self) -> int:
         return len(self._targets)
 
+    def _read(self, index: int) -> torch.Tensor:
+        path = self.path(index)
+        try:
+            return load_image(path, max_pixels=self.max_pixels)
+        except ImageError as e:
+            if self.strict:
+                raise strict_error(path, e.why) from None
+            first = not self._failed[index]
+            self._failed[index] = 1
+            if first and self.on_error == "substitute":
+                warnings.warn(
+                    f"{e}; training uses another image in its place (data.strict=true makes this an error)",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
+            raise
+
     def load(self, index: int) -> tuple[torch.Tensor, int]:
-        """The decoded image of ``index`` or, if it is corrupt, of the next good sample (never raises
-        mid-epoch unless ``strict``)."""
+        """The decoded image of ``index`` or, if it is unreadable, of the next readable sample (never raises
+        mid-epoch unless ``strict``). Files already known to be unreadable are not decoded again."""
         n = len(self._targets)
         for k in range(_MAX_SUBSTITUTES):
             i = (index + k) % n
-            path, target = self.path(i), int(self._targets[i])
+            if self._failed[i]:
+                continue
             try:
-                return load_image(path), target
-            except ValueError as e:
-                if self.strict:
-                    raise strict_error(path, str(e).rsplit("(", 1)[-1].rstrip(")")) from None
-                self.load_failures += 1
-                if path not in self._warned:
-                    self._warned.add(path)
-                    warnings.warn(
-                        f"{e}; using another image in its place (data.strict=true makes this an error)",
-                        RuntimeWarning,
-                        stacklevel=2,
-                    )
+                return self._read(i), int(self._targets[i])
+            except ImageError:
+                continue
         raise UserError(f"{_MAX_SUBSTITUTES} images in a row under {self.root} cannot be decoded")
 
+    def _placeholder(self) -> torch.Tensor:
+        """What an unreadable sample's image is in "drop" mode: the transform of a black image, so it has
+        the shape of the others in a batch (it never reaches a metric)."""
+        if self._blank is None:
+            blank = torch.zeros(3, 32, 32, dtype=torch.uint8)
+            self._blank = self.transform(blank) if self.transform is not None else blank
+        return self._blank
+
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        img, target = self.load(index)
+        if self.on_error == "drop":
+            try:
+                img, target = self._read(index), int(self._targets[index])
+            except ImageError:
+                return self._placeholder(), unreadable_target(index)
+        else:
+            img, target = self.load(index)
         if self.transform is not None:
             img = self.transform(img)
         return img, target
+
+
+def unreadable_target(index: int) -> int:
+    """The target a "drop"-mode dataset gives an unreadable sample: negative, carrying its index."""
+    return -1 - int(index)
+
+
+def split_unreadable(targets: torch.Tensor) -> tuple[torch.Tensor | None, list[int]]:
+    """(mask of the readable samples, dataset indices of the unreadable ones) of a batch of class-index
+    targets; (None, []) when all are readable (the common case costs one comparison)."""
+    if targets.ndim != 1 or targets.is_floating_point():
+        return None, []
+    bad = targets < 0
+    if not bool(bad.any()):
+        return None, []
+    return ~bad, [-1 - int(t) for t in targets[bad].tolist()]
+
+
+def find_file_dataset(ds: Dataset) -> FileDataset | None:
+    """The FileDataset under any wrappers (Relabeled, Subset, a seeding wrapper): they keep its indices."""
+    for _ in range(8):
+        if isinstance(ds, FileDataset):
+            return ds
+        inner = next(
+            (
+                getattr(ds, a)
+                for a in ("ds", "dataset", "base", "inner")
+                if isinstance(getattr(ds, a, None), Dataset)
+            ),
+            None,
+        )
+        if inner is None:
+            return None
+        ds = inner
+    return None
+
+
+def explain_unreadable(ds: Dataset, index: int) -> tuple[str, str]:
+    """(file, why) of the unreadable sample ``index`` of ``ds`` (a "drop"-mode dataset or a wrapper of
+    one). The cause is found again here, in the calling process (the worker that met it has only the
+    target to send back); it is cheap: unreadable files are few, and a file over the pixel limit is
+    refused from its header."""
+    fd = find_file_dataset(ds)
+    if fd is None:
+        return f"sample {index}", "unreadable"
+    path = fd.path(index)
+    try:
+        load_image(path, max_pixels=fd.max_pixels)
+    except ImageError as e:
+        return path, e.why
+    return path, "unreadable while evaluating (readable now: changed on disk?)"
+
+
+class Relabeled(Dataset):
+    """A dataset whose targets are re-indexed into the model's class list (matched by name); the
+    unreadable-sample marker of a "drop"-mode dataset passes through."""
+
+    def __init__(self, ds: Dataset, mapping: dict[int, int], classes: list[str]) -> None:
+        self.ds, self.mapping, self.classes = ds, mapping, list(classes)
+        self.targets = [mapping[t] for t in ds.targets]  # type: ignore[attr-defined]
+        self.skipped = getattr(ds, "skipped", [])
+
+    def __len__(self) -> int:
+        return len(self.ds)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        img, t = self.ds[index]
+        return img, (int(t) if int(t) < 0 else self.mapping[int(t)])
+
+
+def relabel(ds: Dataset, names: list[str], source: str) -> Dataset:
+    """``ds`` with targets in the order of ``names`` (the checkpoint's classes); one sentence when the data
+    has a class the model does not know."""
+    own = list(ds.classes)  # type: ignore[attr-defined]
+    if own == names:
+        return ds
+    index = {n: i for i, n in enumerate(names)}
+    used = sorted(set(ds.targets))  # type: ignore[attr-defined]
+    unknown = [own[t] for t in used if own[t] not in index]
+    if unknown:
+        shown = ", ".join(names[:3])
+        raise UserError(
+            f"class {unknown[0]!r} of the data is not one of the {len(names)} classes of {source} "
+            f"({shown}, ...; {len(unknown)} class(es) unknown): the head does not match this data"
+        )
+    return Relabeled(ds, {t: index[own[t]] for t in used}, names)
 
 
 class ArrayDataset(Dataset):
@@ -144,23 +286,40 @@ def _class_folders(split_dir: Path) -> list[str]:
     return sorted(e.name for e in os.scandir(split_dir) if e.is_dir() and not e.name.startswith("."))
 
 
-def _files_under(folder: Path) -> list[str]:
-    out = []
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        out.extend(os.path.join(dirpath, f) for f in sorted(filenames) if not f.startswith("."))
-    return out
+def _class_files(split_dir: Path, folders: list[str], index: dict[str, int]) -> list[tuple[str, int]]:
+    """(file, class index) under each class folder, each real folder walked once and each real file
+    counted once: a link loop (``cat/loop -> ..``) or a link into another class folder adds nothing (the
+    split folder and every class folder are claimed before the walk), a second link to the same file
+    neither. A class folder that is a link to another class folder gets no files."""
+    keys = {c: dir_key(split_dir / c) for c in folders}
+    seen = {dir_key(split_dir), *keys.values()}
+    walked: set[tuple[int, int]] = set()
+    entries: list[tuple[str, str, bool]] = []
+    targets: list[int] = []
+    for c in folders:
+        if keys[c] in walked:
+            continue
+        walked.add(keys[c])
+        for entry in walk_files(split_dir / c, seen):
+            entries.append(entry)
+            targets.append(index[c])
+    return [(entries[i][0], targets[i]) for i in unique_files(entries)]
 
 
 def scan_files(
-    files: Sequence[tuple[str, int]], *, strict: bool, check_headers: bool
+    files: Sequence[tuple[str, int]],
+    *,
+    strict: bool,
+    check_headers: bool,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> tuple[list[tuple[str, int]], list[tuple[str, str]]]:
     """Keep the files that look like images; the others come back as (file, reason).
 
-    Reading 16 bytes of each file is I/O-bound (1.28M files for ImageNet), so large folders are checked by a
-    thread pool, with a progress bar."""
+    Reading 32 bytes of each file is I/O-bound (1.28M files for ImageNet), so large folders are checked by a
+    thread pool, with a progress bar. PNG/GIF/BMP headers declaring more than ``max_pixels`` are left out
+    here already (the load-time check covers the other formats)."""
     paths = [p for p, _ in files]
-    check = partial(check_file, headers=check_headers)
+    check = partial(check_file, headers=check_headers, max_pixels=max_pixels)
     if len(paths) > 2000:
         from concurrent.futures import ThreadPoolExecutor
 
@@ -193,7 +352,9 @@ def default_class_list(cfg: DataConfig, root: Path) -> str | None:
     return None
 
 
-def image_folder(cfg: DataConfig, split: str, transform: Transform = None) -> FileDataset:
+def image_folder(
+    cfg: DataConfig, split: str, transform: Transform = None, on_error: str = "substitute"
+) -> FileDataset:
     """``<root>/<split>/<class>/**/<image>``; class index from the class list (see classes.py)."""
     root = Path(cfg.root).expanduser()
     split_dir = root / split if split else root
@@ -209,8 +370,10 @@ def image_folder(cfg: DataConfig, split: str, transform: Transform = None) -> Fi
         )
     classes = resolve_class_list(default_class_list(cfg, root), folders)
     index = {c: i for i, c in enumerate(classes)}
-    files = [(f, index[c]) for c in folders for f in _files_under(split_dir / c)]
-    good, bad = scan_files(files, strict=cfg.strict, check_headers=cfg.check_headers)
+    files = _class_files(split_dir, folders, index)
+    good, bad = scan_files(
+        files, strict=cfg.strict, check_headers=cfg.check_headers, max_pixels=cfg.max_pixels
+    )
     present = {t for _, t in good}
     empty = [c for c in folders if index[c] not in present]
     if empty:
@@ -219,14 +382,25 @@ def image_folder(cfg: DataConfig, split: str, transform: Transform = None) -> Fi
             f"({len(empty)} class folder(s) are empty)"
         )
     _warn_skipped(bad, str(split_dir))
-    return FileDataset(good, classes, transform, strict=cfg.strict, skipped=bad, root=str(split_dir))
+    return FileDataset(
+        good,
+        classes,
+        transform,
+        strict=cfg.strict,
+        skipped=bad,
+        root=str(split_dir),
+        max_pixels=cfg.max_pixels,
+        on_error=on_error,
+    )
 
 
 # ------------------------------------------------------------------------------------------------ digits
 DIGITS_SIZE = 32  # 8x8 upscaled once at load (bilinear): the transforms then work at a useful size
 
 
-def digits(cfg: DataConfig, split: str, transform: Transform = None) -> ArrayDataset:
+def digits(
+    cfg: DataConfig, split: str, transform: Transform = None, on_error: str = "substitute"
+) -> ArrayDataset:
     """scikit-learn's bundled handwritten digits (1797 8x8 images, 0..16 ink), upscaled to 32x32 uint8 RGB,
     split 80/20 stratified with a fixed seed (data.split_seed, data.val_fraction)."""
     from sklearn.datasets import load_digits
@@ -253,46 +427,181 @@ def _pick_split(split: str, table: dict):
 
 
 # ------------------------------------------------------------------------------ torchvision's datasets
+_DOWNLOAD_HINT = "data.download=true downloads it"
+
+
 def _offline_error(name: str, root: Path, files: str, tried_download: bool) -> UserError:
-    how = "the download failed (offline?)" if tried_download else "data.download=true downloads it"
+    how = "the download failed (offline?)" if tried_download else _DOWNLOAD_HINT
     return UserError(f"dataset {name} is not in {root}: put {files} there ({how})")
 
 
-def _torchvision(cls_name: str, files: str) -> Callable[[DataConfig, str, Transform], ArrayDataset]:
-    def build(cfg: DataConfig, split: str, transform: Transform = None) -> ArrayDataset:
+# MNIST is read here (numpy, ~30 lines) instead of through torchvision.datasets.MNIST, which accepts only
+# the unzipped files under <root>/MNIST/raw and otherwise says "not found" although the files as
+# downloaded (gzipped, or in a flat folder) are right there.
+MNIST_FILES = {
+    True: ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    False: ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+_MNIST_MAX_BYTES = 1 << 30  # an idx header promising more is not MNIST (and a gzip bomb is refused)
+
+
+def find_mnist_file(root: Path, name: str) -> Path | None:
+    """``name`` (or its Kaggle spelling ``train-images.idx3-ubyte``), gzipped or not, flat in ``root``,
+    under ``root/MNIST/raw`` (torchvision's download) or under ``root/raw``."""
+    for folder in (root, root / "MNIST" / "raw", root / "raw"):
+        for n in (name, name.replace("-idx", ".idx")):
+            for suffix in ("", ".gz"):
+                if (folder / (n + suffix)).is_file():
+                    return folder / (n + suffix)
+    return None
+
+
+def read_idx(path: Path, ndim: int) -> np.ndarray:
+    """An idx file of unsigned bytes (the MNIST format: magic 0x0000 08 <ndim>, big-endian uint32 sizes,
+    the data), gzipped or not; one sentence naming the file when it is not one or is cut short."""
+    try:
+        with open(path, "rb") as raw:
+            gz = raw.read(2) == b"\x1f\x8b"
+        with gzip.open(path, "rb") if gz else open(path, "rb") as f:
+            head = f.read(4 + 4 * ndim)
+            if len(head) < 4 or head[:3] != b"\x00\x00\x08" or head[3] != ndim:
+                raise UserError(f"MNIST: {path} is not an idx file of {ndim}-d unsigned bytes (bad header)")
+            dims = struct.unpack(f">{ndim}I", head[4:]) if len(head) == 4 + 4 * ndim else ()
+            n = int(np.prod(dims)) if dims else -1
+            if n < 0 or n > _MNIST_MAX_BYTES:
+                raise UserError(f"MNIST: {path} has a damaged header (sizes {dims})")
+            body = f.read(n + 1)
+    except (OSError, EOFError, zlib.error) as e:
+        why = getattr(e, "strerror", None) or e
+        raise UserError(f"MNIST: {path} cannot be read ({why}; a damaged download?)") from None
+    if len(body) != n:
+        raise UserError(
+            f"MNIST: {path} is damaged: its header promises {n} bytes of data, it holds "
+            f"{'more' if len(body) > n else len(body)}"
+        )
+    return np.frombuffer(bytearray(body), dtype=np.uint8).reshape(dims)  # writable, for torch
+
+
+def mnist_arrays(root: Path, train: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(images (N, 28, 28) uint8, labels (N,)) of the MNIST train or test files in ``root``."""
+    found = []
+    for name in MNIST_FILES[train]:
+        f = find_mnist_file(root, name)
+        if f is None:
+            raise UserError(
+                f"MNIST: {name}[.gz] is not in {root}, {root / 'MNIST' / 'raw'} or {root / 'raw'} "
+                f"(the four idx files as downloaded, gzipped or not)"
+            )
+        found.append(f)
+    images, labels = read_idx(found[0], 3), read_idx(found[1], 1)
+    if len(images) != len(labels):
+        raise UserError(f"MNIST: {found[0]} holds {len(images)} images but {found[1]} {len(labels)} labels")
+    if len(labels) and int(labels.max()) > 9:
+        raise UserError(f"MNIST: {found[1]} has label {int(labels.max())} (0-9 expected)")
+    return images, labels
+
+
+def mnist(
+    cfg: DataConfig, split: str, transform: Transform = None, on_error: str = "substitute"
+) -> ArrayDataset:
+    root = Path(cfg.root or "data/mnist").expanduser()
+    train = _pick_split(split, {"train": True, "val": False, "test": False})
+    if cfg.download and not all(find_mnist_file(root, n) for n in MNIST_FILES[train]):
         import torchvision.datasets as tvd
 
+        try:
+            tvd.MNIST(str(root), train=train, download=True)  # into root/MNIST/raw
+        except (RuntimeError, OSError) as e:
+            raise _offline_error("MNIST", root, "the MNIST idx files", True) from e
+    try:
+        images, labels = mnist_arrays(root, train)
+    except UserError as e:
+        raise UserError(f"{e}{'' if cfg.download else f'; {_DOWNLOAD_HINT}'}") from None
+    return ArrayDataset(images, labels.tolist(), [str(i) for i in range(10)], transform)
+
+
+def cifar_root(root: Path, cls_name: str) -> Path:
+    """The folder holding ``cifar-10-batches-py/`` (torchvision's layout); ``root`` may be that folder."""
+    import torchvision.datasets as tvd
+
+    base = getattr(tvd, cls_name).base_folder
+    return root.parent if root.name == base and not (root / base).is_dir() else root
+
+
+def check_cifar(root: Path, cls_name: str) -> None:
+    """One sentence naming the CIFAR file that is missing or fails its MD5 checksum (the checksums
+    torchvision itself checks); nothing when all are intact."""
+    import torchvision.datasets as tvd
+    from torchvision.datasets.utils import check_md5
+
+    cls = getattr(tvd, cls_name)
+    base = root / cls.base_folder
+    if not base.is_dir():
+        archive = root / cls.filename
+        how = (
+            f"extract {archive} there"
+            if archive.is_file()
+            else f"put {cls.base_folder}/ (the extracted {cls.filename}) there"
+        )
+        raise UserError(f"dataset {cls_name} is not in {root}: {how}")
+    for name, md5 in [*cls.train_list, *cls.test_list, (cls.meta["filename"], cls.meta["md5"])]:
+        f = base / name
+        if not f.is_file():
+            raise UserError(f"dataset {cls_name}: {f} is missing (extract {cls.filename} again)")
+        if not check_md5(str(f), md5):
+            raise UserError(
+                f"dataset {cls_name}: {f} fails its MD5 checksum (damaged or truncated; extract "
+                f"{cls.filename} again)"
+            )
+
+
+def cifar_arrays(root: Path, cls_name: str, train: bool, *, download: bool = False):
+    """(images (N, 32, 32, 3) uint8, targets, classes) through torchvision (which checks every batch's MD5
+    before unpickling it); when it refuses, :func:`check_cifar` says which file is wrong."""
+    import torchvision.datasets as tvd
+
+    root = cifar_root(root, cls_name)
+    try:
+        ds = getattr(tvd, cls_name)(str(root), train=train, download=download)
+    except (RuntimeError, OSError) as e:  # "Dataset not found or corrupted" / failed download
+        if download:
+            raise _offline_error(cls_name, root, _TORCHVISION_FILES[cls_name], True) from e
+        check_cifar(root, cls_name)
+        raise UserError(f"dataset {cls_name} in {root} cannot be read ({e})") from None
+    return ds.data, list(ds.targets), list(ds.classes)
+
+
+def _cifar(cls_name: str) -> Callable[..., ArrayDataset]:
+    def build(
+        cfg: DataConfig, split: str, transform: Transform = None, on_error: str = "substitute"
+    ) -> ArrayDataset:
         root = Path(cfg.root or f"data/{cls_name.lower()}").expanduser()
         train = _pick_split(split, {"train": True, "val": False, "test": False})
         try:
-            ds = getattr(tvd, cls_name)(str(root), train=train, download=cfg.download)
-        except RuntimeError as e:  # "Dataset not found or corrupted" / failed download
-            raise _offline_error(cls_name, root, files, cfg.download) from e
-        except OSError as e:  # no network
-            raise _offline_error(cls_name, root, files, cfg.download) from e
-        data = ds.data.numpy() if isinstance(ds.data, torch.Tensor) else ds.data
-        targets = ds.targets.tolist() if isinstance(ds.targets, torch.Tensor) else ds.targets
-        classes = [str(i) for i in range(10)] if cls_name == "MNIST" else list(ds.classes)
+            data, targets, classes = cifar_arrays(root, cls_name, train, download=cfg.download)
+        except UserError as e:
+            hint = "" if cfg.download or "download" in str(e) else f" ({_DOWNLOAD_HINT})"
+            raise UserError(f"{e}{hint}") from None
         return ArrayDataset(data, targets, classes, transform)
 
     return build
 
 
 _TORCHVISION_FILES = {
-    "MNIST": "MNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]",
     "CIFAR10": "cifar-10-batches-py/ (the extracted cifar-10-python.tar.gz)",
     "CIFAR100": "cifar-100-python/ (the extracted cifar-100-python.tar.gz)",
 }
-mnist = _torchvision("MNIST", _TORCHVISION_FILES["MNIST"])
-cifar10 = _torchvision("CIFAR10", _TORCHVISION_FILES["CIFAR10"])
-cifar100 = _torchvision("CIFAR100", _TORCHVISION_FILES["CIFAR100"])
+cifar10 = _cifar("CIFAR10")
+cifar100 = _cifar("CIFAR100")
 
 
 # ---------------------------------------------------------------------------------------- raw layouts
 def _raw(
     layout: Callable[..., layouts.RawSplit], needs_split: bool = False, **fixed: object
 ) -> Callable[[DataConfig, str, Transform], FileDataset]:
-    def build(cfg: DataConfig, split: str, transform: Transform = None) -> FileDataset:
+    def build(
+        cfg: DataConfig, split: str, transform: Transform = None, on_error: str = "substitute"
+    ) -> FileDataset:
         if not cfg.root:
             raise UserError(f"config key data.root is required for data.dataset={cfg.dataset}")
         root = Path(cfg.root).expanduser()
@@ -317,9 +626,20 @@ def _raw(
             raise UserError(
                 f"{cfg.dataset}: {missing[0]} is listed but does not exist ({len(missing)} missing)"
             )
-        good, bad = scan_files(files, strict=cfg.strict, check_headers=cfg.check_headers)
+        good, bad = scan_files(
+            files, strict=cfg.strict, check_headers=cfg.check_headers, max_pixels=cfg.max_pixels
+        )
         _warn_skipped(bad, f"{cfg.dataset} {split}")
-        return FileDataset(good, classes, transform, strict=cfg.strict, skipped=bad, root=str(root))
+        return FileDataset(
+            good,
+            classes,
+            transform,
+            strict=cfg.strict,
+            skipped=bad,
+            root=str(root),
+            max_pixels=cfg.max_pixels,
+            on_error=on_error,
+        )
 
     return build
 
@@ -341,7 +661,7 @@ def _download_caltech(version: int, root: Path) -> None:
 
 
 # -------------------------------------------------------------------------------------------- registry
-Builder = Callable[[DataConfig, str, Transform], Dataset]
+Builder = Callable[..., Dataset]  # (cfg, split, transform, on_error)
 DATASETS: dict[str, Builder] = {
     "imagefolder": image_folder,
     "digits": digits,
@@ -369,18 +689,32 @@ _ALIASES = {
 }
 
 
-def build_dataset(cfg: DataConfig, split: str, transform: Transform = None) -> Dataset:
+def build_dataset(
+    cfg: DataConfig, split: str, transform: Transform = None, *, on_error: str | None = None
+) -> Dataset:
     """The ``split`` ("train", "val", ...) of cfg.dataset; the dataset has ``.classes`` and ``.skipped``.
 
-    Raises UserError (one sentence) for a missing folder, an empty dataset or an empty class folder.
+    ``on_error``: what an image found unreadable at load time becomes, "substitute" (another sample) or
+    "drop" (a marker the evaluation loop removes; see the module docstring). Default: "substitute" for
+    cfg.train_split, "drop" for any other split, so the training loop's validation counts only readable
+    files too. Raises UserError (one sentence) for a missing folder, an empty dataset or an empty class
+    folder.
     """
+    if on_error is None:
+        on_error = "substitute" if split == cfg.train_split else "drop"
+    if on_error not in ON_ERROR:
+        raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
+    if not isinstance(cfg.max_pixels, int) or isinstance(cfg.max_pixels, bool) or cfg.max_pixels < 0:
+        raise UserError(
+            f"config key data.max_pixels must be a number of pixels (0: no limit), got {cfg.max_pixels!r}"
+        )
     name = cfg.dataset.lower().replace("_", "-")
     builder = (
         DATASETS.get(name) or DATASETS.get(name.replace("-", "")) or DATASETS.get(_ALIASES.get(name, ""))
     )
     if builder is None:
         raise UserError(f"config key data.dataset: {cfg.dataset!r} is not one of {', '.join(DATASETS)}")
-    ds = builder(cfg, split, transform)
+    ds = builder(cfg, split, transform, on_error)
     if len(ds) == 0:  # type: ignore[arg-type]
         raise UserError(
             f"the {split!r} split of dataset {cfg.dataset} ({cfg.root or 'built in'}) has no images"

@@ -1,24 +1,33 @@
-"""Reading images: libjpeg-turbo/libpng via torchvision.io into uint8 RGB tensors, PIL only as a fallback.
+"""Reading images: libjpeg-turbo/libpng via torchvision.io into uint8 RGB tensors, PIL for everything else.
 
 Bad files are handled in two places (documented in the README):
-- scan time (cheap, every file once): zero-byte files and files whose first bytes are not a known image
-  signature (a .txt, a .DS_Store, an HTML error page saved as .jpg) are skipped and counted; one warning
-  names them. A PNG named .jpg passes: the signature, not the extension, decides.
-- load time (the full decode): a truncated or corrupt image that passed the header check is replaced by
-  the next good sample of the dataset (deterministic, so seeded runs stay reproducible), counted, and
-  named in one warning per file; the epoch never dies because of one file. ``strict`` makes both fatal.
+- scan time (cheap, every file once): zero-byte files, files whose first bytes are not a known image
+  signature (a .txt, a .DS_Store, an HTML error page saved as .jpg) and PNG/GIF/BMP files whose header
+  declares more pixels than the limit are left out and named. A PNG named .jpg passes: the signature, not
+  the extension, decides.
+- load time (the full decode): the header is read first (PIL reads only the header on open) and an image
+  above the pixel limit is refused before a byte of it is decoded; a truncated or corrupt image raises
+  :class:`ImageError`. What happens then is the caller's choice (training substitutes another sample,
+  evaluation drops it, predict prints it); ``data.strict`` makes every bad file fatal.
 """
 
 from __future__ import annotations
 
+import io
 import os
+import struct
+import threading
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 import torch
 from torchvision.io import ImageReadMode, decode_image
 
 from ..errors import UserError
+from .config import DEFAULT_MAX_PIXELS
 
 # torchvision 0.29 deprecates its decoders in favour of TorchCodec (not a dependency here); libjpeg-turbo via
 # torchvision.io is still the fastest decoder we have, so keep using it and keep the logs clean.
@@ -37,6 +46,15 @@ IMG_EXTENSIONS = (
     ".pgm",
     ".pbm",
 )
+
+
+class ImageError(ValueError):
+    """An image file that cannot be used. ``why`` is the short cause ("truncated or corrupt", "empty
+    file", ...); str() is one sentence naming the file."""
+
+    def __init__(self, path: str | os.PathLike, why: str) -> None:
+        self.path, self.why = str(path), why
+        super().__init__(f"cannot read image {path} ({why})")
 
 
 def sniff_image(head: bytes) -> str | None:
@@ -58,16 +76,50 @@ def sniff_image(head: bytes) -> str | None:
     return None
 
 
-def check_file(path: str | os.PathLike, *, headers: bool = True) -> str | None:
-    """Why ``path`` is not a usable image ("empty file", "not an image"), or None when it looks fine."""
+def _header_size(kind: str | None, head: bytes) -> tuple[int, int] | None:
+    """(width, height) from the fixed-offset headers of PNG (IHDR), GIF and BMP; None for the others
+    (JPEG, WebP, TIFF: their size is further in; the load-time check covers them)."""
+    try:
+        if kind == "png" and head[12:16] == b"IHDR":
+            return struct.unpack(">II", head[16:24])
+        if kind == "gif":
+            return struct.unpack("<HH", head[6:10])
+        if kind == "bmp" and struct.unpack("<I", head[14:18])[0] >= 40:  # BITMAPINFOHEADER or later
+            w, h = struct.unpack("<ii", head[18:26])
+            return abs(w), abs(h)
+    except struct.error:  # a file shorter than its header: the decode will say so
+        return None
+    return None
+
+
+def pixel_limit_why(width: int, height: int, max_pixels: int) -> str | None:
+    """The cause when width x height is above ``max_pixels`` (0: no limit), else None."""
+    if not max_pixels or width * height <= max_pixels:
+        return None
+    return (
+        f"{width}x{height} = {width * height / 1e6:.1f} Mpx, above the limit of {max_pixels:,} pixels "
+        f"(a decompression bomb?); raise it with --max-pixels N or data.max_pixels=N, 0 for no limit"
+    )
+
+
+def check_file(
+    path: str | os.PathLike, *, headers: bool = True, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> str | None:
+    """Why ``path`` is not a usable image ("empty file", "not an image", "... above the limit ..."), or
+    None when it looks fine. Reads at most 32 bytes."""
     try:
         size = os.path.getsize(path)
         if size == 0:
             return "empty file"
         if headers:
             with open(path, "rb") as f:
-                if sniff_image(f.read(16)) is None:
-                    return "not an image"
+                head = f.read(32)
+            kind = sniff_image(head)
+            if kind is None:
+                return "not an image"
+            wh = _header_size(kind, head)
+            if wh is not None:
+                return pixel_limit_why(*wh, max_pixels)
         elif not str(path).lower().endswith(IMG_EXTENSIONS):
             return "not an image"
     except OSError as e:
@@ -75,44 +127,181 @@ def check_file(path: str | os.PathLike, *, headers: bool = True) -> str | None:
     return None
 
 
-def load_image(path: str | os.PathLike) -> torch.Tensor:
-    """uint8 (3, H, W) RGB. Grayscale, CMYK, palette and alpha images become RGB (the decoder converts).
+# ------------------------------------------------------------------------------------------------ decoding
+_pil_lock = threading.Lock()
+_pil_users = 0
+_pil_saved: int | None = None
 
-    torchvision.io decodes JPEG/PNG/GIF/WEBP (libjpeg-turbo is ~2x faster than PIL); BMP, TIFF and PNM go
-    through PIL. Raises ValueError naming the file when it cannot be decoded.
+
+@contextmanager
+def _our_pixel_limit() -> Iterator[None]:
+    """PIL enforces its own global limit (``Image.MAX_IMAGE_PIXELS``: a warning above it, an error above
+    twice it) inside ``Image.open`` and some decoders, before we see the size; ours (``max_pixels``) is
+    checked from the header instead, so a user who raises it is obeyed. PIL's is lifted while one of our
+    reads runs (reference-counted, so concurrent readers restore it once)."""
+    from PIL import Image
+
+    global _pil_users, _pil_saved
+    with _pil_lock:
+        if _pil_users == 0:
+            _pil_saved = Image.MAX_IMAGE_PIXELS
+            Image.MAX_IMAGE_PIXELS = None
+        _pil_users += 1
+    try:
+        yield
+    finally:
+        with _pil_lock:
+            _pil_users -= 1
+            if _pil_users == 0:
+                Image.MAX_IMAGE_PIXELS = _pil_saved
+
+
+def _uint8_rgb(img: torch.Tensor) -> torch.Tensor:
+    """torchvision.io gives uint16 for 16-bit PNGs: scale (x >> 8, what libpng's strip-16 and PIL's 16-bit
+    RGB reader do), never truncate; an animated image's first frame."""
+    if img.ndim == 4:
+        img = img[0]
+    if img.dtype == torch.uint16:
+        from torchvision.transforms.v2.functional import to_dtype
+
+        img = to_dtype(img, torch.uint8, scale=True)
+    return img
+
+
+def _pil_rgb(im) -> torch.Tensor:  # noqa: ANN001  (a PIL.Image.Image, imported lazily)
+    """uint8 (3, H, W) RGB from any PIL mode, the current (first) frame.
+
+    PIL's ``convert("RGB")`` clips 16/32-bit integer and float images to 0..255 (a 16-bit PNG turns almost
+    white), so those are scaled here instead: I;16* and I as 16-bit data (>> 8, the same pixels as the
+    torchvision.io path), F as intensities in [0, 1]. Alpha is dropped, not composited (the colour under a
+    transparent pixel is kept), as ``convert("RGB")`` and libpng do; palette images with transparency go
+    through RGBA so PIL does not warn. CMYK uses PIL's conversion (Adobe-inverted JPEGs included).
     """
+    mode = im.mode
+    if mode.startswith("I;16") or mode == "I":
+        a = np.asarray(im)
+        if mode == "I":
+            a = np.clip(a, 0, 65535)
+        g = (a.astype(np.uint16) >> 8).astype(np.uint8)
+        arr = np.repeat(g[..., None], 3, axis=2)
+    elif mode == "F":
+        a = np.nan_to_num(np.asarray(im, dtype=np.float32), nan=0.0)
+        g = np.round(np.clip(a, 0.0, 1.0) * 255.0).astype(np.uint8)
+        arr = np.repeat(g[..., None], 3, axis=2)
+    else:
+        if mode in ("P", "PA") and (mode == "PA" or "transparency" in im.info):
+            im = im.convert("RGBA")
+        arr = np.array(im if im.mode == "RGB" else im.convert("RGB"))  # a copy: torch wants it writable
+    return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
+
+
+def load_image(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> torch.Tensor:
+    """uint8 (3, H, W) RGB, whatever the file holds: 8/16-bit grey or RGB, grey+alpha, RGBA, palette (with
+    or without transparency), CMYK, 16/32-bit integer or float TIFF, the first frame of an animated
+    GIF/WebP/PNG.
+
+    The header is read first (PIL's ``Image.open`` parses only the header) and an image above
+    ``max_pixels`` (0: no limit) is refused before decoding. JPEG, PNG and still WebP then decode with
+    torchvision.io (libjpeg-turbo, ~2x faster than PIL), the rest with PIL. Raises :class:`ImageError`
+    (a ValueError) naming the file when it cannot be used.
+    """
+    from PIL import Image
+
     path = str(path)
     try:
         with open(path, "rb") as f:
             data = f.read()
     except OSError as e:
-        raise ValueError(f"cannot read image {path}: {e.strerror or e}") from None
+        raise ImageError(path, f"unreadable: {e.strerror or e}") from None
     if not data:
-        raise ValueError(f"image {path} is an empty file")
-    buf = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+        raise ImageError(path, "empty file")
     kind = sniff_image(data[:16])
-    if kind in ("jpeg", "png", "gif", "webp"):
+    if kind is None:
+        raise ImageError(path, "not an image")
+    with _our_pixel_limit():  # PIL's global lifted only around PIL's own calls
         try:
-            img = decode_image(buf, mode=ImageReadMode.RGB)
-            if img.ndim == 4:  # an animated GIF: its first frame
-                img = img[0]
-            return img
-        except RuntimeError as e:
-            err: Exception = e
-    else:
-        err = ValueError("unknown format")
-    try:  # PIL: formats torchvision.io does not decode, and a second opinion on odd files
-        import io
-
-        from PIL import Image
-        from torchvision.transforms.v2.functional import pil_to_tensor
-
-        with Image.open(io.BytesIO(data)) as im:
-            return pil_to_tensor(im.convert("RGB"))
-    except Exception:
-        msg = str(err).splitlines()[-1] if str(err) else type(err).__name__
-        raise ValueError(f"cannot decode image {path} ({'truncated or corrupt' if kind else msg})") from None
+            im = Image.open(io.BytesIO(data))
+            animated = kind in ("png", "webp") and getattr(im, "is_animated", False)
+        except Exception:
+            raise ImageError(path, "truncated or corrupt") from None
+    with im:
+        why = pixel_limit_why(*im.size, max_pixels)
+        if why is not None:
+            raise ImageError(path, why)
+        if kind in ("jpeg", "png", "webp") and not animated:
+            try:
+                buf = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+                return _uint8_rgb(decode_image(buf, mode=ImageReadMode.RGB))
+            except RuntimeError:
+                pass  # PIL below: a second opinion on odd files
+        try:
+            with _our_pixel_limit():
+                return _pil_rgb(im)
+        except Exception:
+            raise ImageError(path, "truncated or corrupt") from None
 
 
 def strict_error(path: str | Path, reason: str) -> UserError:
     return UserError(f"image {path} is unusable ({reason}); remove it or set data.strict=false to skip it")
+
+
+# ---------------------------------------------------------------------------------------------- listing
+def dir_key(path: str | os.PathLike) -> tuple[int, int]:
+    st = os.stat(path)
+    return st.st_dev, st.st_ino
+
+
+def walk_files(top: str | os.PathLike, seen_dirs: set[tuple[int, int]]) -> Iterator[tuple[str, str, bool]]:
+    """Every non-hidden file under ``top`` as (path, real path, is a symlink), following directory links
+    but entering each real directory once: a link loop (``loop -> ..``) or a second link to a folder
+    already walked (its (st_dev, st_ino) in ``seen_dirs``, which this updates) adds nothing. ``top`` itself
+    is walked even when it is in ``seen_dirs``. Sorted, files of a folder before its sub-folders (the order
+    of ``os.walk``); broken links are listed (so they can be reported), FIFOs and devices are not.
+
+    Hand-written because ``os.walk(followlinks=True)`` recurses through loops until the path is too long.
+    """
+    top = os.fspath(top)
+    seen_dirs.add(dir_key(top))
+    stack = [(top, os.path.realpath(top))]
+    while stack:
+        folder, real = stack.pop()
+        try:
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        except OSError:  # unreadable folder: what os.walk does (skip it)
+            continue
+        subdirs = []
+        for e in entries:
+            if e.name.startswith("."):
+                continue
+            try:
+                if e.is_dir():
+                    st = e.stat()
+                    key = (st.st_dev, st.st_ino)
+                    if key not in seen_dirs:
+                        seen_dirs.add(key)
+                        sub_real = os.path.realpath(e.path) if e.is_symlink() else os.path.join(real, e.name)
+                        subdirs.append((e.path, sub_real))
+                    continue
+                link = e.is_symlink()
+                if e.is_file(follow_symlinks=False) or (link and (e.is_file() or not os.path.exists(e.path))):
+                    yield e.path, (os.path.realpath(e.path) if link else os.path.join(real, e.name)), link
+            except OSError:
+                continue
+        stack.extend(reversed(subdirs))
+
+
+def unique_files(entries: list[tuple[str, str, bool]]) -> list[int]:
+    """Indices of ``entries`` (from :func:`walk_files`) to keep so that each real file counts once:
+    regular files first (each real folder was walked once, so they are distinct), then links whose target
+    is not already there. Builds a set only when there are links (1.28M paths cost ~200 MB)."""
+    if not any(link for _, _, link in entries):
+        return list(range(len(entries)))
+    have = {real for _, real, link in entries if not link}
+    keep = []
+    for i, (_, real, link) in enumerate(entries):
+        if link:
+            if real in have:
+                continue
+            have.add(real)
+        keep.append(i)
+    return keep

@@ -85,11 +85,11 @@ def tiny_imagenet(root: Path, split: str) -> RawSplit:
     samples: list[tuple[str, str]] = []
     if split == "train":
         for w in wnids:
-            folder = root / "train" / w / "images"
-            if folder.is_dir():
-                samples += [(p, w) for p in _images_in(folder)]
+            folder = _need(root / "train" / w / "images", name, f"every wnid of {root / 'wnids.txt'} has one")
+            samples += [(p, w) for p in _images_in(folder)]
     elif split == "val":
         ann = _need(root / "val" / "val_annotations.txt", name, "the val labels")
+        _need(root / "val" / "images", name, "the val images")
         for line in ann.read_text().splitlines():
             parts = line.split("\t")
             if len(parts) >= 2:
@@ -184,17 +184,41 @@ def _loc_csv_labels(path: Path) -> dict[int, str]:
     return labels
 
 
+def _not_imagenet(root: Path, why: str) -> UserError:
+    """The refusal when ``root`` is not ImageNet-1k; names the layout it looks like instead."""
+    guess = ""
+    if (root / "wnids.txt").is_file() or (root / "tiny-imagenet-200" / "wnids.txt").is_file():
+        guess = " (it looks like Tiny-ImageNet: wnids.txt, train/<wnid>/images/; use tiny-imagenet)"
+    elif (root / "images").is_dir() and (root / "train.csv").is_file():
+        guess = " (it looks like mini-ImageNet: images/ and train.csv; use mini-imagenet)"
+    return UserError(f"ImageNet: {root} is not an ImageNet-1k layout: {why}{guess}")
+
+
 def imagenet(root: Path, split: str) -> RawSplit:
+    """The split's (file, wnid). Class folders must be ImageNet-1k wnids holding their images directly (the
+    signature of the official train/ and of a sorted val/); anything else (Tiny-ImageNet's
+    train/<wnid>/images/ and val/images/, a folder of other classes) is refused, not read as classes."""
     name = "ImageNet"
     wnids = imagenet1k_wnids()
+    if (root / "wnids.txt").is_file():
+        raise _not_imagenet(root, "ImageNet has no wnids.txt")
     d = _imagenet_dir(root, split)
     if d is None:
         raise UserError(
             f"{name}: no {split}/ folder under {root} (expected {root}/{split} or the Kaggle tree)"
         )
-    subdirs = sorted(e.name for e in os.scandir(d) if e.is_dir())
+    subdirs = sorted(e.name for e in os.scandir(d) if e.is_dir() and not e.name.startswith("."))
     if subdirs:  # already <wnid>/ folders
-        samples = [(p, w) for w in subdirs for p in _images_in(d / w)]
+        known = set(wnids)
+        odd = [s for s in subdirs if s not in known]
+        if odd:
+            raise _not_imagenet(root, f"{d / odd[0]} is not an ImageNet-1k class folder (wnid)")
+        samples = []
+        for w in subdirs:
+            inner = sorted(e.name for e in os.scandir(d / w) if e.is_dir() and not e.name.startswith("."))
+            if inner:
+                raise _not_imagenet(root, f"class folder {d / w} holds folders ({inner[0]}), not only images")
+            samples += [(p, w) for p in _images_in(d / w)]
         return RawSplit(samples, wnids)
     gt = _find(
         root,

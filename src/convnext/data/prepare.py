@@ -1,23 +1,30 @@
 """``convnext prepare``: a raw dataset layout -> ImageFolder (DST/{train,val}/<class>/<file>, classes.txt).
 
 JPEGs are never decoded: files are hard-linked (default; instant, no extra space, falls back to a copy
-across file systems), copied, or symlinked. MNIST/CIFAR (pickled arrays) are written as PNG. Files already
-in DST with the same size are kept, so an interrupted run can simply be started again. classes.txt holds
-the class list in index order; build_dataset reads it, so the prepared folder keeps the dataset's own
-class index (e.g. Tiny-ImageNet's 200 wnids are not re-mapped to ImageNet-1k's 1000).
+across file systems), copied, or symlinked. MNIST/CIFAR (arrays) are written as PNG. classes.txt holds the
+class list in index order; build_dataset reads it, so the prepared folder keeps the dataset's own class
+index (e.g. Tiny-ImageNet's 200 wnids are not re-mapped to ImageNet-1k's 1000).
+
+Nothing is written before the whole source is read and checked: each layout's signature (ImageNet: wnid
+class folders or flat val images with devkit/LOC labels; Tiny-ImageNet: wnids.txt and train/<wnid>/images;
+MNIST: four valid idx files; CIFAR: every batch's MD5), every listed file present. A failure while writing
+(or Ctrl-C) removes every file and folder this run created and nothing else, so DST never holds a half
+dataset that a later ``train`` would read as complete. Files already in DST with the same size are kept
+(a second run adds only what is missing).
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import sys
 from pathlib import Path
 
+import numpy as np
 from tqdm import tqdm
 
 from ..errors import UserError
 from . import layouts
-from .config import DataConfig
 
 PREPARABLE = (
     "imagenet",
@@ -29,24 +36,28 @@ PREPARABLE = (
     "cifar10",
     "cifar100",
 )
-MODES = ("link", "copy", "symlink")
+ALIASES = {
+    "caltech-101": "caltech101",
+    "caltech-256": "caltech256",
+    "tinyimagenet": "tiny-imagenet",
+    "tiny-imagenet-200": "tiny-imagenet",
+    "miniimagenet": "mini-imagenet",
+    "imagenet1k": "imagenet",
+    "imagenet-1k": "imagenet",
+    "cifar-10": "cifar10",
+    "cifar-100": "cifar100",
+}
+LINKS = ("hard", "copy", "symlink")
+_ARRAYS = ("mnist", "cifar10", "cifar100")
 
 
-def _place(src: str, dst: Path, mode: str) -> None:
-    if dst.exists():
-        if dst.stat().st_size == os.path.getsize(src):
-            return
-        dst.unlink()
-    if mode == "link":
-        try:
-            os.link(src, dst)
-            return
-        except OSError:  # another file system, or links not allowed: copy instead
-            pass
-    if mode == "symlink":
-        os.symlink(os.path.abspath(src), dst)
-        return
-    shutil.copy2(src, dst)
+def canonical_name(name: str) -> str:
+    """A dataset name as PREPARABLE spells it (``cifar-10`` -> ``cifar10``); UserError when there is none."""
+    key = name.lower().replace("_", "-")
+    key = ALIASES.get(key, key)
+    if key not in PREPARABLE:
+        raise UserError(f"dataset {name!r} cannot be prepared; choose one of {', '.join(PREPARABLE)}")
+    return key
 
 
 def _safe(name: str) -> str:
@@ -54,14 +65,84 @@ def _safe(name: str) -> str:
     return "".join("_" if ch in '/\\:*?"<>|' else ch for ch in name).strip() or "_"
 
 
-def _write_classes(dst: Path, classes: list[str]) -> None:
-    (dst / "classes.txt").write_text("".join(f"{c}\n" for c in classes), encoding="utf-8")
+class _Writer:
+    """Creates folders and files under DST and remembers which ones this run created, to remove exactly
+    those (and nothing that was there before) when the run fails."""
+
+    def __init__(self) -> None:
+        self.dirs: list[Path] = []
+        self.files: list[Path] = []
+        self._known: set[Path] = set()
+
+    def mkdir(self, folder: Path) -> None:
+        if folder in self._known:
+            return
+        missing = []
+        p = folder
+        while not p.exists():
+            missing.append(p)
+            p = p.parent
+        for d in reversed(missing):
+            d.mkdir()
+            self.dirs.append(d)
+        self._known.add(folder)
+
+    def place(self, src: str, dst: Path, link: str) -> None:
+        if dst.is_file() and not dst.is_symlink() and dst.stat().st_size == os.path.getsize(src):
+            return  # from an earlier run
+        if dst.exists() or dst.is_symlink():
+            dst.unlink()  # a different (stale) file of an earlier run: replaced, not ours to remove later
+        else:
+            self.files.append(dst)
+        if link == "hard":
+            try:
+                os.link(src, dst)
+                return
+            except OSError:  # another file system, or links not allowed: copy instead
+                pass
+        if link == "symlink":
+            os.symlink(os.path.abspath(src), dst)
+            return
+        shutil.copy2(src, dst)
+
+    def write_png(self, arr: np.ndarray, dst: Path) -> None:
+        """Atomically (a temporary name, then a rename): a kill never leaves a torn PNG that a later run
+        would keep as done."""
+        from PIL import Image
+
+        if dst.exists():
+            return
+        tmp = dst.with_name(f".{dst.name}.tmp")
+        self.files.append(dst)
+        try:
+            Image.fromarray(arr).save(tmp, "PNG")
+            os.replace(tmp, dst)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def write_text(self, dst: Path, text: str) -> None:
+        if not dst.exists():
+            self.files.append(dst)
+        dst.write_text(text, encoding="utf-8")
+
+    def undo(self) -> None:
+        for f in reversed(self.files):
+            try:
+                f.unlink(missing_ok=True)
+            except OSError:
+                pass
+        for d in reversed(self.dirs):
+            try:
+                d.rmdir()  # only if empty: a file put there by someone else stays
+            except OSError:
+                pass
 
 
 def _check_dst(src: Path, dst: Path) -> None:
     if dst.resolve() == src.resolve() or src.resolve() in dst.resolve().parents:
         raise UserError(f"destination {dst} must not be the source folder {src} or inside it")
-    dst.mkdir(parents=True, exist_ok=True)
+    if dst.exists() and not dst.is_dir():
+        raise UserError(f"destination {dst} is a file, not a folder")
 
 
 def _files_layout(dataset: str, src: Path, split: str, val_fraction: float, seed: int) -> layouts.RawSplit:
@@ -74,72 +155,113 @@ def _files_layout(dataset: str, src: Path, split: str, val_fraction: float, seed
     return layouts.caltech(src, split, version=int(dataset[-3:]), val_fraction=val_fraction, seed=seed)
 
 
+def _read_files(
+    dataset: str, src: Path, val_fraction: float, seed: int
+) -> tuple[dict[str, list[tuple[str, str]]], list[str], list[tuple[str, str]], list[str]]:
+    """Every split's (file, class) after the layout's checks, the class list, the files left out (not
+    images) and the layout's notes. Reads and checks only."""
+    from .datasets import scan_files
+
+    plan: dict[str, list[tuple[str, str]]] = {}
+    classes: list[str] = []
+    notes: list[str] = []
+    for split in ("train", "val"):
+        if dataset == "imagenet" and split == "train" and layouts._imagenet_dir(src, "train") is None:
+            continue  # val only is fine (evaluation)
+        raw = _files_layout(dataset, src, split, val_fraction, seed)
+        notes += raw.notes
+        classes = raw.classes
+        missing = [p for p, _ in raw.samples if not os.path.exists(p)]
+        if missing:
+            raise UserError(f"{dataset}: {missing[0]} is listed but does not exist ({len(missing)} missing)")
+        plan[split] = raw.samples
+    skipped: list[tuple[str, str]] = []
+    for split, samples in plan.items():
+        index = {c: i for i, c in enumerate(classes)}
+        good, bad = scan_files(
+            [(p, index[c]) for p, c in samples], strict=False, check_headers=True, max_pixels=0
+        )
+        keep = {p for p, _ in good}
+        plan[split] = [(p, c) for p, c in samples if p in keep]
+        skipped += bad
+    return plan, classes, skipped, notes
+
+
+def _read_arrays(dataset: str, src: Path) -> tuple[dict[str, tuple[np.ndarray, list[int]]], list[str]]:
+    """Every split's (images (N, H, W[, 3]) uint8, targets) and the class names. Reads and checks only."""
+    from .datasets import cifar_arrays, mnist_arrays
+
+    plan = {}
+    classes: list[str] = [str(i) for i in range(10)]
+    for split, train in (("train", True), ("val", False)):
+        if dataset == "mnist":
+            images, labels = mnist_arrays(src, train)
+            plan[split] = (images, labels.tolist())
+        else:
+            data, targets, classes = cifar_arrays(
+                src, "CIFAR10" if dataset == "cifar10" else "CIFAR100", train
+            )
+            plan[split] = (np.asarray(data), list(targets))
+    return plan, classes
+
+
 def prepare(
     dataset: str,
     src: str | Path,
     dst: str | Path,
     *,
-    mode: str = "link",
+    link: str = "hard",
     val_fraction: float = 0.2,
     seed: int = 0,
     progress: bool = True,
 ) -> dict[str, int]:
-    """Write the ImageFolder; returns the number of images per split."""
-    dataset = dataset.lower().replace("_", "-")
-    dataset = {"caltech-101": "caltech101", "caltech-256": "caltech256", "tinyimagenet": "tiny-imagenet",
-               "miniimagenet": "mini-imagenet", "imagenet1k": "imagenet", "cifar-10": "cifar10",
-               "cifar-100": "cifar100"}.get(dataset, dataset)  # fmt: skip
-    if dataset not in PREPARABLE:
-        raise UserError(f"dataset {dataset!r} cannot be prepared; choose one of {', '.join(PREPARABLE)}")
-    if mode not in MODES:
-        raise UserError(f"--mode {mode!r} is not one of {', '.join(MODES)}")
+    """Write the ImageFolder; returns the number of images per split. ``link``: hard (hard links, a copy
+    across file systems), copy or symlink (ignored for MNIST/CIFAR, which become PNG files)."""
+    dataset = canonical_name(dataset)
+    if link not in LINKS:
+        raise UserError(f"--link {link!r} is not one of {', '.join(LINKS)}")
     src, dst = Path(src).expanduser(), Path(dst).expanduser()
     if not src.is_dir():
         raise UserError(f"source folder {src} does not exist")
     _check_dst(src, dst)
-    counts: dict[str, int] = {}
-    if dataset in ("mnist", "cifar10", "cifar100"):
-        return _prepare_arrays(dataset, src, dst, progress)
-    classes: list[str] | None = None
-    for split in ("train", "val"):
-        if dataset == "imagenet" and split == "train" and layouts._imagenet_dir(src, "train") is None:
-            continue  # val only is fine (evaluation)
-        raw = _files_layout(dataset, src, split, val_fraction, seed)
-        for note in raw.notes:
-            print(f"convnext prepare: {note}")
-        classes = raw.classes
-        made: set[Path] = set()
-        for path, c in tqdm(raw.samples, desc=f"{dataset} {split}", unit="img", disable=not progress):
-            if not os.path.exists(path):
-                raise UserError(f"{dataset}: {path} is listed but does not exist")
-            folder = dst / split / _safe(c)
-            if folder not in made:
-                folder.mkdir(parents=True, exist_ok=True)
-                made.add(folder)
-            _place(path, folder / os.path.basename(path), mode)
-        counts[split] = len(raw.samples)
-    assert classes is not None
-    _write_classes(dst, classes)
-    return counts
-
-
-def _prepare_arrays(dataset: str, src: Path, dst: Path, progress: bool) -> dict[str, int]:
-    from PIL import Image
-
-    from .datasets import DATASETS
-
-    counts = {}
-    for split in ("train", "val"):
-        ds = DATASETS[dataset](DataConfig(dataset=dataset, root=str(src)), split, None)
-        names = [_safe(c) for c in ds.classes]
-        for t in sorted(set(ds.targets)):  # only classes with images: an empty class folder is an error
-            (dst / split / names[t]).mkdir(parents=True, exist_ok=True)
-        for i in tqdm(range(len(ds)), desc=f"{dataset} {split}", unit="img", disable=not progress):
-            out = dst / split / names[ds.targets[i]] / f"{i:05d}.png"
-            if not out.exists():
-                img = ds.images[i]
-                arr = img[0].numpy() if dataset == "mnist" else img.permute(1, 2, 0).numpy()
-                Image.fromarray(arr).save(out)
-        counts[split] = len(ds)
-    _write_classes(dst, [_safe(c) for c in ds.classes])
+    w = _Writer()
+    if dataset in _ARRAYS:
+        arrays, classes = _read_arrays(dataset, src)
+        names = [_safe(c) for c in classes]
+        try:
+            counts = {}
+            for split, (images, targets) in arrays.items():
+                for t in sorted(set(targets)):  # only classes with images: an empty class folder is an error
+                    w.mkdir(dst / split / names[t])
+                for i in tqdm(
+                    range(len(targets)), desc=f"{dataset} {split}", unit="img", disable=not progress
+                ):
+                    w.write_png(images[i], dst / split / names[targets[i]] / f"{i:05d}.png")
+                counts[split] = len(targets)
+            w.write_text(dst / "classes.txt", "".join(f"{c}\n" for c in names))
+        except BaseException:
+            w.undo()
+            raise
+        return counts
+    plan, classes, skipped, notes = _read_files(dataset, src, val_fraction, seed)
+    for note in notes:
+        print(f"convnext prepare: {note}", file=sys.stderr)
+    if skipped:
+        shown = ", ".join(p for p, _ in skipped[:5]) + (", ..." if len(skipped) > 5 else "")
+        print(
+            f"convnext prepare: left out {len(skipped)} file(s) that are not images: {shown}", file=sys.stderr
+        )
+    try:
+        counts = {}
+        for split, samples in plan.items():
+            for path, c in tqdm(samples, desc=f"{dataset} {split}", unit="img", disable=not progress):
+                folder = dst / split / _safe(c)
+                w.mkdir(folder)
+                w.place(path, folder / os.path.basename(path), link)
+            counts[split] = len(samples)
+        w.mkdir(dst)
+        w.write_text(dst / "classes.txt", "".join(f"{c}\n" for c in classes))
+    except BaseException:
+        w.undo()
+        raise
     return counts

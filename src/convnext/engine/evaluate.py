@@ -1,9 +1,11 @@
-"""Evaluation: top-1/top-5, mean loss and throughput, counting every sample exactly once across ranks."""
+"""Evaluation: top-1/top-5, mean loss and throughput, counting every sample exactly once across ranks, and
+every unreadable file not at all (named and counted instead)."""
 
 from __future__ import annotations
 
 import contextlib
 import time
+import warnings
 from typing import Any
 
 import torch
@@ -13,8 +15,11 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from ..data.datasets import explain_unreadable, split_unreadable
 from ..errors import UserError
 from .metrics import correct_topk, hard_targets, topk_indices
+
+_warned_dropped: set[str] = set()  # files already named by a warning in this process (once per file)
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -54,12 +59,20 @@ def evaluate(
     progress: bool = True,
     return_predictions: bool = False,
     topk: int = 5,
+    warn_dropped: bool = True,
 ) -> dict[str, Any]:
     """Evaluate ``model`` on ``loader`` (this rank's shard under torch.distributed).
 
-    Returns top1, top5 (percent), loss (mean cross-entropy), n (samples), images_per_s, world_size; with
-    ``return_predictions`` also ``predictions`` (N, topk class indices, best first) and ``targets`` (N,),
-    gathered from every rank and put back in dataset order.
+    Returns top1, top5 (percent), loss (mean cross-entropy), n (samples), images_per_s, world_size,
+    dropped (unreadable files, left out of every number) and dropped_files ([(file, why)], from every
+    rank, sorted); with ``return_predictions`` also ``predictions`` (N, topk class indices, best first)
+    and ``targets`` (N,), gathered from every rank and put back in dataset order (rank order when files
+    were dropped; each prediction stays with its target).
+
+    Unreadable files come from a "drop"-mode dataset (convnext.data.build_dataset for a split other than
+    the training one) as a negative target; they are removed from the batch before the model sees it.
+    With ``warn_dropped`` rank 0 warns once per file per process (the training loop's validation); the
+    evaluate verb prints them itself.
 
     Sums (correct@1, correct@k, loss x n, n) are all-reduced, so with an eval loader that shards without
     padding every sample counts once. Accuracy is computed on all the model's logits, whatever subset of
@@ -83,6 +96,7 @@ def evaluate(
     bar = tqdm(total=total, desc="eval", unit="img", disable=not (progress and main), leave=False)
     first_start, start = None, None
     n_local, n_after_first = 0, 0  # Python ints: no device sync per batch
+    dropped: list[int] = []  # dataset indices of this rank's unreadable samples
     autocast = (
         torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else contextlib.nullcontext()
     )
@@ -92,6 +106,13 @@ def evaluate(
         elif start is None:  # the first batch is done: warm-up over
             _sync(device)
             start = time.perf_counter()
+        keep, bad = split_unreadable(targets)
+        if bad:
+            dropped.extend(bad)
+            bar.update(len(bad))
+            images, targets = images[keep], targets[keep]
+            if not len(targets):
+                continue
         images = images.to(device, non_blocking=True)
         if channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
@@ -99,7 +120,7 @@ def evaluate(
         with autocast:
             logits = net(images)
         logits = logits.float()
-        if i == 0 and targets.numel() and int(targets.max()) >= logits.shape[1]:
+        if n_local == 0 and targets.numel() and int(targets.max()) >= logits.shape[1]:
             raise UserError(
                 f"the data has class index {int(targets.max())} but the model has only {logits.shape[1]} "
                 f"outputs; evaluate with the model's own class list (or a checkpoint with more classes)"
@@ -128,6 +149,22 @@ def evaluate(
     c1, c5, loss_sum, n, n_timed = sums.tolist()
     elapsed = float(t.item())
     world = dist.get_world_size() if distributed else 1
+    named = [explain_unreadable(loader.dataset, i) for i in dropped]
+    if distributed:
+        every: list[Any] = [None] * world
+        dist.all_gather_object(every, named)
+        named = [x for part in every for x in part]
+    named.sort()
+    if warn_dropped and main and named:
+        new = [f"{p} ({why})" for p, why in named if p not in _warned_dropped]
+        _warned_dropped.update(p for p, _ in named)
+        if new:
+            more = f"; and {len(new) - 10} more" if len(new) > 10 else ""
+            warnings.warn(
+                f"evaluation: left out {len(new)} unreadable file(s): {'; '.join(new[:10])}{more}",
+                RuntimeWarning,
+                stacklevel=3,
+            )
     out: dict[str, Any] = {
         "top1": 100.0 * c1 / max(n, 1),
         "top5": 100.0 * c5 / max(n, 1),
@@ -135,6 +172,8 @@ def evaluate(
         "n": int(n),
         "images_per_s": n_timed / elapsed if elapsed > 0 else 0.0,
         "world_size": world,
+        "dropped": len(named),
+        "dropped_files": named,
     }
     if return_predictions:
         p = torch.cat(preds) if preds else torch.empty(0, topk, dtype=torch.long)
@@ -142,8 +181,11 @@ def evaluate(
         if distributed:
             gathered: list[Any] = [None] * world
             dist.all_gather_object(gathered, (p, tg))
-            p = _dataset_order([g[0] for g in gathered], loader)
-            tg = _dataset_order([g[1] for g in gathered], loader)
+            if named:  # shard sizes no longer tell where each sample sat: keep rank order
+                p, tg = torch.cat([g[0] for g in gathered]), torch.cat([g[1] for g in gathered])
+            else:
+                p = _dataset_order([g[0] for g in gathered], loader)
+                tg = _dataset_order([g[1] for g in gathered], loader)
         out["predictions"], out["targets"] = p, tg
     net.train(was_training)
     return out

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from ..data.config import DataConfig
-from ..data.images import IMG_EXTENSIONS, load_image
+from ..data.images import IMG_EXTENSIONS, ImageError, dir_key, load_image, walk_files
 from ..data.transforms import build_eval_transform
 from ..engine.metrics import topk_indices
 
@@ -28,35 +28,41 @@ class Prediction:
 
 def expand_inputs(inputs: list[str]) -> list[str]:
     """Files as given, folders searched recursively for images, globs expanded; sorted within each input.
-    A name that matches nothing is kept, so that it gets its own error line."""
+    Each real file once, each real folder walked once (a link loop such as ``loop -> ..`` or a folder
+    given twice adds nothing). A name that matches nothing is kept, so that it gets its own error line."""
     out: list[str] = []
+    seen_dirs: set[tuple[int, int]] = set()
+    seen_files: set[str] = set()
+
+    def add(path: str, real: str) -> None:
+        if real not in seen_files:
+            seen_files.add(real)
+            out.append(path)
+
+    def expand(p: Path, shown: str) -> None:
+        if p.is_dir():
+            if dir_key(p) in seen_dirs:
+                return
+            for path, real, _ in walk_files(p, seen_dirs):
+                name = os.path.basename(path)
+                if name.lower().endswith(IMG_EXTENSIONS):
+                    add(path, real)
+        elif p.exists():
+            add(shown, os.path.realpath(p))
+        else:
+            out.append(shown)
+
     for s in inputs:
         p = Path(s).expanduser()
-        if p.is_dir():
-            found = sorted(
-                os.path.join(d, f)
-                for d, _, files in os.walk(p, followlinks=True)
-                for f in files
-                if f.lower().endswith(IMG_EXTENSIONS) and not f.startswith(".")
-            )
-            out.extend(found)
-        elif p.exists():
-            out.append(str(p))
-        elif glob.has_magic(s):
-            out.extend(sorted(glob.glob(os.path.expanduser(s), recursive=True)) or [s])
+        if p.exists() or not glob.has_magic(s):
+            expand(p, str(p) if p.exists() else s)
         else:
-            out.append(s)
+            matches = sorted(glob.glob(os.path.expanduser(s), recursive=True))
+            for m in matches:
+                expand(Path(m), m)
+            if not matches:
+                out.append(s)
     return out
-
-
-def _reason(path: str, err: Exception) -> str:
-    """The short cause from convnext.data.load_image's message (which names the file itself)."""
-    msg = str(err)
-    if msg.endswith(")") and "(" in msg:
-        return msg[msg.rindex("(") + 1 : -1]
-    if ": " in msg:
-        return msg.rsplit(": ", 1)[-1]
-    return msg.replace(str(path), "").replace("  ", " ").strip()
 
 
 def predict_paths(
@@ -71,7 +77,9 @@ def predict_paths(
     amp_dtype: torch.dtype | None = None,
     progress: bool = False,
 ) -> Iterator[Prediction]:
-    """Yield one Prediction per path, in order; unreadable files yield an error and do not stop the rest.
+    """Yield one Prediction per path, in order; unreadable files (including images above
+    ``data.max_pixels``, refused from their header before decoding) yield an error and do not stop the
+    rest.
 
     Images are decoded with torchvision.io (PIL fallback), transformed exactly as in evaluation, and run
     ``batch_size`` at a time. With ``cam_dir``, a Grad-CAM overlay of the top-1 class is written per image
@@ -128,12 +136,12 @@ def predict_paths(
     pending: list[tuple[str, torch.Tensor, torch.Tensor]] = []
     for p in paths:
         try:
-            img = load_image(p)
-        except ValueError as e:
+            img = load_image(p, max_pixels=data.max_pixels)
+        except ImageError as e:
             yield from run(pending) if pending else ()
             pending = []
             bar.update(1)
-            yield Prediction(p, error=f"cannot read image ({_reason(p, e)})")
+            yield Prediction(p, error=f"cannot read image ({e.why})")
             continue
         pending.append((p, img, transform(img)))
         if len(pending) == batch_size:
