@@ -98,13 +98,18 @@ def _name(names: list[str], c: int) -> str:
 
 def tick_names(names: list[str], classes: list[int], width: int = 28) -> list[str]:
     """Short tick labels: an ImageNet description's first name ("tench, Tinca tinca" -> "tench") unless
-    two shown classes share it (ImageNet has two "crane"s and two "maillot"s), cut to ``width``."""
+    two shown classes share it, then the full name, then the index too (ImageNet-1k has two classes
+    named just "crane", the bird and the machine); cut to ``width``."""
+
+    def unique(labels: list[str], fallback: list[str]) -> list[str]:
+        seen: dict[str, int] = {}
+        for x in labels:
+            seen[x] = seen.get(x, 0) + 1
+        return [x if seen[x] == 1 else f for x, f in zip(labels, fallback)]
+
     full = [_name(names, c) for c in classes]
     first = [n.split(",")[0].strip() or n for n in full]
-    counts: dict[str, int] = {}
-    for f in first:
-        counts[f] = counts.get(f, 0) + 1
-    out = [f if counts[f] == 1 else n for f, n in zip(first, full)]
+    out = unique(unique(first, full), [f"{first[i]} #{c}" for i, c in enumerate(classes)])
     return [o if len(o) <= width else o[: width - 1] + "…" for o in out]
 
 
