@@ -155,11 +155,15 @@ def test_cli_cam_writes_overlay_at_original_size(
     _, _, path = timm_pair
     files = _sample_files(imagenet_sample, 2)
     out = tmp_path / "cam"
-    assert main(["predict", *files, "--weights", str(path), "--img-size", str(IMG), "--cam", str(out)]) == 0
-    assert "Grad-CAM: " in capsys.readouterr().out
-    for f in files:
-        png = decode_png(read_file(str(out / f"{Path(f).stem}_cam.png")))
-        assert png.shape == load_image(f).shape  # the original image, not the 64 px crop
+    args = ["predict", *files, "--weights", str(path), "--img-size", str(IMG), "--cam", str(out), "--json"]
+    assert main(args) == 0
+    for f, line in zip(files, capsys.readouterr().out.splitlines()):
+        obj = json.loads(line)
+        top1 = obj["top"][0]["class"].split(",")[0].replace(" ", "_")  # "tench, Tinca tinca" -> tench
+        assert Path(obj["cam"]) == out / f"{Path(f).stem}_cam_{top1}.png"
+        png = decode_png(read_file(obj["cam"]))
+        _, h, w = load_image(f).shape  # the original image side by side with its overlay, not the 64 px crop
+        assert png.shape[1] > h and png.shape[2] > 2 * w
 
 
 # ------------------------------------------------------------------------------------------- bad inputs

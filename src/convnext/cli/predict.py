@@ -129,6 +129,7 @@ def run(args: argparse.Namespace) -> int:
         cam_dir=args.cam,
         amp_dtype=dtype,
         progress=len(paths) > args.batch_size and sys.stderr.isatty(),
+        class_names=shown,
     )
     for pred in preds:
         if pred.error is not None:

@@ -60,10 +60,13 @@ def evaluate(
     return_predictions: bool = False,
     topk: int = 5,
     warn_dropped: bool = True,
+    label_smoothing: float = 0.0,
 ) -> dict[str, Any]:
     """Evaluate ``model`` on ``loader`` (this rank's shard under torch.distributed).
 
-    Returns top1, top5 (percent), loss (mean cross-entropy), n (samples), images_per_s, world_size,
+    Returns top1, top5 (percent), loss (mean cross-entropy), loss_smoothed (mean cross-entropy with
+    ``label_smoothing``, the training criterion's: a validation loss on the same basis as the training
+    loss, which curves.png plots it against; equal to loss when 0), n (samples), images_per_s, world_size,
     dropped (unreadable files, left out of every number) and dropped_files ([(file, why)], from every
     rank, sorted); with ``return_predictions`` also ``predictions`` (N, topk class indices, best first)
     and ``targets`` (N,), gathered from every rank and put back in dataset order (rank order when files
@@ -84,8 +87,10 @@ def evaluate(
     net = _unwrap(model)
     was_training = net.training
     net.eval()
-    # correct1, correct5, loss_sum, n, n timed (after the first batch)
-    sums = torch.zeros(5, dtype=torch.float64, device=device)
+    if not 0.0 <= label_smoothing <= 1.0:
+        raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing}")
+    # correct1, correct5, loss_sum, n, n timed (after the first batch), smoothed loss_sum
+    sums = torch.zeros(6, dtype=torch.float64, device=device)
     preds, targs = [], []
     distributed = dist.is_available() and dist.is_initialized()
     main = not distributed or dist.get_rank() == 0
@@ -127,7 +132,12 @@ def evaluate(
             )
         c1, c5 = correct_topk(logits, targets, (1, topk))
         loss_sum = F.cross_entropy(logits, targets, reduction="sum")
-        sums[:3] += torch.stack([c1.double(), c5.double(), loss_sum.double()])
+        smoothed = (
+            F.cross_entropy(logits, targets, reduction="sum", label_smoothing=label_smoothing)
+            if label_smoothing
+            else loss_sum
+        )
+        sums[[0, 1, 2, 5]] += torch.stack([c1.double(), c5.double(), loss_sum.double(), smoothed.double()])
         n_local += len(targets)
         n_after_first += len(targets) if i > 0 else 0
         bar.update(len(targets))
@@ -146,7 +156,7 @@ def evaluate(
     if distributed:
         dist.all_reduce(sums)
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    c1, c5, loss_sum, n, n_timed = sums.tolist()
+    c1, c5, loss_sum, n, n_timed, smoothed_sum = sums.tolist()
     elapsed = float(t.item())
     world = dist.get_world_size() if distributed else 1
     named = [explain_unreadable(loader.dataset, i) for i in dropped]
@@ -169,6 +179,7 @@ def evaluate(
         "top1": 100.0 * c1 / max(n, 1),
         "top5": 100.0 * c5 / max(n, 1),
         "loss": loss_sum / max(n, 1),
+        "loss_smoothed": smoothed_sum / max(n, 1),
         "n": int(n),
         "images_per_s": n_timed / elapsed if elapsed > 0 else 0.0,
         "world_size": world,

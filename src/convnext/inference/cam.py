@@ -8,19 +8,38 @@ hierarchical ConvNeXt, the block stack (``model.blocks``, stride 16) of an isotr
 from __future__ import annotations
 
 import math
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
-def default_target_layer(model: nn.Module) -> nn.Module:
+
+MIN_CAM_SIDE = 3  # a coarser map says nothing about where: Grad-CAM of a 1x1 map is one number
+
+
+def default_target_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """Candidate layers, deepest first: the stage outputs of a hierarchical ConvNeXt (strides 32, 16, 8, 4),
+    the block stack (stride 16) of an isotropic one. ``GradCAM`` uses the deepest whose map is at least
+    MIN_CAM_SIDE pixels on its short side for the input at hand: the last stage at 224 px (7x7), an
+    earlier one for small inputs (at 32 px the last stage is 1x1 and its CAM would be blank)."""
     model = getattr(model, "module", model)
     if hasattr(model, "stages"):
-        return model.stages[-1]
+        n = len(model.stages)
+        return [(f"stages[{i}]", model.stages[i]) for i in reversed(range(n))]
     if hasattr(model, "blocks"):
-        return model.blocks
+        return [("blocks", model.blocks)]
     raise ValueError(f"{type(model).__name__} has neither .stages nor .blocks; pass the target layer")
+
+
+def default_target_layer(model: nn.Module) -> nn.Module:
+    """The deepest candidate layer (the last stage); ``GradCAM`` may pick a shallower one for tiny inputs."""
+    return default_target_layers(model)[0][1]
 
 
 class GradCAM:
@@ -29,15 +48,26 @@ class GradCAM:
     For each image: the gradient of the class score (the logit, before softmax) w.r.t. the target layer's
     activations, averaged over space, weights the activation channels; ReLU of the weighted sum, bilinearly
     upsampled to the input, min-max normalized per image (an all-zero map stays zero).
+
+    Without ``target_layer`` the layer follows the input size (see ``default_target_layers``); ``layer``
+    names the one the last call used and ``map_size`` its (h, w), which the overlay prints.
     """
 
     def __init__(self, model: nn.Module, target_layer: nn.Module | None = None) -> None:
         self.model = model
-        self.layer = target_layer if target_layer is not None else default_target_layer(model)
+        self.candidates = (
+            [("target layer", target_layer)] if target_layer is not None else default_target_layers(model)
+        )
+        self.layer = self.candidates[0][1]
+        self.layer_name = self.candidates[0][0]
+        self.map_size: tuple[int, int] | None = None
 
     def __call__(self, x: Tensor, classes: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        acts: list[Tensor] = []
-        handle = self.layer.register_forward_hook(lambda _m, _i, out: acts.append(out))
+        acts: dict[int, Tensor] = {}
+        handles = [
+            m.register_forward_hook(lambda _m, _i, out, k=k: acts.__setitem__(k, out))
+            for k, (_, m) in enumerate(self.candidates)
+        ]
         was_training = self.model.training
         self.model.eval()
         try:
@@ -45,12 +75,19 @@ class GradCAM:
                 logits = self.model(x)
                 if classes is None:
                     classes = logits.argmax(dim=1)
+                k = next(
+                    (k for k in sorted(acts) if min(acts[k].shape[-2:]) >= MIN_CAM_SIDE),
+                    max(acts, key=lambda k: acts[k].shape[-1] * acts[k].shape[-2]),
+                )
                 score = logits.gather(1, classes.view(-1, 1).to(logits.device)).sum()
-                (grad,) = torch.autograd.grad(score, acts[-1])
+                (grad,) = torch.autograd.grad(score, acts[k])
         finally:
-            handle.remove()
+            for h in handles:
+                h.remove()
             self.model.train(was_training)
-        act = acts[-1].detach().float()
+        self.layer_name, self.layer = self.candidates[k]
+        act = acts[k].detach().float()
+        self.map_size = (int(act.shape[-2]), int(act.shape[-1]))
         weights = grad.float().mean(dim=(2, 3), keepdim=True)
         cam = F.relu((weights * act).sum(dim=1, keepdim=True))
         cam = F.interpolate(cam, size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
@@ -98,3 +135,133 @@ def cam_overlay(
     region = img[:, y0:y1, x0:x1]
     out[:, y0:y1, x0:x1] = (1 - alpha) * region + alpha * colored
     return (out * 255).round().clamp(0, 255).to(torch.uint8)
+
+
+# ---------------------------------------------------------------------------------------- the figure
+PANEL_MIN = 320  # a smaller image is shown enlarged by a whole factor (pixels stay square) to at least this
+PANEL_MAX = 512  # a larger image is shown reduced to this (longer side): the file stays small and quick
+_M, _GAP, _HEAD, _CAPTION, _BAR, _BAR_LABELS = 12, 10, 56, 22, 16, 84  # layout, in pixels
+
+
+def display_scale(height: int, width: int) -> float:
+    """How much the figure enlarges (a whole factor, nearest neighbour: a 32 px digit stays sharp) or
+    reduces the original image for viewing."""
+    short, long = min(height, width), max(height, width)
+    if short < PANEL_MIN:
+        s = max(1, math.ceil(PANEL_MIN / short))
+        while s > 1 and long * s > 2 * PANEL_MAX:  # a thin strip: not wider than two full panels
+            s -= 1
+        if s > 1:
+            return float(s)
+    return min(1.0, PANEL_MAX / long)
+
+
+def cam_filename(stem: str, class_name: str) -> str:
+    """``<stem>_cam_<class>.png``; the class is its first name ("tench, Tinca tinca" -> "tench"), made
+    safe for any file system."""
+    first = class_name.split(",")[0].strip()
+    slug = re.sub(r"[^\w\-]+", "_", first).strip("_")[:48] or "class"
+    return f"{stem}_cam_{slug}.png"
+
+
+def cam_figure(
+    image: Tensor,
+    cam: Tensor,
+    box: tuple[float, float, float, float],
+    *,
+    label: str,
+    prob: float,
+    title: str = "",
+    layer: str = "",
+    alpha: float = 0.45,
+) -> Figure:
+    """The original (left) and the Grad-CAM overlay (right) side by side, a colour bar for the heat map,
+    and the predicted class with its probability on top.
+
+    ``image``: uint8 (3, H, W), the ORIGINAL image; ``cam``: the map over the center crop ``box`` the
+    model saw (``crop_box``); ``title``: a second line (e.g. the file name); ``layer``: which feature map
+    the CAM comes from. Images below PANEL_MIN pixels are enlarged by a whole factor, above PANEL_MAX
+    reduced (``display_scale``); both panels are drawn pixel for pixel (no resampling by matplotlib).
+    """
+    from matplotlib import colormaps
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Rectangle
+
+    _, h, w = image.shape
+    s = display_scale(h, w)
+    if s > 1:
+        k = int(s)
+        disp = image.repeat_interleave(k, dim=1).repeat_interleave(k, dim=2)
+    elif s < 1:
+        size = (max(1, round(h * s)), max(1, round(w * s)))
+        disp = F.interpolate(image[None].float(), size=size, mode="bilinear", antialias=True)[0]
+        disp = disp.round().clamp(0, 255).to(torch.uint8)
+    else:
+        disp = image
+    ph, pw = disp.shape[1:]
+    sy, sx = ph / h, pw / w
+    dbox = (box[0] * sy, box[1] * sx, box[2] * sy, box[3] * sx)
+    over = cam_overlay(disp, cam, dbox, alpha=alpha)
+
+    width = _M + pw + _GAP + pw + _GAP + _BAR + _BAR_LABELS
+    height = _HEAD + ph + _CAPTION + _M // 2
+    dpi = 100
+    fig = Figure(figsize=(width / dpi, height / dpi), dpi=dpi, facecolor="white")
+
+    def rect(x: float, y_top: float, wd: float, ht: float) -> list[float]:  # pixels -> figure fractions
+        return [x / width, 1 - (y_top + ht) / height, wd / width, ht / height]
+
+    top = _HEAD
+    ax_img = fig.add_axes(rect(_M, top, pw, ph))
+    ax_cam = fig.add_axes(rect(_M + pw + _GAP, top, pw, ph))
+    ax_bar = fig.add_axes(rect(_M + 2 * pw + 2 * _GAP, top, _BAR, ph))
+    for ax, arr in ((ax_img, disp), (ax_cam, over)):
+        ax.imshow(arr.permute(1, 2, 0).numpy(), interpolation="nearest", resample=False)
+        ax.set_axis_off()
+    if box[0] > 0.5 or box[1] > 0.5 or box[2] < h - 0.5 or box[3] < w - 0.5:  # the crop the model saw
+        ax_img.add_patch(
+            Rectangle(
+                (dbox[1] - 0.5, dbox[0] - 0.5), dbox[3], dbox[2], fill=False, ec="white", lw=1.2, ls="--"
+            )
+        )
+    bar = fig.colorbar(ScalarMappable(Normalize(0, 1), cmap=colormaps["jet"]), cax=ax_bar)
+    bar.set_ticks([0, 0.5, 1], labels=["0", "0.5", "1 (max)"])
+    bar.ax.tick_params(labelsize=8)
+    if ph >= 200:
+        bar.set_label("Grad-CAM evidence, relative", fontsize=8)
+
+    chars = max(12, int((width - 2 * _M) / 10.5))  # ~10 px per character at 15 pt bold
+    p = f" ({prob * 100:.1f}%)"
+    head = f"top-1: {label}{p}"
+    if len(head) > chars:
+        head = f"top-1: {label[: chars - len(p) - 8].rstrip()}…{p}"
+    fig.text(_M / width, 1 - 8 / height, head, fontsize=15, weight="bold", va="top", ha="left")
+    if title:
+        sub = title if len(title) <= int(chars * 1.6) else "…" + title[-int(chars * 1.6) + 1 :]
+        fig.text(_M / width, 1 - 34 / height, sub, fontsize=9, color="0.35", va="top", ha="left")
+    if s > 1:
+        shown = f", shown x{int(s)}"
+    elif s < 1:
+        shown = f", shown at {s:.0%}"
+    else:
+        shown = ""
+    y_cap = 1 - (top + ph + 4) / height
+    fig.text(_M / width, y_cap, f"input {w}x{h} px{shown}", fontsize=8, color="0.3", va="top")
+    where = f"{layer}, " if layer else ""
+    outside = ", outside the crop dimmed" if ax_img.patches else ""
+    fig.text(
+        (_M + pw + _GAP) / width, y_cap, f"Grad-CAM ({where}top-1 class{outside})", fontsize=8, color="0.3",
+        va="top",
+    )  # fmt: skip
+    return fig
+
+
+def write_cam_png(
+    path: str | Path, image: Tensor, cam: Tensor, box: tuple[float, float, float, float], **kw: Any
+) -> Path:
+    """``cam_figure`` written as a PNG, atomically."""
+    from ..engine.plots import save_figure
+
+    return save_figure(cam_figure(image, cam, box, **kw), path)

@@ -76,15 +76,16 @@ def predict_paths(
     cam_dir: str | Path | None = None,
     amp_dtype: torch.dtype | None = None,
     progress: bool = False,
+    class_names: list[str] | None = None,
 ) -> Iterator[Prediction]:
     """Yield one Prediction per path, in order; unreadable files (including images above
     ``data.max_pixels``, refused from their header before decoding) yield an error and do not stop the
     rest.
 
     Images are decoded with torchvision.io (PIL fallback), transformed exactly as in evaluation, and run
-    ``batch_size`` at a time. With ``cam_dir``, a Grad-CAM overlay of the top-1 class is written per image
-    as ``<cam_dir>/<stem>_cam.png`` at the original image's size (heat map over the center crop the model
-    saw, the rest dimmed).
+    ``batch_size`` at a time. With ``cam_dir``, a Grad-CAM figure of the top-1 class is written per image
+    as ``<cam_dir>/<stem>_cam_<class>.png`` (``cam.cam_figure``: the original and the overlay side by side,
+    class and probability on top; ``class_names`` name the classes, "class N" otherwise).
     """
     from tqdm import tqdm
 
@@ -115,20 +116,21 @@ def predict_paths(
         vals = probs.gather(1, idx)
         preds = [Prediction(p, idx[i].tolist(), vals[i].tolist()) for i, (p, _, _) in enumerate(batch)]
         if cam is not None:
-            from torchvision.io import write_png
-
-            from .cam import cam_overlay, crop_box
+            from .cam import cam_filename, crop_box, write_cam_png
 
             maps, _ = cam(x, idx[:, 0])
+            where = f"{cam.layer_name}, {cam.map_size[0]}x{cam.map_size[1]} map" if cam.map_size else ""
             for pred, (p, orig, _), m in zip(preds, batch, maps):
-                stem = Path(p).stem
-                name, j = f"{stem}_cam.png", 1
+                c = pred.indices[0]
+                label = class_names[c] if class_names and c < len(class_names) else f"class {c}"
+                stem, j = Path(p).stem, 1
+                name = cam_filename(stem, label)
                 while name in used_names:  # same file name in two folders
-                    name, j = f"{stem}_{j}_cam.png", j + 1
+                    name, j = cam_filename(f"{stem}_{j}", label), j + 1
                 used_names.add(name)
                 box = crop_box(orig.shape[1], orig.shape[2], data.img_size, data.crop_pct)
                 out = Path(cam_dir) / name  # type: ignore[arg-type]
-                write_png(cam_overlay(orig, m.cpu(), box), str(out))
+                write_cam_png(out, orig, m.cpu(), box, label=label, prob=pred.probs[0], title=p, layer=where)
                 pred.cam_path = str(out)
         bar.update(len(batch))
         return preds
