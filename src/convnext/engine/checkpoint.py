@@ -1,4 +1,5 @@
-"""Training checkpoints (contract 4): plain dicts, written atomically, rotated, loadable with weights_only."""
+"""Training checkpoints: one schema (:func:`train_state`), written atomically, rotated, read with
+``weights_only=True``."""
 
 from __future__ import annotations
 
@@ -16,7 +17,54 @@ import torch
 from ..errors import UserError
 
 FORMAT = "convnext-train"
-VERSION = 1
+# 1: the lr schedule's position was a LambdaLR state under "scheduler" (still read: the lr is now a function
+#    of "step" alone, so that entry is simply ignored).
+# 2: no "scheduler".
+VERSION = 2
+
+
+def train_state(
+    *,
+    arch: str,
+    model: dict[str, torch.Tensor],
+    model_ema: dict[str, torch.Tensor] | None = None,
+    ema_updates: int = 0,
+    optimizer: dict | None = None,
+    scaler: dict | None = None,
+    epoch: int = 0,
+    step: int = 0,
+    steps_per_epoch: int | None = None,
+    world_size: int = 1,
+    rng: list[dict] | None = None,
+    config: dict | None = None,
+    class_names: list[str] | None = None,
+    metrics: dict | None = None,
+    best_top1: float | None = None,
+) -> dict[str, Any]:
+    """The training checkpoint, the only place its schema is written (plain types: loads with weights_only).
+
+    ``epoch`` counts completed epochs and ``step`` optimizer steps; ``metrics`` is the epoch's metrics.jsonl
+    record (end-of-epoch checkpoints), ``rng`` one RNG state per rank.
+    """
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "arch": arch,
+        "model": model,
+        "model_ema": model_ema,
+        "ema_updates": ema_updates,
+        "optimizer": optimizer,
+        "scaler": scaler or None,
+        "epoch": epoch,
+        "step": step,
+        "steps_per_epoch": steps_per_epoch,
+        "world_size": world_size,
+        "rng": rng or [],
+        "config": config or {},
+        "class_names": class_names,
+        "metrics": metrics or {},
+        "best_top1": best_top1,
+    }
 
 
 def atomic_save(obj: Any, path: str | Path) -> None:
@@ -99,7 +147,7 @@ def set_rng_state(state: dict) -> None:
 
 
 def load_train_checkpoint(path: str | Path) -> dict:
-    """A checkpoint written by :class:`CheckpointManager`, read without running any pickle code."""
+    """A checkpoint of :func:`train_state`, read without running any pickle code."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist")

@@ -6,8 +6,9 @@ Laid out as torchvision's ``references/classification/train.py`` and the officia
 
 What "exact" means here: data order depends only on (seed, epoch); model/augmentation RNG states of every
 rank are in the checkpoint; a checkpoint taken mid-epoch records how many optimizer steps of the epoch were
-done, and resume skips exactly those batches. On CPU with ``data.workers=0``, N epochs straight and
-N/2 + resume + N/2 give bit-identical weights (tests/test_resume.py).
+done, and resume skips exactly those batches. The learning rate is a
+function of the step number alone. On CPU with ``data.workers=0``, N epochs straight and N/2 + resume + N/2
+give bit-identical weights (tests/test_resume.py).
 """
 
 from __future__ import annotations
@@ -30,12 +31,12 @@ from ..device import resolve_device
 from ..errors import UserError
 from . import distributed as D
 from .allocator import tune_cpu_allocator
-from .checkpoint import CheckpointManager, load_train_checkpoint, rng_state, set_rng_state
+from .checkpoint import CheckpointManager, load_train_checkpoint, rng_state, set_rng_state, train_state
 from .config import TrainConfig, dump_yaml, to_dict
 from .ema import build_ema, ema_state_dict, load_ema_state_dict
 from .logging import MetricsLogger, read_metrics
 from .optim import build_optimizer
-from .schedule import build_scheduler
+from .schedule import LrSchedule, peak_lrs
 
 STOP_SIGNALS = ("SIGTERM", "SIGUSR1")
 
@@ -90,8 +91,9 @@ class Trainer:
     train_model: nn.Module  # the model, wrapped in DDP and/or torch.compile
     ddp: nn.parallel.DistributedDataParallel | None
     optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LambdaLR
-    scaler: torch.amp.GradScaler | None  # fp16 only
+    peaks: list[float]  # each param group's peak lr (batch scaling x layer decay)
+    scaler: torch.amp.GradScaler  # enabled for fp16 only; a no-op otherwise
+    schedule: LrSchedule
     criterion: nn.Module
     lr: float  # peak lr before layer decay
     eff_batch: int
@@ -339,8 +341,7 @@ def build_trainer(cfg: TrainConfig, proc: Process, data: Data) -> Trainer:
         device=proc.device,
     )
     spe = data.steps_per_epoch
-    scheduler = build_scheduler(
-        optimizer,
+    schedule = LrSchedule(
         total_steps=cfg.epochs * spe,
         warmup_steps=round(cfg.schedule.warmup_epochs * spe),
         base_lr=lr,
@@ -362,8 +363,9 @@ def build_trainer(cfg: TrainConfig, proc: Process, data: Data) -> Trainer:
         train_model=train_model,
         ddp=ddp,
         optimizer=optimizer,
-        scheduler=scheduler,
-        scaler=torch.amp.GradScaler("cuda") if proc.amp_dtype == torch.float16 else None,
+        peaks=peak_lrs(optimizer),
+        scaler=torch.amp.GradScaler(proc.device.type, enabled=proc.amp_dtype == torch.float16),
+        schedule=schedule,
         criterion=nn.CrossEntropyLoss(label_smoothing=cfg.train.label_smoothing),
         lr=lr,
         eff_batch=eff_batch,
@@ -383,9 +385,9 @@ def restore(
     if tr.ema is not None and ckpt.get("model_ema") is not None:
         load_ema_state_dict(tr.ema, ckpt["model_ema"], int(ckpt.get("ema_updates", 1)))
     tr.optimizer.load_state_dict(ckpt["optimizer"])
-    tr.scheduler.load_state_dict(ckpt["scheduler"])
-    if tr.scaler is not None and ckpt.get("scaler"):
+    if ckpt.get("scaler"):
         tr.scaler.load_state_dict(ckpt["scaler"])
+    # A version-1 checkpoint's "scheduler" state is not needed: the lr is a function of the step.
     prog.epoch, prog.step = int(ckpt["epoch"]), int(ckpt["step"])
     prog.best_top1 = ckpt.get("best_top1")
     prog.ema_updates = int(ckpt.get("ema_updates", 0))
@@ -400,10 +402,6 @@ def restore(
                 "or resume from an epoch_XXXX.pth checkpoint"
             )
         prog.step = prog.epoch * spe
-        tr.scheduler.last_epoch = prog.step
-        for group, base in zip(tr.optimizer.param_groups, tr.scheduler.base_lrs):
-            group["lr"] = base * tr.scheduler.lr_lambdas[0](prog.step)
-        tr.scheduler._last_lr = [g["lr"] for g in tr.optimizer.param_groups]
         _say(f"{saved_spe} -> {spe} steps per epoch; the schedule continues at epoch {prog.epoch}")
     rngs = ckpt["rng"]
     return prog, (rngs[proc.rank] if proc.rank < len(rngs) else rngs[0])
@@ -441,32 +439,30 @@ def save(run: Run, *, epoch_end: bool, is_best: bool = False, record: dict | Non
     rngs = D.all_gather_object(rng_state())
     if not run.proc.main:
         return
-    state = {
-        "format": "convnext-train",
-        "version": 1,
-        "arch": run.cfg.model.name.partition(".")[0],
-        "model": tr.model.state_dict(),
-        "model_ema": ema_state_dict(tr.ema) if tr.ema is not None else None,
-        "ema_updates": prog.ema_updates,
-        "optimizer": tr.optimizer.state_dict(),
-        "scheduler": tr.scheduler.state_dict(),
-        "scaler": tr.scaler.state_dict() if tr.scaler is not None else None,
-        "epoch": prog.epoch,
-        "step": prog.step,
-        "steps_per_epoch": run.data.steps_per_epoch,
-        "world_size": run.proc.world,
-        "rng": rngs,
-        "config": to_dict(run.cfg),
-        "class_names": run.data.classes,
-        "metrics": record or {},
-        "best_top1": prog.best_top1,
-    }
+    state = train_state(
+        arch=run.cfg.model.name.partition(".")[0],
+        model=tr.model.state_dict(),
+        model_ema=ema_state_dict(tr.ema) if tr.ema is not None else None,
+        ema_updates=prog.ema_updates,
+        optimizer=tr.optimizer.state_dict(),
+        scaler=tr.scaler.state_dict(),
+        epoch=prog.epoch,
+        step=prog.step,
+        steps_per_epoch=run.data.steps_per_epoch,
+        world_size=run.proc.world,
+        rng=rngs,
+        config=to_dict(run.cfg),
+        class_names=run.data.classes,
+        metrics=record,
+        best_top1=prog.best_top1,
+    )
     run.ckpts.save(state, epoch_end=epoch_end, is_best=is_best)
 
 
 def train_step(run: Run, batches: Iterator) -> tuple[torch.Tensor, float]:
     """One optimizer step over ``accum`` micro-batches; returns its mean loss (on device) and its lr."""
     cfg, tr, prog, data, device = run.cfg, run.tr, run.prog, run.data, run.proc.device
+    lr = tr.schedule.apply(tr.optimizer, tr.peaks, prog.step)
     autocast = (
         torch.autocast(device.type, dtype=run.proc.amp_dtype)
         if run.proc.amp_dtype is not None
@@ -489,26 +485,20 @@ def train_step(run: Run, batches: Iterator) -> tuple[torch.Tensor, float]:
         with sync:
             with autocast:
                 loss = tr.criterion(tr.train_model(images), targets)
-            scaled = loss / tr.accum
-            (tr.scaler.scale(scaled) if tr.scaler is not None else scaled).backward()
+            tr.scaler.scale(loss / tr.accum).backward()
         step_loss += loss.detach() / tr.accum
         prog.images += images.shape[0]
-    if tr.scaler is not None:
-        tr.scaler.unscale_(tr.optimizer)
+    tr.scaler.unscale_(tr.optimizer)  # a no-op unless fp16
     if cfg.optim.clip_grad:
         nn.utils.clip_grad_norm_(tr.model.parameters(), cfg.optim.clip_grad)
-    if tr.scaler is not None:
-        tr.scaler.step(tr.optimizer)
-        tr.scaler.update()
-    else:
-        tr.optimizer.step()
+    tr.scaler.step(tr.optimizer)
+    tr.scaler.update()
     tr.optimizer.zero_grad(set_to_none=True)
-    tr.scheduler.step()
     if tr.ema is not None:
         tr.ema.update_parameters(tr.model)
         prog.ema_updates += 1
     prog.step += 1
-    return step_loss, max(tr.scheduler.get_last_lr())
+    return step_loss, lr
 
 
 def train_one_epoch(run: Run, saved_rng: dict | None) -> bool:
@@ -600,7 +590,7 @@ def end_epoch(run: Run) -> None:
         "epoch": prog.epoch,
         "step": prog.step,
         "train_loss": float(loss_sum.item() / max(prog.loss_steps, 1)),
-        "lr": max(tr.scheduler.get_last_lr()),
+        "lr": max(tr.peaks) * tr.schedule.factor(max(prog.step - 1, 0)),  # the lr of the epoch's last step
         "epoch_time_s": prog.elapsed,
         "images_per_s": prog.images * run.proc.world / max(prog.elapsed, 1e-9),
     }
