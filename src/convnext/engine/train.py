@@ -6,7 +6,7 @@ Laid out as torchvision's ``references/classification/train.py`` and the officia
 
 What "exact" means here: data order depends only on (seed, epoch); model/augmentation RNG states of every
 rank are in the checkpoint; a checkpoint taken mid-epoch records how many optimizer steps of the epoch were
-done, and resume skips exactly those batches. The learning rate is a
+done (and the epoch's running loss sum), and resume skips exactly those batches. The learning rate is a
 function of the step number alone. On CPU with ``data.workers=0``, N epochs straight and N/2 + resume + N/2
 give bit-identical weights (tests/test_resume.py).
 """
@@ -31,11 +31,21 @@ from ..device import resolve_device
 from ..errors import UserError
 from . import distributed as D
 from .allocator import tune_cpu_allocator
-from .checkpoint import CheckpointManager, load_train_checkpoint, rng_state, set_rng_state, train_state
+from .checkpoint import (
+    CheckpointManager,
+    is_epoch_end,
+    load_train_checkpoint,
+    no_space,
+    pause_for_test,
+    rng_state,
+    set_rng_state,
+    train_state,
+)
 from .config import TrainConfig, dump_yaml, to_dict
 from .ema import build_ema, ema_state_dict, load_ema_state_dict
-from .logging import MetricsLogger, read_metrics
+from .logging import MetricsLogger, read_metrics, repair_metrics
 from .optim import build_optimizer
+from .rundir import RunFolder, check_run_dir
 from .schedule import LrSchedule, peak_lrs
 
 STOP_SIGNALS = ("SIGTERM", "SIGUSR1")
@@ -53,6 +63,7 @@ class TrainResult:
     stopped_early: bool  # True when a SIGTERM/SIGUSR1 ended the run after a checkpoint
     metrics: list[dict[str, Any]]
     best_top1: float | None
+    best_epoch: int | None = None
 
 
 @dataclass
@@ -107,8 +118,10 @@ class Progress:
     epoch: int = 0  # completed epochs
     step: int = 0  # optimizer steps done
     best_top1: float | None = None
+    best_epoch: int | None = None
     ema_updates: int = 0
-    # the current epoch's running sums
+    # the current epoch's running sums (a mid-epoch checkpoint carries them, so the epoch's line is the same
+    # with or without an interruption)
     loss_sum: torch.Tensor | None = None
     loss_steps: int = 0
     images: int = 0
@@ -193,6 +206,34 @@ def _say(msg: str) -> None:
     _print(f"convnext train: {msg}")
 
 
+@contextlib.contextmanager
+def _writing(path: Path, intact: Path) -> Iterator[None]:
+    """A full disk while writing ``path`` is one sentence, not a traceback."""
+    try:
+        yield
+    except OSError as e:
+        if not no_space(e):
+            raise
+        what = f"the checkpoint {intact} is intact" if intact.exists() else "no checkpoint was written yet"
+        raise UserError(f"no space left on the device writing {getattr(e, 'path', path)}; {what}") from None
+
+
+def _on_main(fn: Callable[[], Any]) -> Any:
+    """``fn()`` on rank 0, its result (or its UserError) on every rank, so all ranks stop together."""
+    out: tuple[str, Any] = ("ok", None)
+    if D.is_main():
+        try:
+            out = ("ok", fn())
+        except UserError as e:
+            out = ("error", str(e))
+            if not D.is_dist():
+                raise
+    out = D.broadcast_object(out)
+    if out[0] == "error":
+        raise UserError(out[1])
+    return out[1]
+
+
 def _build_model(cfg: TrainConfig, num_classes: int) -> nn.Module:
     from ..hub import create_model
     from ..models import set_chunked_mlp
@@ -253,6 +294,56 @@ def start_process(cfg: TrainConfig) -> Process:
         tune_cpu_allocator()  # reuse the heap for activations instead of page-faulting them in every step
     amp = resolve_amp(cfg.train.amp, device, what="config key train.amp")
     return Process(device=device, amp_dtype=amp, rank=rank, world=world, local_rank=local_rank)
+
+
+def open_run(
+    cfg: TrainConfig, folder: RunFolder, ckpts: CheckpointManager, resume: Path | None, fresh: bool
+) -> tuple[Path | None, dict | None]:
+    """Rank 0 takes the run folder's lock, removes temporaries of killed writes, moves an earlier run aside
+    (``--fresh``) or finds the checkpoint to resume; every rank then reads that checkpoint."""
+
+    def on_main() -> Path | None:
+        folder.acquire()
+        ckpts.clean_temporaries()
+        if resume is not None:
+            return resume
+        found = ckpts.find_resumable(warn=_say) if cfg.run.auto_resume and not fresh else None
+        if found is not None:
+            return found
+        # a new run: whatever an earlier one left (checkpoints, or metrics without them) goes aside, whole
+        moved = folder.move_aside()
+        if moved is not None:
+            why = (
+                "--fresh"
+                if fresh
+                else "run.auto_resume=false"
+                if not cfg.run.auto_resume
+                else "no checkpoint"
+            )
+            _say(f"{why}: moved the previous run's checkpoints and metrics to {moved}")
+        return None
+
+    path = _on_main(on_main)
+    if path is None:
+        return None, None
+    return path, load_train_checkpoint(path)
+
+
+def check_resumable(cfg: TrainConfig, ckpt: dict, path: Path) -> None:
+    """A checkpoint only continues the model it holds: same architecture and constructor options."""
+    saved = ckpt.get("config", {}).get("model", {})
+    now = to_dict(cfg.model)
+    if saved.get("name") and saved["name"].partition(".")[0] != cfg.model.name.partition(".")[0]:
+        raise UserError(
+            f"config key model.name is {cfg.model.name} but checkpoint {path} holds a {saved['name']}; "
+            "resume with the same model, or start a new run (another run.dir, or --fresh)"
+        )
+    if "options" in saved and saved["options"] != now["options"]:
+        raise UserError(
+            f"config key model.options is {now['options']} but checkpoint {path} was trained with "
+            f"{saved['options']}; resume with the same options, or start a new run (another run.dir, or "
+            "--fresh)"
+        )
 
 
 def build_data(cfg: TrainConfig, ckpt: dict | None, ckpt_path: Path | None, accum: int) -> Data:
@@ -389,10 +480,11 @@ def restore(
         tr.scaler.load_state_dict(ckpt["scaler"])
     # A version-1 checkpoint's "scheduler" state is not needed: the lr is a function of the step.
     prog.epoch, prog.step = int(ckpt["epoch"]), int(ckpt["step"])
-    prog.best_top1 = ckpt.get("best_top1")
+    prog.best_top1, prog.best_epoch = ckpt.get("best_top1"), ckpt.get("best_epoch")
     prog.ema_updates = int(ckpt.get("ema_updates", 0))
     spe = data.steps_per_epoch
     saved_spe = int(ckpt.get("steps_per_epoch") or spe)
+    partial = ckpt.get("epoch_partial")
     if saved_spe != spe:
         # A different batch size or number of processes: only an epoch boundary maps onto this run.
         if prog.step != prog.epoch * saved_spe:
@@ -401,8 +493,13 @@ def restore(
                 f"{spe} (other batch size, accum_steps or process count); resume it with the same settings, "
                 "or resume from an epoch_XXXX.pth checkpoint"
             )
-        prog.step = prog.epoch * spe
+        prog.step, partial = prog.epoch * spe, None
         _say(f"{saved_spe} -> {spe} steps per epoch; the schedule continues at epoch {prog.epoch}")
+    if partial and prog.step > prog.epoch * spe:
+        sums = partial["loss_sum"]
+        prog.loss_sum = sums[proc.rank if proc.rank < len(sums) else 0].to(proc.device)
+        prog.loss_steps, prog.images = int(partial["loss_steps"]), int(partial["images"])
+        prog.elapsed = float(partial["elapsed_s"])
     rngs = ckpt["rng"]
     return prog, (rngs[proc.rank] if proc.rank < len(rngs) else rngs[0])
 
@@ -436,9 +533,18 @@ def save(run: Run, *, epoch_end: bool, is_best: bool = False, record: dict | Non
             f"good checkpoint ({run.ckpts.last if run.ckpts.last.exists() else 'none yet'}) is intact; lower "
             "optim.lr or set optim.clip_grad"
         )
-    rngs = D.all_gather_object(rng_state())
+    loss_sum = None if epoch_end else prog.loss_sum.detach().cpu().clone()
+    per_rank = D.all_gather_object((rng_state(), loss_sum))
     if not run.proc.main:
         return
+    partial = None
+    if not epoch_end:
+        partial = {
+            "loss_sum": [s for _, s in per_rank],
+            "loss_steps": prog.loss_steps,
+            "images": prog.images,
+            "elapsed_s": prog.elapsed,
+        }
     state = train_state(
         arch=run.cfg.model.name.partition(".")[0],
         model=tr.model.state_dict(),
@@ -449,12 +555,15 @@ def save(run: Run, *, epoch_end: bool, is_best: bool = False, record: dict | Non
         epoch=prog.epoch,
         step=prog.step,
         steps_per_epoch=run.data.steps_per_epoch,
+        epoch_end=epoch_end,
+        epoch_partial=partial,
         world_size=run.proc.world,
-        rng=rngs,
+        rng=[r for r, _ in per_rank],
         config=to_dict(run.cfg),
         class_names=run.data.classes,
         metrics=record,
         best_top1=prog.best_top1,
+        best_epoch=prog.best_epoch,
     )
     run.ckpts.save(state, epoch_end=epoch_end, is_best=is_best)
 
@@ -510,7 +619,8 @@ def train_one_epoch(run: Run, saved_rng: dict | None) -> bool:
 
     cfg, prog, spe, accum = run.cfg, run.prog, run.data.steps_per_epoch, run.tr.accum
     skip = prog.step - prog.epoch * spe  # > 0 only when resuming a mid-epoch checkpoint
-    prog.new_epoch(run.proc.device)  # the loss and speed of the steps this process runs
+    if skip == 0:
+        prog.new_epoch(run.proc.device)
     run.tr.train_model.train()
     # Restore every RNG exactly where the saved run was: a mid-epoch checkpoint was taken after the epoch's
     # iterator existed, an end-of-epoch one before the next iterator was created.
@@ -529,7 +639,7 @@ def train_one_epoch(run: Run, saved_rng: dict | None) -> bool:
     )
     world = run.proc.world
     check_every = 1 if world == 1 else min(cfg.train.log_every, 10)  # the cross-rank check costs a sync
-    t0 = time.perf_counter()
+    t0 = time.perf_counter() - prog.elapsed
     try:
         for _ in range(skip, spe):
             loss, lr = train_step(run, batches)
@@ -537,6 +647,7 @@ def train_one_epoch(run: Run, saved_rng: dict | None) -> bool:
             prog.loss_sum += loss
             prog.loss_steps += 1
             bar.update(1)
+            pause_for_test("step", prog.step, until=lambda: run.stop.signal is not None)
             if prog.step % cfg.train.log_every == 0:
                 vals = run.window.flush(prog.epoch)
                 rate = prog.images * world / max(time.perf_counter() - t0, 1e-9)
@@ -578,7 +689,8 @@ def evaluate_epoch(run: Run) -> dict[str, float]:
 
 
 def end_epoch(run: Run) -> None:
-    """Close the epoch: its record, evaluation and best, its metrics line, then the checkpoints."""
+    """Close the epoch: its record, evaluation, best, then the checkpoints and only then its metrics line
+    (a kill in between is repaired from last.pth on the next start)."""
     cfg, prog, tr = run.cfg, run.prog, run.tr
     run.window.flush(prog.epoch)
     loss_sum = prog.loss_sum.clone()
@@ -604,15 +716,17 @@ def end_epoch(run: Run) -> None:
             best_by = "ema" if tr.ema is not None and cfg.ema.eval else "model"
         score = record.get("ema_val_top1" if best_by == "ema" else "val_top1")
         if score is not None and (prog.best_top1 is None or score > prog.best_top1):
-            prog.best_top1, is_best = score, True
+            prog.best_top1, prog.best_epoch, is_best = score, prog.epoch, True
         _print(
             f"epoch {prog.epoch}/{cfg.epochs}: train loss {record['train_loss']:.4f}, val top-1 "
             f"{record['val_top1']:.2f}%"
             + (f", EMA top-1 {record['ema_val_top1']:.2f}%" if "ema_val_top1" in record else "")
             + f", {record['images_per_s']:.0f} img/s"
         )
-    run.logger.log_epoch(record)
     save(run, epoch_end=True, is_best=is_best, record=record)
+    with _writing(run.logger.path, run.ckpts.last):
+        run.logger.log_epoch(record)
+    pause_for_test("metrics", prog.epoch)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -620,18 +734,43 @@ def end_epoch(run: Run) -> None:
 
 
 def train(cfg: TrainConfig, *, resume: str | Path | None = None, fresh: bool = False) -> TrainResult:
-    """Train ``cfg``; resume ``resume`` (or <run.dir>/checkpoints/last.pth unless ``fresh``)."""
-    proc = start_process(cfg)
+    """Train ``cfg``; resume ``resume`` (or the run folder's newest intact checkpoint unless ``fresh``)."""
     run_dir = Path(cfg.run.dir).expanduser()
+    check_run_dir(run_dir)  # before anything is created
+    proc = start_process(cfg)
+    folder = RunFolder(run_dir)
     ckpts = CheckpointManager(run_dir / "checkpoints", keep_last=cfg.checkpoint.keep_last)
-    path: Path | None = Path(resume) if resume else None
-    if path is None and not fresh and cfg.run.auto_resume and ckpts.last.exists():
-        path = ckpts.last
-        _say(f"resuming {path} (found in the run folder; pass --fresh to start over)")
-    ckpt = load_train_checkpoint(path) if path is not None else None
-    if ckpt is not None and int(ckpt["epoch"]) >= cfg.epochs:
-        _say(f"{path} has already completed {ckpt['epoch']} of {cfg.epochs} epochs")
-    return _train(cfg, proc, run_dir, ckpts, path, ckpt)
+    try:
+        path, ckpt = open_run(cfg, folder, ckpts, Path(resume) if resume else None, fresh)
+        if ckpt is not None:
+            check_resumable(cfg, ckpt, path)
+            if resume is None:
+                _say(f"resuming {path} (found in the run folder; pass --fresh to start over)")
+            if proc.main:
+                _repair(run_dir, ckpts, ckpt, path)
+            if int(ckpt["epoch"]) >= cfg.epochs:  # done already: say so before loading any data or weights
+                _say(f"{path} has already completed {ckpt['epoch']} of {cfg.epochs} epochs")
+                done = Progress(
+                    int(ckpt["epoch"]), int(ckpt["step"]), ckpt.get("best_top1"), ckpt.get("best_epoch")
+                )
+                return _finish(run_dir, proc, done, stopped=False)
+        return _train(cfg, proc, run_dir, ckpts, path, ckpt)
+    finally:
+        folder.release()
+
+
+def _repair(run_dir: Path, ckpts: CheckpointManager, ckpt: dict, path: Path) -> None:
+    """After a kill: best.pth and metrics.jsonl made to agree with the checkpoint resumed from."""
+    own = path.resolve().parent == ckpts.folder.resolve()
+    with _writing(run_dir / "metrics.jsonl", ckpts.last):
+        if own:
+            ckpts.repair_best(ckpt, path, warn=_say)
+        repair_metrics(
+            run_dir / "metrics.jsonl",
+            int(ckpt["epoch"]),
+            ckpt.get("metrics") if own and is_epoch_end(ckpt) else None,
+            warn=_say,
+        )
 
 
 def _train(
@@ -648,10 +787,10 @@ def _train(
     prog, saved_rng = restore(cfg, proc, data, tr, ckpt, path)
     ckpt = None  # the weights are in the model now; free the copy
     if proc.main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        dump_yaml(cfg, run_dir / "config.yaml")
-        if cfg.run.export_samples and path is None:
-            _export_samples(cfg, run_dir, cfg.run.export_samples)
+        with _writing(run_dir / "config.yaml", ckpts.last):
+            dump_yaml(cfg, run_dir / "config.yaml")
+            if cfg.run.export_samples and path is None:
+                _export_samples(cfg, run_dir, cfg.run.export_samples)
     per_batch = f"{cfg.train.batch_size} x {proc.world} x {tr.accum}"
     scaled = (
         f" (optim.lr {cfg.optim.lr:g} x {tr.eff_batch}/{cfg.optim.lr_base_batch})"
@@ -675,7 +814,6 @@ def _train(
         window=_LossWindow(prog.step, ckpts.last),
         stop=_StopFlag(),
     )
-    run.logger.truncate_after(prog.epoch)
     run.stop.install()
     stopped = False
     try:
@@ -694,11 +832,12 @@ def _train(
 def _finish(run_dir: Path, proc: Process, prog: Progress, *, stopped: bool) -> TrainResult:
     metrics: list[dict[str, Any]] = []
     if proc.main and (run_dir / "metrics.jsonl").exists():
-        metrics = read_metrics(run_dir)
+        metrics = read_metrics(run_dir, warn=_say)
         if metrics:
             from .plots import plot_curves
 
-            plot_curves(metrics, run_dir / "curves.png")
+            with contextlib.suppress(OSError):  # a full disk: the picture is the least of it
+                plot_curves(metrics, run_dir / "curves.png")
     D.barrier()
     D.cleanup()
     return TrainResult(
@@ -708,4 +847,5 @@ def _finish(run_dir: Path, proc: Process, prog: Progress, *, stopped: bool) -> T
         stopped_early=stopped,
         metrics=metrics,
         best_top1=prog.best_top1,
+        best_epoch=prog.best_epoch,
     )
