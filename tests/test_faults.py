@@ -137,6 +137,7 @@ def ref(tmp_path_factory: pytest.TempPathFactory) -> Path:
     run_dir = tmp_path_factory.mktemp("ref")
     r = run_cli(run_dir)
     assert r.returncode == 0, r.stderr[-3000:]
+    assert "convnext_atto (depths=[1, 1, 1, 1], dims=[8, 16, 32, 64]; " in r.stderr  # the model as built
     assert "done, 2 epochs in" in r.stdout
     (run_dir / "stdout.txt").write_text(r.stdout)
     return run_dir

@@ -257,6 +257,13 @@ def _build_model(cfg: TrainConfig, num_classes: int) -> nn.Module:
     return model
 
 
+def describe_model(cfg: TrainConfig, model: nn.Module) -> str:
+    """The model as built: its name, the options that changed it, and its real parameter count."""
+    n = sum(p.numel() for p in model.parameters()) / 1e6
+    opts = ", ".join(f"{k}={v}" for k, v in to_dict(cfg.model)["options"].items())
+    return f"{cfg.model.name} ({opts + '; ' if opts else ''}{n:.2f}M params)"
+
+
 def _export_samples(cfg: TrainConfig, run_dir: Path, n: int) -> None:
     """Write ``n`` validation images as PNG (named <index>_<class>.png), for `convnext predict` to try."""
     from torchvision.io import write_png
@@ -798,8 +805,7 @@ def _train(
         else ""
     )
     _say(
-        f"{cfg.model.name} ({sum(p.numel() for p in tr.model.parameters()) / 1e6:.2f}M params), "
-        f"{len(data.classes)} classes, {data.n_train} train / "
+        f"{describe_model(cfg, tr.model)}, {len(data.classes)} classes, {data.n_train} train / "
         f"{data.n_val} val images, {proc.world} process(es) on {proc.device.type}; effective batch "
         f"{tr.eff_batch} = {per_batch}; peak lr {tr.lr:.3g}{scaled}"
     )
