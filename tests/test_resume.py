@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from convnext.engine.checkpoint import load_train_checkpoint
+from convnext.engine.checkpoint import FORMAT, VERSION, load_train_checkpoint
 from convnext.engine.config import load_config
+from convnext.engine.logging import read_metrics
 from convnext.engine.train import TrainingDiverged, train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,12 +57,23 @@ def _tensors(obj: object, prefix: str = "") -> dict[str, torch.Tensor]:
 def assert_identical(a: Path, b: Path) -> None:
     ca, cb = load_train_checkpoint(a), load_train_checkpoint(b)
     assert (ca["epoch"], ca["step"]) == (cb["epoch"], cb["step"])
-    for key in ("model", "model_ema", "optimizer", "scheduler"):
+    for key in ("model", "model_ema", "optimizer"):
         ta, tb = _tensors(ca[key]), _tensors(cb[key])
         assert ta.keys() == tb.keys(), key
         for name in ta:
             assert torch.equal(ta[name], tb[name]), f"{key}{name} differs"
-    assert ca["scheduler"]["last_epoch"] == cb["scheduler"]["last_epoch"]
+    lr_a = [g["lr"] for g in ca["optimizer"]["param_groups"]]
+    assert lr_a == [g["lr"] for g in cb["optimizer"]["param_groups"]]
+
+
+def assert_same_metrics(a: Path, b: Path) -> None:
+    """Every epoch's line but its timing, exactly (a resumed epoch carries its partial sums)."""
+    timing = ("epoch_time_s", "images_per_s")
+    ma, mb = read_metrics(a), read_metrics(b)
+    assert [r["epoch"] for r in ma] == [r["epoch"] for r in mb]
+    for ra, rb in zip(ma, mb):
+        for k in ra.keys() - set(timing):
+            assert ra[k] == rb[k], (ra["epoch"], k)
 
 
 @pytest.fixture(scope="module")
@@ -75,8 +87,13 @@ def straight(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_two_plus_resume_two_is_bit_identical(straight: Path, tmp_path: Path) -> None:
     ckpt = load_train_checkpoint(straight / "checkpoints" / "epoch_0001.pth")
     assert ckpt["epoch"] == 1 and len(ckpt["rng"]) == 1 and ckpt["class_names"] == [str(i) for i in range(10)]
-    # the checkpoint is contract 4: plain types only (it was read with weights_only=True)
-    assert ckpt["format"] == "convnext-train" and ckpt["arch"] == "convnext_atto" and ckpt["model_ema"]
+    # plain types only (it was read with weights_only=True), the schema of checkpoint.train_state
+    assert (
+        ckpt["format"] == FORMAT
+        and ckpt["version"] == VERSION
+        and ckpt["arch"] == "convnext_atto"
+        and ckpt["model_ema"]
+    )
     result = train(
         load_config(QUICK, [*TINY, f"run.dir={tmp_path}"]), resume=straight / "checkpoints" / "epoch_0002.pth"
     )
@@ -130,6 +147,35 @@ def test_sigterm_mid_epoch_then_auto_resume_is_bit_identical(straight: Path, tmp
     result = train(load_config(QUICK, [*TINY, f"run.dir={tmp_path}"]))
     assert result.epoch == 4 and not result.stopped_early
     assert_identical(straight / "checkpoints" / "last.pth", tmp_path / "checkpoints" / "last.pth")
+    # epoch 2's line covers all of its steps, not only those after the resume (the partial sums travel)
+    assert_same_metrics(straight, tmp_path)
+
+
+def test_version_1_checkpoint_still_resumes_exactly(straight: Path, tmp_path: Path) -> None:
+    """Checkpoints of the first schema carried a LambdaLR state under "scheduler"; the lr is now a function of
+    the step, and such a file resumes to the same weights."""
+    new = load_train_checkpoint(straight / "checkpoints" / "epoch_0002.pth")
+    old = {k: v for k, v in new.items() if k not in ("epoch_end", "epoch_partial", "best_epoch")}
+    groups = old["optimizer"]["param_groups"]
+    lrs = [g["lr"] for g in groups]
+    for g in groups:
+        g["initial_lr"] = 1.0  # LambdaLR's copy of the peak lr, no longer read: the recipe gives it
+    old.update(
+        version=1,
+        scheduler={
+            "base_lrs": [1.0] * len(groups),
+            "last_epoch": old["step"],
+            "_step_count": old["step"] + 1,
+            "_get_lr_called_within_step": False,
+            "_last_lr": lrs,
+            "lr_lambdas": [None],
+        },
+    )
+    path = tmp_path / "v1.pth"
+    torch.save(old, path)
+    result = train(load_config(QUICK, [*TINY, f"run.dir={tmp_path / 'run'}"]), resume=path)
+    assert result.epoch == 4
+    assert_identical(straight / "checkpoints" / "last.pth", tmp_path / "run" / "checkpoints" / "last.pth")
 
 
 def test_diverged_loss_names_the_step_and_keeps_the_last_good_checkpoint(tmp_path: Path) -> None:

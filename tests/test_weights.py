@@ -24,6 +24,7 @@ import torch
 
 import convnext
 from convnext.cli.main import main
+from convnext.engine.checkpoint import train_state
 from convnext.errors import UserError
 from convnext.weights import registry
 from convnext.weights.load import load_checkpoint, prepare, read_checkpoint
@@ -88,22 +89,18 @@ def test_ddp_module_prefix(source: torch.nn.Module, tmp_path: Path) -> None:
 def test_our_training_checkpoint(source: torch.nn.Module, tmp_path: Path) -> None:
     opt = torch.optim.AdamW(source.parameters())
     ema = {k: v * 2 for k, v in source.state_dict().items()}
-    ckpt = {  # contract 4 in notes/common.md
-        "format": "convnext-train",
-        "version": 1,
-        "arch": ARCH,
-        "model": source.state_dict(),
-        "model_ema": ema,
-        "optimizer": opt.state_dict(),
-        "scheduler": {"last_epoch": 3},
-        "scaler": None,
-        "epoch": 3,
-        "step": 120,
-        "rng": {"torch": torch.get_rng_state()},
-        "config": {"model": {"name": ARCH}, "lr": 1e-3},
-        "class_names": CLASSES,
-        "metrics": {"top1": 12.5},
-    }
+    ckpt = train_state(  # the schema `convnext train` writes
+        arch=ARCH,
+        model=source.state_dict(),
+        model_ema=ema,
+        optimizer=opt.state_dict(),
+        epoch=3,
+        step=120,
+        rng=[{"torch": torch.get_rng_state()}],
+        config={"model": {"name": ARCH}, "lr": 1e-3},
+        class_names=CLASSES,
+        metrics={"top1": 12.5},
+    )
     path = tmp_path / "last.pth"
     torch.save(ckpt, path)
     model = convnext.create_model(ARCH, pretrained=str(path))

@@ -24,7 +24,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--fresh",
         action="store_true",
-        help="start from scratch even when the run folder has a checkpoint to resume",
+        help="start from scratch even when the run folder has a checkpoint to resume; the earlier run's "
+        "checkpoints and metrics are moved aside into <run.dir>/previous-<date>/, never deleted or mixed",
     )
     p.add_argument("--dry-run", action="store_true", help="validate and print the resolved config, then stop")
     p.set_defaults(func=run)
@@ -55,8 +56,10 @@ def run(args: argparse.Namespace) -> int:
     result = train(cfg, resume=Path(args.resume) if args.resume else None, fresh=args.fresh)
     if result.stopped_early or os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 reports
         return 0
-    print(
-        f"convnext train: done, {result.epoch} epochs in {result.run_dir}"
-        + (f"; best top-1 {result.best_top1:.2f}%" if result.best_top1 is not None else "")
-    )
+    epochs = f"{result.epoch} epoch" + ("" if result.epoch == 1 else "s")
+    best = ""
+    if result.best_top1 is not None:
+        at = f" (epoch {result.best_epoch}, checkpoints/best.pth)" if result.best_epoch is not None else ""
+        best = f"; best top-1 {result.best_top1:.2f}%{at}"
+    print(f"convnext train: done, {epochs} in {result.run_dir}{best}")
     return 0

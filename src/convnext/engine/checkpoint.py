@@ -1,12 +1,30 @@
-"""Training checkpoints (contract 4): plain dicts, written atomically, rotated, loadable with weights_only."""
+"""Training checkpoints: one schema (:func:`train_state`), written atomically, copied (never linked), rotated,
+read with ``weights_only=True``.
+
+The files of ``<run.dir>/checkpoints/``:
+
+- ``last.pth``: the newest state, written after every epoch, on SIGTERM/SIGUSR1 and every
+  ``checkpoint.every_steps`` steps; a run folder holding it resumes by itself.
+- ``epoch_XXXX.pth``: the state at the end of epoch XXXX (the newest ``checkpoint.keep_last`` are kept).
+- ``best.pth``: the end-of-epoch state with the best validation top-1 so far.
+
+Each is an independent file (a copy, never a hard link: overwriting or truncating one cannot touch another),
+and each write is atomic (a temporary file in the same folder, fsync, ``os.replace``), so a kill at any
+moment leaves every file either as it was or complete. ``last.pth`` records the best epoch, so a kill between
+writing ``last.pth`` and ``best.pth`` is repaired on the next start (:meth:`CheckpointManager.repair_best`).
+"""
 
 from __future__ import annotations
 
+import errno
 import os
 import random
 import re
+import secrets
 import shutil
-import tempfile
+import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,25 +34,197 @@ import torch
 from ..errors import UserError
 
 FORMAT = "convnext-train"
-VERSION = 1
+# 1: the lr schedule's position was a LambdaLR state under "scheduler" (still read: the lr is now a function
+#    of "step" alone, so that entry is simply ignored).
+# 2: no "scheduler"; adds "epoch_end", "best_epoch" and "epoch_partial" (a mid-epoch checkpoint's running
+#    sums, so that a resumed epoch logs the same train loss as an uninterrupted one).
+VERSION = 2
+
+# kill -9 tests need the process to stop at an exact point of a checkpoint write. Only tests set this:
+# CONVNEXT_TEST_PAUSE_AT=<point>@<n> makes the process print "convnext-test: paused at <point>@<n>" to stderr
+# and sleep (until it is killed) when it reaches <point> in epoch <n> (for "step", at optimizer step <n>).
+# Points, in the order of an epoch's end: last.tmp (last.pth's temporary file half written), last (last.pth
+# replaced), epoch (epoch_XXXX.pth copied), best (best.pth copied), metrics (metrics.jsonl appended); and
+# step (after optimizer step <n>: there a SIGTERM/SIGUSR1 also ends the pause, and the run stops as usual).
+TEST_PAUSE_ENV = "CONVNEXT_TEST_PAUSE_AT"
 
 
-def atomic_save(obj: Any, path: str | Path) -> None:
-    """torch.save to a temporary file in the same folder, fsync, then os.replace: a crash mid-write (or a
-    full disk) leaves the previous file intact, never a truncated one."""
-    path = Path(path)
+def pause_for_test(point: str, n: int, until: Callable[[], bool] | None = None) -> None:
+    """Stop here when the test hook ``CONVNEXT_TEST_PAUSE_AT`` names ``point@n`` (tests only), until the
+    process is killed or ``until()`` becomes true."""
+    if os.environ.get(TEST_PAUSE_ENV) != f"{point}@{n}":
+        return
+    print(f"convnext-test: paused at {point}@{n} (pid {os.getpid()})", file=sys.stderr, flush=True)
+    while not (until is not None and until()):
+        time.sleep(0.05)
+
+
+def train_state(
+    *,
+    arch: str,
+    model: dict[str, torch.Tensor],
+    model_ema: dict[str, torch.Tensor] | None = None,
+    ema_updates: int = 0,
+    optimizer: dict | None = None,
+    scaler: dict | None = None,
+    epoch: int = 0,
+    step: int = 0,
+    steps_per_epoch: int | None = None,
+    epoch_end: bool = True,
+    epoch_partial: dict | None = None,
+    world_size: int = 1,
+    rng: list[dict] | None = None,
+    config: dict | None = None,
+    class_names: list[str] | None = None,
+    metrics: dict | None = None,
+    best_top1: float | None = None,
+    best_epoch: int | None = None,
+) -> dict[str, Any]:
+    """The training checkpoint, the only place its schema is written (plain types: loads with weights_only).
+
+    ``epoch`` counts completed epochs and ``step`` optimizer steps; a mid-epoch checkpoint
+    (``epoch_end=False``) carries ``epoch_partial``: the epoch's running train-loss sum (one per rank), its
+    step and image counts and the seconds spent, so the resumed epoch reports what an uninterrupted one would.
+    ``metrics`` is the epoch's metrics.jsonl record (end-of-epoch checkpoints), ``rng`` one state per rank.
+    """
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "arch": arch,
+        "model": model,
+        "model_ema": model_ema,
+        "ema_updates": ema_updates,
+        "optimizer": optimizer,
+        "scaler": scaler or None,
+        "epoch": epoch,
+        "step": step,
+        "steps_per_epoch": steps_per_epoch,
+        "epoch_end": epoch_end,
+        "epoch_partial": epoch_partial,
+        "world_size": world_size,
+        "rng": rng or [],
+        "config": config or {},
+        "class_names": class_names,
+        "metrics": metrics or {},
+        "best_top1": best_top1,
+        "best_epoch": best_epoch,
+    }
+
+
+def is_epoch_end(ckpt: dict) -> bool:
+    """Whether ``ckpt`` is the state at the end of its epoch (version 1 files say it through the step)."""
+    if "epoch_end" in ckpt:
+        return bool(ckpt["epoch_end"])
+    spe = ckpt.get("steps_per_epoch")
+    return spe is None or int(ckpt["step"]) == int(ckpt["epoch"]) * int(spe)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Atomic writes
+
+
+def no_space(e: BaseException) -> bool:
+    """Whether ``e`` (or what it was raised from) is a full disk or quota; torch.save wraps the OSError in a
+    RuntimeError, so the chain is searched."""
+    seen: set[int] = set()
+    cur: BaseException | None = e
+    while cur is not None and id(cur) not in seen:
+        if isinstance(cur, OSError) and cur.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        seen.add(id(cur))
+        cur = cur.__cause__ or cur.__context__
+    return False
+
+
+class NoSpaceLeft(OSError):
+    """A write failed for lack of space; the temporary file is gone, the target untouched."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        self.path = path
+
+
+def _open_tmp(path: Path) -> tuple[int, Path]:
+    """A new temporary file next to ``path`` (``.<name>.<random>.tmp``), created with mode 0666 so the umask
+    applies, as for every other run file (mkstemp would make it 0600)."""
+    while True:
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), tmp
+        except FileExistsError:
+            continue
+
+
+def _write_atomically(path: Path, write: Callable[[Any], None]) -> None:
+    """``write(f)`` into a temporary file, fsync, os.replace onto ``path``, fsync the folder: a kill or a full
+    disk at any moment leaves ``path`` as it was or complete, never truncated."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = _open_tmp(path)
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as e:
+        tmp.unlink(missing_ok=True)
+        if no_space(e):
+            raise NoSpaceLeft(path) from None
         raise
     _fsync_dir(path.parent)
+
+
+class _PausingWriter:
+    """Test hook ``last.tmp@<epoch>``: stops the process after the first 4 KiB of a checkpoint are written."""
+
+    def __init__(self, f: Any, epoch: int) -> None:
+        self.f, self.epoch, self.n = f, epoch, 0
+
+    def write(self, b: bytes) -> int:
+        out = self.f.write(b)
+        self.n += len(b)
+        if self.n >= 4096:
+            self.f.flush()
+            pause_for_test("last.tmp", self.epoch)
+        return out
+
+    def flush(self) -> None:
+        self.f.flush()
+
+
+def atomic_save(obj: Any, path: str | Path) -> None:
+    """torch.save ``obj`` to ``path`` atomically (see :func:`_write_atomically`)."""
+    epoch = obj.get("epoch", -1) if isinstance(obj, dict) else -1
+    pause = os.environ.get(TEST_PAUSE_ENV) == f"last.tmp@{epoch}" and Path(path).name == "last.pth"
+    _write_atomically(Path(path), lambda f: torch.save(obj, _PausingWriter(f, epoch) if pause else f))
+
+
+def atomic_copy(src: str | Path, dst: str | Path) -> None:
+    """Copy ``src`` to ``dst`` atomically, as an independent file: ``os.copy_file_range`` shares blocks where
+    the filesystem can (reflinks on btrfs/XFS, server-side on NFS 4.2) and copies elsewhere; never a hard
+    link, so damaging one file cannot damage the other."""
+
+    def write(f: Any) -> None:
+        with open(src, "rb") as s:
+            n = os.fstat(s.fileno()).st_size
+            try:
+                done = 0
+                while done < n:
+                    k = os.copy_file_range(s.fileno(), f.fileno(), n - done)
+                    if k == 0:
+                        break
+                    done += k
+                if done == n:
+                    return
+            except OSError as e:
+                if no_space(e):
+                    raise
+            f.seek(0)
+            f.truncate()
+            s.seek(0)
+            shutil.copyfileobj(s, f, 1 << 20)
+
+    _write_atomically(Path(dst), write)
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -48,17 +238,6 @@ def _fsync_dir(folder: Path) -> None:
         pass
     finally:
         os.close(fd)
-
-
-def atomic_link(src: Path, dst: Path) -> None:
-    """Make ``dst`` the same file as ``src`` (hard link, else copy), atomically replacing ``dst``."""
-    tmp = dst.with_name(f".{dst.name}.tmp")
-    tmp.unlink(missing_ok=True)
-    try:
-        os.link(src, tmp)
-    except OSError:
-        shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -98,16 +277,20 @@ def set_rng_state(state: dict) -> None:
 # ----------------------------------------------------------------------------------------------------------
 
 
-def load_train_checkpoint(path: str | Path) -> dict:
-    """A checkpoint written by :class:`CheckpointManager`, read without running any pickle code."""
+def load_train_checkpoint(path: str | Path, *, mmap: bool = False) -> dict:
+    """A checkpoint of :func:`train_state`, read without running any pickle code. ``mmap=True`` reads only
+    the header (tensors stay on disk until touched): cheap for looking at ``epoch`` or ``best_epoch``."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist")
+    if path.stat().st_size == 0:
+        raise UserError(f"checkpoint {path} cannot be read (it is empty: 0 bytes)")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as e:  # noqa: BLE001 - any unreadable file is the user's file, one sentence
+        first = (str(e).strip().splitlines() or [""])[0]
         raise UserError(
-            f"checkpoint {path} cannot be read ({type(e).__name__}: {str(e).splitlines()[0]})"
+            f"checkpoint {path} cannot be read ({type(e).__name__}: {first or 'no detail'})"
         ) from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise UserError(
@@ -119,6 +302,11 @@ def load_train_checkpoint(path: str | Path) -> dict:
             f"checkpoint {path} has version {ckpt['version']}; this convnext reads up to {VERSION}"
         )
     return ckpt
+
+
+def _epoch_of(name: str) -> int | None:
+    m = re.fullmatch(r"epoch_(\d+)\.pth", name)
+    return int(m.group(1)) if m else None
 
 
 class CheckpointManager:
@@ -136,18 +324,130 @@ class CheckpointManager:
     def best(self) -> Path:
         return self.folder / "best.pth"
 
+    def epoch_file(self, epoch: int) -> Path:
+        return self.folder / f"epoch_{epoch:04d}.pth"
+
+    def epoch_files(self) -> list[Path]:
+        """The epoch_XXXX.pth files, oldest first."""
+        if not self.folder.is_dir():
+            return []
+        found = [(e, p) for p in self.folder.iterdir() if (e := _epoch_of(p.name)) is not None]
+        return [p for _, p in sorted(found)]
+
     def save(self, state: dict, *, epoch_end: bool, is_best: bool) -> Path:
-        """Write last.pth; at an epoch's end link it as epoch_XXXX.pth (and best.pth), then rotate."""
+        """Write last.pth; at an epoch's end copy it to epoch_XXXX.pth (and best.pth), then rotate.
+
+        last.pth first: it records ``best_epoch``, so a kill before best.pth is copied is repaired from it on
+        the next start. A full disk is one sentence naming the file and the checkpoint that is intact.
+        """
         self.folder.mkdir(parents=True, exist_ok=True)
-        atomic_save(state, self.last)
+        epoch = int(state["epoch"])
+        had_last = self.last.exists()
+        try:
+            atomic_save(state, self.last)
+        except NoSpaceLeft as e:
+            intact = (
+                f"the previous checkpoint {self.last} is intact"
+                if had_last
+                else "no checkpoint was written yet"
+            )
+            raise UserError(f"no space left on the device writing {e.path}; {intact}") from None
         if epoch_end:
-            atomic_link(self.last, self.folder / f"epoch_{state['epoch']:04d}.pth")
-            self._rotate()
-        if is_best:
-            atomic_link(self.last, self.best)
+            pause_for_test("last", epoch)
+        try:
+            if epoch_end:
+                atomic_copy(self.last, self.epoch_file(epoch))
+                pause_for_test("epoch", epoch)
+                self._rotate()
+            if is_best:
+                atomic_copy(self.last, self.best)
+        except NoSpaceLeft as e:
+            raise UserError(
+                f"no space left on the device writing {e.path}; the checkpoint {self.last} (epoch {epoch}) "
+                "is intact"
+            ) from None
+        if epoch_end:
+            pause_for_test("best", epoch)
         return self.last
 
     def _rotate(self) -> None:
-        epochs = sorted(p for p in self.folder.glob("epoch_*.pth") if re.fullmatch(r"epoch_\d+\.pth", p.name))
+        epochs = self.epoch_files()
         for p in epochs[: max(len(epochs) - self.keep_last, 0)]:
             p.unlink(missing_ok=True)
+
+    def clean_temporaries(self) -> list[Path]:
+        """Remove the temporary files of writes a kill interrupted (``.last.pth.<random>.tmp``); call it only
+        while holding the run folder's lock, when no write can be under way."""
+        if not self.folder.is_dir():
+            return []
+        gone = [p for p in self.folder.iterdir() if p.name.startswith(".") and p.name.endswith(".tmp")]
+        for p in gone:
+            p.unlink(missing_ok=True)
+        return gone
+
+    def find_resumable(self, warn: Callable[[str], None]) -> Path | None:
+        """The checkpoint to resume: last.pth, or when it is damaged (or gone) the newest intact end-of-epoch
+        checkpoint (epoch_XXXX.pth or best.pth) with one warning line; None when the folder holds none.
+
+        Raises UserError naming the damaged file when no intact one is left: never starts over silently.
+        Files are checked by reading their header and zip directory (``mmap``), which catches truncated,
+        empty and foreign files without reading gigabytes of weights twice.
+        """
+        damaged: list[str] = []
+        if self.last.exists():
+            try:
+                load_train_checkpoint(self.last, mmap=True)
+                return self.last
+            except UserError as e:
+                damaged.append(str(e))
+        candidates = [p for p in [*self.epoch_files(), self.best] if p.exists()]
+        if not candidates and not damaged:
+            return None
+        if not damaged:
+            damaged.append(f"checkpoint {self.last} is missing")
+        found: list[tuple[int, Path]] = []
+        for p in candidates:
+            try:
+                found.append((int(load_train_checkpoint(p, mmap=True)["epoch"]), p))
+            except UserError as e:
+                damaged.append(str(e))
+        if not found:
+            raise UserError(
+                f"{damaged[0]}, and no intact checkpoint is left in {self.folder}; resume another one with "
+                "--resume PATH or start over with --fresh"
+            )
+        epoch, p = min(found, key=lambda t: (-t[0], t[1] == self.best))  # newest; epoch_XXXX before best
+        warn(f"warning: {damaged[0]}; resuming from the newest intact checkpoint {p} (epoch {epoch})")
+        return p
+
+    def repair_best(self, ckpt: dict, source: Path, warn: Callable[[str], None]) -> None:
+        """Make best.pth the epoch ``ckpt`` names as the best (a kill may have come between writing last.pth
+        and copying best.pth); ``source`` is the file ``ckpt`` was read from."""
+        want = ckpt.get("best_epoch")
+        if want is None:  # version 1, or no evaluation yet
+            return
+        have = None
+        if self.best.exists():
+            try:
+                have = int(load_train_checkpoint(self.best, mmap=True)["epoch"])
+            except UserError:
+                have = None
+        if have == want:
+            return
+        src = None
+        if int(ckpt["epoch"]) == want and is_epoch_end(ckpt):
+            src = source
+        elif self.epoch_file(want).exists():
+            src = self.epoch_file(want)
+        if src is None:
+            warn(
+                f"warning: {self.best} is "
+                + (f"from epoch {have}" if have is not None else "missing or unreadable")
+                + f" but the run's best is epoch {want}, whose checkpoint is no longer kept"
+            )
+            return
+        atomic_copy(src, self.best)
+        warn(
+            f"restored {self.best} to epoch {want}, the run's best (it was "
+            + (f"epoch {have})" if have is not None else "missing)")
+        )

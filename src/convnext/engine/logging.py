@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
+import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from ..errors import UserError
 
 
 class MetricsLogger:
@@ -19,20 +24,13 @@ class MetricsLogger:
 
             self.tb = SummaryWriter(log_dir=str(Path(run_dir) / "tb"))
 
-    def truncate_after(self, epoch: int) -> None:
-        """On resume, drop records of epochs the checkpoint does not contain (a run killed after logging)."""
-        if not self.enabled or not self.path.exists():
-            return
-        keep = [
-            ln for ln in self.path.read_text().splitlines() if ln.strip() and json.loads(ln)["epoch"] <= epoch
-        ]
-        self.path.write_text("".join(ln + "\n" for ln in keep))
-
     def log_epoch(self, record: dict[str, Any]) -> None:
         if not self.enabled:
             return
         with self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
         if self.tb is not None:
             step = record["epoch"]
             for k, v in record.items():
@@ -47,11 +45,59 @@ class MetricsLogger:
 
     def close(self) -> None:
         if self.tb is not None:
-            self.tb.close()
+            try:
+                self.tb.close()
+            except OSError:  # a full disk: the checkpoint and metrics.jsonl matter, the event file does not
+                pass
 
 
-def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+def repair_metrics(
+    path: Path,
+    epoch: int,
+    last_record: dict[str, Any] | None = None,
+    warn: Callable[[str], None] | None = None,
+) -> None:
+    """Make metrics.jsonl hold epochs up to ``epoch`` once each, as the checkpoint resumed from says: drop
+    records of epochs the checkpoint does not contain (a run killed after logging) and a torn last line
+    (killed while appending); put back ``last_record`` (the checkpoint's own record of ``epoch``) when a kill
+    came between the checkpoint and its line. Rewritten atomically."""
+    records = read_metrics(path, warn=warn) if path.exists() else []
+    by_epoch = {r["epoch"]: r for r in records if r["epoch"] <= epoch}  # a repeated epoch: the later line
+    if last_record and last_record.get("epoch") == epoch:
+        by_epoch.setdefault(epoch, last_record)
+    keep = [by_epoch[e] for e in sorted(by_epoch)]
+    if not path.exists() and not keep:
+        return
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in keep))
+    os.replace(tmp, path)
+
+
+def read_metrics(path: str | Path, warn: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
+    """The records of metrics.jsonl (``path`` or ``path``/metrics.jsonl).
+
+    A torn last line (a kill while appending) is skipped with one warning, through ``warn`` (default:
+    ``warnings.warn``); a damaged line elsewhere is one sentence naming the file and line.
+    """
     path = Path(path)
     if path.is_dir():
         path = path / "metrics.jsonl"
-    return [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()]
+    lines = path.read_text(errors="replace").splitlines()
+    while lines and not lines[-1].strip():
+        lines.pop()
+    out = []
+    for i, ln in enumerate(lines, 1):
+        if not ln.strip():
+            continue
+        try:
+            rec = json.loads(ln)
+            if not isinstance(rec, dict) or not isinstance(rec.get("epoch"), int):
+                raise ValueError("not an epoch record")
+        except ValueError:
+            if i == len(lines):
+                msg = f"{path}: ignoring its torn last line (a run killed while writing it): {ln[:60]!r}"
+                (warn or (lambda m: warnings.warn(m, stacklevel=3)))(f"warning: {msg}" if warn else msg)
+                break
+            raise UserError(f"{path} line {i} is not a metrics record: {ln[:60]!r}") from None
+        out.append(rec)
+    return out

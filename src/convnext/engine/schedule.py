@@ -1,11 +1,13 @@
-"""Learning-rate schedule, stepped once per optimizer step (not per epoch), as in the official recipe."""
+"""Learning-rate schedule: a pure function of the optimizer step (nanoGPT's ``get_lr(it)``, the official
+code's per-step ``cosine_scheduler`` array), so resuming needs no scheduler state, only the step number."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 from torch.optim import Optimizer
-from torch.optim.lr_scheduler import LambdaLR
 
 
 def lr_factor(
@@ -26,29 +28,37 @@ def lr_factor(
     return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * t))
 
 
-def build_scheduler(
-    optimizer: Optimizer,
-    *,
-    total_steps: int,
-    warmup_steps: int,
-    base_lr: float,
-    min_lr: float,
-    name: str = "cosine",
-) -> LambdaLR:
-    """A LambdaLR: each param group's lr is its initial lr (peak x layer-decay scale) times the factor.
+@dataclass(frozen=True)
+class LrSchedule:
+    """Every param group's lr at a step: its peak lr (``optim.lr`` scaled by the batch and by its layer-decay
+    factor) times :func:`lr_factor`. The cosine floor scales with each group's layer-decay factor, as in the
+    official code; warmup starts at exactly 0 (torch's LinearLR cannot)."""
 
-    LambdaLR rather than SequentialLR(LinearLR, CosineAnnealingLR) because LinearLR cannot start at exactly
-    0 and the cosine floor must scale with each group's layer-decay factor, as in the official code.
-    """
+    total_steps: int
+    warmup_steps: int
+    base_lr: float  # the peak lr before layer decay: the floor's reference
+    min_lr: float
+    name: str = "cosine"
 
-    def factor(step: int) -> float:
+    def factor(self, step: int) -> float:
         return lr_factor(
             step,
-            total_steps=total_steps,
-            warmup_steps=warmup_steps,
-            base_lr=base_lr,
-            min_lr=min_lr,
-            name=name,
+            total_steps=self.total_steps,
+            warmup_steps=self.warmup_steps,
+            base_lr=self.base_lr,
+            min_lr=self.min_lr,
+            name=self.name,
         )
 
-    return LambdaLR(optimizer, factor)
+    def apply(self, optimizer: Optimizer, peaks: Sequence[float], step: int) -> float:
+        """Set each group's lr for optimizer step ``step`` (0-based, before ``optimizer.step()``); returns the
+        largest."""
+        f = self.factor(step)
+        for group, peak in zip(optimizer.param_groups, peaks, strict=True):
+            group["lr"] = peak * f
+        return max(peak * f for peak in peaks)
+
+
+def peak_lrs(optimizer: Optimizer) -> list[float]:
+    """Each group's peak lr: call right after building the optimizer, before any lr is scheduled."""
+    return [float(g["lr"]) for g in optimizer.param_groups]
