@@ -1,16 +1,19 @@
-"""Every ecosystem's ConvNeXt parameter names, translated to ours (the official facebookresearch names).
+"""Every ecosystem's ConvNeXt parameter names, translated to ours (the official facebookresearch names)
+and back: container unwrapping, format detection, ``to_ours`` and its inverse ``from_ours``.
 
 Each mapping below was read off the real modules (timm 1.0 ``ConvNeXt``, torchvision ``convnext_*``,
 transformers ``ConvNextForImageClassification`` / ``ConvNextV2ForImageClassification``) and is checked by
-tests/test_equivalence.py, which compares logits. No library ships this translation (each only imports
-the official names into its own), hence the hand-written tables.
+tests/test_equivalence.py and tests/test_convert.py, which compare logits with the peer library. No
+library ships this translation (each only imports the official names into its own), hence the tables.
 """
 
 from __future__ import annotations
 
 import math
 import re
+from typing import Any
 
+import torch
 from torch import Tensor
 
 from ..errors import UserError
@@ -28,11 +31,88 @@ OFFICIAL, TIMM, TORCHVISION, HF, HF_V2, FCMAE = (
 
 
 def strip_prefixes(sd: StateDict) -> StateDict:
-    """Drop wrapper prefixes every key shares: DDP/DataParallel ``module.``, torch.compile ``_orig_mod.``."""
+    """Drop wrapper prefixes every key shares: DDP/DataParallel ``module.``, torch.compile ``_orig_mod.``,
+    and torch.optim.swa_utils.AveragedModel's ``module.`` with its ``n_averaged`` counter (EMA copies)."""
+    if "n_averaged" in sd and all(k.startswith("module.") for k in sd if k != "n_averaged"):
+        sd = {k: v for k, v in sd.items() if k != "n_averaged"}
     for prefix in ("module.", "_orig_mod.", "model."):
         if sd and all(k.startswith(prefix) for k in sd):
             sd = {k[len(prefix) :]: v for k, v in sd.items()}
     return sd
+
+
+# Where containers keep the weights: the official/ours ("model"), timm's train.py and the original
+# ConvNext-PyTorch project's *.pth.tar ("state_dict"), Lightning, and other trainers ("model_state_dict");
+# and their EMA copies (official/ours "model_ema", the ConvNext-PyTorch project's "ema_state_dict", timm's
+# "state_dict_ema").
+MODEL_KEYS = ("model", "state_dict", "model_state_dict")
+EMA_KEYS = ("model_ema", "ema_state_dict", "state_dict_ema")
+_META_KEYS = ("epoch", "step", "metrics", "best_acc1", "best_top1")
+
+
+def is_state_dict(obj: Any) -> bool:
+    return isinstance(obj, dict) and bool(obj) and all(isinstance(v, Tensor) for v in obj.values())
+
+
+def unwrap(obj: Any, where: str, ema: bool = False) -> tuple[StateDict, dict[str, Any]]:
+    """The state dict inside a checkpoint container, and what the container says about it (arch, class
+    names, epoch, best accuracy, a training run's eval settings)."""
+    if not isinstance(obj, dict):
+        raise UserError(f"{where} holds a {type(obj).__name__}, not a state dict")
+    meta: dict[str, Any] = {}
+    for key in ("arch", "class_names"):
+        if key in obj and not isinstance(obj[key], Tensor):
+            meta[key] = obj[key]
+    for key in _META_KEYS:
+        if key in obj:
+            v = obj[key]
+            meta[key] = v.item() if isinstance(v, Tensor) and v.numel() == 1 else v
+    if obj.get("format") == "convnext-train":
+        meta["container"] = "convnext-train"
+        config = obj.get("config")
+        for section in ("data", "model"):  # the run's eval geometry and the model options it was built with
+            if isinstance(config, dict) and isinstance(config.get(section), dict):
+                meta[section] = config[section]
+    if ema:
+        key = next((k for k in EMA_KEYS if is_state_dict(obj.get(k))), None)
+        if key is None:
+            raise UserError(
+                f"{where} has no EMA weights ({', '.join(map(repr, EMA_KEYS))}); load it without ema "
+                "(the official *_ema releases already hold the EMA weights as 'model')"
+            )
+        return obj[key], meta
+    for key in MODEL_KEYS:
+        if is_state_dict(obj.get(key)):
+            return obj[key], meta
+    if is_state_dict(obj):
+        return obj, meta
+    top = ", ".join(map(str, list(obj)[:6]))
+    raise UserError(
+        f"{where} holds no state dict (looked under {', '.join(map(repr, MODEL_KEYS))}); "
+        f"top-level keys: {top}"
+    )
+
+
+def check_tensors(sd: StateDict, where: str) -> None:
+    """Refuse weights that would predict nonsense: a non-float tensor (integer weights give uniform
+    probabilities) or a NaN/inf (a diverged run). One pass, no copies: a tensor's sum is finite exactly
+    when all its values are, barring an overflow, which the exact check then settles."""
+    for k, v in sd.items():
+        if v.device.type == "meta":
+            continue
+        if not v.is_floating_point():
+            raise UserError(
+                f"{where}: tensor {k} is {str(v.dtype).removeprefix('torch.')}, not floating point; "
+                "ConvNeXt weights are float (integer weights would give meaningless uniform "
+                "probabilities): re-export the checkpoint in float"
+            )
+        if v.numel() and not bool(torch.isfinite(v.sum())):
+            bad = int((~torch.isfinite(v)).sum())
+            if bad:
+                raise UserError(
+                    f"{where}: tensor {k} holds {bad} NaN/inf value(s) of {v.numel()}; refusing weights "
+                    "that would predict nonsense (did the training diverge?)"
+                )
 
 
 def detect_format(sd: StateDict) -> str:
@@ -199,6 +279,127 @@ def to_ours(sd: StateDict, fmt: str) -> StateDict:
     raise ValueError(f"unknown format {fmt!r}")
 
 
+# ------------------------------------------------------------------------------------------ from ours
+TARGETS = (OFFICIAL, TIMM, TORCHVISION, HF)  # what from_ours writes (HF: V1 or V2 by the weights)
+TORCHVISION_ARCHS = ("convnext_tiny", "convnext_small", "convnext_base", "convnext_large")
+_TIMM_CONV_MLP = ("atto", "femto", "pico", "nano")  # timm builds these with conv_mlp=True: 1x1 conv MLPs
+
+_TIMM_RULES = [  # ours -> timm, first match wins (the inverse of _timm)
+    (r"^downsample_layers\.0\.(\d)\.", r"stem.\1."),
+    (r"^downsample_layers\.(\d)\.(\d)\.", r"stages.\1.downsample.\2."),
+    (r"^stages\.(\d)\.(\d+)\.dwconv\.", r"stages.\1.blocks.\2.conv_dw."),
+    (r"^stages\.(\d)\.(\d+)\.pwconv1\.", r"stages.\1.blocks.\2.mlp.fc1."),
+    (r"^stages\.(\d)\.(\d+)\.pwconv2\.", r"stages.\1.blocks.\2.mlp.fc2."),
+    (r"^stages\.(\d)\.(\d+)\.grn\.gamma$", r"stages.\1.blocks.\2.mlp.grn.weight"),
+    (r"^stages\.(\d)\.(\d+)\.grn\.beta$", r"stages.\1.blocks.\2.mlp.grn.bias"),
+    (r"^stages\.(\d)\.(\d+)\.", r"stages.\1.blocks.\2."),
+    (r"^norm\.", r"head.norm."),
+    (r"^head\.", r"head.fc."),
+]
+
+
+def _family(sd: StateDict) -> str:
+    if "stem.weight" in sd:
+        return "isotropic"
+    return "v2" if any(".grn." in k for k in sd) else "v1"
+
+
+def _rename(k: str, rules: list[tuple[str, str]]) -> str:
+    for pattern, repl in rules:
+        new, n = re.subn(pattern, repl, k)
+        if n:
+            return new
+    return k
+
+
+def _to_timm(sd: StateDict, conv_mlp: bool) -> StateDict:
+    out: StateDict = {}
+    for k, v in sd.items():
+        new = _rename(k, _TIMM_RULES)
+        if new.endswith((".mlp.grn.weight", ".mlp.grn.bias")):
+            v = v.reshape(-1)  # official (1, 1, 1, C) -> timm (C,)
+        elif conv_mlp and re.search(r"\.mlp\.fc[12]\.weight$", new):
+            v = v[:, :, None, None]  # linear (out, in) -> 1x1 conv (out, in, 1, 1)
+        out[new] = v
+    return out
+
+
+def _tv_key(k: str) -> str:
+    if m := re.match(r"^downsample_layers\.(\d)\.(\d)\.(.*)$", k):
+        return f"features.{2 * int(m[1])}.{m[2]}.{m[3]}"
+    if m := re.match(r"^stages\.(\d)\.(\d+)\.(\w+)\.?(.*)$", k):
+        block = {v: f"block.{i}" for i, v in _TV_BLOCK.items()}
+        name = "layer_scale" if m[3] == "gamma" else f"{block[m[3]]}.{m[4]}"
+        return f"features.{2 * int(m[1]) + 1}.{m[2]}.{name}"
+    return re.sub(r"^norm\.", "classifier.0.", re.sub(r"^head\.", "classifier.2.", k))
+
+
+def _to_torchvision(sd: StateDict) -> StateDict:
+    return {_tv_key(k): v.reshape(-1, 1, 1) if k.endswith(".gamma") else v for k, v in sd.items()}
+
+
+def _to_transformers(sd: StateDict, prefix: str) -> StateDict:
+    layer = {v: k for k, v in _HF_LAYER.items()}
+    out: StateDict = {}
+    for k, v in sd.items():
+        if k.startswith("head."):
+            out["classifier." + k[len("head.") :]] = v
+            continue
+        if k.startswith("norm."):
+            k = "layernorm." + k[len("norm.") :]
+        elif m := re.match(r"^downsample_layers\.0\.([01])\.(.*)$", k):
+            k = f"embeddings.{('patch_embeddings', 'layernorm')[int(m[1])]}.{m[2]}"
+        elif m := re.match(r"^downsample_layers\.(\d)\.(.*)$", k):
+            k = f"encoder.stages.{m[1]}.downsampling_layer.{m[2]}"
+        elif m := re.match(r"^stages\.(\d)\.(\d+)\.(.*)$", k):
+            head, rest = f"encoder.stages.{m[1]}.layers.{m[2]}", m[3]
+            if rest == "gamma":
+                k = f"{head}.layer_scale_parameter"
+            elif rest.startswith("grn."):
+                k = f"{head}.grn." + {"gamma": "weight", "beta": "bias"}[rest[4:]]
+            else:
+                name, _, param = rest.partition(".")
+                k = f"{head}.{layer.get(name, name)}.{param}"
+        out[prefix + k] = v
+    return out
+
+
+def from_ours(sd: StateDict, fmt: str, arch: str | None = None) -> StateDict:
+    """Our state dict in ``fmt``'s names and shapes (the inverse of ``to_ours``): official, timm,
+    torchvision, transformers (V1 or V2 by the weights). One sentence when ``fmt`` cannot hold the model."""
+    family = _family(sd)
+    arch = arch or infer_arch(sd)
+    what = arch or f"this {family} ConvNeXt"
+    if fmt == OFFICIAL:
+        return dict(sd)
+    if family == "isotropic":
+        raise UserError(
+            f"{what} is an isotropic ConvNeXt, which only the official code has; use --to official"
+        )
+    if fmt == TIMM:
+        size = (arch or "").rpartition("_")[2]
+        return _to_timm(sd, conv_mlp=size in _TIMM_CONV_MLP)
+    if fmt == TORCHVISION:
+        if family == "v2":
+            raise UserError(f"torchvision has no ConvNeXt V2, so it cannot hold {what}; use --to timm or hf")
+        if arch not in TORCHVISION_ARCHS:
+            raise UserError(
+                f"torchvision ships only {', '.join(TORCHVISION_ARCHS)}, so it cannot hold {what}; "
+                "use --to timm or hf"
+            )
+        if "head.weight" not in sd:
+            raise UserError(f"torchvision's ConvNeXt always has a classifier and {what} has none")
+        return _to_torchvision(sd)
+    if fmt in (HF, HF_V2):  # ConvNextV2 for V2 weights, ConvNext for V1, whichever was asked
+        return _to_transformers(sd, "convnextv2." if family == "v2" else "convnext.")
+    raise UserError(f"cannot write {fmt!r} weights; targets: ours, {', '.join(TARGETS)}")
+
+
+def hf_format(sd: StateDict) -> str:
+    """transformers' model for our weights: ConvNextV2 for V2, ConvNext for V1."""
+    return HF_V2 if _family(sd) == "v2" else HF
+
+
 def num_classes_of(sd: StateDict) -> int | None:
     """The classifier's class count, or None when the weights carry no classifier (a backbone)."""
     w = sd.get("head.weight")
@@ -247,7 +448,10 @@ def describe_shape(sd: StateDict) -> str:
 
 
 __all__ = [
+    "check_tensors",
     "detect_format",
+    "from_ours",
+    "unwrap",
     "describe_shape",
     "infer_arch",
     "num_classes_of",
