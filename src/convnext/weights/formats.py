@@ -60,7 +60,7 @@ def unwrap(obj: Any, where: str, ema: bool = False) -> tuple[StateDict, dict[str
     if not isinstance(obj, dict):
         raise UserError(f"{where} holds a {type(obj).__name__}, not a state dict")
     meta: dict[str, Any] = {}
-    for key in ("arch", "class_names"):
+    for key in ("arch", "class_names", "data_config"):  # what `convnext convert` records
         if key in obj and not isinstance(obj[key], Tensor):
             meta[key] = obj[key]
     for key in _META_KEYS:

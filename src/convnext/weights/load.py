@@ -102,11 +102,12 @@ def prepare(src: str | Path | dict, *, ema: bool = False) -> Prepared:
     except UserError as e:
         raise UserError(f"{path}: {e}") from None
     ours = formats.to_ours(sd, fmt)
-    if "class_names" in st_meta:
-        try:
-            class_names = json.loads(st_meta["class_names"])
-        except ValueError:
-            pass
+    for key in ("class_names", "data_config"):  # what `convnext convert` records in safetensors metadata
+        if key in st_meta:
+            try:
+                meta.setdefault(key, json.loads(st_meta[key]))
+            except ValueError:
+                pass
     class_names = meta.get("class_names") or class_names
     num_classes = formats.num_classes_of(ours)
     shapes_arch = formats.infer_arch(ours)
@@ -128,12 +129,16 @@ def prepare(src: str | Path | dict, *, ema: bool = False) -> Prepared:
         entry=entry,
         arch=arch,
         ema=ema,
-        metadata={k: v for k, v in meta.items() if k not in ("arch", "class_names", "container", "data")},
+        metadata={k: v for k, v in meta.items() if k not in _INFO_KEYS},
         # metadata["model"]: a training run's model section (options the architecture was built with)
-        data_config=checkpoint_data_config(entry, meta.get("data"), fmt, arch),
+        data_config=checkpoint_data_config(entry, meta.get("data"), fmt, arch, meta.get("data_config")),
         run_dir=str(run_dir) if run_dir else None,
     )
     return Prepared(ours, info)
+
+
+# container keys that become CheckpointInfo fields rather than metadata
+_INFO_KEYS = ("arch", "class_names", "container", "data", "data_config")
 
 
 def _imagenet_names() -> list[str]:

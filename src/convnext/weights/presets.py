@@ -45,14 +45,21 @@ def _from_data_section(data: dict[str, Any]) -> dict[str, Any]:
 
 
 def checkpoint_data_config(
-    entry: WeightEntry | None, run_data: dict[str, Any] | None, fmt: str, arch: str | None
+    entry: WeightEntry | None,
+    run_data: dict[str, Any] | None,
+    fmt: str,
+    arch: str | None,
+    recorded: dict[str, Any] | None = None,
 ) -> dict[str, Any] | None:
-    """The eval settings loaded weights were made for: the registry release's, a training run's, or
-    torchvision's preset for weights in torchvision's layout; None when nothing says (defaults apply)."""
+    """The eval settings loaded weights were made for: the registry release's, a training run's, those
+    ``convnext convert`` recorded, or torchvision's preset for weights in torchvision's layout; None when
+    nothing says (defaults apply)."""
     if entry is not None:
         return entry.data_config()
     if run_data is not None:
         return _from_data_section(run_data)
+    if isinstance(recorded, dict) and all(k in recorded for k in DATA_KEYS):
+        return resolve_data_config(recorded)
     if fmt == "torchvision" and arch:
         tv = torchvision_entry(arch)
         if tv is not None:
