@@ -13,19 +13,6 @@ from torch import nn
 from .models.factory import build_model, get_variant
 
 
-def run_model_options(model_section: dict[str, Any] | None, arch: str) -> dict[str, Any]:
-    """The constructor options a training run built its model with (``model.options`` and layer scale),
-    from its config's ``model:`` section, for rebuilding that model; drop path is a training-only knob."""
-    if not model_section:
-        return {}
-    opts = dict(model_section.get("options") or {})
-    ls = model_section.get("layer_scale_init_value")
-    if ls is not None and (not arch.startswith("convnext_isotropic") or ls):  # as engine/train.py builds it
-        opts.setdefault("layer_scale_init_value", ls)
-    opts.pop("drop_path_rate", None)
-    return opts
-
-
 def _pretrained_cfg(arch: str, num_classes: int, info: Any = None) -> dict[str, Any]:
     """timm's ``model.pretrained_cfg`` for our model: the weights' eval settings and provenance."""
     from .weights.presets import default_data_config
@@ -79,7 +66,13 @@ def create_model(
         prepared = prepare(src)
         if num_classes is None:
             num_classes = prepared.info.num_classes or 0
-        options = {**run_model_options(prepared.info.metadata.get("model"), arch), **options}
+        from .weights.formats import model_options_of, run_model_options
+
+        implied = {
+            **model_options_of(prepared.state_dict),
+            **run_model_options(prepared.info.metadata.get("model"), arch),
+        }
+        options = {**implied, **options}
     n = num_classes if num_classes is not None else 1000
     model = build_model(arch, num_classes=n, **options)
     info = None

@@ -75,11 +75,10 @@ def run(args: argparse.Namespace) -> int:
     if arch is None:
         shape = formats.describe_shape(prepared.state_dict)
         raise UserError(f"cannot tell which architecture {args.src} holds ({shape}); pass --model ARCH")
-    opts = {}
-    if info.metadata.get("model"):
-        from ..hub import run_model_options
-
-        opts = run_model_options(info.metadata["model"], arch)
+    opts = {
+        **formats.model_options_of(prepared.state_dict),
+        **formats.run_model_options(info.metadata.get("model"), arch),
+    }
     with torch.device("meta"):  # shapes only: verifies the weights without allocating a second copy
         try:
             model = build_model(arch, num_classes=n_classes, **opts)

@@ -98,11 +98,11 @@ def load_for_inference(
         raise UserError(f"cannot tell the architecture of {src}; pass --model (e.g. --model convnext_tiny)")
     if not info.num_classes:
         raise UserError(f"{src} holds a backbone without classifier; it cannot classify (fine-tune it first)")
-    opts: dict[str, Any] = {}
-    if train_cfg is not None:
-        from ..hub import run_model_options
+    from ..weights.formats import model_options_of, run_model_options
 
-        opts = run_model_options(dataclasses.asdict(train_cfg.model), arch)
+    opts = model_options_of(prepared.state_dict)  # e.g. no layer scale in the weights: none in the model
+    if train_cfg is not None:
+        opts.update(run_model_options(dataclasses.asdict(train_cfg.model), arch))
     try:
         model = build_model(arch, num_classes=info.num_classes, **opts)
     except (TypeError, ValueError) as e:

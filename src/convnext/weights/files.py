@@ -133,6 +133,11 @@ def check_archive(path: Path) -> None:
         with zipfile.ZipFile(path) as z:
             infos = z.infolist()
             pkl = next((i for i in infos if i.filename.endswith("data.pkl")), None)
+            if pkl is not None and pkl.file_size > MAX_PICKLE_BYTES:
+                raise UserError(
+                    f"refused {path}: its pickle {pkl.filename} inflates to {pkl.file_size / 2**20:.0f} MiB "
+                    f"(a state dict's is well under {MAX_PICKLE_BYTES >> 20} MiB): a corrupt or crafted file"
+                )
             for i in infos:
                 if i.file_size > size or i.header_offset + i.compress_size > size:
                     raise UserError(
@@ -141,11 +146,6 @@ def check_archive(path: Path) -> None:
                     )
             if pkl is None:
                 return  # not torch.save's layout; torch.load names the problem
-            if pkl.file_size > MAX_PICKLE_BYTES:
-                raise UserError(
-                    f"refused {path}: its pickle {pkl.filename} inflates to {pkl.file_size / 2**20:.0f} MiB "
-                    f"(a state dict's is well under {MAX_PICKLE_BYTES >> 20} MiB): a corrupt or crafted file"
-                )
             data = z.read(pkl)
     except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError):
         return  # torch.load reports a damaged archive in its own words (turned into one sentence)

@@ -437,6 +437,32 @@ def infer_arch(sd: StateDict) -> str | None:
     return None
 
 
+def model_options_of(sd: StateDict) -> dict[str, Any]:
+    """Constructor options the weights themselves imply (our names): V1 weights without layer scale
+    (``layer_scale_init_value=0`` when trained) need a model without it, isotropic ones with it one
+    that has it (its default is none)."""
+    family = _family(sd)
+    has_gamma = any(k.endswith(".gamma") for k in sd)
+    if family == "v1" and not has_gamma and any(k.startswith("stages.") for k in sd):
+        return {"layer_scale_init_value": 0.0}
+    if family == "isotropic" and has_gamma:
+        return {"layer_scale_init_value": 1e-6}
+    return {}
+
+
+def run_model_options(model_section: dict[str, Any] | None, arch: str) -> dict[str, Any]:
+    """The constructor options a training run built its model with (``model.options`` and layer scale),
+    from its config's ``model:`` section, for rebuilding that model; drop path is a training-only knob."""
+    if not model_section:
+        return {}
+    opts = dict(model_section.get("options") or {})
+    ls = model_section.get("layer_scale_init_value")
+    if ls is not None and (not arch.startswith("convnext_isotropic") or ls):  # as engine/train.py builds it
+        opts.setdefault("layer_scale_init_value", ls)
+    opts.pop("drop_path_rate", None)
+    return opts
+
+
 def describe_shape(sd: StateDict) -> str:
     """Depths and widths in words, for an error message about weights that fit no architecture."""
     if "stem.weight" in sd:
@@ -454,6 +480,8 @@ __all__ = [
     "unwrap",
     "describe_shape",
     "infer_arch",
+    "model_options_of",
+    "run_model_options",
     "num_classes_of",
     "strip_prefixes",
     "to_ours",
