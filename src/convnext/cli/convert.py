@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     model_arch = args.model.partition(".")[0] if args.model else None
     if model_arch and info.arch and model_arch != info.arch:
         raise UserError(
-            f"--model {model_arch} does not match {args.src}, which holds {info.arch} weights; "
+            f"--model {model_arch}: {args.src} holds {info.arch} weights but the model is {model_arch}; "
             f"drop --model or pass --model {info.arch}"
         )
     arch = model_arch or info.arch

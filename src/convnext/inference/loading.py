@@ -90,8 +90,8 @@ def load_for_inference(
     held = (train_cfg.model.name.partition(".")[0] if train_cfg else None) or info.arch
     if arch is not None and held is not None and arch != held:
         raise UserError(
-            f"--model {arch} ({_family(arch)}) does not match {src}, which holds {held} ({_family(held)}) "
-            f"weights; drop --model or pass --model {held}"
+            f"--model {arch}: {src} holds {held} weights but the model is {arch} ({_family(held)} vs "
+            f"{_family(arch)}); drop --model or pass --model {held}"
         )
     arch = arch or held
     if arch is None:
