@@ -593,7 +593,7 @@ def test_bad_values_are_refused_on_every_path(
 def test_nan_check_reads_in_place(source: torch.nn.Module) -> None:
     """The check must not copy the weights (a 2.6 GB checkpoint): the state dict comes back untouched,
     each tensor the very same object."""
-    from convnext.weights.formats import check_tensors
+    from convnext.weights.containers import check_tensors
 
     sd = source.state_dict()
     ptrs = {k: v.data_ptr() for k, v in sd.items()}

@@ -66,7 +66,7 @@ def create_model(
         prepared = prepare(src)
         if num_classes is None:
             num_classes = prepared.info.num_classes or 0
-        from .weights.formats import model_options_of, run_model_options
+        from .weights.containers import model_options_of, run_model_options
 
         implied = {
             **model_options_of(prepared.state_dict),

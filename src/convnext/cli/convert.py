@@ -54,7 +54,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..models.factory import VARIANTS, build_model
-    from ..weights import formats, write
+    from ..weights import containers, formats, write
     from ..weights.load import load_checkpoint, prepare
 
     dst = Path(args.dst)
@@ -76,8 +76,8 @@ def run(args: argparse.Namespace) -> int:
         shape = formats.describe_shape(prepared.state_dict)
         raise UserError(f"cannot tell which architecture {args.src} holds ({shape}); pass --model ARCH")
     opts = {
-        **formats.model_options_of(prepared.state_dict),
-        **formats.run_model_options(info.metadata.get("model"), arch),
+        **containers.model_options_of(prepared.state_dict),
+        **containers.run_model_options(info.metadata.get("model"), arch),
     }
     with torch.device("meta"):  # shapes only: verifies the weights without allocating a second copy
         try:

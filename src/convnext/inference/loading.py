@@ -98,7 +98,7 @@ def load_for_inference(
         raise UserError(f"cannot tell the architecture of {src}; pass --model (e.g. --model convnext_tiny)")
     if not info.num_classes:
         raise UserError(f"{src} holds a backbone without classifier; it cannot classify (fine-tune it first)")
-    from ..weights.formats import model_options_of, run_model_options
+    from ..weights.containers import model_options_of, run_model_options
 
     opts = model_options_of(prepared.state_dict)  # e.g. no layer scale in the weights: none in the model
     if train_cfg is not None:

@@ -1,8 +1,8 @@
 """Load any ConvNeXt checkpoint into our models: ``prepare`` (read, unwrap, check, rename) and
 ``load_checkpoint`` (fit into a model, one sentence for any mismatch).
 
-Where the bytes come from is ``fetch.py``, how they are read safely ``files.py``, how names map
-``formats.py``; this module joins them.
+Where the bytes come from is ``fetch.py``, how they are read safely ``files.py``, what containers hold
+``containers.py``, how names map ``formats.py``; this module joins them.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from ..errors import UserError
-from . import formats
+from . import containers, formats
 from .fetch import fetch, is_run_dir, resolve, run_checkpoint
 from .files import hf_class_names, hf_weights, read_file
 from .registry import WeightEntry, find_file
@@ -94,9 +94,9 @@ def prepare(src: str | Path | dict, *, ema: bool = False) -> Prepared:
             class_names = hf_class_names(path)
             path = hf_weights(path)
         obj, st_meta = read_file(path)
-    sd, meta = formats.unwrap(obj, str(path), ema)
-    sd = formats.strip_prefixes(sd)
-    formats.check_tensors(sd, str(path))
+    sd, meta = containers.unwrap(obj, str(path), ema)
+    sd = containers.strip_prefixes(sd)
+    containers.check_tensors(sd, str(path))
     try:
         fmt = formats.detect_format(sd)
     except UserError as e:
