@@ -541,3 +541,283 @@ def test_any_random_bytes_are_one_sentence(tmp_path: Path) -> None:
         path.write_bytes(rng.randbytes(rng.choice([1, 7, 64, 1000])))
         with pytest.raises(UserError, match=str(path)):
             read_checkpoint(path)
+
+
+# ------------------------------------------------------------------------- values that predict nonsense
+
+
+@pytest.mark.parametrize(
+    ("name", "poison", "sentence"),
+    [
+        (
+            "nan",
+            lambda t: t.view(-1).index_fill(0, torch.tensor([3]), float("nan")),
+            "holds 1 NaN/inf value(s)",
+        ),
+        ("inf", lambda t: t.view(-1).index_fill(0, torch.tensor([0, 5]), -float("inf")), "holds 2 NaN/inf"),
+        ("int64", lambda t: t.long(), "is int64, not floating point"),
+        ("bool", lambda t: t > 0, "is bool, not floating point"),
+    ],
+)
+def test_bad_values_are_refused_on_every_path(
+    name: str, poison, sentence: str, source: torch.nn.Module, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:  # noqa: ANN001
+    sd = {k: v.clone() for k, v in source.state_dict().items()}
+    key = "stages.1.0.pwconv1.weight"
+    sd[key] = poison(sd[key])
+    path = tmp_path / f"{name}.pth"
+    torch.save({"model": sd}, path)
+    with pytest.raises(UserError) as e:  # create_model(pretrained=...), and so train's model.pretrained
+        convnext.create_model(ARCH, pretrained=str(path))
+    assert key in str(e.value) and sentence in str(e.value), str(e.value)
+    dst = tmp_path / "out.safetensors"
+    img = tmp_path / "img.png"
+    from torchvision.io import write_png
+
+    write_png(torch.zeros(3, 40, 40, dtype=torch.uint8), str(img))
+    for argv in (
+        ["convert", str(path), str(dst)],
+        ["convert", str(path), str(tmp_path / "hf"), "--to", "hf"],
+        ["predict", str(img), "--weights", str(path)],
+        ["evaluate", "--weights", str(path), "--data", str(tmp_path)],
+    ):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and key in err and sentence in err, err
+    assert not dst.exists() and not (tmp_path / "hf").exists()
+
+
+def test_nan_check_reads_in_place(source: torch.nn.Module) -> None:
+    """The check must not copy the weights (a 2.6 GB checkpoint): the state dict comes back untouched,
+    each tensor the very same object."""
+    from convnext.weights.containers import check_tensors
+
+    sd = source.state_dict()
+    ptrs = {k: v.data_ptr() for k, v in sd.items()}
+    check_tensors(sd, "x")
+    huge = torch.full((4,), 3e38)  # a finite tensor whose sum overflows to inf: not a false alarm
+    check_tensors({"w": huge}, "x")
+    assert {k: v.data_ptr() for k, v in sd.items()} == ptrs
+
+
+# ------------------------------------------------------------------------------- oversized or lying files
+
+
+def _rewrite_zip(src: Path, dst: Path, patch) -> None:  # noqa: ANN001
+    import zipfile
+
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w", zipfile.ZIP_STORED) as zout:
+        for info in zin.infolist():
+            data = zin.read(info.filename)
+            zout.writestr(info, patch(info.filename, data))
+
+
+def _patch_pickle_int(data: bytes, old: int, new: int, nth: int = 0) -> bytes:
+    """Replace the nth BININT1/BININT2 ``old`` in a pickle by ``new`` (same opcode width)."""
+    import pickletools
+
+    hits = [
+        pos for op, arg, pos in pickletools.genops(data) if op.name in ("BININT1", "BININT2") and arg == old
+    ]
+    pos = hits[nth]
+    width = 1 if data[pos : pos + 1] == b"K" else 2
+    return data[: pos + 1] + new.to_bytes(width, "little") + data[pos + 1 + width :]
+
+
+def test_lying_archives_are_one_line(tmp_path: Path) -> None:
+    base = tmp_path / "base.pth"
+    torch.save({"w": torch.zeros(300)}, base)  # storage numel 300 (BININT2), tensor size (300,)
+    # the pickle's storage claims 900 elements while its record holds 300: torch's mmap would read past
+    # the record into the rest of the archive without a word
+    big_storage = tmp_path / "big_storage.pth"
+    _rewrite_zip(
+        base, big_storage, lambda n, d: _patch_pickle_int(d, 300, 900, 0) if n.endswith(".pkl") else d
+    )
+    with pytest.raises(UserError, match=r"storage .*data/0 declares 3600 bytes but the archive holds 1200"):
+        read_checkpoint(big_storage)
+    # a tensor larger than its storage: torch's RuntimeError becomes one sentence
+    big_tensor = tmp_path / "big_tensor.pth"
+    _rewrite_zip(
+        base, big_tensor, lambda n, d: _patch_pickle_int(d, 300, 600, 1) if n.endswith(".pkl") else d
+    )
+    with pytest.raises(UserError) as e:
+        read_checkpoint(big_tensor)
+    assert "is corrupt: torch cannot rebuild its tensors" in str(e.value) and "\n" not in str(e.value)
+    # a central directory claiming a record bigger than the whole file
+    data = bytearray(base.read_bytes())
+    cd = data.rfind(b"PK\x01\x02")  # the last record's central directory header
+    data[cd + 24 : cd + 28] = (2**31).to_bytes(4, "little")  # its uncompressed size
+    liar = tmp_path / "liar.pth"
+    liar.write_bytes(bytes(data))
+    with pytest.raises(UserError, match="more than the whole file"):
+        read_checkpoint(liar)
+
+
+def _write_zip(path: Path, members: list[tuple[str, int, bytes, int, int]]) -> None:
+    """A zip archive from (name, method, data as stored, crc32, uncompressed size) members, written by
+    hand: zipfile cannot store data compressed elsewhere."""
+    import struct
+
+    out, central = bytearray(), bytearray()
+    for name, method, data, crc, size in members:
+        n = name.encode()
+        central += struct.pack("<IHHHHHHIIIHHHHHII", 0x02014B50, 20, 20, 0, method, 0, 0, crc, len(data),
+                               size, len(n), 0, 0, 0, 0, 0, len(out)) + n  # fmt: skip
+        out += struct.pack("<IHHHHHIIIHH", 0x04034B50, 20, 0, method, 0, 0, crc, len(data), size, len(n), 0)
+        out += n + data
+    end = struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, len(members), len(members), len(central), len(out), 0)
+    path.write_bytes(bytes(out + central + end))
+
+
+def test_pickle_bomb_is_refused_before_inflating(tmp_path: Path) -> None:
+    """A torch.save archive whose data.pkl inflates to 1 GiB: refused from the zip directory, and the
+    process grows by little (torch itself would inflate it whole: 3.8 GB RSS)."""
+    import zipfile
+    import zlib
+
+    torch.save({"w": torch.zeros(3)}, tmp_path / "base.pth")
+    chunk, n_chunks = bytes(16 << 20), 64
+    z = zlib.compressobj(9, zlib.DEFLATED, -15)
+    # a full flush makes each chunk's deflate segment independent: 64 copies inflate to 64 chunks
+    segment = z.compress(chunk) + z.flush(zlib.Z_FULL_FLUSH)
+    deflated = segment * n_chunks + z.flush()
+    crc = 0
+    for _ in range(n_chunks):
+        crc = zlib.crc32(chunk, crc)
+    members = []
+    with zipfile.ZipFile(tmp_path / "base.pth") as zin:
+        for info in zin.infolist():
+            if info.filename.endswith("data.pkl"):
+                members.append((info.filename, zipfile.ZIP_DEFLATED, deflated, crc, len(chunk) * n_chunks))
+            else:
+                members.append((info.filename, zipfile.ZIP_STORED, zin.read(info), info.CRC, info.file_size))
+    bomb = tmp_path / "bomb.pth"
+    _write_zip(bomb, members)
+    assert bomb.stat().st_size < 1 << 20  # under a MiB on disk
+    with zipfile.ZipFile(bomb) as z:  # a valid archive, honest about its size
+        assert z.getinfo("base/data.pkl").file_size == 1 << 30
+    code = (
+        "import resource, sys\n"
+        "from pathlib import Path\n"
+        "from convnext.errors import UserError\n"
+        "from convnext.weights.files import read_file\n"
+        "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "try:\n"
+        "    read_file(Path(sys.argv[1]))\n"
+        "except UserError as e:\n"
+        "    print(e)\n"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code, str(bomb)], capture_output=True, text=True, timeout=300)
+    message, grown_kib = r.stdout.strip().splitlines()
+    assert "inflates to 1024 MiB" in message and "refused" in message, r.stdout + r.stderr
+    assert int(grown_kib) < 64 * 1024, f"RSS grew by {int(grown_kib) // 1024} MiB"
+
+
+# ----------------------------------------------------------------- the original project's *.pth.tar files
+
+
+@pytest.fixture
+def seed_checkpoint(source: torch.nn.Module, tmp_path: Path) -> tuple[Path, dict]:
+    """A checkpoint as the original ConvNext-PyTorch project's train.py saves it: the model's state_dict
+    (official-style names), the EMA model (torch.optim.swa_utils.AveragedModel: ``module.`` prefix and an
+    int64 ``n_averaged``), best_acc1, the optimizer and scheduler states, in a ``.pth.tar``."""
+    from torch.optim.swa_utils import AveragedModel
+
+    ema_model = AveragedModel(source)
+    with torch.no_grad():
+        for p in ema_model.module.parameters():
+            p.mul_(0.5)
+    opt = torch.optim.SGD(source.parameters(), lr=0.1, momentum=0.9)
+    source(torch.randn(1, 3, 32, 32)).sum().backward()
+    opt.step()  # real optimizer state (momentum buffers; integer "step" counters in other optimizers)
+    opt.zero_grad()
+    sched = torch.optim.lr_scheduler.StepLR(opt, 30)
+    path = tmp_path / "ConvNext_atto-ImageNet_1K-0123abcd.pth.tar"
+    torch.save(
+        {
+            "epoch": 90,
+            "best_acc1": torch.tensor(81.25),
+            "state_dict": source.state_dict(),
+            "ema_state_dict": ema_model.state_dict(),
+            "optimizer": opt.state_dict(),
+            "scheduler": sched.state_dict(),
+        },
+        path,
+    )
+    return path, {k: v for k, v in ema_model.module.state_dict().items()}
+
+
+def test_seed_project_checkpoint(
+    seed_checkpoint: tuple[Path, dict], source: torch.nn.Module, tmp_path: Path
+) -> None:
+    path, ema = seed_checkpoint
+    model = convnext.create_model(ARCH, pretrained=str(path))
+    assert same_weights(model.state_dict(), source.state_dict())
+    info = model.pretrained_info
+    assert info.format == "official" and info.metadata["best_acc1"] == 81.25 and info.metadata["epoch"] == 90
+    assert same_weights(prepare(path, ema=True).state_dict, ema)  # --ema picks ema_state_dict
+    dst = tmp_path / "ema.safetensors"
+    assert main(["convert", str(path), str(dst), "--ema"]) == 0
+    assert same_weights(convnext.create_model(ARCH, pretrained=str(dst)).state_dict(), ema)
+
+
+# ------------------------------------------------------------------------------- run folders as a source
+
+
+def _run_folder(tmp_path: Path, model: torch.nn.Module, **model_section) -> Path:  # noqa: ANN003
+    from convnext.engine.config import TrainConfig, dump_yaml, to_dict
+
+    cfg = TrainConfig()
+    cfg.model.name = ARCH
+    for k, v in model_section.items():
+        setattr(cfg.model, k, v)
+    cfg.data.img_size, cfg.data.crop_pct, cfg.data.interpolation = 64, 1.0, "bilinear"
+    run = tmp_path / "runs" / "pets"
+    (run / "checkpoints").mkdir(parents=True)
+    dump_yaml(cfg, run / "config.yaml")
+    ckpt = {"format": "convnext-train", "version": 1, "arch": ARCH, "model": model.state_dict(),
+            "config": to_dict(cfg), "class_names": CLASSES, "epoch": 3}  # fmt: skip
+    torch.save(ckpt, run / "checkpoints" / "best.pth")
+    return run
+
+
+def test_run_folder_is_a_weights_source(tmp_path: Path) -> None:
+    torch.manual_seed(5)
+    trained = convnext.create_model(ARCH, num_classes=N_CLASSES, layer_scale_init_value=0.0)  # no gamma
+    run = _run_folder(tmp_path, trained, layer_scale_init_value=0.0)
+    # the run's model options (here: no layer scale) rebuild the same model
+    model = convnext.create_model(ARCH, pretrained=str(run))
+    assert same_weights(model.state_dict(), trained.state_dict())
+    assert model.pretrained_info.class_names == CLASSES
+    cfg = model.pretrained_cfg
+    assert cfg["input_size"] == (3, 64, 64) and cfg["crop_pct"] == 1.0 and cfg["interpolation"] == "bilinear"
+    assert convnext.resolve_data_config(str(run))["input_size"] == (3, 64, 64)
+    dst = tmp_path / "pets.safetensors"
+    assert main(["convert", str(run), str(dst)]) == 0
+    again = convnext.create_model(ARCH, pretrained=str(dst))
+    assert (
+        same_weights(again.state_dict(), trained.state_dict())
+        and again.pretrained_info.class_names == CLASSES
+    )
+    assert again.pretrained_cfg["input_size"] == (3, 64, 64)  # the eval settings travel with the file
+
+
+@pytest.mark.parametrize("other", ["convnext_isotropic_small", "convnextv2_atto", "convnext_femto"])
+def test_model_naming_another_architecture_is_one_sentence(
+    other: str, source: torch.nn.Module, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    run = _run_folder(tmp_path, source, options={"depths": [2, 2, 6, 2]})  # an option isotropic lacks
+    img = tmp_path / "img.png"
+    from torchvision.io import write_png
+
+    write_png(torch.zeros(3, 40, 40, dtype=torch.uint8), str(img))
+    for argv in (
+        ["predict", str(img), "--weights", str(run), "--model", other],
+        ["evaluate", "--weights", str(run), "--model", other],
+        ["convert", str(run), str(tmp_path / "o.safetensors"), "--model", other],
+    ):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"--model {other}" in err and "holds convnext_atto" in err, err
+    assert not (tmp_path / "o.safetensors").exists()

@@ -1,16 +1,56 @@
-"""ConvNeXt for PyTorch: every published variant, weights from any ecosystem, and the tools to train them."""
+"""ConvNeXt for PyTorch: every published variant, weights from any ecosystem, and the tools to train them.
 
-from .hub import create_model
-from .models import list_models
+Imported lazily: ``import convnext`` costs nothing until a name is used (``convnext --help`` stays fast).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
+# public name -> module that defines it
+_EXPORTS = {
+    "create_model": ".hub",
+    "list_models": ".models",
+    "load_checkpoint": ".weights.load",
+    "load_for_inference": ".inference.loading",
+    "resolve_data_config": ".weights.presets",
+    "create_transform": ".weights.presets",
+}
 
-def load_checkpoint(model, src, **kwargs):  # noqa: ANN001, ANN003, ANN201 - re-exported, typed at the source
-    """See :func:`convnext.weights.load.load_checkpoint`."""
-    from .weights.load import load_checkpoint as _load
+__all__ = [
+    "__version__",
+    "create_model",
+    "create_transform",
+    "list_models",
+    "load_checkpoint",
+    "load_for_inference",
+    "resolve_data_config",
+]
 
-    return _load(model, src, **kwargs)
+if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ imports on first use
+    from .hub import create_model
+    from .inference.loading import load_for_inference
+    from .models import list_models
+    from .weights.load import load_checkpoint
+    from .weights.presets import create_transform, resolve_data_config
 
 
-__all__ = ["create_model", "list_models", "load_checkpoint", "__version__"]
+_SUBPACKAGES = ("models", "weights", "data", "engine", "inference", "hub", "device", "errors")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _SUBPACKAGES:  # convnext.models.X works after a bare `import convnext`, as it used to
+        return importlib.import_module(f".{name}", __name__)
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'convnext' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import statistics
 import threading
 import time
@@ -38,50 +37,15 @@ TORCHVISION_MODELS = ("convnext_tiny", "convnext_small", "convnext_base", "convn
 
 
 # ----------------------------------------------------------------------------------------------------
-# Our weights in the peers' layouts (the reverse of convnext.weights' converters), so every contestant
-# computes exactly the same function.
-
-_TIMM_RULES = [
-    (r"^downsample_layers\.0\.(\d)\.", r"stem.\1."),
-    (r"^downsample_layers\.(\d)\.(\d)\.", r"stages.\1.downsample.\2."),
-    (r"^stages\.(\d)\.(\d+)\.dwconv\.", r"stages.\1.blocks.\2.conv_dw."),
-    (r"^stages\.(\d)\.(\d+)\.pwconv1\.", r"stages.\1.blocks.\2.mlp.fc1."),
-    (r"^stages\.(\d)\.(\d+)\.pwconv2\.", r"stages.\1.blocks.\2.mlp.fc2."),
-    (r"^stages\.(\d)\.(\d+)\.grn\.gamma$", r"stages.\1.blocks.\2.mlp.grn.weight"),
-    (r"^stages\.(\d)\.(\d+)\.grn\.beta$", r"stages.\1.blocks.\2.mlp.grn.bias"),
-    (r"^stages\.(\d)\.(\d+)\.", r"stages.\1.blocks.\2."),
-    (r"^norm\.", r"head.norm."),
-    (r"^head\.", r"head.fc."),
-]
-
-
-def _tv_key(key: str) -> str:
-    if m := re.match(r"^downsample_layers\.(\d)\.(\d)\.(.*)$", key):
-        i, j, rest = int(m[1]), m[2], m[3]
-        return f"features.{2 * i}.{j}.{rest}"
-    if m := re.match(r"^stages\.(\d)\.(\d+)\.(\w+)\.?(.*)$", key):
-        i, j, part, rest = int(m[1]), m[2], m[3], m[4]
-        sub = {"dwconv": "block.0", "norm": "block.2", "pwconv1": "block.3", "pwconv2": "block.5"}
-        name = "layer_scale" if part == "gamma" else f"{sub[part]}.{rest}"
-        return f"features.{2 * i + 1}.{j}.{name}"
-    return re.sub(r"^norm\.", "classifier.0.", re.sub(r"^head\.", "classifier.2.", key))
+# Our weights in the peers' layouts (convnext.weights.formats.from_ours, the inverse of its converters),
+# so every contestant computes exactly the same function.
 
 
 def to_peer_state_dict(state_dict: dict[str, Tensor], peer: str, peer_model: nn.Module) -> dict[str, Tensor]:
-    """Our state dict renamed and reshaped for ``peer`` ("timm" or "torchvision"); shapes follow the peer."""
-    target = peer_model.state_dict()
-    out = {}
-    for key, value in state_dict.items():
-        if peer == "timm":
-            new = key
-            for pattern, repl in _TIMM_RULES:
-                new, n = re.subn(pattern, repl, new)
-                if n:
-                    break
-        else:
-            new = _tv_key(key)
-        out[new] = value.reshape(target[new].shape) if new in target else value
-    return out
+    """Our state dict renamed and reshaped for ``peer`` ("timm" or "torchvision")."""
+    from .weights.formats import from_ours
+
+    return from_ours(state_dict, peer, getattr(peer_model, "variant", None))
 
 
 def build_peer(peer: str, name: str, num_classes: int) -> nn.Module:

@@ -13,6 +13,22 @@ from torch import nn
 from .models.factory import build_model, get_variant
 
 
+def _pretrained_cfg(arch: str, num_classes: int, info: Any = None) -> dict[str, Any]:
+    """timm's ``model.pretrained_cfg`` for our model: the weights' eval settings and provenance."""
+    from .weights.presets import default_data_config
+
+    entry = getattr(info, "entry", None)
+    if entry is not None:
+        cfg = entry.pretrained_cfg()
+    else:
+        data = getattr(info, "data_config", None) or default_data_config(get_variant(arch).input_size)
+        cfg = {**data, "architecture": arch, "tag": None, "url": None, "license": None}
+        if info is not None:
+            cfg["file"] = info.path
+    cfg["num_classes"] = num_classes  # the model's (a fresh classifier after fine-tuning)
+    return cfg
+
+
 def create_model(
     name: str,
     pretrained: str | bool | dict | None = None,
@@ -22,9 +38,10 @@ def create_model(
     """Build a ConvNeXt by name, optionally loading weights.
 
     ``name`` is an architecture (``convnext_tiny``) or a weight tag (``convnext_tiny.fb_in1k``).
-    ``pretrained`` is a file, a URL or a registry tag; ``True`` takes the tag in ``name`` or the
-    architecture's default weights. A ``num_classes`` other than the checkpoint's keeps the backbone and
-    starts a fresh classifier (fine-tuning).
+    ``pretrained`` is a file, a URL, a registry tag, a Hugging Face folder or a training run folder;
+    ``True`` takes the tag in ``name`` or the architecture's default weights. A ``num_classes`` other than
+    the checkpoint's keeps the backbone and starts a fresh classifier (fine-tuning). The model's
+    ``pretrained_cfg`` (timm's keys) says how its weights expect images: ``convnext.create_transform``.
     """
     arch, _, tag = name.partition(".")
     get_variant(arch)  # an unknown name fails before any download
@@ -49,9 +66,20 @@ def create_model(
         prepared = prepare(src)
         if num_classes is None:
             num_classes = prepared.info.num_classes or 0
-    model = build_model(arch, num_classes=num_classes if num_classes is not None else 1000, **options)
+        from .weights.containers import model_options_of, run_model_options
+
+        implied = {
+            **model_options_of(prepared.state_dict),
+            **run_model_options(prepared.info.metadata.get("model"), arch),
+        }
+        options = {**implied, **options}
+    n = num_classes if num_classes is not None else 1000
+    model = build_model(arch, num_classes=n, **options)
+    info = None
     if prepared is not None:
         from .weights.load import load_checkpoint
 
-        model.pretrained_info = load_checkpoint(model, prepared)  # type: ignore[assignment]
+        info = load_checkpoint(model, prepared)
+        model.pretrained_info = info  # type: ignore[assignment]
+    model.pretrained_cfg = _pretrained_cfg(arch, n, info)  # type: ignore[assignment]
     return model

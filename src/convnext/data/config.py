@@ -32,6 +32,9 @@ class DataConfig:
     # geometry (eval: resize shorter side to img_size / crop_pct, bicubic, center crop)
     img_size: int = 224
     crop_pct: float = 0.875
+    # eval crop: "center" (resize the shorter side to floor(img_size / crop_pct), centre crop img_size) or
+    # "squash" (resize the whole image to img_size x img_size, no crop: the official 384/512 evaluation)
+    crop_mode: str = "center"
     interpolation: str = "bicubic"
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD

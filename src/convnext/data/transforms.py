@@ -185,8 +185,14 @@ def _fast_geometric(img: torch.Tensor, op: str, magnitude: float, fill: list[flo
 
 # -------------------------------------------------------------------------------------------- transforms
 def eval_resize_size(img_size: int, crop_pct: float) -> int:
-    """The shorter side before the center crop: floor(img_size / crop_pct) (256 for 224 @ 0.875), as timm."""
-    return int(math.floor(img_size / crop_pct))
+    """The shorter side before the center crop: floor(img_size / crop_pct) (256 for 224 @ 0.875), as timm.
+
+    Rounded to 1e-6 first, so that a crop_pct written as a ratio (torchvision's 224 / 236) gives back its
+    integer exactly whatever the float rounding."""
+    return int(math.floor(round(img_size / crop_pct, 6)))
+
+
+CROP_MODES = ("center", "squash")
 
 
 def _to_float(cfg: DataConfig) -> list[v2.Transform]:
@@ -194,21 +200,28 @@ def _to_float(cfg: DataConfig) -> list[v2.Transform]:
 
 
 def build_eval_transform(cfg: DataConfig) -> v2.Compose:
-    """uint8 (3, H, W) -> float (3, img_size, img_size): resize the shorter side to img_size / crop_pct
-    (bicubic, antialiased), center crop img_size, normalize."""
+    """uint8 (3, H, W) -> float (3, img_size, img_size), normalized; antialiased resize.
+
+    ``crop_mode`` "center": resize the shorter side to floor(img_size / crop_pct), centre crop img_size
+    (the paper's 224 evaluation, timm's and torchvision's presets). "squash": resize the whole image to
+    the square, aspect ratio not kept (the official 384/512 evaluation; timm's ``crop_mode="squash"``),
+    with crop_pct 1 (as those weights use) nothing is cropped; below 1 the square is
+    floor(img_size / crop_pct) and then centre-cropped, as timm does. The one eval transform of every
+    verb (train's validation, evaluate, predict) and of ``convnext.create_transform``.
+    """
     if not 0 < cfg.crop_pct <= 1:
         raise UserError(f"config key data.crop_pct must be in (0, 1], got {cfg.crop_pct}")
-    return v2.Compose(
-        [
-            v2.Resize(
-                eval_resize_size(cfg.img_size, cfg.crop_pct),
-                interpolation=interpolation(cfg.interpolation),
-                antialias=True,
-            ),
-            v2.CenterCrop(cfg.img_size),
-            *_to_float(cfg),
-        ]
-    )
+    mode = cfg.crop_mode
+    if mode not in CROP_MODES:
+        raise UserError(f"config key data.crop_mode: {mode!r} is not one of {', '.join(CROP_MODES)}")
+    interp = interpolation(cfg.interpolation)
+    resize = eval_resize_size(cfg.img_size, cfg.crop_pct)
+    geometry: list[v2.Transform] = [
+        v2.Resize((resize, resize) if mode == "squash" else resize, interp, antialias=True)
+    ]
+    if mode == "center" or resize != cfg.img_size:
+        geometry.append(v2.CenterCrop(cfg.img_size))
+    return v2.Compose([*geometry, *_to_float(cfg)])
 
 
 def build_train_transform(cfg: DataConfig, *, finish: bool = True) -> v2.Compose:

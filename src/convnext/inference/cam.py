@@ -98,16 +98,21 @@ class GradCAM:
         return cam.clamp_(0, 1), classes.detach().cpu()
 
 
-def crop_box(height: int, width: int, img_size: int, crop_pct: float) -> tuple[float, float, float, float]:
-    """(top, left, h, w) in ORIGINAL pixels of the center crop the eval transform feeds the model
-    (resize the shorter side to floor(img_size / crop_pct), center crop img_size),
-    as torchvision computes it."""
+def crop_box(
+    height: int, width: int, img_size: int, crop_pct: float, crop_mode: str = "center"
+) -> tuple[float, float, float, float]:
+    """(top, left, h, w) in ORIGINAL pixels of the crop the eval transform feeds the model, as torchvision
+    computes it: "center" resizes the shorter side to floor(img_size / crop_pct) and centre-crops img_size;
+    "squash" resizes the whole image to that square (the whole image when crop_pct is 1)."""
     from ..data.transforms import eval_resize_size
 
     r = eval_resize_size(img_size, crop_pct)
-    short, long = (height, width) if height <= width else (width, height)
-    rl = int(r * long / short)
-    rh, rw = (r, rl) if height <= width else (rl, r)
+    if crop_mode == "squash":
+        rh = rw = r
+    else:
+        short, long = (height, width) if height <= width else (width, height)
+        rl = int(r * long / short)
+        rh, rw = (r, rl) if height <= width else (rl, r)
     top, left = int(round((rh - img_size) / 2.0)), int(round((rw - img_size) / 2.0))
     sy, sx = height / rh, width / rw
     return top * sy, left * sx, img_size * sy, img_size * sx

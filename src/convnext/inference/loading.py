@@ -1,5 +1,6 @@
-"""One loader for ``evaluate`` and ``predict``: a weights file, URL, registry tag or training run folder in,
-the model with its class names and its eval transform settings out."""
+"""One loader for ``evaluate`` and ``predict`` (and the public ``convnext.load_for_inference``): a weights
+file, URL, registry tag, HF folder or training run folder in, the model with its class names and its eval
+transform settings out."""
 
 from __future__ import annotations
 
@@ -12,8 +13,7 @@ from torch import nn
 
 from ..data.config import DataConfig
 from ..errors import UserError
-
-RUN_CHECKPOINTS = ("best.pth", "last.pth")
+from ..weights.fetch import RUN_CHECKPOINTS, is_run_dir, run_checkpoint  # noqa: F401 (re-exported)
 
 
 @dataclass
@@ -22,23 +22,11 @@ class Loaded:
     arch: str
     num_classes: int
     class_names: list[str] | None  # from the checkpoint (training runs, HF, in1k tags); None: unknown
-    data: DataConfig  # eval geometry (img_size, crop_pct, interpolation, mean, std) and, for runs, the data
+    # eval geometry (img_size, crop_pct, crop_mode, interpolation, mean, std) and, for runs, the data
+    data: DataConfig
     checkpoint: str  # the file actually read
     run_dir: Path | None  # the training run folder, when one was given
     info: Any  # convnext.weights.load.CheckpointInfo
-
-
-def is_run_dir(path: Path) -> bool:
-    return path.is_dir() and ((path / "config.yaml").is_file() or (path / "checkpoints").is_dir())
-
-
-def run_checkpoint(run_dir: Path) -> Path:
-    """checkpoints/best.pth (the best validation top-1), else checkpoints/last.pth."""
-    for name in RUN_CHECKPOINTS:
-        p = run_dir / "checkpoints" / name
-        if p.is_file():
-            return p
-    raise UserError(f"run folder {run_dir} has no checkpoints/best.pth or checkpoints/last.pth yet")
 
 
 def _run_config(run_dir: Path | None, raw_ckpt: dict | None) -> Any:
@@ -53,6 +41,14 @@ def _run_config(run_dir: Path | None, raw_ckpt: dict | None) -> Any:
     return config_from_dict(raw, check_paths=False)
 
 
+def _family(arch: str) -> str:
+    """ "ConvNeXt V1", "ConvNeXt V2" or "isotropic ConvNeXt", for a sentence naming two architectures."""
+    from ..models import VARIANTS
+
+    family = VARIANTS[arch].family if arch in VARIANTS else "unknown"
+    return {"v1": "ConvNeXt V1", "v2": "ConvNeXt V2", "isotropic": "isotropic ConvNeXt"}.get(family, family)
+
+
 def load_for_inference(
     weights: str,
     model_name: str | None = None,
@@ -61,66 +57,64 @@ def load_for_inference(
     img_size: int | None = None,
     crop_pct: float | None = None,
 ) -> Loaded:
-    """Build the model the checkpoint describes and load it (strict: every tensor must fit).
+    """Build the model a checkpoint describes and load it (strict: every tensor must fit), for evaluate
+    and predict; the public way to get a ready model with its class names and eval preprocessing.
 
-    The classifier keeps the checkpoint's size, so a 1000-class file gives 1000 logits whatever data it
-    is run on. Eval geometry: the flags, else the training run's data config, else the registry entry of
-    a tag, else 224 / 0.875 / bicubic / ImageNet mean-std.
+    ``weights``: a file, URL, registry tag, Hugging Face folder or training run folder (its best.pth, else
+    last.pth). ``model_name`` (``--model``) must name what the checkpoint holds; it is needed only when
+    the shapes match no known architecture. The classifier keeps the checkpoint's size, so a 1000-class
+    file gives 1000 logits whatever data it is run on. Eval geometry (``Loaded.data``; transform:
+    ``convnext.data.build_eval_transform``): the flags, else the training run's data config, else the
+    weights' own preset (registry release, by tag, URL or file name; torchvision's preset for
+    torchvision-layout weights), else 224 / 0.875 / bicubic / ImageNet mean-std.
     """
-    from ..models import build_model
+    from ..models import build_model, get_variant
     from ..weights.load import load_checkpoint, prepare, read_checkpoint
-
-    src = str(weights)
-    path = Path(src).expanduser()
-    run_dir: Path | None = None
-    raw: dict | None = None
-    if is_run_dir(path):
-        run_dir = path
-        ckpt_path = run_checkpoint(path)
-        raw = read_checkpoint(ckpt_path)
-        src = str(ckpt_path)
-        prepared = prepare(raw, ema=ema)
-        prepared.info.source = prepared.info.path = src
-    else:
-        prepared = prepare(src, ema=ema)
-    info = prepared.info
-    if info.format == "convnext-train" and raw is None:
-        raw = read_checkpoint(src)  # its config: model options and the eval transform it was trained with
-    train_cfg = _run_config(run_dir, raw) if info.format == "convnext-train" or run_dir else None
+    from ..weights.presets import to_data_config
 
     arch = model_name.partition(".")[0] if model_name else None
-    if arch is None:
-        arch = (train_cfg.model.name.partition(".")[0] if train_cfg else None) or info.arch
+    if arch is not None:
+        try:
+            get_variant(arch)
+        except ValueError as e:
+            raise UserError(str(e)) from None
+    prepared = prepare(str(weights), ema=ema)
+    info = prepared.info
+    src = info.path
+    run_dir = Path(info.run_dir) if info.run_dir else None
+    train_cfg = None
+    if info.format == "convnext-train" or run_dir is not None:
+        # its config: the model options and the eval transform it was trained with
+        train_cfg = _run_config(run_dir, read_checkpoint(src) if info.format == "convnext-train" else None)
+
+    held = (train_cfg.model.name.partition(".")[0] if train_cfg else None) or info.arch
+    if arch is not None and held is not None and arch != held:
+        raise UserError(
+            f"--model {arch}: {src} holds {held} weights but the model is {arch} ({_family(held)} vs "
+            f"{_family(arch)}); drop --model or pass --model {held}"
+        )
+    arch = arch or held
     if arch is None:
         raise UserError(f"cannot tell the architecture of {src}; pass --model (e.g. --model convnext_tiny)")
     if not info.num_classes:
         raise UserError(f"{src} holds a backbone without classifier; it cannot classify (fine-tune it first)")
-    opts: dict[str, Any] = {}
+    from ..weights.containers import model_options_of, run_model_options
+
+    opts = model_options_of(prepared.state_dict)  # e.g. no layer scale in the weights: none in the model
     if train_cfg is not None:
-        opts = dict(train_cfg.model.options)
-        if not arch.startswith("convnext_isotropic") or train_cfg.model.layer_scale_init_value:
-            opts.setdefault("layer_scale_init_value", train_cfg.model.layer_scale_init_value)
-        opts.pop("drop_path_rate", None)
+        opts.update(run_model_options(dataclasses.asdict(train_cfg.model), arch))
     try:
         model = build_model(arch, num_classes=info.num_classes, **opts)
-    except ValueError as e:
-        raise UserError(str(e)) from None
+    except (TypeError, ValueError) as e:
+        raise UserError(f"cannot build {arch} with the options of {src} ({e})") from None
     info = load_checkpoint(model, prepared)
     model.eval()
 
     data = DataConfig()
     if train_cfg is not None:
         data = dataclasses.replace(train_cfg.data)
-    elif info.entry is not None:
-        e = info.entry
-        data = dataclasses.replace(
-            data,
-            img_size=e.input_size,
-            crop_pct=e.crop_pct,
-            mean=tuple(e.mean),
-            std=tuple(e.std),
-            interpolation=e.interpolation,
-        )
+    elif info.data_config is not None:
+        data = to_data_config(info.data_config, data)
     if img_size is not None:
         data.img_size = int(img_size)
     if crop_pct is not None:

@@ -1,9 +1,11 @@
-"""Every ecosystem's ConvNeXt parameter names, translated to ours (the official facebookresearch names).
+"""Every ecosystem's ConvNeXt parameter names, translated to ours (the official facebookresearch names)
+and back: format detection, ``to_ours`` and its inverse ``from_ours``, and what the shapes say (arch,
+classes). Unwrapping containers and checking values is ``containers.py``.
 
 Each mapping below was read off the real modules (timm 1.0 ``ConvNeXt``, torchvision ``convnext_*``,
 transformers ``ConvNextForImageClassification`` / ``ConvNextV2ForImageClassification``) and is checked by
-tests/test_equivalence.py, which compares logits. No library ships this translation (each only imports
-the official names into its own), hence the hand-written tables.
+tests/test_equivalence.py and tests/test_convert.py, which compare logits with the peer library. No
+library ships this translation (each only imports the official names into its own), hence the tables.
 """
 
 from __future__ import annotations
@@ -25,14 +27,6 @@ OFFICIAL, TIMM, TORCHVISION, HF, HF_V2, FCMAE = (
     "transformers-v2",
     "fcmae",
 )
-
-
-def strip_prefixes(sd: StateDict) -> StateDict:
-    """Drop wrapper prefixes every key shares: DDP/DataParallel ``module.``, torch.compile ``_orig_mod.``."""
-    for prefix in ("module.", "_orig_mod.", "model."):
-        if sd and all(k.startswith(prefix) for k in sd):
-            sd = {k[len(prefix) :]: v for k, v in sd.items()}
-    return sd
 
 
 def detect_format(sd: StateDict) -> str:
@@ -199,6 +193,128 @@ def to_ours(sd: StateDict, fmt: str) -> StateDict:
     raise ValueError(f"unknown format {fmt!r}")
 
 
+# ------------------------------------------------------------------------------------------ from ours
+TARGETS = (OFFICIAL, TIMM, TORCHVISION, HF)  # what from_ours writes (HF: V1 or V2 by the weights)
+TORCHVISION_ARCHS = ("convnext_tiny", "convnext_small", "convnext_base", "convnext_large")
+_TIMM_CONV_MLP = ("atto", "femto", "pico", "nano")  # timm builds these with conv_mlp=True: 1x1 conv MLPs
+
+_TIMM_RULES = [  # ours -> timm, first match wins (the inverse of _timm)
+    (r"^downsample_layers\.0\.(\d)\.", r"stem.\1."),
+    (r"^downsample_layers\.(\d)\.(\d)\.", r"stages.\1.downsample.\2."),
+    (r"^stages\.(\d)\.(\d+)\.dwconv\.", r"stages.\1.blocks.\2.conv_dw."),
+    (r"^stages\.(\d)\.(\d+)\.pwconv1\.", r"stages.\1.blocks.\2.mlp.fc1."),
+    (r"^stages\.(\d)\.(\d+)\.pwconv2\.", r"stages.\1.blocks.\2.mlp.fc2."),
+    (r"^stages\.(\d)\.(\d+)\.grn\.gamma$", r"stages.\1.blocks.\2.mlp.grn.weight"),
+    (r"^stages\.(\d)\.(\d+)\.grn\.beta$", r"stages.\1.blocks.\2.mlp.grn.bias"),
+    (r"^stages\.(\d)\.(\d+)\.", r"stages.\1.blocks.\2."),
+    (r"^norm\.", r"head.norm."),
+    (r"^head\.", r"head.fc."),
+]
+
+
+def family_of(sd: StateDict) -> str:
+    """ "v1", "v2" or "isotropic", read off the names."""
+    if "stem.weight" in sd:
+        return "isotropic"
+    return "v2" if any(".grn." in k for k in sd) else "v1"
+
+
+def _rename(k: str, rules: list[tuple[str, str]]) -> str:
+    for pattern, repl in rules:
+        new, n = re.subn(pattern, repl, k)
+        if n:
+            return new
+    return k
+
+
+def _to_timm(sd: StateDict, conv_mlp: bool) -> StateDict:
+    out: StateDict = {}
+    for k, v in sd.items():
+        new = _rename(k, _TIMM_RULES)
+        if new.endswith((".mlp.grn.weight", ".mlp.grn.bias")):
+            v = v.reshape(-1)  # official (1, 1, 1, C) -> timm (C,)
+        elif conv_mlp and re.search(r"\.mlp\.fc[12]\.weight$", new):
+            v = v[:, :, None, None]  # linear (out, in) -> 1x1 conv (out, in, 1, 1)
+        out[new] = v
+    return out
+
+
+def _tv_key(k: str) -> str:
+    if m := re.match(r"^downsample_layers\.(\d)\.(\d)\.(.*)$", k):
+        return f"features.{2 * int(m[1])}.{m[2]}.{m[3]}"
+    if m := re.match(r"^stages\.(\d)\.(\d+)\.(\w+)\.?(.*)$", k):
+        block = {v: f"block.{i}" for i, v in _TV_BLOCK.items()}
+        name = "layer_scale" if m[3] == "gamma" else f"{block[m[3]]}.{m[4]}"
+        return f"features.{2 * int(m[1]) + 1}.{m[2]}.{name}"
+    return re.sub(r"^norm\.", "classifier.0.", re.sub(r"^head\.", "classifier.2.", k))
+
+
+def _to_torchvision(sd: StateDict) -> StateDict:
+    return {_tv_key(k): v.reshape(-1, 1, 1) if k.endswith(".gamma") else v for k, v in sd.items()}
+
+
+def _to_transformers(sd: StateDict, prefix: str) -> StateDict:
+    layer = {v: k for k, v in _HF_LAYER.items()}
+    out: StateDict = {}
+    for k, v in sd.items():
+        if k.startswith("head."):
+            out["classifier." + k[len("head.") :]] = v
+            continue
+        if k.startswith("norm."):
+            k = "layernorm." + k[len("norm.") :]
+        elif m := re.match(r"^downsample_layers\.0\.([01])\.(.*)$", k):
+            k = f"embeddings.{('patch_embeddings', 'layernorm')[int(m[1])]}.{m[2]}"
+        elif m := re.match(r"^downsample_layers\.(\d)\.(.*)$", k):
+            k = f"encoder.stages.{m[1]}.downsampling_layer.{m[2]}"
+        elif m := re.match(r"^stages\.(\d)\.(\d+)\.(.*)$", k):
+            head, rest = f"encoder.stages.{m[1]}.layers.{m[2]}", m[3]
+            if rest == "gamma":
+                k = f"{head}.layer_scale_parameter"
+            elif rest.startswith("grn."):
+                k = f"{head}.grn." + {"gamma": "weight", "beta": "bias"}[rest[4:]]
+            else:
+                name, _, param = rest.partition(".")
+                k = f"{head}.{layer.get(name, name)}.{param}"
+        out[prefix + k] = v
+    return out
+
+
+def from_ours(sd: StateDict, fmt: str, arch: str | None = None) -> StateDict:
+    """Our state dict in ``fmt``'s names and shapes (the inverse of ``to_ours``): official, timm,
+    torchvision, transformers (V1 or V2 by the weights). One sentence when ``fmt`` cannot hold the model."""
+    family = family_of(sd)
+    arch = arch or infer_arch(sd)
+    what = arch or f"this {family} ConvNeXt"
+    if fmt == OFFICIAL:
+        return dict(sd)
+    if family == "isotropic":
+        raise UserError(
+            f"{what} is an isotropic ConvNeXt, which only the official code has; use --to official"
+        )
+    if fmt == TIMM:
+        size = (arch or "").rpartition("_")[2]
+        return _to_timm(sd, conv_mlp=size in _TIMM_CONV_MLP)
+    if fmt == TORCHVISION:
+        if family == "v2":
+            raise UserError(f"torchvision has no ConvNeXt V2, so it cannot hold {what}; use --to timm or hf")
+        if arch not in TORCHVISION_ARCHS:
+            raise UserError(
+                f"torchvision ships only {', '.join(TORCHVISION_ARCHS)}, so it cannot hold {what}; "
+                "use --to timm or hf"
+            )
+        if "head.weight" not in sd:
+            raise UserError(f"torchvision's ConvNeXt always has a classifier and {what} has none")
+        return _to_torchvision(sd)
+    if fmt in (HF, HF_V2):  # ConvNextV2 for V2 weights, ConvNext for V1, whichever was asked
+        return _to_transformers(sd, "convnextv2." if family == "v2" else "convnext.")
+    raise UserError(f"cannot write {fmt!r} weights; targets: ours, {', '.join(TARGETS)}")
+
+
+def hf_format(sd: StateDict) -> str:
+    """transformers' model for our weights: ConvNextV2 for V2, ConvNext for V1."""
+    return HF_V2 if family_of(sd) == "v2" else HF
+
+
 def num_classes_of(sd: StateDict) -> int | None:
     """The classifier's class count, or None when the weights carry no classifier (a backbone)."""
     w = sd.get("head.weight")
@@ -248,9 +364,10 @@ def describe_shape(sd: StateDict) -> str:
 
 __all__ = [
     "detect_format",
+    "family_of",
+    "from_ours",
     "describe_shape",
     "infer_arch",
     "num_classes_of",
-    "strip_prefixes",
     "to_ours",
 ]

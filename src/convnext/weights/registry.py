@@ -4,15 +4,21 @@ Tags follow timm's naming (``<arch>.<pretrained tag>``) so that a name people al
 weights here. URLs and top-1 figures are those of the official READMEs (facebookresearch/ConvNeXt and
 facebookresearch/ConvNeXt-V2); input size, crop_pct and crop mode follow timm's ``default_cfgs`` for the
 same files, which reproduce the papers' evaluation (224: resize to 224/crop_pct then center crop;
-384 and up: resize the whole image to the square, no crop, "squash").
+384 and up: resize the whole image to the square, no crop, "squash"). torchvision's own releases carry
+torchvision's presets (its ``weights.transforms()``: e.g. resize 236, crop 224, bilinear for tiny).
+
+Each entry carries its eval transform (``entry.transforms()``, torchvision's ``WeightsEnum`` pattern), so
+that predict, evaluate and ``convnext.create_transform`` cannot drift from the weights' own preprocessing.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import PurePosixPath
+from typing import Any
+from urllib.parse import urlparse
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from ..data.config import IMAGENET_MEAN, IMAGENET_STD
 
 _FB = "https://dl.fbaipublicfiles.com/convnext"
 _FB2 = "https://dl.fbaipublicfiles.com/convnext/convnextv2"
@@ -37,6 +43,35 @@ class WeightEntry:
     top1: float | None = None  # ImageNet-1k val top-1 (%) published with the weights, at input_size
     source: str = "facebookresearch/ConvNeXt"
     license: str = "MIT"
+
+    def data_config(self) -> dict[str, Any]:
+        """The eval settings, in timm's ``resolve_data_config`` layout (input_size is (3, H, W))."""
+        return {
+            "input_size": (3, self.input_size, self.input_size),
+            "interpolation": self.interpolation,
+            "mean": tuple(self.mean),
+            "std": tuple(self.std),
+            "crop_pct": self.crop_pct,
+            "crop_mode": self.crop_mode,
+        }
+
+    def pretrained_cfg(self) -> dict[str, Any]:
+        """What ``model.pretrained_cfg`` holds for these weights (timm's keys)."""
+        return {
+            **self.data_config(),
+            "num_classes": self.num_classes,
+            "architecture": self.arch,
+            "tag": self.tag.partition(".")[2],
+            "url": self.url,
+            "license": self.license,
+            "source": self.source,
+        }
+
+    def transforms(self) -> Any:
+        """The exact eval transform of these weights: uint8 (3, H, W) tensor in, normalized float out."""
+        from .presets import create_transform
+
+        return create_transform(self.data_config())
 
 
 _ENTRIES: list[WeightEntry] = []
@@ -154,6 +189,28 @@ for _s in _V2_1K:
         **_V2,
     )
 
+# torchvision's releases (torchvision.models.ConvNeXt_*_Weights.IMAGENET1K_V1), with torchvision's own
+# presets: resize the shorter side to resize_size (bilinear), centre crop 224. crop_pct = 224 / resize_size
+# gives back exactly that resize (floor(224 / (224 / 236)) == 236). Read off torchvision 0.29's enum.
+_TV = "https://download.pytorch.org/models"
+for _s, _h, _resize, _top1 in (
+    ("tiny", "983f1562", 236, 82.52),
+    ("small", "0c510722", 230, 83.616),
+    ("base", "6075fbad", 232, 84.062),
+    ("large", "ea097f82", 232, 84.414),
+):
+    _add(
+        f"convnext_{_s}.tv_in1k",
+        f"{_TV}/convnext_{_s}-{_h}.pth",
+        "in1k",
+        1000,
+        _top1,
+        crop_pct=224 / _resize,
+        interpolation="bilinear",
+        source="pytorch/vision (IMAGENET1K_V1)",
+        license="BSD-3-Clause",
+    )
+
 REGISTRY: dict[str, WeightEntry] = {e.tag: e for e in _ENTRIES}
 
 # The weights ``pretrained=True`` picks: the paper's ImageNet-1k model where there is one (what people
@@ -169,6 +226,21 @@ def register(entry: WeightEntry) -> None:
 def find_tag(src: str) -> WeightEntry | None:
     """The entry called ``src``, or None when ``src`` is not a tag (a path or a URL)."""
     return REGISTRY.get(src)
+
+
+def find_file(src: str) -> WeightEntry | None:
+    """The entry whose URL is ``src``, or whose file name ``src``'s is (a release downloaded by hand keeps
+    its name, e.g. ``convnext_tiny_22k_1k_384.pth``): its eval settings apply. None when none matches."""
+    name = PurePosixPath(urlparse(src).path if "://" in src else src.replace("\\", "/")).name
+    for e in REGISTRY.values():
+        if src == e.url or (name and name == PurePosixPath(urlparse(e.url).path).name):
+            return e
+    return None
+
+
+def torchvision_entry(arch: str) -> WeightEntry | None:
+    """torchvision's release of ``arch`` (its preset applies to any checkpoint in torchvision's layout)."""
+    return REGISTRY.get(f"{arch}.tv_in1k")
 
 
 def list_tags(arch: str | None = None) -> list[str]:

@@ -1,0 +1,125 @@
+"""Checkpoint containers: where the weights sit inside (official, timm, Lightning, our training runs, the
+original ConvNext-PyTorch project's ``*.pth.tar``, EMA copies), wrapper prefixes, the values check, and the
+model options a checkpoint implies.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..errors import UserError
+from .formats import StateDict, family_of
+
+
+def strip_prefixes(sd: StateDict) -> StateDict:
+    """Drop wrapper prefixes every key shares: DDP/DataParallel ``module.``, torch.compile ``_orig_mod.``,
+    and torch.optim.swa_utils.AveragedModel's ``module.`` with its ``n_averaged`` counter (EMA copies)."""
+    if "n_averaged" in sd and all(k.startswith("module.") for k in sd if k != "n_averaged"):
+        sd = {k: v for k, v in sd.items() if k != "n_averaged"}
+    for prefix in ("module.", "_orig_mod.", "model."):
+        if sd and all(k.startswith(prefix) for k in sd):
+            sd = {k[len(prefix) :]: v for k, v in sd.items()}
+    return sd
+
+
+# Where containers keep the weights: the official/ours ("model"), timm's train.py and the original
+# ConvNext-PyTorch project's *.pth.tar ("state_dict"), Lightning, and other trainers ("model_state_dict");
+# and their EMA copies (official/ours "model_ema", the ConvNext-PyTorch project's "ema_state_dict", timm's
+# "state_dict_ema").
+MODEL_KEYS = ("model", "state_dict", "model_state_dict")
+EMA_KEYS = ("model_ema", "ema_state_dict", "state_dict_ema")
+_META_KEYS = ("epoch", "step", "metrics", "best_acc1", "best_top1")
+
+
+def is_state_dict(obj: Any) -> bool:
+    return isinstance(obj, dict) and bool(obj) and all(isinstance(v, Tensor) for v in obj.values())
+
+
+def unwrap(obj: Any, where: str, ema: bool = False) -> tuple[StateDict, dict[str, Any]]:
+    """The state dict inside a checkpoint container, and what the container says about it (arch, class
+    names, epoch, best accuracy, a training run's eval settings)."""
+    if not isinstance(obj, dict):
+        raise UserError(f"{where} holds a {type(obj).__name__}, not a state dict")
+    meta: dict[str, Any] = {}
+    for key in ("arch", "class_names", "data_config"):  # what `convnext convert` records
+        if key in obj and not isinstance(obj[key], Tensor):
+            meta[key] = obj[key]
+    for key in _META_KEYS:
+        if key in obj:
+            v = obj[key]
+            meta[key] = v.item() if isinstance(v, Tensor) and v.numel() == 1 else v
+    if obj.get("format") == "convnext-train":
+        meta["container"] = "convnext-train"
+        config = obj.get("config")
+        for section in ("data", "model"):  # the run's eval geometry and the model options it was built with
+            if isinstance(config, dict) and isinstance(config.get(section), dict):
+                meta[section] = config[section]
+    if ema:
+        key = next((k for k in EMA_KEYS if is_state_dict(obj.get(k))), None)
+        if key is None:
+            raise UserError(
+                f"{where} has no EMA weights ({', '.join(map(repr, EMA_KEYS))}); load it without ema "
+                "(the official *_ema releases already hold the EMA weights as 'model')"
+            )
+        return obj[key], meta
+    for key in MODEL_KEYS:
+        if is_state_dict(obj.get(key)):
+            return obj[key], meta
+    if is_state_dict(obj):
+        return obj, meta
+    top = ", ".join(map(str, list(obj)[:6]))
+    raise UserError(
+        f"{where} holds no state dict (looked under {', '.join(map(repr, MODEL_KEYS))}); "
+        f"top-level keys: {top}"
+    )
+
+
+def check_tensors(sd: StateDict, where: str) -> None:
+    """Refuse weights that would predict nonsense: a non-float tensor (integer weights give uniform
+    probabilities) or a NaN/inf (a diverged run). One pass, no copies: a tensor's sum is finite exactly
+    when all its values are, barring an overflow, which the exact check then settles."""
+    for k, v in sd.items():
+        if v.device.type == "meta":
+            continue
+        if not v.is_floating_point():
+            raise UserError(
+                f"{where}: tensor {k} is {str(v.dtype).removeprefix('torch.')}, not floating point; "
+                "ConvNeXt weights are float (integer weights would give meaningless uniform "
+                "probabilities): re-export the checkpoint in float"
+            )
+        if v.numel() and not bool(torch.isfinite(v.sum())):
+            bad = int((~torch.isfinite(v)).sum())
+            if bad:
+                raise UserError(
+                    f"{where}: tensor {k} holds {bad} NaN/inf value(s) of {v.numel()}; refusing weights "
+                    "that would predict nonsense (did the training diverge?)"
+                )
+
+
+def model_options_of(sd: StateDict) -> dict[str, Any]:
+    """Constructor options the weights themselves imply (our names): V1 weights without layer scale
+    (``layer_scale_init_value=0`` when trained) need a model without it, isotropic ones with it one
+    that has it (its default is none)."""
+    family = family_of(sd)
+    has_gamma = any(k.endswith(".gamma") for k in sd)
+    if family == "v1" and not has_gamma and any(k.startswith("stages.") for k in sd):
+        return {"layer_scale_init_value": 0.0}
+    if family == "isotropic" and has_gamma:
+        return {"layer_scale_init_value": 1e-6}
+    return {}
+
+
+def run_model_options(model_section: dict[str, Any] | None, arch: str) -> dict[str, Any]:
+    """The constructor options a training run built its model with (``model.options`` and layer scale),
+    from its config's ``model:`` section, for rebuilding that model; drop path is a training-only knob."""
+    if not model_section:
+        return {}
+    opts = dict(model_section.get("options") or {})
+    ls = model_section.get("layer_scale_init_value")
+    if ls is not None and (not arch.startswith("convnext_isotropic") or ls):  # as engine/train.py builds it
+        opts.setdefault("layer_scale_init_value", ls)
+    opts.pop("drop_path_rate", None)
+    return opts

@@ -1,0 +1,220 @@
+"""Weights back out: our state dict written as each ecosystem loads it (``convnext convert --to``).
+
+ours: ``.safetensors`` (metadata arch, num_classes, class_names, eval settings) or ``.pth``
+``{"model", "arch", "num_classes", "class_names"}``; official: ``{"model": state_dict}``, what the
+official ``main.py --finetune/--resume`` reads; timm / torchvision: a plain state dict that
+``timm.create_model(arch).load_state_dict`` / ``torchvision.models.<arch>().load_state_dict`` take with
+strict=True; hf: a folder ``transformers``' ``from_pretrained`` loads by itself (config.json with
+id2label, model.safetensors, preprocessor_config.json when the eval settings fit ConvNextImageProcessor).
+Every file is written to a temporary name and renamed, so a failure leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..errors import UserError
+from . import formats
+
+TARGETS = ("ours", "official", "timm", "torchvision", "hf")
+FILE_SUFFIXES = {
+    "ours": (".safetensors", ".pth", ".pt"),
+    "official": (".pth", ".pt"),
+    "timm": (".safetensors", ".pth", ".pt", ".bin"),
+    "torchvision": (".pth", ".pt", ".safetensors"),
+}
+
+
+def check_destination(dst: Path, target: str, force: bool) -> None:
+    """One sentence for a destination the target cannot write, before anything is read."""
+    if target not in TARGETS:
+        raise UserError(f"--to {target!r} is not one of {', '.join(TARGETS)}")
+    if target == "hf":
+        if dst.suffix in (".safetensors", ".pth", ".pt", ".bin"):
+            raise UserError(
+                f"--to hf writes a folder (config.json + model.safetensors), not a file like {dst}"
+            )
+        if dst.exists() and not dst.is_dir():
+            raise UserError(f"{dst} exists and is not a folder; --to hf writes a folder")
+    elif dst.suffix not in FILE_SUFFIXES[target]:
+        raise UserError(f"--to {target} output {dst} must end in {', '.join(FILE_SUFFIXES[target])}")
+    if dst.exists() and not force:
+        raise UserError(f"{dst} already exists; pass --force to overwrite it")
+
+
+def _atomic_file(dst: Path, write: Any) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(f".{dst.name}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, dst)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _save(sd: dict[str, Tensor], dst: Path, metadata: dict[str, str] | None = None) -> None:
+    def write(tmp: Path) -> None:
+        if dst.suffix == ".safetensors":
+            from safetensors.torch import save_file
+
+            save_file(sd, str(tmp), metadata=metadata)
+        else:
+            torch.save(sd, tmp)
+
+    _atomic_file(dst, write)
+
+
+def write(
+    sd: dict[str, Tensor],
+    dst: Path,
+    target: str,
+    *,
+    arch: str,
+    class_names: list[str] | None,
+    data_config: dict[str, Any] | None,
+    source: str,
+) -> None:
+    """Write ``sd`` (our names, verified against ``arch``) to ``dst`` in ``target``'s layout."""
+    sd = {k: v.detach().contiguous() for k, v in sd.items()}
+    n_classes = formats.num_classes_of(sd) or 0
+    if target == "ours":
+        if dst.suffix == ".safetensors":
+            meta = {"format": "convnext", "arch": arch, "num_classes": str(n_classes), "source": source}
+            if class_names:
+                meta["class_names"] = json.dumps(class_names)
+            if data_config:
+                meta["data_config"] = json.dumps(data_config)
+            _save({k: v.clone() for k, v in sd.items()}, dst, meta)  # safetensors refuses shared storage
+        else:
+            obj = {
+                "model": sd,
+                "arch": arch,
+                "num_classes": n_classes,
+                "class_names": class_names,
+                "data_config": data_config,
+            }
+            _atomic_file(dst, lambda tmp: torch.save(obj, tmp))
+    elif target == "official":
+        _atomic_file(dst, lambda tmp: torch.save({"model": formats.from_ours(sd, formats.OFFICIAL)}, tmp))
+    elif target in ("timm", "torchvision"):
+        out = formats.from_ours(sd, target, arch)
+        _save({k: v.contiguous() for k, v in out.items()}, dst, {"format": "pt"})
+    elif target == "hf":
+        write_hf(sd, dst, arch=arch, class_names=class_names, data_config=data_config)
+    else:
+        raise UserError(f"--to {target!r} is not one of {', '.join(TARGETS)}")
+
+
+def _shape(sd: dict[str, Tensor]) -> tuple[list[int], list[int]]:
+    depths = [len({k.split(".")[2] for k in sd if k.startswith(f"stages.{i}.")}) for i in range(4)]
+    dims = [int(sd["downsample_layers.0.0.weight"].shape[0])]
+    dims += [int(sd[f"downsample_layers.{i}.1.weight"].shape[0]) for i in (1, 2, 3)]
+    return depths, dims
+
+
+def hf_config(
+    sd: dict[str, Tensor], arch: str, class_names: list[str] | None, input_size: int = 224
+) -> dict[str, Any]:
+    """transformers' ConvNextConfig / ConvNextV2Config for these weights, as config.json holds it."""
+    v2 = formats.hf_format(sd) == formats.HF_V2
+    depths, dims = _shape(sd)
+    n = formats.num_classes_of(sd) or 0
+    head = "ForImageClassification" if n else "Model"
+    cfg: dict[str, Any] = {
+        "architectures": [f"ConvNext{'V2' if v2 else ''}{head}"],
+        "model_type": "convnextv2" if v2 else "convnext",
+        "num_channels": int(sd["downsample_layers.0.0.weight"].shape[1]),
+        "patch_size": int(sd["downsample_layers.0.0.weight"].shape[-1]),
+        "num_stages": 4,
+        "depths": depths,
+        "hidden_sizes": dims,
+        "hidden_act": "gelu",
+        "initializer_range": 0.02,
+        "layer_norm_eps": 1e-6,  # the official final norm's (transformers' default 1e-12 differs slightly)
+        "drop_path_rate": 0.0,
+        "image_size": input_size,
+        "torch_dtype": str(next(iter(sd.values())).dtype).removeprefix("torch."),
+    }
+    if not v2:
+        cfg["layer_scale_init_value"] = 1e-6 if any(k.endswith(".gamma") for k in sd) else 0.0
+    if n:
+        names = class_names if class_names and len(class_names) == n else [f"LABEL_{i}" for i in range(n)]
+        cfg["id2label"] = {str(i): name for i, name in enumerate(names)}
+        cfg["label2id"] = {name: i for i, name in enumerate(names)}
+    return cfg
+
+
+def hf_preprocessor(data_config: dict[str, Any] | None) -> dict[str, Any] | None:
+    """ConvNextImageProcessor settings giving the same eval transform, or None when its rule (crop below
+    384, squash from 384) cannot express these settings."""
+    from .presets import default_data_config
+
+    d = data_config or default_data_config()
+    size = int(d["input_size"][-1])
+    squash = d["crop_mode"] == "squash"
+    if squash != (size >= 384) or (squash and d["crop_pct"] != 1.0):
+        return None
+    resample = {"bicubic": 3, "bilinear": 2, "nearest": 0}.get(d["interpolation"])
+    if resample is None:
+        return None
+    return {
+        "image_processor_type": "ConvNextImageProcessor",
+        "do_resize": True,
+        "size": {"shortest_edge": size},
+        "crop_pct": float(d["crop_pct"]),
+        "resample": resample,
+        "do_rescale": True,
+        "rescale_factor": 1 / 255,
+        "do_normalize": True,
+        "image_mean": list(d["mean"]),
+        "image_std": list(d["std"]),
+    }
+
+
+def write_hf(
+    sd: dict[str, Tensor],
+    dst: Path,
+    *,
+    arch: str,
+    class_names: list[str] | None,
+    data_config: dict[str, Any] | None,
+) -> None:
+    """A Hugging Face model folder, written beside ``dst`` and renamed into place."""
+    from safetensors.torch import save_file
+
+    out = formats.from_ours(sd, formats.hf_format(sd), arch)
+    size = int(data_config["input_size"][-1]) if data_config else 224
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent))
+    try:
+        save_file({k: v.clone() for k, v in out.items()}, str(tmp / "model.safetensors"), {"format": "pt"})
+        cfg = hf_config(sd, arch, class_names, size)
+        (tmp / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+        pre = hf_preprocessor(data_config)
+        if pre is not None:
+            (tmp / "preprocessor_config.json").write_text(json.dumps(pre, indent=2) + "\n")
+        os.chmod(tmp, 0o777 & ~_umask())
+        if dst.exists():
+            old = dst.with_name(f".{dst.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(dst, old)
+            os.replace(tmp, dst)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, dst)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

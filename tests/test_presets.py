@@ -1,0 +1,260 @@
+"""Every set of weights carries its own eval transform, and every verb applies it.
+
+The registry is checked against timm's pretrained configs and torchvision's weights enum (installed
+libraries, read at test time), the transforms against torchvision's own preset on real photos, and
+predict/evaluate on 384 px "squash" weights against the squash transform's probabilities.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torchvision.transforms import v2
+
+import convnext
+from convnext.cli.main import main
+from convnext.data import DataConfig, build_eval_transform, load_image
+from convnext.errors import UserError
+from convnext.weights import registry
+
+ROOT = Path(__file__).resolve().parents[1]
+MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+
+
+def photos(sample: Path, n: int) -> list[Path]:
+    return sorted(sample.rglob("*.JPEG"))[:n]
+
+
+# ---------------------------------------------------------------------------------- registry vs peers
+def test_registry_matches_timm_pretrained_cfgs() -> None:
+    timm = pytest.importorskip("timm")
+    from timm.models import get_pretrained_cfg
+
+    checked = 0
+    for tag, e in registry.REGISTRY.items():
+        try:
+            cfg = get_pretrained_cfg(tag)
+        except RuntimeError:  # a tag timm lacks (the isotropic models, the 1k-only 384 fine-tunes)
+            cfg = None
+        if cfg is None:
+            continue
+        cfg = cfg.to_dict()
+        ours = e.pretrained_cfg()
+        for key in ("input_size", "crop_pct", "crop_mode", "interpolation", "mean", "std", "num_classes"):
+            assert ours[key] == cfg[key], (tag, key, ours[key], cfg[key])
+        if cfg.get("url"):
+            assert e.url == cfg["url"], tag
+        checked += 1
+    assert checked >= 40 and timm.__version__
+
+
+@pytest.mark.parametrize("size", ["tiny", "small", "base", "large"])
+def test_torchvision_releases_carry_torchvision_presets(size: str, imagenet_sample: Path) -> None:
+    tvm = pytest.importorskip("torchvision.models")
+    weights = getattr(tvm, f"ConvNeXt_{size.capitalize()}_Weights").IMAGENET1K_V1
+    e = registry.find_tag(f"convnext_{size}.tv_in1k")
+    assert e.url == weights.url and e.num_classes == len(weights.meta["categories"])
+    assert e.top1 == weights.meta["_metrics"]["ImageNet-1K"]["acc@1"]
+    theirs = weights.transforms()
+    assert (e.interpolation, e.input_size) == (theirs.interpolation.value, theirs.crop_size[0])
+    one_level = 1 / 255 / min(STD) + 1e-6
+    for path in photos(imagenet_sample, 3):
+        img = load_image(path)
+        # float input: the same arithmetic as torchvision's preset, to float precision
+        assert torch.allclose(e.transforms()(img.float() / 255), theirs(img.float() / 255), atol=1e-5), path
+        # uint8 input: v2's native uint8 bilinear kernel rounds some pixels one level away from the
+        # preset's (v1) float resize; never more
+        diff = (e.transforms()(img) - theirs(img)).abs()
+        assert diff.max() <= one_level and diff.mean() < one_level / 4, path
+
+
+def test_squash_transform_of_384_weights(imagenet_sample: Path) -> None:
+    e = registry.find_tag("convnext_tiny.fb_in22k_ft_in1k_384")
+    assert (e.input_size, e.crop_pct, e.crop_mode) == (384, 1.0, "squash")
+    squash = v2.Compose(
+        [
+            v2.Resize((384, 384), interpolation=v2.InterpolationMode.BICUBIC, antialias=True),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(MEAN, STD),
+        ]
+    )
+    img = load_image(photos(imagenet_sample, 1)[0])
+    assert img.shape[1] != img.shape[2]  # non-square: squash and centre crop differ
+    out = e.transforms()(img)
+    assert out.shape == (3, 384, 384) and torch.equal(out, squash(img))
+    center = build_eval_transform(DataConfig(img_size=384, crop_pct=1.0))(img)
+    assert not torch.allclose(out, center, atol=1e-2)
+    # timm's squash below crop_pct 1: a floor(size / crop_pct) square, then the centre crop
+    cfg = DataConfig(img_size=32, crop_pct=0.8, crop_mode="squash")
+    ops = build_eval_transform(cfg).transforms
+    assert ops[0].size == [40, 40] and ops[1].size == (32, 32)
+
+
+def test_crop_mode_is_checked() -> None:
+    assert DataConfig().crop_mode == "center"
+    with pytest.raises(UserError, match="data.crop_mode: 'stretch' is not one of center, squash"):
+        build_eval_transform(DataConfig(crop_mode="stretch"))
+
+
+# ------------------------------------------------------------------ predict/evaluate use the weights' own
+@torch.no_grad()
+def _random_atto(num_classes: int = 1000) -> torch.nn.Module:
+    torch.manual_seed(0)
+    model = convnext.create_model("convnext_atto", num_classes=num_classes, layer_scale_init_value=1.0)
+    for p in model.parameters():  # far from init, so that the input preprocessing shows in the output
+        p.add_(0.2 * torch.randn_like(p))
+    return model.eval()
+
+
+@pytest.fixture
+def squash_tag(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # noqa: ANN201
+    """A registry entry like convnext_tiny.fb_in22k_ft_in1k_384 (384 px, squash), served from a local file
+    through the download path (file:// URL, torch.hub cache in tmp_path)."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    model = _random_atto()
+    src = tmp_path / "www" / "convnext_atto_squash384.pth"
+    src.parent.mkdir()
+    torch.save({"model": model.state_dict()}, src)
+    entry = registry.WeightEntry(
+        "convnext_atto.test_squash384", "convnext_atto", src.as_uri(), "in22k->in1k", 1000,
+        input_size=384, crop_pct=1.0, crop_mode="squash",
+    )  # fmt: skip
+    registry.register(entry)
+    yield entry.tag, model
+    registry.REGISTRY.pop(entry.tag, None)
+
+
+def _transform(mode: str) -> v2.Compose:
+    resize = (384, 384) if mode == "squash" else 384
+    ops = [v2.Resize(resize, interpolation=v2.InterpolationMode.BICUBIC, antialias=True)]
+    if mode == "center":
+        ops.append(v2.CenterCrop(384))
+    return v2.Compose([*ops, v2.ToDtype(torch.float32, scale=True), v2.Normalize(MEAN, STD)])
+
+
+def test_predict_uses_squash_for_384_weights(
+    squash_tag, imagenet_sample: Path, capsys: pytest.CaptureFixture
+) -> None:  # noqa: ANN001
+    tag, model = squash_tag
+    paths = photos(imagenet_sample, 2)
+    assert main(["predict", *map(str, paths), "--weights", tag, "--json", "--topk", "3"]) == 0
+    got = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    for path, pred in zip(paths, got):
+        img = load_image(path)
+        with torch.no_grad():
+            probs = {m: model(_transform(m)(img)[None]).softmax(1)[0] for m in ("squash", "center")}
+        top = probs["squash"].topk(3)
+        assert [t["index"] for t in pred["top"]] == top.indices.tolist()
+        assert [t["prob"] for t in pred["top"]] == pytest.approx(top.values.tolist(), abs=2e-6)
+        assert (probs["squash"] - probs["center"]).abs().max() > 1e-3  # the test can tell them apart
+
+
+def test_evaluate_uses_squash_for_384_weights(squash_tag, imagenet_sample: Path, tmp_path: Path) -> None:  # noqa: ANN001
+    tag, model = squash_tag
+    data = tmp_path / "val"
+    paths = photos(imagenet_sample, 3)
+    for p in paths:  # one wnid folder per photo
+        (data / p.parent.name).mkdir(parents=True)
+        shutil.copy(p, data / p.parent.name / p.name)
+    out = tmp_path / "metrics.json"
+    assert main(["evaluate", "--weights", tag, "--data", str(data), "--split", "", "--json", str(out)]) == 0
+    metrics = json.loads(out.read_text())
+    from convnext.data import imagenet1k_wnids
+
+    index = {w: i for i, w in enumerate(imagenet1k_wnids())}
+    losses = {}
+    for mode in ("squash", "center"):
+        with torch.no_grad():
+            x = torch.stack([_transform(mode)(load_image(p)) for p in paths])
+            y = torch.tensor([index[p.parent.name] for p in paths])
+            losses[mode] = torch.nn.functional.cross_entropy(model(x), y).item()
+    assert metrics["loss"] == pytest.approx(losses["squash"], rel=1e-4)
+    assert abs(losses["squash"] - losses["center"]) > 1e-3
+
+
+def test_torchvision_layout_gets_torchvision_preset(tmp_path: Path) -> None:
+    tvm = pytest.importorskip("torchvision.models")
+    with torch.device("meta"):
+        shapes = tvm.convnext_tiny(weights=None).state_dict()
+    path = tmp_path / "my_convnext_tiny.pth"  # any name: the layout says torchvision
+    torch.save({k: torch.zeros(v.shape) for k, v in shapes.items()}, path)
+    from convnext.inference import load_for_inference
+
+    loaded = load_for_inference(str(path))
+    assert loaded.info.format == "torchvision" and loaded.arch == "convnext_tiny"
+    d = loaded.data
+    assert (d.img_size, d.interpolation, d.crop_mode) == (224, "bilinear", "center")
+    assert math.floor(round(224 / d.crop_pct, 6)) == 236
+    assert convnext.resolve_data_config(str(path)) == registry.find_tag("convnext_tiny.tv_in1k").data_config()
+
+
+def test_a_release_downloaded_by_hand_keeps_its_preset(tmp_path: Path) -> None:
+    """The official README links convnext_tiny_22k_1k_384.pth: passed as a file, it still gets squash."""
+    with torch.device("meta"):
+        shapes = convnext.create_model("convnext_tiny").state_dict()
+    path = tmp_path / "convnext_tiny_22k_1k_384.pth"
+    torch.save({"model": {k: torch.zeros(v.shape) for k, v in shapes.items()}}, path)
+    from convnext.inference import load_for_inference
+
+    d = load_for_inference(str(path)).data
+    assert (d.img_size, d.crop_pct, d.crop_mode) == (384, 1.0, "squash")
+    # and the preset survives a conversion (recorded in the file's metadata)
+    dst = tmp_path / "mine.safetensors"
+    assert main(["convert", str(path), str(dst)]) == 0
+    assert load_for_inference(str(dst)).data.crop_mode == "squash"
+
+
+# ------------------------------------------------------------------------- pretrained_cfg, timm-style API
+def test_pretrained_cfg_resolve_data_config_create_transform(squash_tag, imagenet_sample: Path) -> None:  # noqa: ANN001
+    tag, _ = squash_tag
+    model = convnext.create_model(tag, pretrained=True)
+    cfg = model.pretrained_cfg
+    assert cfg["input_size"] == (3, 384, 384) and cfg["crop_mode"] == "squash" and cfg["crop_pct"] == 1.0
+    assert cfg["tag"] == "test_squash384" and cfg["url"].startswith("file:") and cfg["num_classes"] == 1000
+    assert cfg["license"] == "MIT" and cfg["interpolation"] == "bicubic"
+    data = convnext.resolve_data_config(model)
+    assert data == registry.find_tag(tag).data_config() == convnext.resolve_data_config(tag)
+    img = load_image(photos(imagenet_sample, 1)[0])
+    assert torch.equal(convnext.create_transform(data)(img), _transform("squash")(img))
+    assert torch.equal(convnext.create_transform(model)(img), registry.find_tag(tag).transforms()(img))
+    # fine-tuned on 5 classes: the classifier count is the model's, the preset the weights'
+    assert convnext.create_model(tag, pretrained=True, num_classes=5).pretrained_cfg["num_classes"] == 5
+    plain = convnext.create_model("convnext_atto", num_classes=3).pretrained_cfg
+    assert plain["tag"] is None and plain["input_size"] == (3, 224, 224) and plain["num_classes"] == 3
+    assert convnext.resolve_data_config(None, crop_pct=1.0)["crop_pct"] == 1.0
+    with pytest.raises(UserError, match="unknown data config key"):
+        convnext.resolve_data_config(model, size=3)
+
+
+def test_import_convnext_is_lazy() -> None:
+    code = (
+        "import sys, convnext; print('torch' in sys.modules); "
+        "convnext.create_model; print('torch' in sys.modules)"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.stdout.split() == ["False", "True"], r.stdout + r.stderr
+
+
+# ------------------------------------------------------------------------------------------- torch.hub
+def test_hubconf_has_every_architecture_and_loads_locally(tmp_path: Path) -> None:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("hubconf", ROOT / "hubconf.py")
+    hubconf = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(hubconf)
+    assert hubconf.dependencies == ["torch", "torchvision"]
+    for arch in convnext.list_models():
+        assert callable(getattr(hubconf, arch)), arch
+    model = torch.hub.load(str(ROOT), "convnext_atto", source="local", num_classes=3)
+    assert model.num_classes == 3 and model.pretrained_cfg["architecture"] == "convnext_atto"
+    src = _random_atto(3)
+    torch.save({"model": src.state_dict()}, tmp_path / "w.pth")
+    loaded = torch.hub.load(str(ROOT), "convnext_atto", source="local", pretrained=str(tmp_path / "w.pth"))
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), src.state_dict().values()))
