@@ -172,7 +172,7 @@ def run(args: argparse.Namespace) -> int:
         f"data       {where} [{cfg.val_split or '.'}]: {res['n']} images, {present} of "
         f"{loaded.num_classes} classes{note}"
     )
-    print(f"transform  {cfg.img_size} px, crop {cfg.crop_pct}, {cfg.interpolation}")
+    print(f"transform  {cfg.img_size} px, {cfg.crop_mode} crop {cfg.crop_pct}, {cfg.interpolation}")
     print(f"top-1      {res['top1']:.2f}%")
     print(f"top-5      {res['top5']:.2f}%")
     print(f"loss       {res['loss']:.4f}")
@@ -196,6 +196,7 @@ def run(args: argparse.Namespace) -> int:
             split=cfg.val_split,
             img_size=cfg.img_size,
             crop_pct=cfg.crop_pct,
+            crop_mode=cfg.crop_mode,
             device=str(device),
         )
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)

@@ -128,7 +128,7 @@ def predict_paths(
                 while name in used_names:  # same file name in two folders
                     name, j = cam_filename(f"{stem}_{j}", label), j + 1
                 used_names.add(name)
-                box = crop_box(orig.shape[1], orig.shape[2], data.img_size, data.crop_pct)
+                box = crop_box(orig.shape[1], orig.shape[2], data.img_size, data.crop_pct, data.crop_mode)
                 out = Path(cam_dir) / name  # type: ignore[arg-type]
                 write_cam_png(out, orig, m.cpu(), box, label=label, prob=pred.probs[0], title=p, layer=where)
                 pred.cam_path = str(out)
