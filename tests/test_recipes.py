@@ -1,14 +1,133 @@
-"""Layer-wise lr decay is monotone for every depth and equals the official ids where they exist."""
+"""Recipes travel with the package; layer decay is monotone for every depth."""
 
 from __future__ import annotations
 
+import fnmatch
 import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
+from convnext.cli.main import main
+from convnext.engine.config import RECIPES_DIR, bundled_recipes, find_recipe, load_config, read_yaml
 from convnext.engine.optim import layer_ids, param_groups
+from convnext.errors import UserError
 from convnext.models import build_model
+
+ROOT = Path(__file__).resolve().parents[1]
+PUBLIC = sorted(n for n in bundled_recipes() if not n.startswith("_"))
+
+
+# ------------------------------------------------------------------------------------- recipes by name
+def test_recipe_by_name_from_any_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No configs/ folder in sight: --config NAME (with or without .yaml) finds the bundled recipe."""
+    monkeypatch.chdir(tmp_path)
+    by_path = load_config(RECIPES_DIR / "finetune_folder.yaml", [f"data.root={tmp_path}"])
+    for ref in ("finetune_folder", "finetune_folder.yaml"):
+        assert load_config(ref, [f"data.root={tmp_path}"]) == by_path
+    assert main(["train", "--config", "quickstart_digits", "--dry-run", "epochs=2"]) == 0
+
+
+def test_a_path_wins_over_a_bundled_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "quickstart_digits.yaml").write_text("inherit: quickstart_digits\nepochs: 3\n")
+    assert load_config("quickstart_digits.yaml").epochs == 3  # the local file (which inherits the bundled)
+    assert load_config("quickstart_digits").epochs == 10  # a bare name (no such file here) is the bundled one
+    (tmp_path / "quickstart_digits").write_text("epochs: 4\nschedule: {warmup_epochs: 1}\n")
+    assert load_config("quickstart_digits", check_paths=False).epochs == 4  # unless a file has that name
+
+
+def test_unknown_recipe_is_one_sentence_with_a_suggestion(capsys: pytest.CaptureFixture) -> None:
+    assert main(["train", "--config", "finetune_fold"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("convnext train: error: config file finetune_fold does not exist")
+    assert "did you mean finetune_folder?" in err and "\n" not in err
+    with pytest.raises(UserError, match="is a folder"):
+        find_recipe(RECIPES_DIR)
+
+
+def test_user_recipe_inherits_a_bundled_one_by_name(tmp_path: Path) -> None:
+    """An installed-like layout: the user's recipe lives far from the package and names its parent."""
+    mine = tmp_path / "elsewhere" / "my_tiny.yaml"
+    mine.parent.mkdir()
+    mine.write_text("inherit: convnext_tiny_in1k\nepochs: 5\nschedule: {warmup_epochs: 1}\n")
+    cfg = load_config(mine, [f"data.root={tmp_path}"])
+    assert (cfg.model.name, cfg.optim.lr, cfg.epochs, cfg.schedule.warmup_epochs) == (
+        "convnext_tiny",
+        4e-3,
+        5,
+        1,
+    )
+    assert cfg.data.randaugment == "rand-m9-mstd0.5-inc1"  # from _in1k_defaults, two levels up
+
+
+def test_copied_recipe_keeps_working(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """`convnext recipes NAME > my.yaml`: the copy (with its inherit: line) loads as the bundled recipe."""
+    assert main(["recipes", "convnext_base_in22ft1k_224"]) == 0
+    copy = tmp_path / "my.yaml"
+    copy.write_text(capsys.readouterr().out)
+    assert read_yaml(copy) == read_yaml("convnext_base_in22ft1k_224")
+    assert main(["recipes", "convnext_base_in22ft1k_224", "--resolved"]) == 0
+    assert "layer_decay: 0.8" in capsys.readouterr().out
+
+
+def test_recipes_verb_lists_every_recipe_in_one_line(capsys: pytest.CaptureFixture) -> None:
+    assert main(["recipes"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    listed = {ln.split()[0]: ln.split(None, 1)[1] for ln in lines if ln and ln.split()[0] in PUBLIC}
+    assert sorted(listed) == PUBLIC and not any(n.startswith("_") for n in listed)
+    for name, what in listed.items():  # what it trains, on what data
+        assert len(what) > 30, name
+        assert any(w in what for w in ("ImageNet", "image folder", "digits")), name
+
+
+def test_package_data_ships_every_recipe() -> None:
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    patterns = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    for path in RECIPES_DIR.iterdir():
+        rel = path.relative_to(RECIPES_DIR.parent).as_posix()
+        assert any(fnmatch.fnmatch(rel, p) for p in patterns["convnext"]), rel
+    assert (ROOT / "configs").resolve() == RECIPES_DIR  # the checkout's configs/ is the package's
+
+
+def test_installed_package_finds_its_recipes(tmp_path: Path) -> None:
+    """The package copied alone (as pip installs it: no checkout, no configs/ beside the working folder)."""
+    site = tmp_path / "site"
+    shutil.copytree(RECIPES_DIR.parent, site / "convnext", ignore=shutil.ignore_patterns("__pycache__"))
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "mine.yaml").write_text("inherit: quickstart_digits\nepochs: 2\n")
+    code = (
+        "from convnext.engine.config import load_config, RECIPES_DIR\n"
+        "print(RECIPES_DIR)\n"
+        "print(load_config('quickstart_digits').model.name, load_config('mine.yaml').epochs)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=work, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == [str(site / "convnext" / "configs"), "convnext_atto", "2"]
+
+
+def test_workers_default_to_what_the_machine_has(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from convnext.data.config import auto_workers
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    for ref in ("finetune_folder", "convnext_tiny_in1k"):
+        assert load_config(ref, [f"data.root={tmp_path}"]).data.workers == min(8, cores)
+    assert load_config("quickstart_digits").data.workers == 0  # exact, stays as written
+    for value in ("auto", "null"):
+        assert load_config("quickstart_digits", [f"data.workers={value}"]).data.workers == min(8, cores)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "64")  # torchrun: the node's cores are shared between ranks
+    assert auto_workers() == min(8, cores // 64)
+    with pytest.raises(UserError, match="config key data.workers must be an integer, got 'many'"):
+        load_config("quickstart_digits", ["data.workers=many"])
 
 
 # -------------------------------------------------------------------------------------- layer decay
