@@ -1,4 +1,4 @@
-"""Recipes travel with the package; layer decay is monotone for every depth."""
+"""Recipes travel with the package and hold the official numbers; layer decay is monotone for every depth."""
 
 from __future__ import annotations
 
@@ -113,6 +113,63 @@ def test_installed_package_finds_its_recipes(tmp_path: Path) -> None:
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == [str(site / "convnext" / "configs"), "convnext_atto", "2"]
+
+
+# ---------------------------------------------------------------------------------- official numbers
+def test_in1k_to_384_finetunes_are_training_mds() -> None:
+    """TRAINING.md "Finetune from ImageNet-1K pre-training" (B: drop_path 0.8, L: 0.95; both layer decay
+    0.7, batch 32 x 8 GPUs x update_freq 2, lr 5e-5, wd 1e-8, 30 epochs, no warmup, head_init_scale 0.001,
+    no MixUp/CutMix, input 384)."""
+    for size, dp in (("base", 0.8), ("large", 0.95)):
+        cfg = load_config(f"convnext_{size}_in1k_384", check_paths=False)
+        assert (cfg.model.name, cfg.model.pretrained, cfg.model.drop_path_rate) == (
+            f"convnext_{size}",
+            f"convnext_{size}.fb_in1k",
+            dp,
+        )
+        o = cfg.optim
+        assert (o.lr, o.lr_base_batch, o.weight_decay, o.layer_decay) == (5e-5, 512, 1e-8, 0.7)
+        assert (cfg.epochs, cfg.schedule.warmup_epochs, cfg.model.head_init_scale) == (30, 0, 0.001)
+        assert (cfg.data.mixup, cfg.data.cutmix, cfg.data.img_size, cfg.ema.enabled) == (0, 0, 384, False)
+        assert cfg.train.batch_size * 8 * cfg.train.accum_steps == 512
+
+
+def test_isotropic_and_xlarge_recipes_are_training_mds() -> None:
+    for size, dp, ls, per_gpu in (
+        ("small", 0.1, 0.0, 128),
+        ("base", 0.2, 0.0, 128),
+        ("large", 0.5, 1e-6, 64),
+    ):
+        cfg = load_config(f"convnext_isotropic_{size}_in1k", check_paths=False)
+        assert (cfg.model.drop_path_rate, cfg.model.layer_scale_init_value) == (dp, ls)
+        assert (cfg.schedule.warmup_epochs, cfg.optim.lr, cfg.ema.enabled, cfg.ema.eval) == (
+            50,
+            4e-3,
+            True,
+            True,
+        )
+        assert cfg.train.batch_size == per_gpu and cfg.train.batch_size * 8 * cfg.train.accum_steps == 4096
+    cfg = load_config("convnext_xlarge_in22k", check_paths=False)
+    assert (cfg.model.drop_path_rate, cfg.epochs, cfg.model.num_classes) == (0.2, 90, 21841)
+    for px, per_gpu in ((224, 16), (384, 8)):
+        cfg = load_config(f"convnext_xlarge_in22ft1k_{px}", check_paths=False)
+        assert (cfg.model.drop_path_rate, cfg.optim.layer_decay, cfg.ema.enabled, cfg.ema.eval) == (
+            0.4,
+            0.8,
+            True,
+            True,
+        )
+        assert cfg.train.batch_size == per_gpu and cfg.train.batch_size * 8 * cfg.train.accum_steps == 512
+
+
+def test_paper_recipes_precision_is_the_documented_choice() -> None:
+    """bf16: a deliberate deviation from the official fp32 (README "Train" says why); one key restores it."""
+    readme = (ROOT / "README.md").read_text()
+    for name in PUBLIC:
+        if "_in1k" in name or "_in22" in name:
+            assert load_config(name, check_paths=False).train.amp == "bf16", name
+    assert "train.amp=none" in readme and "deliberate" in readme
+    assert load_config("convnext_tiny_in1k", ["train.amp=none"], check_paths=False).train.amp == "none"
 
 
 def test_workers_default_to_what_the_machine_has(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
