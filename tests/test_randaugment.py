@@ -121,7 +121,7 @@ def test_op_output_equals_timms_pixel_for_pixel(op: str, images: list[torch.Tens
                 ours = apply_op(img, op, arg, fill=FILL)
                 if op.startswith("Posterize") and arg == 0:
                     # m10 of PosterizeIncreasing keeps 0 bits: the Pillow timm was written for returns
-                    # black; recent Pillow refuses bits=0 (timm then raises mid-training). We keep black.
+                    # black; Pillow 13 refuses bits=0 (timm then raises mid-training). We keep black.
                     assert not ours.any()
                     continue
                 assert torch.equal(ours, timm_op(img, op, arg)), (op, m, negate, tuple(img.shape))

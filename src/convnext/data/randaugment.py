@@ -348,6 +348,12 @@ def _resample_axis(img: Tensor, pos: Tensor, dim: int, fill: Sequence[int], inte
     (H, 1) vector when every row (column) samples the same positions (a translation: rows are then
     selected whole instead of gathered pixel by pixel), else (H, W)."""
     c, h, w = img.shape
+    # Work where memory is contiguous: per-pixel positions are gathered along x (a row), and a translation
+    # selects whole rows; the other cases run on the transposed image (two cheap uint8 copies).
+    if (dim == 1 and pos.shape[1] != 1) or (dim == 2 and pos.shape[0] == 1):
+        flipped = img.transpose(1, 2).contiguous()
+        out = _resample_axis(flipped, pos.t().contiguous(), 3 - dim, fill, interpolation)
+        return out.transpose(1, 2).contiguous()
     size = img.shape[dim]
     valid = (pos >= 0.0) & (pos < size)
     base, frac = _base(pos, size)
