@@ -244,20 +244,20 @@ def _autocontrast(img: Tensor) -> Tensor:
 
 def _equalize(img: Tensor) -> Tensor:
     """Pillow's ``ImageOps.equalize``: per channel, lut[i] = (step // 2 + sum(hist[:i])) // step with
-    step = (pixels - count of the brightest level present) // 255; identity when step is 0."""
+    step = (pixels - count of the brightest level present) // 255; identity when step is 0 or one level
+    is present. All channels at once (one histogram of channel-offset values)."""
     c = img.shape[0]
     flat = img.reshape(c, -1).to(torch.int64)
-    luts = []
-    for ch in range(c):
-        hist = torch.bincount(flat[ch], minlength=256)
-        present = hist.nonzero()
-        step = (int(hist.sum()) - int(hist[present[-1]])) // 255 if len(present) > 1 else 0
-        if step == 0:
-            luts.append(torch.arange(256))
-            continue
-        before = torch.cumsum(hist, 0) - hist
-        luts.append(((step // 2 + before) // step).clamp_(max=255))
-    return _apply_lut(img, torch.stack(luts))
+    flat += torch.arange(0, 256 * c, 256).view(c, 1)
+    hist = torch.bincount(flat.view(-1), minlength=256 * c).view(c, 256)
+    present = hist != 0
+    brightest = 255 - present.flip(1).to(torch.uint8).argmax(1)  # index of the last level present
+    step = (hist.sum(1) - hist.gather(1, brightest.view(c, 1)).view(c)) // 255
+    keep = (present.sum(1) <= 1) | (step == 0)
+    step = step.clamp(min=1).view(c, 1)
+    lut = ((step // 2 + torch.cumsum(hist, 1) - hist) // step).clamp_(max=255)
+    lut = torch.where(keep.view(c, 1), torch.arange(256), lut)
+    return _apply_lut(img, lut)
 
 
 def _posterize(img: Tensor, bits: int) -> Tensor:
