@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import functools
+import inspect
 import math
 import os
 import types
@@ -401,6 +402,7 @@ _OWN_KEY = {
 _NOT_FOR_TRAINING = {
     "features_only": "a training run needs the classifier head (features_only is for backbones: "
     "convnext.create_model(name, features_only=True))",
+    "out_indices": "a training run needs the classifier head (out_indices selects backbone outputs)",
     "in_chans": "the data pipeline gives 3-channel RGB images",
     "block": "it is not a recipe value (the family decides the block)",
 }
@@ -409,8 +411,6 @@ _NOT_FOR_TRAINING = {
 @functools.lru_cache(maxsize=64)
 def _option_names(arch: str) -> tuple[type, tuple[str, ...]]:
     """The family's class and the constructor arguments a recipe may set in model.options."""
-    import inspect
-
     import torch
 
     from ..models import build_model
@@ -450,7 +450,7 @@ def _meta_model(arch: str, m: ModelConfig) -> Any:
             _check(ok, f"model.options.{key}", "must be a positive integer", value)
     kwargs = dict(m.options)
     kwargs.update(drop_path_rate=m.drop_path_rate, head_init_scale=m.head_init_scale)
-    if "layer_scale_init_value" in _init_params(cls):
+    if "layer_scale_init_value" in inspect.signature(cls.__init__).parameters:
         kwargs["layer_scale_init_value"] = m.layer_scale_init_value
     try:
         with torch.device("meta"):
@@ -460,12 +460,6 @@ def _meta_model(arch: str, m: ModelConfig) -> Any:
         raise UserError(
             f"config key model.options: {arch} cannot be built with {m.options}: {first}"
         ) from None
-
-
-def _init_params(cls: type) -> set[str]:
-    import inspect
-
-    return set(inspect.signature(cls.__init__).parameters)
 
 
 def _check_pretrained(src: str, arch: str, check_paths: bool) -> None:
