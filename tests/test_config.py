@@ -114,3 +114,153 @@ def test_inherit_merges_sections(tmp_path: Path) -> None:
 def test_dry_run_prints_resolved_config(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert main(["train", "-c", str(CONFIGS / "quickstart_digits.yaml"), "--dry-run", "epochs=3"]) == 0
     assert "epochs: 3" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------- every key's range, every constraint
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        # issue 14: values that passed --dry-run and crashed later
+        (["data.std=[0,0,0]"], "config key data.std must be three numbers > 0"),
+        (["data.scale=[1.0,0.1]"], "config key data.scale must be [min, max] with 0 < min <= max <= 1"),
+        (["data.ratio=[0,0]"], "config key data.ratio must be [min, max] with 0 < min <= max"),
+        (["data.hflip=7"], "config key data.hflip must be a probability in [0, 1], got 7.0"),
+        (["data.val_fraction=1.5"], "config key data.val_fraction must be in (0, 1), got 1.5"),
+        # the rest of the data section
+        (["data.mean=[2,0,0]"], "config key data.mean must be three numbers in [0, 1]"),
+        (["data.mean=[0.5,0.5]"], "config key data.mean must be a list of 3 numbers"),
+        (["data.crop_pct=0"], "config key data.crop_pct must be in (0, 1]"),
+        (
+            ["data.interpolation=lanczos"],
+            "config key data.interpolation must be bicubic, bilinear or nearest",
+        ),
+        (["data.randaugment=rand-m99"], "config key data.randaugment: 'rand-m99' is out of range"),
+        (["data.randaugment=rand-x1"], "config key data.randaugment: cannot read 'x1'"),
+        (["data.reprob=1.5"], "config key data.reprob must be a probability in [0, 1]"),
+        (["data.mixup=-1"], "config key data.mixup must be >= 0"),
+        (["data.cutmix=-0.5"], "config key data.cutmix must be >= 0"),
+        (["data.mixup_prob=2"], "config key data.mixup_prob must be a probability in [0, 1]"),
+        (["data.mixup_switch_prob=-0.1"], "config key data.mixup_switch_prob must be a probability"),
+        (["data.workers=-1"], "config key data.workers must be >= 0 (or auto)"),
+        (["data.prefetch_factor=0"], "config key data.prefetch_factor must be at least 1"),
+        (["data.img_size=16"], "config key data.img_size must be at least 32 for convnext_tiny"),
+        (["data.dataset=imagenett"], "config key data.dataset: 'imagenett' is not one of"),
+        (["data.class_list=/no/such/list.txt"], "config key data.class_list: '/no/such/list.txt' is not"),
+        (["data.train_split=' '"], "config key data.train_split must name a split folder"),
+        (["data.split_seed=-1"], "config key data.split_seed must be in [0, 2**63)"),
+        (["model.num_classes=1", "data.mixup=0.8"], "MixUp/CutMix need at least 2 classes"),
+        # numbers that are not numbers
+        (["optim.lr=.inf"], "config key optim.lr must be a finite number"),
+        (["optim.lr=.nan"], "config key optim.lr must be a finite number"),
+        (["optim.momentum=1"], "config key optim.momentum must be in [0, 1)"),
+        (["optim.layer_decay=0"], "config key optim.layer_decay must be in (0, 1]"),
+        (["optim.betas=[0.9,1.0]"], "config key optim.betas must be two numbers in [0, 1)"),
+        (["seed=-3"], "config key seed must be in [0, 2**63)"),
+        # model
+        (["model.layer_scale_init_value=-1"], "config key model.layer_scale_init_value must be >= 0"),
+        (["model.head_init_scale=0"], "config key model.head_init_scale must be > 0"),
+        (
+            ["model.options={depth: 3}"],
+            "config key model.options.depth: convnext_tiny (ConvNeXt) has no such",
+        ),
+        (["model.options={depths: [1,1,1]}"], "config key model.options.depths must be a list of 4 positive"),
+        (["model.options={dims: [8,16,32,0]}"], "config key model.options.dims must be a list of 4 positive"),
+        (["model.options={drop_path_rate: 0.3}"], "config key model.options.drop_path_rate: set model.drop"),
+        (["model.options={features_only: true}"], "config key model.options.features_only cannot be set"),
+        (["model.options={in_chans: 1}"], "config key model.options.in_chans cannot be set in a recipe"),
+        (["model.options={1: 2}"], "config key model.options must have names as keys"),
+        (["model.name=convnext_isotropic_small", "model.options={depths: [1,1,1,1]}"], "has no such option"),
+        (["model.pretrained=convnext_tiny.fb_in1k", "model.name=convnext_small"], "are for convnext_tiny"),
+        (["model.pretrained=/no/such/weights.pth"], "config key model.pretrained: /no/such/weights.pth does"),
+        (["model.pretrained=convnext_tiny.fb_in2k"], "is neither a file nor a known weights tag"),
+        # keys that contradict each other
+        (["train.amp=fp16", "train.device=cpu"], "config key train.amp: fp16 needs a CUDA device"),
+        (["ema.enabled=false"], "config key checkpoint.best_by: ema needs ema.enabled=true"),
+        (["checkpoint.keep_last=-1"], "config key checkpoint.keep_last must be >= 0"),
+        (["run.dir=' '"], "config key run.dir must name a folder"),
+    ],
+)
+def test_every_value_is_checked(overrides: list[str], message: str, tmp_path: Path) -> None:
+    with pytest.raises(UserError) as e:
+        load_config(CONFIGS / "convnext_tiny_in1k.yaml", [f"data.root={tmp_path}", *overrides])
+    assert message in str(e.value)
+    assert "\n" not in str(e.value) and str(e.value).startswith("config key")
+
+
+@pytest.mark.parametrize(
+    "override", ["data.std=[0,0,0]", "data.scale=[1.0,0.1]", "data.hflip=7", "run.dir=x/y"]
+)
+def test_dry_run_refuses_before_any_work(
+    override: str, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The CLI says one line, exit 2, and nothing is created (here run.dir sits under a file)."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "x").write_text("a file where the run folder's parent should be")
+    run_dir = tmp_path / "run"
+    args = ["train", "--config", "quickstart_digits", f"run.dir={run_dir}", override, "--dry-run"]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("convnext train: error: config key ") and "\n" not in err
+    assert not run_dir.exists()
+
+
+def test_run_dir_that_is_a_file(tmp_path: Path) -> None:
+    f = tmp_path / "taken"
+    f.write_text("")
+    with pytest.raises(UserError, match=f"config key run.dir: {f} is a file, not a folder"):
+        load_config("quickstart_digits", [f"run.dir={f}"])
+    with pytest.raises(UserError, match=f"cannot be created: {f} is a file"):
+        load_config("quickstart_digits", [f"run.dir={f}/sub/run"])
+    assert load_config("quickstart_digits", [f"run.dir={f}"], check_paths=False).run.dir == str(f)
+
+
+def test_recipe_file_problems_are_one_sentence(tmp_path: Path) -> None:
+    latin1 = tmp_path / "latin1.yaml"
+    latin1.write_bytes("# r\xe9glages\nepochs: 3\n".encode("latin-1"))
+    bom = tmp_path / "bom.yaml"
+    bom.write_bytes("\ufeffepochs: 3\nschedule: {warmup_epochs: 1}\ndata: {dataset: digits}\n".encode())
+    twice = tmp_path / "twice.yaml"
+    twice.write_text("optim:\n  lr: 0.1\n  lr: 0.2\n")
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("optim: {lr: 0.1\nepochs: 3\n")
+    loop = tmp_path / "loop.yaml"
+    loop.write_text("inherit: loop.yaml\n")
+    cases = {
+        latin1: f"config file {latin1} is not UTF-8 text (byte 0xe9 at offset 3); save it as UTF-8",
+        twice: "key 'lr' appears twice (line 3, column 3)",
+        broken: f"config file {broken} is not valid YAML",
+        loop: "inherits from itself",
+        tmp_path: "is a folder, not a recipe file",
+    }
+    for path, message in cases.items():
+        with pytest.raises(UserError) as e:
+            load_config(path)
+        assert message in str(e.value) and "\n" not in str(e.value), path
+    assert load_config(bom).epochs == 3  # a UTF-8 byte-order mark (Windows editors) is fine
+
+
+def test_grad_checkpointing_is_refused_only_where_the_family_lacks_it() -> None:
+    """Every family supports model.grad_checkpointing, or the config check refuses it in one sentence."""
+    import torch
+
+    from convnext.models import build_model
+
+    for name in ("convnext_atto", "convnextv2_atto", "convnext_isotropic_small"):
+        with torch.device("meta"):
+            supported = callable(getattr(build_model(name, num_classes=2), "set_grad_checkpointing", None))
+        overrides = [f"model.name={name}", "model.grad_checkpointing=true", "model.options={}"]
+        if supported:
+            assert load_config("quickstart_digits", overrides).model.grad_checkpointing
+        else:
+            with pytest.raises(UserError, match="config key model.grad_checkpointing: .* does not support"):
+                load_config("quickstart_digits", overrides)
+
+
+def test_model_options_that_fit_the_family_pass(tmp_path: Path) -> None:
+    cfg = load_config(
+        "quickstart_digits",
+        ["model.name=convnext_isotropic_small", "model.options={depth: 2, dim: 32}", "data.img_size=32"],
+    )
+    assert cfg.model.options == {"depth": 2, "dim": 32}
+    cfg = load_config("quickstart_digits", ["model.name=convnextv2_atto", "model.options={in_chans: 3}"])
+    assert cfg.model.options == {"in_chans": 3}

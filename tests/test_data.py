@@ -22,12 +22,10 @@ from convnext.data import (
     check_num_classes,
     eval_resize_size,
     imagenet1k_classes,
-    parse_randaugment,
     resolve_class_list,
     small_dataset_defaults,
 )
 from convnext.data.loader import EvalShardSampler
-from convnext.data.transforms import TimmRandAugment
 from convnext.errors import UserError
 
 
@@ -288,23 +286,6 @@ def test_train_transform_shape_dtype_and_normalization() -> None:
     assert names == ["RandomResizedCrop", "ToDtype", "Normalize"]
 
 
-def test_randaugment_string_parsing() -> None:
-    s = parse_randaugment("rand-m9-mstd0.5-inc1")
-    assert (s.num_ops, s.magnitude, s.magnitude_std, s.increasing, s.prob) == (2, 9.0, 0.5, True, 0.5)
-    s = parse_randaugment("rand-n3-m10-mmax12-p0.7")
-    assert (s.num_ops, s.magnitude, s.magnitude_max, s.prob) == (3, 10.0, 12.0, 0.7)
-    assert parse_randaugment("rand-m7-mstdinf").magnitude_std == float("inf")
-    ra = TimmRandAugment(parse_randaugment("rand-m9-mstd0.5-inc1"))
-    assert ra.num_magnitude_bins == 101 and ra.magnitude == 90  # bin 90 of 0..100 = timm's m9 / 10
-    for bad, msg in (
-        ("auto-m9", "must start with 'rand-'"),
-        ("rand-q9", "cannot read 'q9'"),
-        ("rand-m11", "range"),
-    ):
-        with pytest.raises(UserError, match=msg):
-            parse_randaugment(bad)
-
-
 def test_mixup_cutmix_soft_targets_and_smoothing_equivalence() -> None:
     cfg = DataConfig()
     mix = build_mixup_cutmix(cfg, 10)
@@ -382,38 +363,6 @@ def test_distributed_loaders_use_seeded_train_sampler_and_unpadded_eval_shards()
         assert isinstance(val.sampler, EvalShardSampler) and sum(len(b) for b in val) == 10
     finally:
         dist.destroy_process_group()
-
-
-def test_fast_geometric_ops_match_torchvision() -> None:
-    """Our RandAugment Shear/Translate/Rotate fast path against torchvision's own tensor ops: translations
-    bit-identical, shear/rotation identical except the 1-px border band (fill blending, see transforms.py)."""
-    import math
-
-    from torchvision.transforms.v2 import InterpolationMode as IM
-    from torchvision.transforms.v2 import functional as F
-
-    from convnext.data.transforms import _fast_geometric
-
-    fill = [124.0, 116.0, 104.0]
-    x = torch.randint(0, 256, (3, 48, 64), dtype=torch.uint8)
-    x = F.gaussian_blur(x, [5, 5])  # smooth, like a photo, so interpolation differences stay small
-
-    def ref(op: str, m: float) -> torch.Tensor:
-        kw = {"interpolation": IM.BILINEAR, "fill": fill}
-        if op.startswith("Shear"):
-            deg = math.degrees(math.atan(m))
-            shear = [deg, 0.0] if op == "ShearX" else [0.0, deg]
-            return F.affine(x, angle=0.0, translate=[0, 0], scale=1.0, shear=shear, center=[0, 0], **kw)
-        if op.startswith("Translate"):
-            t = [int(m), 0] if op == "TranslateX" else [0, int(m)]
-            return F.affine(x, angle=0.0, translate=t, scale=1.0, shear=[0.0, 0.0], **kw)
-        return F.rotate(x, angle=m, **kw)
-
-    for op, m in (("TranslateX", 20.7), ("TranslateY", -13.0)):
-        assert torch.equal(_fast_geometric(x, op, m, fill), ref(op, m))
-    for op, m in (("ShearX", 0.27), ("ShearY", -0.2), ("Rotate", 27.0), ("Rotate", -9.0)):
-        diff = (_fast_geometric(x, op, m, fill).int() - ref(op, m).int()).abs()
-        assert (diff > 1).float().mean() < 0.05, op
 
 
 def test_batch_finish_on_device_equals_the_per_image_transform() -> None:

@@ -2,13 +2,26 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, field
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 #: PIL's default ``Image.MAX_IMAGE_PIXELS`` (1024**3 // 4 // 3, ~89.5 Mpx): a 437 KB PNG can declare
 #: 60000x60000 pixels and take 11 GB to decode.
 DEFAULT_MAX_PIXELS = 1024 * 1024 * 1024 // 4 // 3
+
+
+def auto_workers() -> int:
+    """``data.workers: auto``: min(8, the CPU cores this process may use / the training processes on this
+    node), so a laptop or a small VM is not asked for more loader processes than it has cores (torch warns,
+    and the workers would only take turns) and 8 GPUs on one node share its cores."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    per_node = max(int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1), 1)
+    return min(8, cores // per_node)
 
 
 @dataclass
@@ -52,7 +65,7 @@ class DataConfig:
     # Workers hand over uint8 batches (4x less to copy, pin and send to the GPU); the float conversion,
     # normalization and RandomErasing of the train split run on the training device (as timm's prefetcher).
     normalize_on_device: bool = True
-    workers: int = 8
+    workers: int = field(default_factory=auto_workers)  # a recipe may say auto (the default) or a count
     pin_memory: bool = True
     persistent_workers: bool = True
     prefetch_factor: int = 2  # batches each worker prepares ahead
