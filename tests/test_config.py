@@ -130,6 +130,8 @@ def test_dry_run_prints_resolved_config(tmp_path: Path, capsys: pytest.CaptureFi
         (["data.mean=[2,0,0]"], "config key data.mean must be three numbers in [0, 1]"),
         (["data.mean=[0.5,0.5]"], "config key data.mean must be a list of 3 numbers"),
         (["data.crop_pct=0"], "config key data.crop_pct must be in (0, 1]"),
+        (["data.crop_mode=stretch"], "config key data.crop_mode must be center or squash"),
+        (["data.max_pixels=-1"], "config key data.max_pixels must be >= 0"),
         (
             ["data.interpolation=lanczos"],
             "config key data.interpolation must be bicubic, bilinear or nearest",

@@ -523,6 +523,8 @@ def _validate_data(cfg: TrainConfig, check_paths: bool, model: Any) -> None:
         "must be bicubic, bilinear or nearest",
         d.interpolation,
     )
+    _check(d.crop_mode in ("center", "squash"), "data.crop_mode", "must be center or squash", d.crop_mode)
+    _check(d.max_pixels >= 0, "data.max_pixels", "must be >= 0 (0: no limit)", d.max_pixels)
     _check(all(_in(v, 0, 1) for v in d.mean), "data.mean", "must be three numbers in [0, 1]", d.mean)
     _check(all(v > 0 for v in d.std), "data.std", "must be three numbers > 0 (it divides)", d.std)
     lo, hi = d.scale
