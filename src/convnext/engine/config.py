@@ -89,6 +89,9 @@ class RunConfig:
     dir: str = "runs/run"  # run folder: config.yaml, metrics.jsonl, tb/, checkpoints/, curves.png
     auto_resume: bool = True  # resume <dir>/checkpoints/last.pth when it exists
     export_samples: int = 0  # write this many validation images as PNG into <dir>/samples/
+    # experiment trackers fed besides metrics.jsonl (rank 0): tensorboard (<dir>/tb), mlflow
+    # (MLFLOW_TRACKING_URI or ./mlruns), wandb (<dir>/wandb; WANDB_MODE=offline works offline); []: none
+    loggers: list[str] = field(default_factory=lambda: ["tensorboard"])
 
 
 @dataclass
@@ -318,6 +321,13 @@ def validate(cfg: TrainConfig, *, check_paths: bool = True) -> None:
         c.best_by in ("auto", "ema", "model"), "checkpoint.best_by", "must be auto, ema or model", c.best_by
     )
     _check(cfg.run.export_samples >= 0, "run.export_samples", "must be >= 0", cfg.run.export_samples)
+    _check(
+        isinstance(cfg.run.loggers, (list, tuple))
+        and all(x in ("tensorboard", "mlflow", "wandb") for x in cfg.run.loggers),
+        "run.loggers",
+        "must be a list of tensorboard, mlflow and/or wandb ([] for none)",
+        cfg.run.loggers,
+    )
     d = cfg.data
     _check(d.img_size >= 8, "data.img_size", "must be at least 8", d.img_size)
     _check(d.workers >= 0, "data.workers", "must be >= 0", d.workers)
