@@ -113,6 +113,21 @@ def _first_line(e: BaseException) -> str:
     return text[0] if text else type(e).__name__
 
 
+def _probe(uri: str) -> None:
+    """A tracking server that does not answer is one sentence in seconds: the client itself retries a refused
+    connection with backoff for minutes (MLFLOW_HTTP_REQUEST_MAX_RETRIES) before it says so."""
+    import requests  # mlflow's own HTTP client
+
+    try:
+        requests.get(uri.rstrip("/") + "/health", timeout=10)
+    except requests.RequestException as e:
+        reason = "timed out" if isinstance(e, requests.Timeout) else "connection failed"
+        raise UserError(
+            f"MLflow tracking server {uri} is not reachable ({reason}); start it, fix MLFLOW_TRACKING_URI, "
+            "or drop mlflow from run.loggers"
+        ) from None
+
+
 class Tracker:
     """One backend. ``kind`` is "step" (x = optimizer step) or "epoch" (x = epoch number); ``status`` at close
     is "finished", "stopped" (a stop signal after a checkpoint: the run will be resumed) or "failed"."""
@@ -200,6 +215,8 @@ class MLflowTracker(Tracker):
             os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")  # see the module docstring
         self.uri = uri
         where = f"MLflow at {uri}"
+        if urlparse(uri).scheme in ("http", "https"):
+            _probe(uri)
         try:
             self.client = MlflowClient(tracking_uri=uri)
             run_id = saved.get("run_id") if saved.get("tracking_uri") == uri else None
