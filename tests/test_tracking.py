@@ -45,7 +45,9 @@ def stores(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("WANDB_CONSOLE", "off")  # leave pytest's capture of stdout/stderr alone
     monkeypatch.setenv("WANDB_SILENT", "true")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", (tmp_path / "mlruns").as_uri())
-    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)  # the tracker must allow its file store
+    # unset, so that the tracker has to allow its file store itself; set first, so that what it sets is undone
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "")
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE")
     monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
     monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
     monkeypatch.delenv("WANDB_PROJECT", raising=False)
@@ -196,6 +198,25 @@ def test_a_failing_tracker_is_dropped_with_one_warning(stores: Path) -> None:
     assert read_metrics(stores / "run") == [{"epoch": 1, "train_loss": 1.7}]
 
 
+def test_unreachable_mlflow_server_is_one_sentence_at_once(
+    stores: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not minutes of the client's retries: a probe of the server's /health first."""
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
+    with pytest.raises(UserError) as e:
+        MetricsLogger(stores / "run", loggers=["tensorboard", "mlflow"], config={"a": 1})
+    assert str(e.value) == (
+        f"MLflow tracking server http://127.0.0.1:{port} is not reachable (connection failed); start it, fix "
+        "MLFLOW_TRACKING_URI, or drop mlflow from run.loggers"
+    )
+    assert not (stores / "run" / STATE_FILE).exists()
+
+
 def test_unknown_logger_is_one_sentence() -> None:
     with pytest.raises(UserError) as e:
         load_config(None, ["run.loggers=[tensorboard, neptune]"], check_paths=False)
@@ -239,7 +260,7 @@ def test_missing_package_is_one_sentence_before_anything_starts(tmp_path: Path) 
 
 
 @pytest.mark.slow
-def test_only_rank_0_logs_under_torchrun(stores: Path) -> None:
+def test_only_rank_0_logs_under_torchrun(stores: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """2 processes (gloo): one TensorBoard event file, one MLflow run, one W&B run, all from rank 0."""
     run = stores / "run"
     cmd = [
@@ -265,6 +286,7 @@ def test_only_rank_0_logs_under_torchrun(stores: Path) -> None:
     assert len(list((run / "wandb").glob("offline-run-*"))) == 1
     from mlflow.tracking import MlflowClient
 
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # to read the file store here
     state = json.loads((run / STATE_FILE).read_text())
     runs = MlflowClient(state["mlflow"]["tracking_uri"]).search_runs([state["mlflow"]["experiment_id"]])
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
