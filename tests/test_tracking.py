@@ -184,6 +184,18 @@ def test_only_a_resumed_run_continues_its_mlflow_run(stores: Path, monkeypatch: 
     assert (elsewhere / "mlruns").is_dir()
 
 
+def test_fresh_start_moves_the_tracker_ids_aside(tmp_path: Path) -> None:
+    """--fresh (or no checkpoint to resume) moves trackers.json and wandb/ with the earlier run's files."""
+    from convnext.engine.rundir import RunFolder
+
+    (tmp_path / "metrics.jsonl").write_text('{"epoch": 1}\n')
+    (tmp_path / STATE_FILE).write_text('{"mlflow": {"run_id": "abc"}}\n')
+    (tmp_path / "wandb" / "offline-run-1-abc").mkdir(parents=True)
+    moved = RunFolder(tmp_path).move_aside()
+    assert sorted(p.name for p in moved.iterdir()) == ["metrics.jsonl", STATE_FILE, "wandb"]
+    assert not (tmp_path / STATE_FILE).exists() and not (tmp_path / "wandb").exists()
+
+
 def test_a_failing_tracker_is_dropped_with_one_warning(stores: Path) -> None:
     """A tracking store going away mid-run costs its tracker, never the training or metrics.jsonl."""
     said: list[str] = []

@@ -212,6 +212,8 @@ class MLflowTracker(Tracker):
         from urllib.parse import urlparse
 
         if urlparse(uri).scheme in ("", "file") or len(urlparse(uri).scheme) == 1:  # a path (C:\ on Windows)
+            if urlparse(uri).scheme != "file":  # absolute, so that a resume from elsewhere finds the store
+                uri = Path(uri).expanduser().resolve().as_uri()
             os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")  # see the module docstring
         self.uri = uri
         where = f"MLflow at {uri}"
