@@ -99,6 +99,9 @@ class RunConfig:
     dir: str = "runs/run"  # run folder: config.yaml, metrics.jsonl, tb/, checkpoints/, curves.png
     auto_resume: bool = True  # resume <dir>/checkpoints/last.pth when it exists
     export_samples: int = 0  # write this many validation images as PNG into <dir>/samples/
+    # experiment trackers fed besides metrics.jsonl (rank 0): tensorboard (<dir>/tb), mlflow
+    # (MLFLOW_TRACKING_URI or ./mlruns), wandb (<dir>/wandb; WANDB_MODE=offline works offline); []: none
+    loggers: list[str] = field(default_factory=lambda: ["tensorboard"])
 
 
 @dataclass
@@ -269,6 +272,10 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             raise UserError(f"config key {key} must be a list of {len(args)} numbers, got {value!r}")
         inner = [args[0]] * len(value) if args[-1] is Ellipsis else list(args)
         return tuple(_coerce(v, a, key) for v, a in zip(value, inner))
+    if origin is list:  # a single value stands for a list of one (run.loggers=mlflow)
+        items = value if isinstance(value, (list, tuple)) else [value]
+        (inner_tp,) = typing.get_args(tp) or (Any,)
+        return [_coerce(v, inner_tp, key) for v in items]
     if tp is dict or origin is dict:
         if not isinstance(value, dict):
             raise UserError(f"config key {key} must be a mapping, got {value!r}")
@@ -647,6 +654,13 @@ def _validate_loop(cfg: TrainConfig, check_paths: bool) -> None:
     r = cfg.run
     _check(bool(r.dir.strip()), "run.dir", "must name a folder", r.dir)
     _check(r.export_samples >= 0, "run.export_samples", "must be >= 0", r.export_samples)
+    _check(
+        isinstance(r.loggers, (list, tuple))
+        and all(x in ("tensorboard", "mlflow", "wandb") for x in r.loggers),
+        "run.loggers",
+        "must be a list of tensorboard, mlflow and/or wandb ([] for none)",
+        r.loggers,
+    )
     if check_paths:
         _check_run_dir(Path(r.dir).expanduser())
 

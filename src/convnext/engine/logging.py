@@ -1,28 +1,58 @@
-"""Run records: metrics.jsonl (one JSON object per epoch) and TensorBoard scalars; rank 0 only."""
+"""Run records: metrics.jsonl (one JSON object per epoch, the source of truth) and the experiment trackers of
+``run.loggers`` (engine/trackers.py); rank 0 only."""
 
 from __future__ import annotations
 
 import json
 import os
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
+from .trackers import Tracker, open_trackers
 
 
 class MetricsLogger:
-    """Appends to <run_dir>/metrics.jsonl and <run_dir>/tb; does nothing on ranks other than 0."""
+    """Appends to <run_dir>/metrics.jsonl and feeds the trackers; does nothing on ranks other than 0.
 
-    def __init__(self, run_dir: str | Path, enabled: bool = True, tensorboard: bool = True) -> None:
+    A tracker that raises in the middle of a run is dropped with one warning (through ``say``): training and
+    metrics.jsonl go on without it. Opening one that cannot start is a UserError (before the first step).
+    """
+
+    def __init__(
+        self,
+        run_dir: str | Path,
+        enabled: bool = True,
+        loggers: Iterable[str] = ("tensorboard",),
+        config: dict[str, Any] | None = None,
+        resumed_step: int | None = None,
+        say: Callable[[str], None] | None = None,
+    ) -> None:
         self.enabled = enabled
         self.path = Path(run_dir) / "metrics.jsonl"
-        self.tb = None
-        if enabled and tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
+        self.say = say or (lambda m: warnings.warn(m, stacklevel=3))
+        self.trackers: list[Tracker] = []
+        if enabled:
+            self.trackers = open_trackers(loggers, Path(run_dir), config or {}, resumed_step, self.say)
+        self.closed = False
 
-            self.tb = SummaryWriter(log_dir=str(Path(run_dir) / "tb"))
+    def describe(self) -> str:
+        """Where the trackers write ("" without any)."""
+        return "; ".join(t.describe() for t in self.trackers)
+
+    def _each(self, what: str, call: Callable[[Tracker], None]) -> None:
+        for t in list(self.trackers):
+            try:
+                call(t)
+            except Exception as e:  # noqa: BLE001  a tracker never stops training
+                self.trackers.remove(t)
+                msg = str(e).strip().splitlines()
+                self.say(
+                    f"warning: {t.name} failed {what} ({msg[0] if msg else type(e).__name__}); "
+                    f"continuing without it (metrics.jsonl has every record)"
+                )
 
     def log_epoch(self, record: dict[str, Any]) -> None:
         if not self.enabled:
@@ -31,24 +61,27 @@ class MetricsLogger:
             f.write(json.dumps(record) + "\n")
             f.flush()
             os.fsync(f.fileno())
-        if self.tb is not None:
-            step = record["epoch"]
-            for k, v in record.items():
-                if k != "epoch" and isinstance(v, (int, float)):
-                    self.tb.add_scalar(f"epoch/{k}", v, step)
-            self.tb.flush()
+        scalars = {
+            k: v
+            for k, v in record.items()
+            if k != "epoch" and isinstance(v, (int, float)) and not isinstance(v, bool)
+        }
+        self._each("logging an epoch", lambda t: t.log_metrics("epoch", record["epoch"], scalars))
 
     def log_step(self, step: int, scalars: dict[str, float]) -> None:
-        if self.tb is not None:
-            for k, v in scalars.items():
-                self.tb.add_scalar(f"step/{k}", v, step)
+        self._each("logging a step", lambda t: t.log_metrics("step", step, scalars))
 
-    def close(self) -> None:
-        if self.tb is not None:
-            try:
-                self.tb.close()
-            except OSError:  # a full disk: the checkpoint and metrics.jsonl matter, the event file does not
-                pass
+    def close(self, status: str = "finished", files: dict[str, Path] | None = None, step: int = 0) -> None:
+        """Hand the trackers the run's files (``curves``: curves.png; others, e.g. config.yaml, as they are)
+        and end their runs with ``status``: "finished", "stopped" (to be resumed) or "failed"."""
+        if self.closed:
+            return
+        self.closed = True
+        present = {k: p for k, p in (files or {}).items() if p.is_file()}
+        if present:
+            self._each("logging the run's files", lambda t: t.log_files(present, step))
+        self._each("closing", lambda t: t.close(status))
+        self.trackers = []
 
 
 def repair_metrics(

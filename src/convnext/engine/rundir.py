@@ -13,7 +13,17 @@ from ..errors import UserError
 LOCK_NAME = ".lock"
 # What a run writes into its folder; `--fresh` moves these aside together (checkpoints and metrics of one run
 # must never be mixed with another's).
-RUN_FILES = ("checkpoints", "metrics.jsonl", "config.yaml", "tb", "curves.png", "samples")
+# trackers.json (the MLflow / W&B run ids) goes with them: a fresh start is a new tracker run.
+RUN_FILES = (
+    "checkpoints",
+    "metrics.jsonl",
+    "config.yaml",
+    "tb",
+    "curves.png",
+    "samples",
+    "trackers.json",
+    "wandb",
+)
 
 
 def check_run_dir(path: Path) -> None:

@@ -47,6 +47,7 @@ from .logging import MetricsLogger, read_metrics, repair_metrics
 from .optim import build_optimizer
 from .rundir import RunFolder, check_run_dir
 from .schedule import LrSchedule, peak_lrs
+from .trackers import check_loggers
 
 STOP_SIGNALS = ("SIGTERM", "SIGUSR1")
 
@@ -753,6 +754,7 @@ def train(cfg: TrainConfig, *, resume: str | Path | None = None, fresh: bool = F
     """Train ``cfg``; resume ``resume`` (or the run folder's newest intact checkpoint unless ``fresh``)."""
     run_dir = Path(cfg.run.dir).expanduser()
     check_run_dir(run_dir)  # before anything is created
+    check_loggers(cfg.run.loggers)  # a tracker's missing package, before a process group or a file
     proc = start_process(cfg)
     folder = RunFolder(run_dir)
     ckpts = CheckpointManager(run_dir / "checkpoints", keep_last=cfg.checkpoint.keep_last)
@@ -825,7 +827,7 @@ def _train(
         tr=tr,
         prog=prog,
         ckpts=ckpts,
-        logger=MetricsLogger(run_dir, enabled=proc.main),
+        logger=open_logger(cfg, proc, run_dir, resumed_step=prog.step if path is not None else None),
         window=_LossWindow(prog.step, ckpts.last),
         stop=_StopFlag(),
     )
@@ -844,23 +846,58 @@ def _train(
             if stopped:
                 break
             end_epoch(run)
+    except BaseException as e:
+        run.logger.close("stopped" if isinstance(e, KeyboardInterrupt) else "failed")
+        raise
     finally:
         run.stop.restore()
-        run.logger.close()
-    return _finish(run_dir, proc, prog, stopped=stopped, curves=curve_options)
+    return _finish(run_dir, proc, prog, stopped=stopped, curves=curve_options, logger=run.logger)
+
+
+def open_logger(cfg: TrainConfig, proc: Process, run_dir: Path, resumed_step: int | None) -> MetricsLogger:
+    """metrics.jsonl and the trackers of run.loggers, opened by rank 0; a tracker that cannot start (no
+    server, no W&B login) stops every rank with its sentence, before the first step."""
+    opened: list[MetricsLogger] = []
+
+    def on_main() -> None:
+        opened.append(
+            MetricsLogger(
+                run_dir,
+                loggers=cfg.run.loggers,
+                config=to_dict(cfg),
+                resumed_step=resumed_step,
+                say=_say,
+            )
+        )
+        if opened[0].trackers:
+            _say(f"tracking: {opened[0].describe()}")
+
+    _on_main(on_main)
+    return opened[0] if opened else MetricsLogger(run_dir, enabled=False)
 
 
 def _finish(
-    run_dir: Path, proc: Process, prog: Progress, *, stopped: bool, curves: dict[str, Any] | None = None
+    run_dir: Path,
+    proc: Process,
+    prog: Progress,
+    *,
+    stopped: bool,
+    curves: dict[str, Any] | None = None,
+    logger: MetricsLogger | None = None,
 ) -> TrainResult:
     metrics: list[dict[str, Any]] = []
-    if proc.main and (run_dir / "metrics.jsonl").exists():
-        metrics = read_metrics(run_dir, warn=_say)
-        if metrics:
-            from .plots import plot_curves
+    try:
+        if proc.main and (run_dir / "metrics.jsonl").exists():
+            metrics = read_metrics(run_dir, warn=_say)
+            if metrics:
+                from .plots import plot_curves
 
-            with contextlib.suppress(OSError):  # a full disk: the picture is the least of it
-                plot_curves(metrics, run_dir / "curves.png", **(curves or {}))
+                with contextlib.suppress(OSError):  # a full disk: the picture is the least of it
+                    plot_curves(metrics, run_dir / "curves.png", **(curves or {}))
+    finally:
+        if logger is not None:  # the trackers get the curves, and end their runs
+            files = {n.partition(".")[0]: run_dir / n for n in ("curves.png", "config.yaml", "metrics.jsonl")}
+            logger.close("stopped" if stopped else "finished", files=files, step=prog.step)
     D.barrier()
     D.cleanup()
     return TrainResult(
