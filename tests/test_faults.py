@@ -312,16 +312,17 @@ def test_fresh_moves_an_older_longer_run_aside(ref: Path, tmp_path: Path) -> Non
 def test_finished_run_is_done_before_loading_anything(
     ref: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """Re-running a finished run says so at once: the pretrained file (gone by now) is not even opened."""
+    """Re-running a finished run says so at once: the pretrained file (damaged by now) is not even read."""
     run_dir = tmp_path / "run"
     shutil.copytree(ref, run_dir)
+    (tmp_path / "damaged.pth").write_bytes(b"not a checkpoint")
     argv = [
         "train",
         "--config",
         str(QUICK),
         *TINY,
         f"run.dir={run_dir}",
-        f"model.pretrained={tmp_path}/gone.pth",
+        f"model.pretrained={tmp_path}/damaged.pth",
     ]
     assert main(argv) == 0
     out = capsys.readouterr()

@@ -675,7 +675,7 @@ def _check_run_dir(run_dir: Path) -> None:
         probe = probe.parent
     if probe.exists() and not probe.is_dir():
         which = "is a file" if probe == run_dir else f"cannot be created: {probe} is a file"
-        raise UserError(f"config key run.dir: {run_dir} {which}, not a folder")
+        raise UserError(f"config key run.dir: {run_dir} {which}, not a folder; choose another run.dir")
     if probe != run_dir and not os.access(probe, os.W_OK | os.X_OK):
         raise UserError(f"config key run.dir: {run_dir} cannot be created: {probe} is not writable")
 
