@@ -183,6 +183,7 @@ def test_quickstart_learns_the_digits_on_cpu(tmp_path: Path) -> None:
 
 ALLOCATOR_PROBE = """
 import resource, torch
+import convnext.engine.train  # the libraries a training process has loaded shape its heap and mappings
 from convnext.engine.allocator import tune_cpu_allocator
 
 def faults():
