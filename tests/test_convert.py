@@ -54,7 +54,7 @@ def source_file(model: nn.Module, arch: str, tmp: Path) -> Path:
 
 
 @torch.no_grad()
-def assert_same_logits(theirs, mine: nn.Module) -> None:  # noqa: ANN001
+def assert_same_logits(theirs, mine: nn.Module) -> None:
     x = torch.randn(*X)
     diff = (theirs(x) - mine(x)).abs().max().item()
     assert diff <= TOL, f"max |logit difference| {diff:.2e} at 193x257"

@@ -12,18 +12,15 @@ from conftest import SYNSETS
 
 import convnext.data.classes
 from convnext.data import (
-    SMALL_DATASET_DEFAULTS,
     DataConfig,
     build_dataset,
     build_eval_transform,
     build_loader,
     build_mixup_cutmix,
     build_train_transform,
-    check_num_classes,
     eval_resize_size,
     imagenet1k_classes,
     resolve_class_list,
-    small_dataset_defaults,
 )
 from convnext.data.loader import EvalShardSampler
 from convnext.errors import UserError
@@ -173,7 +170,7 @@ def test_training_substitution_is_said_once_across_workers(tmp_path: Path, capfd
     import os
     import warnings
 
-    def to_stderr(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
+    def to_stderr(message, category, filename, lineno, file=None, line=None) -> None:
         os.write(2, f"{category.__name__}: {message}\n".encode())  # from the worker processes too
 
     monkeypatch.setattr(warnings, "showwarning", to_stderr)  # pytest records warnings in-process only
@@ -239,15 +236,6 @@ def test_image_folder_errors(tmp_path: Path) -> None:
         build_dataset(DataConfig(root=str(tmp_path)), "train", None)
     with pytest.raises(UserError, match="not one of"):
         build_dataset(DataConfig(dataset="imagenet22k-nope"), "train", None)
-
-
-def test_check_num_classes(tmp_path: Path) -> None:
-    ds = build_dataset(DataConfig(root=str(_folder(tmp_path))), "train", None)
-    check_num_classes(ds, 2)
-    with pytest.raises(
-        UserError, match=r"the model has 1000 outputs but the dataset has 2 classes \(cat, dog"
-    ):
-        check_num_classes(ds, 1000)
 
 
 def test_imagenet_sample_folder_uses_true_indices(imagenet_sample: Path) -> None:
@@ -330,17 +318,6 @@ def test_eval_shards_cover_every_sample_once() -> None:
         list(range(10)), 4, train=False, cfg=DataConfig(workers=0), seed=0, distributed=False
     )
     assert [len(b) for b in loader] == [4, 4, 2] and not loader.pin_memory
-
-
-def test_small_dataset_defaults_are_valid_config() -> None:
-    for name, values in SMALL_DATASET_DEFAULTS.items():
-        cfg = DataConfig(dataset=name, **small_dataset_defaults(name))
-        native = 32 if name in ("digits", "cifar10", "cifar100", "mnist") else 64
-        x = torch.randint(0, 256, (3, native, native), dtype=torch.uint8)
-        assert build_train_transform(cfg)(x).shape == (3, cfg.img_size, cfg.img_size)
-        assert build_eval_transform(cfg)(x).shape == (3, cfg.img_size, cfg.img_size)
-        assert values["hflip"] == 0 or name not in ("digits", "mnist")
-    assert small_dataset_defaults("imagenet") == {}
 
 
 def test_distributed_loaders_use_seeded_train_sampler_and_unpadded_eval_shards() -> None:

@@ -42,7 +42,7 @@ def randomize_(module: nn.Module, seed: int = 0) -> nn.Module:
     return module.eval()
 
 
-def on_meta(build):  # noqa: ANN001, ANN201
+def on_meta(build):
     """Build without the random init (seconds for xlarge/huge), then allocate uninitialised memory."""
     with torch.device("meta"):
         m = build()
@@ -59,7 +59,7 @@ def ours_from(reference_sd: dict, arch: str) -> nn.Module:
 
 
 @torch.no_grad()
-def assert_same_logits(ref_fn, ours: nn.Module) -> None:  # noqa: ANN001
+def assert_same_logits(ref_fn, ours: nn.Module) -> None:
     deep = any(s in getattr(ours, "variant", "") for s in DEEP)
     for h, w in INPUTS_DEEP if deep else INPUTS:
         x = torch.randn(1, 3, h, w)
@@ -82,7 +82,7 @@ def test_timm(arch: str) -> None:
     assert_same_logits(ref, ours_from(ref.state_dict(), arch))
 
 
-def test_timm_22k_head_sets_num_classes(tmp_path) -> None:  # noqa: ANN001
+def test_timm_22k_head_sets_num_classes(tmp_path) -> None:
     ref = randomize_(timm.create_model("convnext_atto", pretrained=False, num_classes=21841))
     path = tmp_path / "convnext_atto_22k.pth"
     torch.save({"model": ref.state_dict()}, path)

@@ -388,7 +388,7 @@ def test_a_failed_prepare_removes_what_it_wrote_and_only_that(tmp_path: Path, mo
     before = sorted(str(p.relative_to(dst)) for p in dst.rglob("*"))
     place, calls = prep._Writer.place, []
 
-    def disk_full(self, *args) -> None:  # noqa: ANN001
+    def disk_full(self, *args) -> None:
         calls.append(args)
         if len(calls) == 5:
             raise OSError(28, "No space left on device")

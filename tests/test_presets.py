@@ -114,7 +114,7 @@ def _random_atto(num_classes: int = 1000) -> torch.nn.Module:
 
 
 @pytest.fixture
-def squash_tag(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # noqa: ANN201
+def squash_tag(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """A registry entry like convnext_tiny.fb_in22k_ft_in1k_384 (384 px, squash), served from a local file
     through the download path (file:// URL, torch.hub cache in tmp_path)."""
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
@@ -141,7 +141,7 @@ def _transform(mode: str) -> v2.Compose:
 
 def test_predict_uses_squash_for_384_weights(
     squash_tag, imagenet_sample: Path, capsys: pytest.CaptureFixture
-) -> None:  # noqa: ANN001
+) -> None:
     tag, model = squash_tag
     paths = photos(imagenet_sample, 2)
     assert main(["predict", *map(str, paths), "--weights", tag, "--json", "--topk", "3"]) == 0
@@ -156,7 +156,7 @@ def test_predict_uses_squash_for_384_weights(
         assert (probs["squash"] - probs["center"]).abs().max() > 1e-3  # the test can tell them apart
 
 
-def test_evaluate_uses_squash_for_384_weights(squash_tag, imagenet_sample: Path, tmp_path: Path) -> None:  # noqa: ANN001
+def test_evaluate_uses_squash_for_384_weights(squash_tag, imagenet_sample: Path, tmp_path: Path) -> None:
     tag, model = squash_tag
     data = tmp_path / "val"
     paths = photos(imagenet_sample, 3)
@@ -212,7 +212,7 @@ def test_a_release_downloaded_by_hand_keeps_its_preset(tmp_path: Path) -> None:
 
 
 # ------------------------------------------------------------------------- pretrained_cfg, timm-style API
-def test_pretrained_cfg_resolve_data_config_create_transform(squash_tag, imagenet_sample: Path) -> None:  # noqa: ANN001
+def test_pretrained_cfg_resolve_data_config_create_transform(squash_tag, imagenet_sample: Path) -> None:
     tag, _ = squash_tag
     model = convnext.create_model(tag, pretrained=True)
     cfg = model.pretrained_cfg

@@ -191,7 +191,7 @@ class Evil:
     def __init__(self, marker: Path) -> None:
         self.marker = marker
 
-    def __reduce__(self):  # noqa: ANN204 - what an attacker writes
+    def __reduce__(self):  # what an attacker writes
         return (os.system, (f"touch {self.marker}",))
 
 
@@ -333,7 +333,7 @@ def test_convert_asks_for_model_when_shapes_are_unknown(
 class _CountingHandler(http.server.SimpleHTTPRequestHandler):
     hits: list[str] = []
 
-    def do_GET(self) -> None:  # noqa: N802
+    def do_GET(self) -> None:
         self.hits.append(self.path)
         super().do_GET()
 
@@ -342,7 +342,7 @@ class _CountingHandler(http.server.SimpleHTTPRequestHandler):
 
 
 @pytest.fixture
-def server(tmp_path: Path):  # noqa: ANN201
+def server(tmp_path: Path):
     root = tmp_path / "www"
     root.mkdir()
     _CountingHandler.hits = []
@@ -359,7 +359,7 @@ def server(tmp_path: Path):  # noqa: ANN201
 
 def test_download_cache_and_offline(
     server, official: Path, source: torch.nn.Module, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:  # noqa: ANN001
+) -> None:
     httpd, root = server
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
     data = official.read_bytes()
@@ -392,7 +392,7 @@ def test_download_cache_and_offline(
         registry.REGISTRY.pop("convnext_atto.test_http", None)
 
 
-def test_download_with_wrong_hash_is_refused(server, official: Path, tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
+def test_download_with_wrong_hash_is_refused(server, official: Path, tmp_path: Path, monkeypatch) -> None:
     httpd, root = server
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
     name = "convnext_atto_test-0123456789.pth"  # hash in the name does not match the content
@@ -509,7 +509,7 @@ def test_hf_bare_backbone(v2: bool) -> None:
     assert (ours(x) - hf(pixel_values=x).pooler_output).abs().max() < 1e-4
 
 
-def test_imagenet_tag_names_its_classes(server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+def test_imagenet_tag_names_its_classes(server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     httpd, root = server
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
     with torch.device("meta"):
@@ -561,7 +561,7 @@ def test_any_random_bytes_are_one_sentence(tmp_path: Path) -> None:
 )
 def test_bad_values_are_refused_on_every_path(
     name: str, poison, sentence: str, source: torch.nn.Module, tmp_path: Path, capsys: pytest.CaptureFixture
-) -> None:  # noqa: ANN001
+) -> None:
     sd = {k: v.clone() for k, v in source.state_dict().items()}
     key = "stages.1.0.pwconv1.weight"
     sd[key] = poison(sd[key])
@@ -603,7 +603,7 @@ def test_nan_check_reads_in_place(source: torch.nn.Module) -> None:
 # ------------------------------------------------------------------------------- oversized or lying files
 
 
-def _rewrite_zip(src: Path, dst: Path, patch) -> None:  # noqa: ANN001
+def _rewrite_zip(src: Path, dst: Path, patch) -> None:
     import zipfile
 
     with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w", zipfile.ZIP_STORED) as zout:
@@ -765,7 +765,7 @@ def test_seed_project_checkpoint(
 # ------------------------------------------------------------------------------- run folders as a source
 
 
-def _run_folder(tmp_path: Path, model: torch.nn.Module, **model_section) -> Path:  # noqa: ANN003
+def _run_folder(tmp_path: Path, model: torch.nn.Module, **model_section) -> Path:
     from convnext.engine.config import TrainConfig, dump_yaml, to_dict
 
     cfg = TrainConfig()

@@ -8,8 +8,6 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
-
 # public name -> module that defines it
 _EXPORTS = {
     "create_model": ".hub",
@@ -31,6 +29,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ imports on first use
+    __version__: str
     from .hub import create_model
     from .inference.loading import load_for_inference
     from .models import list_models
@@ -41,7 +40,20 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ imports
 _SUBPACKAGES = ("models", "weights", "data", "engine", "inference", "hub", "device", "errors")
 
 
+def _version() -> str:
+    """The installed distribution's version: pyproject.toml is the one place it is written."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("convnext")
+    except PackageNotFoundError:  # a source tree on sys.path that was never installed
+        return "0+unknown"
+
+
 def __getattr__(name: str) -> Any:
+    if name == "__version__":
+        globals()[name] = value = _version()
+        return value
     if name in _SUBPACKAGES:  # convnext.models.X works after a bare `import convnext`, as it used to
         return importlib.import_module(f".{name}", __name__)
     module = _EXPORTS.get(name)
@@ -53,4 +65,4 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted([*globals(), *_EXPORTS])
+    return sorted({*globals(), *_EXPORTS, "__version__"})

@@ -6,8 +6,6 @@ import argparse
 import json
 import sys
 
-from ..benchmark import format_report, run_benchmark
-
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -39,6 +37,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..benchmark import format_report, run_benchmark
+
     report = run_benchmark(
         args.model,
         batch_size=args.batch_size,

@@ -5,18 +5,15 @@ SRC: a file, URL, registry tag, Hugging Face folder, training run folder (its be
 the original ConvNext-PyTorch project (``*.pth.tar``; ``--ema`` takes its ``ema_state_dict``). The
 weights are verified against the architecture (and refused if they hold NaN/inf or non-float values)
 before anything is written; the output is written atomically and an existing DST is kept unless
-``--force``. Layouts: see ``convnext.weights.write``.
+``--force``. Layouts: see ``convnext.weights.write``; the work: ``convnext.weights.convert``.
 """
 
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-import torch
-
-from ..errors import UserError
-
+# The layouts of convnext.weights.write.TARGETS, spelled here so that the parser needs no torch import
+# (tests/test_conventions.py checks that both agree).
 TARGETS = ("ours", "official", "timm", "torchvision", "hf")
 
 
@@ -53,53 +50,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..models.factory import VARIANTS, build_model
-    from ..weights import containers, formats, write
-    from ..weights.load import load_checkpoint, prepare
+    from ..weights.convert import convert
 
-    dst = Path(args.dst)
-    write.check_destination(dst, args.to, args.force)
-    if args.model and args.model.partition(".")[0] not in VARIANTS:
-        raise UserError(f"unknown model {args.model!r}; see `convnext models` for the architectures")
-
-    prepared = prepare(args.src, ema=args.ema)
-    info = prepared.info
-    model_arch = args.model.partition(".")[0] if args.model else None
-    if model_arch and info.arch and model_arch != info.arch:
-        raise UserError(
-            f"--model {model_arch}: {args.src} holds {info.arch} weights but the model is {model_arch}; "
-            f"drop --model or pass --model {info.arch}"
-        )
-    arch = model_arch or info.arch
-    n_classes = info.num_classes or 0
-    if arch is None:
-        shape = formats.describe_shape(prepared.state_dict)
-        raise UserError(f"cannot tell which architecture {args.src} holds ({shape}); pass --model ARCH")
-    opts = {
-        **containers.model_options_of(prepared.state_dict),
-        **containers.run_model_options(info.metadata.get("model"), arch),
-    }
-    with torch.device("meta"):  # shapes only: verifies the weights without allocating a second copy
-        try:
-            model = build_model(arch, num_classes=n_classes, **opts)
-        except (TypeError, ValueError) as e:
-            raise UserError(f"cannot build {arch} with the options of {args.src} ({e})") from None
-    load_checkpoint(model, prepared, assign=True)  # raises one sentence on any mismatch
-
-    sd = prepared.state_dict
-    write.write(
-        sd,
-        dst,
-        args.to,
-        arch=arch,
-        class_names=info.class_names,
-        data_config=info.data_config,
-        source=str(args.src),
-    )
-    n_params = sum(v.numel() for v in sd.values())
-    names = f", {len(info.class_names)} class names" if info.class_names else ""
+    c = convert(args.src, args.dst, args.to, model=args.model, ema=args.ema, force=args.force)
+    names = f", {len(c.class_names)} class names" if c.class_names else ""
     print(
-        f"wrote {dst} ({args.to} layout): {arch} from {info.format} weights, {n_classes} classes{names}, "
-        f"{n_params / 1e6:.1f}M parameters"
+        f"wrote {c.path} ({c.target} layout): {c.arch} from {c.source_format} weights, {c.num_classes} "
+        f"classes{names}, {c.num_params / 1e6:.1f}M parameters"
     )
     return 0

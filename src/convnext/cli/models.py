@@ -1,19 +1,34 @@
-"""``convnext models``: the table of every architecture, measured from the modules themselves."""
+"""``convnext models [PATTERN]``: the table of every architecture, measured from the modules themselves, or
+(``--weights``) of every released weights tag."""
 
 from __future__ import annotations
 
 import argparse
 import json
 
-from ..models import list_models
-from ..models.profile import model_stats
+from ..errors import UserError
+from .common import add_img_size, add_json, json_only, json_output
+
+FAMILIES = ("v1", "v2", "isotropic")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("models", help="list every ConvNeXt with params, GFLOPs and input size")
-    p.add_argument("--family", choices=["v1", "v2", "isotropic"], help="only this family")
-    p.add_argument("--img-size", type=int, help="count FLOPs at this resolution instead of the default")
-    p.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
+    p = sub.add_parser(
+        "models",
+        help="list every ConvNeXt with params, GFLOPs and input size (or the released weights)",
+        description="List the architectures (or, with --weights, the released weights tags), optionally "
+        "those whose name matches a glob: convnext models 'convnext_t*'; convnext models --weights "
+        "'*in22k*'.",
+    )
+    p.add_argument(
+        "pattern",
+        nargs="?",
+        metavar="PATTERN",
+        help="glob on the name (quote it: 'convnext_t*'); with --weights on the tag or its architecture",
+    )
+    p.add_argument("--family", choices=FAMILIES, help="only this family")
+    add_img_size(p, crop=False, help="count FLOPs at this resolution (default: each model's own)")
+    add_json(p, "one object per line")
     p.add_argument(
         "--weights", action="store_true", help="list the released weights (tags for --weights/pretrained=)"
     )
@@ -21,38 +36,61 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.weights:
-        return _list_weights(args)
-    rows = [model_stats(n, args.img_size) for n in list_models(args.family)]
+    rows, table = _weights(args) if args.weights else _architectures(args)
     if args.json:
-        for r in rows:
-            print(json.dumps(r))
-        return 0
-    print(f"{'model':<28}{'family':<11}{'params (M)':>11}{'GFLOPs':>9}{'input':>7}")
-    for r in rows:
-        print(
-            f"{r['model']:<28}{r['family']:<11}{r['params_m']:>11.1f}{r['gflops']:>9.1f}{r['input_size']:>7}"
-        )
-    print("GFLOPs are multiply-adds (the paper's convention) at the input size shown, 1000 classes.")
+        with json_output(args.json) as f:
+            for r in rows:
+                f.write(json.dumps(r) + "\n")
+    if not json_only(args):
+        print("\n".join(table))
     return 0
 
 
-def _list_weights(args: argparse.Namespace) -> int:
+def _architectures(args: argparse.Namespace) -> tuple[list[dict], list[str]]:
+    from ..models import list_models
+    from ..models.profile import model_stats
+
+    names = list_models(args.pattern or "", family=args.family)
+    if not names:
+        raise UserError(_no_match("architecture", args))
+    rows = [model_stats(n, args.img_size) for n in names]
+    table = [f"{'model':<28}{'family':<11}{'params (M)':>11}{'GFLOPs':>9}{'input':>7}"]
+    table += [
+        f"{r['model']:<28}{r['family']:<11}{r['params_m']:>11.1f}{r['gflops']:>9.1f}{r['input_size']:>7}"
+        for r in rows
+    ]
+    table.append("GFLOPs are multiply-adds (the paper's convention) at the input size shown, 1000 classes.")
+    return rows, table
+
+
+def _weights(args: argparse.Namespace) -> tuple[list[dict], list[str]]:
     from dataclasses import asdict
+    from fnmatch import fnmatchcase
 
     from ..models import get_variant
     from ..weights import REGISTRY
 
     entries = [
-        e for e in REGISTRY.values() if args.family is None or get_variant(e.arch).family == args.family
+        e
+        for e in REGISTRY.values()
+        if (args.family is None or get_variant(e.arch).family == args.family)
+        and (not args.pattern or fnmatchcase(e.tag, args.pattern) or fnmatchcase(e.arch, args.pattern))
     ]
-    if args.json:
-        for e in entries:
-            print(json.dumps(asdict(e)))
-        return 0
-    print(f"{'tag':<44}{'dataset':<13}{'classes':>8}{'size':>6}{'crop':>7}{'top-1':>7}")
+    if not entries:
+        raise UserError(_no_match("released weights tag", args))
+    table = [f"{'tag':<44}{'dataset':<13}{'classes':>8}{'size':>6}{'crop':>7}{'top-1':>7}"]
     for e in entries:
         top1 = f"{e.top1:.1f}" if e.top1 is not None else "-"
-        print(f"{e.tag:<44}{e.dataset:<13}{e.num_classes:>8}{e.input_size:>6}{e.crop_pct:>7.3f}{top1:>7}")
-    print("top-1: ImageNet-1k val as published with the weights. Use a tag as --weights or pretrained=.")
-    return 0
+        table.append(
+            f"{e.tag:<44}{e.dataset:<13}{e.num_classes:>8}{e.input_size:>6}{e.crop_pct:>7.3f}{top1:>7}"
+        )
+    table.append(
+        "top-1: ImageNet-1k val as published with the weights. Use a tag as --weights or pretrained=."
+    )
+    return [asdict(e) for e in entries], table
+
+
+def _no_match(what: str, args: argparse.Namespace) -> str:
+    family = f" of family {args.family}" if args.family else ""
+    verb = "convnext models --weights" if args.weights else "convnext models"
+    return f"no {what}{family} matches {args.pattern!r}; `{verb}` lists them all"

@@ -12,7 +12,6 @@ import argparse
 import json
 import sys
 
-from ..device import amp_dtype, resolve_device
 from ..errors import UserError
 
 
@@ -83,7 +82,7 @@ def read_names_file(path: str) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..data.images import check_file  # noqa: F401  (import early: decoding warnings filtered)
+    from ..device import amp_dtype, resolve_device
     from ..inference.loading import display_names, load_for_inference
     from ..inference.predict import expand_inputs, predict_paths
 

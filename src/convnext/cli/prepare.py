@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..data.prepare import ALIASES, LINKS, PREPARABLE, canonical_name, prepare
+from ..data.prepare import ALIASES, LINKS, PREPARABLE, canonical_name  # no torch: the parser needs these
+from .common import add_progress, show_progress
 
 _OLD_MODES = {"link": "hard", "copy": "copy", "symlink": "symlink"}  # the deprecated --mode's values
 
@@ -49,11 +50,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="Caltech, pooled mini-ImageNet: share of each class that goes to val (default 0.2)",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of that split (default 0)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_progress(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..data.prepare import prepare
+
     link = args.link
     if args.mode is not None:
         print(f"convnext prepare: --mode is deprecated; use --link {_OLD_MODES[args.mode]}", file=sys.stderr)
@@ -65,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
         link=link or "hard",
         val_fraction=args.val_fraction,
         seed=args.seed,
-        progress=not args.no_progress and sys.stderr.isatty(),
+        progress=show_progress(args),
     )
     parts = ", ".join(f"{n} {split}" for split, n in counts.items())
     print(f"convnext prepare: {args.dataset}: {parts} images in {args.dst} (train with data.root={args.dst})")

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import os
-from pathlib import Path
 
 from ..errors import UserError
+from .common import add_progress
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -28,33 +27,26 @@ def register(sub: argparse._SubParsersAction) -> None:
         "checkpoints and metrics are moved aside into <run.dir>/previous-<date>/, never deleted or mixed",
     )
     p.add_argument("--dry-run", action="store_true", help="validate and print the resolved config, then stop")
+    add_progress(p)  # the same as train.progress=false
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    import yaml
-
-    from ..engine.checkpoint import load_train_checkpoint
-    from ..engine.config import apply_overrides, config_from_dict, load_config, to_dict, validate
+    from ..engine.train import resolve_config, train
 
     if args.resume and args.fresh:
         raise UserError("--resume and --fresh contradict each other; pass one")
-    if args.config:
-        cfg = load_config(args.config, args.overrides)
-    elif args.resume:
-        # The checkpoint carries its resolved recipe: `convnext train --resume last.pth` needs nothing else.
-        raw = apply_overrides(load_train_checkpoint(args.resume)["config"], args.overrides)
-        cfg = config_from_dict(raw)
-        validate(cfg)
-    else:
-        raise UserError("pass --config configs/<recipe>.yaml (or --resume PATH to continue a run)")
+    overrides = [*(args.overrides or []), *(["train.progress=false"] if args.no_progress else [])]
+    cfg = resolve_config(args.config, overrides, args.resume)
     if args.dry_run:
+        import yaml
+
+        from ..engine.config import to_dict
+
         print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
         return 0
-    from ..engine.train import train
-
-    result = train(cfg, resume=Path(args.resume) if args.resume else None, fresh=args.fresh)
-    if result.stopped_early or os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 reports
+    result = train(cfg, resume=args.resume, fresh=args.fresh)
+    if result.stopped_early or not result.main:  # under torchrun, rank 0 reports
         return 0
     epochs = f"{result.epoch} epoch" + ("" if result.epoch == 1 else "s")
     best = ""

@@ -1,34 +1,48 @@
-"""Datasets, class lists, transforms and loaders (the paper's recipe on torchvision.transforms.v2)."""
+"""Datasets, class lists, transforms and loaders (the paper's recipe on torchvision.transforms.v2).
 
-from .classes import imagenet1k_classes, imagenet1k_descriptions, imagenet1k_wnids, resolve_class_list
-from .config import IMAGENET_MEAN, IMAGENET_STD, DataConfig
-from .datasets import DATASETS, build_dataset, check_num_classes
-from .images import load_image
-from .loader import build_loader, epoch_iterator
-from .presets import SMALL_DATASET_DEFAULTS, small_dataset_defaults
-from .transforms import (
-    BatchFinish,
-    build_eval_transform,
-    build_mixup_cutmix,
-    build_train_transform,
-    eval_resize_size,
-    parse_randaugment,
-)
+Imported lazily, as the package root: ``convnext.data.prepare`` or ``convnext.data.classes`` cost no torch
+import (``convnext prepare --help`` builds its parser from them).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+# public name -> module of this package that defines it
+_EXPORTS = {
+    "imagenet1k_classes": ".classes",
+    "imagenet1k_descriptions": ".classes",
+    "imagenet1k_wnids": ".classes",
+    "resolve_class_list": ".classes",
+    "IMAGENET_MEAN": ".config",
+    "IMAGENET_STD": ".config",
+    "DataConfig": ".config",
+    "DATASETS": ".datasets",
+    "build_dataset": ".datasets",
+    "load_image": ".images",
+    "build_loader": ".loader",
+    "epoch_iterator": ".loader",
+    "BatchFinish": ".transforms",
+    "build_eval_transform": ".transforms",
+    "build_mixup_cutmix": ".transforms",
+    "build_train_transform": ".transforms",
+    "eval_resize_size": ".transforms",
+    "parse_randaugment": ".transforms",
+}
 
 __all__ = [
     "BatchFinish",
     "DATASETS",
     "DataConfig",
-    "SMALL_DATASET_DEFAULTS",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "build_dataset",
     "build_eval_transform",
     "build_loader",
-    "epoch_iterator",
     "build_mixup_cutmix",
     "build_train_transform",
-    "check_num_classes",
+    "epoch_iterator",
     "eval_resize_size",
     "imagenet1k_classes",
     "imagenet1k_descriptions",
@@ -36,5 +50,37 @@ __all__ = [
     "load_image",
     "parse_randaugment",
     "resolve_class_list",
-    "small_dataset_defaults",
 ]
+
+if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ imports on first use
+    from .classes import imagenet1k_classes, imagenet1k_descriptions, imagenet1k_wnids, resolve_class_list
+    from .config import IMAGENET_MEAN, IMAGENET_STD, DataConfig
+    from .datasets import DATASETS, build_dataset
+    from .images import load_image
+    from .loader import build_loader, epoch_iterator
+    from .transforms import (
+        BatchFinish,
+        build_eval_transform,
+        build_mixup_cutmix,
+        build_train_transform,
+        eval_resize_size,
+        parse_randaugment,
+    )
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        try:  # a submodule: convnext.data.loader after a bare `import convnext.data`
+            return importlib.import_module(f".{name}", __name__)
+        except ModuleNotFoundError as e:
+            if e.name != f"{__name__}.{name}":
+                raise  # the submodule exists and lacks a dependency: say that, not "no attribute"
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})

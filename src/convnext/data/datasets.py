@@ -720,14 +720,3 @@ def build_dataset(
             f"the {split!r} split of dataset {cfg.dataset} ({cfg.root or 'built in'}) has no images"
         )
     return ds
-
-
-def check_num_classes(dataset: Dataset, num_classes: int, *, what: str = "the model") -> None:
-    """One clear sentence, before any training, when the model's head does not fit the dataset's classes."""
-    classes = list(dataset.classes)  # type: ignore[attr-defined]
-    if len(classes) != num_classes:
-        raise UserError(
-            f"{what} has {num_classes} outputs but the dataset has {len(classes)} classes "
-            f"({', '.join(map(str, classes[:3]))}, ...); set model.num_classes={len(classes)} "
-            f"or fix data.class_list"
-        )

@@ -17,7 +17,6 @@ import io
 import os
 import struct
 import threading
-import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -30,8 +29,9 @@ from ..errors import UserError
 from .config import DEFAULT_MAX_PIXELS
 
 # torchvision 0.29 deprecates its decoders in favour of TorchCodec (not a dependency here); libjpeg-turbo via
-# torchvision.io is still the fastest decoder we have, so keep using it and keep the logs clean.
-warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision")
+# torchvision.io is still the fastest decoder we have. Its DeprecationWarning is hidden by Python's default
+# filters; the command line also filters it for its own process (cli/main.py). No global filter here: a
+# library user's warning settings are theirs.
 
 IMG_EXTENSIONS = (
     ".jpg",
@@ -168,7 +168,7 @@ def _uint8_rgb(img: torch.Tensor) -> torch.Tensor:
     return img
 
 
-def _pil_rgb(im) -> torch.Tensor:  # noqa: ANN001  (a PIL.Image.Image, imported lazily)
+def _pil_rgb(im) -> torch.Tensor:  # a PIL.Image.Image, imported lazily
     """uint8 (3, H, W) RGB from any PIL mode, the current (first) frame.
 
     PIL's ``convert("RGB")`` clips 16/32-bit integer and float images to 0..255 (a 16-bit PNG turns almost

@@ -287,7 +287,7 @@ def load_train_checkpoint(path: str | Path, *, mmap: bool = False) -> dict:
         raise UserError(f"checkpoint {path} cannot be read (it is empty: 0 bytes)")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
-    except Exception as e:  # noqa: BLE001 - any unreadable file is the user's file, one sentence
+    except Exception as e:  # any unreadable file is the user's file, one sentence
         first = (str(e).strip().splitlines() or [""])[0]
         raise UserError(
             f"checkpoint {path} cannot be read ({type(e).__name__}: {first or 'no detail'})"

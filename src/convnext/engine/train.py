@@ -65,6 +65,7 @@ class TrainResult:
     metrics: list[dict[str, Any]]
     best_top1: float | None
     best_epoch: int | None = None
+    main: bool = True  # this process reports (rank 0; every other rank of a torchrun job returns quietly)
 
 
 @dataclass
@@ -153,7 +154,7 @@ class _StopFlag:
                 except ValueError:  # not the main thread (e.g. called from a notebook worker)
                     pass
 
-    def _handle(self, signum: int, frame: Any) -> None:  # noqa: ARG002
+    def _handle(self, signum: int, frame: Any) -> None:
         self.signal = signal.Signals(signum).name
 
     def restore(self) -> None:
@@ -643,7 +644,8 @@ def train_one_epoch(run: Run, saved_rng: dict | None) -> bool:
         total=spe,
         initial=skip,
         desc=f"epoch {prog.epoch + 1}/{cfg.epochs}",
-        disable=not (run.proc.main and cfg.train.progress),
+        # train.progress=false turns it off; a log file or a pipe never gets one (a line per refresh)
+        disable=not (run.proc.main and cfg.train.progress and sys.stderr.isatty()),
         dynamic_ncols=True,
         file=sys.stderr,
     )
@@ -748,6 +750,22 @@ def end_epoch(run: Run) -> None:
 
 # ----------------------------------------------------------------------------------------------------------
 # main
+
+
+def resolve_config(
+    config: str | None, overrides: list[str] | None = None, resume: str | Path | None = None
+) -> TrainConfig:
+    """The run's config: the recipe ``config`` (a bundled name or a file) with ``overrides``, else the
+    resolved recipe ``resume``'s checkpoint carries (``convnext train --resume last.pth`` needs no more)."""
+    from .config import apply_overrides, config_from_dict, load_config, validate
+
+    if config:
+        return load_config(config, overrides or [])
+    if resume is None:
+        raise UserError("pass --config configs/<recipe>.yaml (or --resume PATH to continue a run)")
+    cfg = config_from_dict(apply_overrides(load_train_checkpoint(resume)["config"], overrides or []))
+    validate(cfg)
+    return cfg
 
 
 def train(cfg: TrainConfig, *, resume: str | Path | None = None, fresh: bool = False) -> TrainResult:
@@ -908,4 +926,5 @@ def _finish(
         metrics=metrics,
         best_top1=prog.best_top1,
         best_epoch=prog.best_epoch,
+        main=proc.main,
     )

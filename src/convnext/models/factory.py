@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
 from typing import Any
 
 from torch import nn
@@ -60,9 +62,24 @@ for _size, (_depth, _dim) in {"small": (18, 384), "base": (18, 768), "large": (3
     )
 
 
-def list_models(family: str | None = None) -> list[str]:
-    """Names of every architecture, optionally of one family ("v1", "v2", "isotropic")."""
-    return [n for n, v in VARIANTS.items() if family is None or v.family == family]
+def list_models(filter: str | Sequence[str] = "", *, family: str | None = None) -> list[str]:
+    """Names of every architecture matching the glob ``filter`` (or any of several), as timm's
+    ``list_models("*tiny*")``; ``family`` keeps one family ("v1", "v2", "isotropic")."""
+    patterns = [filter] if isinstance(filter, str) else list(filter)
+    if len(patterns) == 1 and patterns[0] in ("v1", "v2", "isotropic") and family is None:
+        warnings.warn(
+            f"list_models({patterns[0]!r}): the first argument is a name pattern now; pass family=",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        patterns, family = [], patterns[0]
+    patterns = [p for p in patterns if p]
+    return [
+        n
+        for n, v in VARIANTS.items()
+        if (family is None or v.family == family)
+        and (not patterns or any(fnmatchcase(n, p) for p in patterns))
+    ]
 
 
 def get_variant(name: str) -> Variant:

@@ -56,7 +56,7 @@ def _pickle_globals(data: bytes) -> list[str]:
                 strings.append(str(arg))
             elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
                 found.append(f"{strings[-2]} {strings[-1]}")
-    except Exception:  # noqa: BLE001 - garbage after the globals we already saw; the caller decides
+    except Exception:  # garbage after the globals we already saw; the caller decides
         pass
     return found
 
@@ -73,7 +73,7 @@ def _unsafe_globals(path: Path) -> list[str]:
             return [g for g in _pickle_globals(data) if not _SAFE_GLOBAL.match(g)]
         try:
             return list(scan(path))
-        except Exception:  # noqa: BLE001 - a damaged archive; the caller reports it as unreadable
+        except Exception:  # a damaged archive; the caller reports it as unreadable
             return []
     return [g for g in _pickle_globals(path.read_bytes()) if not _SAFE_GLOBAL.match(g)]
 
@@ -154,7 +154,7 @@ def check_archive(path: Path) -> None:
     scan = _StorageScan(data)
     try:
         scan.load()
-    except Exception:  # noqa: BLE001 - an odd pickle: torch's weights-only unpickler judges it
+    except Exception:  # an odd pickle: torch's weights-only unpickler judges it
         return
     for key, kind, numel in scan.storages:
         record = f"{prefix}data/{key}"

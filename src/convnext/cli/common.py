@@ -1,0 +1,167 @@
+"""The flags every verb spells and reads the same way, added and interpreted in one place so no verb drifts:
+
+- ``--json [FILE]``: ``--json`` or ``--json -`` prints JSON on stdout instead of the text; ``--json FILE``
+  (a ``.json``/``.jsonl`` name) writes it there and the text still goes to stdout. The suffix is required
+  so that ``--json`` never swallows the next word of the command line (an image, a model pattern) and
+  overwrites it.
+- ``--device`` (default ``auto``: CUDA when there is one, else CPU) and ``--amp``.
+- ``--img-size`` / ``--crop-pct``: default the weights' own.
+- ``--no-progress``; bars also switch off by themselves when stderr is not a terminal (logs, CI, pipes).
+- ``--weights`` / ``--model`` / ``--ema``: which weights, read by :func:`weights_source`.
+
+Nothing here imports torch (nor may a verb module at import time): ``convnext <verb> --help`` builds its
+parser without it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TextIO
+
+from ..errors import UserError
+
+JSON_SUFFIXES = (".json", ".jsonl")
+STDOUT = "-"
+
+
+# ------------------------------------------------------------------------------------------------ types
+def positive_int(value: str) -> int:
+    """argparse type: an integer >= 1 (``--batch-size 0`` is an argparse error naming the flag)."""
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
+    return n
+
+
+def _json_target(value: str) -> str:
+    if value == STDOUT or value.lower().endswith(JSON_SUFFIXES):
+        return value
+    raise argparse.ArgumentTypeError(
+        f"{value!r} is not a .json/.jsonl file name; write --json - (or --json as the last flag) to print "
+        "JSON on stdout"
+    )
+
+
+# ------------------------------------------------------------------------------------------------- --json
+def add_json(p: argparse.ArgumentParser, what: str = "the results") -> None:
+    p.add_argument(
+        "--json",
+        nargs="?",
+        const=STDOUT,
+        type=_json_target,
+        metavar="FILE",
+        help=f"{what} as JSON: on stdout instead of the text (--json, --json -), or written to FILE "
+        "(.json/.jsonl) with the text still on stdout",
+    )
+
+
+def json_only(args: argparse.Namespace) -> bool:
+    """True when the JSON replaces the text on stdout (``--json`` / ``--json -``)."""
+    return getattr(args, "json", None) == STDOUT
+
+
+@contextmanager
+def json_output(target: str) -> Iterator[TextIO]:
+    """Where the JSON goes: stdout (``-``), or FILE, written whole to a temporary name and renamed when the
+    block ends, so a failed run leaves no half-written file."""
+    if target == STDOUT:
+        yield sys.stdout
+        sys.stdout.flush()
+        return
+    path = Path(target).expanduser()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            yield f
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; follow the umask as every other file
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(target: str, obj: Any) -> None:
+    """One JSON document (indented) to stdout or FILE."""
+    with json_output(target) as f:
+        f.write(json.dumps(obj, indent=2) + "\n")
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# ------------------------------------------------------------------------------------ --device, --amp
+def add_device(p: argparse.ArgumentParser, *, amp: bool = True) -> None:
+    p.add_argument(
+        "--device", default="auto", help="auto (default: CUDA when there is one, else CPU), cpu, cuda, cuda:N"
+    )
+    if amp:
+        p.add_argument("--amp", choices=("bf16", "fp16"), help="autocast dtype (default: float32)")
+
+
+# --------------------------------------------------------------------------------- --img-size, --crop-pct
+def add_img_size(p: argparse.ArgumentParser, *, crop: bool = True, help: str | None = None) -> None:
+    p.add_argument(
+        "--img-size",
+        type=positive_int,
+        metavar="PX",
+        help=help or "input resolution (default: the weights' own)",
+    )
+    if crop:
+        p.add_argument("--crop-pct", type=float, help="center-crop fraction (default: the weights' own)")
+
+
+# ----------------------------------------------------------------------------------------- --no-progress
+def add_progress(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="no progress bar (bars show only when stderr is a terminal anyway)",
+    )
+
+
+def show_progress(args: argparse.Namespace | None = None) -> bool:
+    """Progress bars: unless ``--no-progress``, and only on a terminal (a log file or a pipe gets none)."""
+    if args is not None and getattr(args, "no_progress", False):
+        return False
+    return sys.stderr.isatty()
+
+
+# ----------------------------------------------------------------------------- --weights, --model, --ema
+def add_weights(
+    p: argparse.ArgumentParser, *, ema: str = "use the EMA weights of a training checkpoint"
+) -> None:
+    p.add_argument(
+        "--weights",
+        metavar="SRC",
+        help="checkpoint file, URL, weights tag (convnext_tiny.fb_in1k), HF folder or training run folder "
+        "(default: the tag in --model, e.g. --model convnext_tiny.fb_in1k, or the arch's default weights)",
+    )
+    p.add_argument("--model", metavar="ARCH", help="architecture (default: from the checkpoint or run)")
+    p.add_argument("--ema", action="store_true", help=ema)
+
+
+def weights_source(weights: str | None, model: str | None) -> str:
+    """--weights, else the tag named by --model (convnext_tiny.fb_in1k), else the arch's default tag."""
+    if weights:
+        return weights
+    if not model:
+        raise UserError("pass --weights (a file, URL, weights tag or run folder) or --model with a tag")
+    if "." in model:
+        return model
+    from ..weights.registry import default_tag
+
+    return default_tag(model)
