@@ -83,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from ..serve.app import ServeSettings, create_app
-    from ..serve.runners import load_runner, resolve_backend
+    from ..serve.runners import check_backend, load_runner
     from ..serve.server import bind, serve_forever, url_of
     from .predict import read_names_file, weights_source
 
@@ -101,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
             raise UserError(f"--threads must be at least 1, got {args.threads}")
         torch.set_num_threads(args.threads)
     weights = weights_source(args.weights, args.model)
-    resolve_backend(args.backend, weights)  # a wrong name fails here, before the socket opens
+    check_backend(args.backend, weights)  # an unusable backend fails here, before the socket opens
     names = read_names_file(args.classes) if args.classes else None
 
     def load():  # noqa: ANN202 - runs in the server's loading thread

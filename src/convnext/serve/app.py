@@ -81,7 +81,7 @@ class _State:
 class _Guard:
     """Outermost ASGI layer: counts every request by endpoint and status, and caps request bodies: a
     Content-Length over the limit gets 413 before one byte of the body is read, and a body that streams
-    past the limit (chunked, or a lying Content-Length) is cut off at the limit."""
+    past the limit (chunked, or a lying Content-Length) is never stored past the limit."""
 
     def __init__(self, app: Any, state: _State) -> None:
         self.app, self.state = app, state
@@ -114,8 +114,19 @@ class _Guard:
                     if message["type"] == "http.request":
                         received += len(message.get("body", b""))
                         if received > limit:
+                            await drain(message)
                             raise ApiError(413, too_big, {"Connection": "close"})
                     return message
+
+                async def drain(message: dict) -> None:
+                    """Read and drop (up to 4x the limit) what the client is still sending: closing a socket
+                    with unread data resets it, and the client would see the reset instead of our 413."""
+                    dropped = 0
+                    while message.get("more_body") and dropped < 4 * limit:
+                        message = await receive()
+                        if message["type"] != "http.request":
+                            return
+                        dropped += len(message.get("body", b""))
 
                 await self.app(scope, capped, send_status)
             else:

@@ -188,10 +188,8 @@ def load_runner(
     )
 
 
-def _exported_runner(weights: str, backend: str, names: list[str] | None, **options: Any) -> Runner:
-    """onnxruntime / OpenVINO through ``convnext.inference.backends`` (the export work). Expected there:
-    ``load_backend(weights, backend, **options)`` returning an object with ``forward(x) -> logits`` and
-    the metadata the export stored (``arch``, ``class_names``, ``data``: DataConfig, ``precision``)."""
+def backends_module(backend: str) -> Any:
+    """``convnext.inference.backends`` (the export work), or one sentence saying it is not there yet."""
     try:
         from ..inference import backends  # type: ignore[attr-defined]
     except ImportError:
@@ -199,12 +197,26 @@ def _exported_runner(weights: str, backend: str, names: list[str] | None, **opti
             f"--backend {backend} needs the export work (convnext.inference.backends), which this install "
             "does not have yet; use --backend torch"
         ) from None
-    load = getattr(backends, "load_backend", None)
-    if load is None:
-        raise UserError(
-            f"convnext.inference.backends has no load_backend(); --backend {backend} is not wired"
-        )
-    b = load(weights, backend, **{k: v for k, v in options.items() if v is not None})
+    if not hasattr(backends, "load_backend"):
+        raise UserError(f"convnext.inference.backends has no load_backend(); --backend {backend} is unwired")
+    return backends
+
+
+def check_backend(backend: str, weights: str) -> str:
+    """The resolved backend name; fails at once (before a socket opens) when it cannot run here."""
+    name = resolve_backend(backend, weights)
+    if name != "torch":
+        backends_module(name)
+    return name
+
+
+def _exported_runner(weights: str, backend: str, names: list[str] | None, **options: Any) -> Runner:
+    """onnxruntime / OpenVINO through ``convnext.inference.backends`` (the export work). Expected there:
+    ``load_backend(weights, backend, **options)`` returning an object with ``forward(x) -> logits`` and
+    the metadata the export stored (``arch``, ``num_classes``, ``class_names``, ``data``: DataConfig,
+    ``precision``). The lead wires the real signature at merge time."""
+    options = {k: v for k, v in options.items() if v is not None}
+    b = backends_module(backend).load_backend(weights, backend, **options)
     from ..inference.loading import display_names
 
     num_classes = int(b.num_classes)
