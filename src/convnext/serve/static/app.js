@@ -4,6 +4,7 @@
 
 const $ = (id) => document.getElementById(id);
 let current = null; // {file, result, camResult}
+let maxUploadBytes = Infinity; // from /v1/model: a file over it is refused here, without uploading it
 
 function showError(message) {
   $("error").textContent = message;
@@ -67,12 +68,21 @@ function showCam(on) {
   $("cam-image").hidden = !(on && cam);
   $("photo").hidden = Boolean(on && cam);
   $("colorbar").hidden = !(on && cam);
-  if (on && cam) $("cam-image").src = `data:image/png;base64,${cam.cam}`;
+  if (on && cam) {
+    const img = $("cam-image");
+    img.onload = () => img.classList.toggle("pixelated", img.naturalWidth < 128);
+    img.src = `data:image/png;base64,${cam.cam}`;
+  }
 }
 
 async function classify(file) {
   showError("");
   if (!file) return;
+  if (file.size > maxUploadBytes) {
+    const mb = (n) => (n / 2 ** 20).toFixed(1);
+    showError(`${file.name} is ${mb(file.size)} MB, over the server's ${mb(maxUploadBytes)} MB limit.`);
+    return;
+  }
   const withCam = $("cam-toggle").checked;
   const url = URL.createObjectURL(file);
   try {
@@ -115,6 +125,7 @@ async function loadInfo() {
           `${info.model} · ${info.num_classes} classes · ${info.backend} ${info.precision} on ${info.device} · ` +
           `${info.preprocessing.img_size} px`;
         $("cam-toggle").disabled = !info.cam;
+        maxUploadBytes = info.limits.max_upload_mb * 2 ** 20;
         return;
       }
       $("model-info").textContent = info.error || "loading the model…";
