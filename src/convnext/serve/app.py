@@ -151,6 +151,10 @@ def create_app(
         t0 = time.perf_counter()
         try:
             runner = load()
+            # one forward on the thread that will run them all: "ok" on /healthz then means fast, not
+            # "the first request pays for lazy initialisation"
+            size = runner.data.img_size
+            state.model_thread.submit(runner.forward, torch.zeros(1, 3, size, size)).result()
         except BaseException as e:  # noqa: BLE001 - reported on /healthz and to the CLI
             msg = str(e) if isinstance(e, UserError) else f"{type(e).__name__}: {e}"
             log.error("convnext serve: cannot load the model: %s", msg)
