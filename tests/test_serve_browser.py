@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import warnings
 from pathlib import Path
 
 import pytest
@@ -37,13 +38,13 @@ ARGS = [
     "--no-first-run",
 ]
 
-pytestmark = pytest.mark.skipif(
-    CHROMIUM is None,
-    reason="no Chromium here (apt-get install chromium, or set CONVNEXT_CHROMIUM): browser test skipped",
-)
+NO_CHROMIUM = "no Chromium here (apt-get install chromium, or set CONVNEXT_CHROMIUM): browser test skipped"
 
 
 def test_page_uploads_a_photo_and_shows_top5_and_grad_cam(tmp_path_factory, tmp_path: Path) -> None:
+    if CHROMIUM is None:  # a warning too, so that `pytest -q` shows the reason without -rs
+        warnings.warn(NO_CHROMIUM, stacklevel=1)
+        pytest.skip(NO_CHROMIUM)
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright (Python) is not installed")
     run = Path(os.environ.get("CONVNEXT_SERVE_WEIGHTS") or train_digits(tmp_path_factory))
     photo = sorted((run / "samples").glob("*.png"))[0]
