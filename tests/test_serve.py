@@ -220,6 +220,8 @@ def test_model_info_health_page_and_static(client) -> None:
     assert "/static/app.js" in page.text
     for name in ("app.js", "style.css"):
         assert client.get(f"/static/{name}").status_code == 200
+    spec = client.get("/openapi.json").json()["paths"]["/v1/predict"]["post"]
+    assert set(spec["requestBody"]["content"]) == {"multipart/form-data", "image/*"}
 
 
 def test_concurrent_requests_share_forwards(client, server, digits_run: Path, samples: list[str]) -> None:

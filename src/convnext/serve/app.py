@@ -56,6 +56,28 @@ class ServeSettings:
         return int(self.max_upload_mb * 2**20) + 64 * 1024  # + room for the multipart envelope
 
 
+# /v1/predict reads its body itself (to cap it and to accept multipart or a raw image): described by hand
+PREDICT_OPENAPI: dict[str, Any] = {
+    "parameters": [
+        {"name": "topk", "in": "query", "schema": {"type": "integer", "minimum": 1, "default": 5}},
+        {"name": "cam", "in": "query", "schema": {"type": "boolean", "default": False}},
+    ],
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file"],
+                    "properties": {"file": {"type": "string", "format": "binary"}},
+                }
+            },
+            "image/*": {"schema": {"type": "string", "format": "binary"}},
+        },
+    },
+}
+
+
 class ApiError(Exception):
     def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
@@ -257,7 +279,7 @@ def create_app(
     @app.get("/metrics")
     async def metrics() -> Response:
         if state.batcher is not None:
-            m.queue_depth.set(len(state.batcher._items))
+            m.queue_depth.set(state.batcher.queued)
         return Response(m.render(), media_type=CONTENT_TYPE)
 
     @app.get("/", include_in_schema=False)
@@ -266,7 +288,7 @@ def create_app(
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
-    @app.post("/v1/predict")
+    @app.post("/v1/predict", openapi_extra=PREDICT_OPENAPI)
     async def predict(request: Request) -> JSONResponse:
         t0 = time.perf_counter()
         runner = _runner()

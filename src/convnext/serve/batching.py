@@ -73,9 +73,14 @@ class DynamicBatcher:
         return fut
 
     @property
-    def depth(self) -> int:
-        """Requests waiting for a forward (queued) plus those still being received or decoded."""
-        return len(self._items) + self._incoming
+    def queued(self) -> int:
+        """Preprocessed inputs waiting for a forward pass."""
+        return len(self._items)
+
+    @property
+    def incoming(self) -> int:
+        """Requests admitted but still being received or decoded."""
+        return self._incoming
 
     # ------------------------------------------------------------------ batching loop
     def start(self) -> None:
