@@ -314,9 +314,8 @@ def create_app(
             submitted = True
             logits = await fut
             probs = logits.softmax(dim=0)
-            idx = logits.sort(descending=True, stable=True).indices[
-                :topk
-            ]  # ties: lower index first (evaluate)
+            # ties: the lower class index first, as predict and evaluate rank them
+            idx = logits.sort(descending=True, stable=True).indices[:topk]
             out: dict[str, Any] = {
                 "model": runner.arch,
                 "predictions": [
