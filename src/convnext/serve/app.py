@@ -96,6 +96,7 @@ class _State:
         self.load_error: str | None = None
         self.batcher: DynamicBatcher | None = None
         self.in_flight = 0
+        self.threads = 0
         self.pool = concurrent.futures.ThreadPoolExecutor(settings.preprocess_threads, "convnext-prep")
         self.model_thread = concurrent.futures.ThreadPoolExecutor(1, "convnext-model")
 
@@ -177,6 +178,7 @@ def create_app(
             # "the first request pays for lazy initialisation"
             size = runner.data.img_size
             state.model_thread.submit(runner.forward, torch.zeros(1, 3, size, size)).result()
+            state.threads = state.model_thread.submit(torch.get_num_threads).result()
         except BaseException as e:  # noqa: BLE001 - reported on /healthz and to the CLI
             msg = str(e) if isinstance(e, UserError) else f"{type(e).__name__}: {e}"
             log.error("convnext serve: cannot load the model: %s", msg)
@@ -271,6 +273,7 @@ def create_app(
     async def model_info() -> JSONResponse:
         runner = _runner()
         info = runner.describe()
+        info["threads"] = state.threads  # intra-op threads of the forward pass
         info["batching"] = {"max_batch": settings.max_batch, "max_wait_ms": settings.max_wait_ms}
         info["limits"] = {"max_upload_mb": settings.max_upload_mb, "max_pixels": settings.max_pixels}
         info["labels"] = runner.labels
