@@ -249,6 +249,24 @@ def test_concurrent_requests_share_forwards(client, server, digits_run: Path, sa
     assert metric(client, "convnext_serve_batch_size_sum") >= 8
 
 
+def test_metrics_are_prometheus_text(client, samples: list[str]) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    client.post("/v1/predict", files={"file": Path(samples[0]).read_bytes()})
+    client.post("/v1/predict", params={"topk": 0}, files={"file": Path(samples[0]).read_bytes()})
+    r = client.get("/metrics")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+    families = {f.name: f for f in text_string_to_metric_families(r.text)}
+    assert families["convnext_serve_requests"].type == "counter"
+    statuses = {s.labels["status"] for s in families["convnext_serve_requests"].samples}
+    assert {"200", "400"} <= statuses
+    assert families["convnext_serve_request_latency_seconds"].type == "histogram"
+    assert families["convnext_serve_batch_size"].type == "histogram"
+    assert families["convnext_serve_queue_depth"].type == "gauge"
+    assert metric(client, "convnext_serve_model_loaded") == 1
+    assert metric(client, "convnext_serve_queue_depth") == 0  # nothing waiting now
+
+
 # ------------------------------------------------------------------------------------------ bad input
 def test_bad_inputs_are_4xx_with_one_sentence(client, server, samples: list[str]) -> None:
     png = Path(samples[0]).read_bytes()
