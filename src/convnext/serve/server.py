@@ -1,0 +1,118 @@
+"""Running the app with uvicorn: in the foreground (the CLI, with graceful SIGTERM) or in a thread (tests,
+notebooks)."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import uvicorn
+
+from ..errors import UserError
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """The listening socket, bound before uvicorn starts, so that port 0 (any free port) can be reported."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as e:
+        raise UserError(f"--host {host!r} is not an address of this machine ({e.strerror})") from None
+    family, _, _, _, addr = infos[0]
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(addr)
+    except OSError as e:
+        sock.close()
+        raise UserError(f"cannot listen on {host}:{port} ({e.strerror})") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def url_of(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def _config(
+    app: object, sock: socket.socket, log_level: str, access_log: bool, graceful_s: float
+) -> uvicorn.Config:
+    host, port = sock.getsockname()[:2]
+    return uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level=log_level,
+        access_log=access_log,
+        lifespan="on",
+        timeout_graceful_shutdown=graceful_s,
+        server_header=False,
+    )
+
+
+def serve_forever(
+    app: object,
+    sock: socket.socket,
+    *,
+    log_level: str = "info",
+    access_log: bool = True,
+    graceful_s: float = 30.0,
+    on_server: Callable[[uvicorn.Server], None] | None = None,
+) -> bool:
+    """Serve until SIGTERM or Ctrl-C. On SIGTERM uvicorn stops accepting, lets in-flight requests finish
+    (up to ``graceful_s``), runs the app's shutdown and returns: True, so that the caller exits 0. (uvicorn
+    re-raises the signal once it is done; the handler installed here absorbs it instead of dying by it.)"""
+    server = uvicorn.Server(_config(app, sock, log_level, access_log, graceful_s))
+    if on_server is not None:
+        on_server(server)
+    terminated = threading.Event()
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, lambda *_: terminated.set())
+    try:
+        server.run(sockets=[sock])
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+    return terminated.is_set()
+
+
+@dataclass
+class ThreadedServer:
+    """A real uvicorn server on a loopback port in a background thread: ``url``, then ``stop()``."""
+
+    app: object
+    host: str = "127.0.0.1"
+    port: int = 0
+    log_level: str = "warning"
+    url: str = ""
+    server: uvicorn.Server | None = None
+    thread: threading.Thread | None = field(default=None, repr=False)
+
+    def start(self, timeout: float = 30.0) -> ThreadedServer:
+        sock = bind(self.host, self.port)
+        self.url = url_of(sock)
+        self.server = uvicorn.Server(_config(self.app, sock, self.log_level, False, 10.0))
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]}, daemon=True)
+        self.thread.start()
+        for _ in range(int(timeout / 0.02)):
+            if self.server.started or not self.thread.is_alive():
+                break
+            threading.Event().wait(0.02)
+        if not self.server.started:
+            raise RuntimeError(f"the server on {self.url} did not start")
+        return self
+
+    def stop(self) -> None:
+        if self.server is not None and self.thread is not None:
+            self.server.should_exit = True
+            self.thread.join(30)
+
+    def __enter__(self) -> ThreadedServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
