@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import functools
+import sys
 
 import torch
 
@@ -30,12 +32,17 @@ def resolve_device(name: str = "auto", local_rank: int = 0, *, what: str = "--de
 
 
 def amp_dtype(name: str | None, device: torch.device, *, what: str = "--amp") -> torch.dtype | None:
-    """The autocast dtype for ``none``/``bf16``/``fp16`` (None or "none": full precision)."""
+    """The autocast dtype for ``none``/``bf16``/``fp16`` (None or "none": full precision).
+
+    bf16 on a CPU without native bf16 instructions is allowed (it is correct) but noted in one line, since
+    it is slower than fp32 there."""
     key = name or "none"
     if key not in AMP_DTYPES:
         raise UserError(f"{what} {name!r} must be one of {', '.join(AMP_DTYPES)}")
     if key == "fp16" and device.type != "cuda":
         raise UserError(f"{what} fp16 needs a CUDA device; use bf16 on CPU")
+    if key == "bf16" and device.type == "cpu" and (msg := bf16_cpu_note(what)):
+        note(msg)
     return AMP_DTYPES[key]
 
 
@@ -44,3 +51,72 @@ def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.Abst
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=dtype)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# What the CPU can do natively: bf16 autocast, OpenVINO's precision choice and int8 speed all depend on it.
+
+# /proc/cpuinfo flag (x86) or feature (aarch64) -> what we call it in reports.
+_ISA_FLAGS = {
+    "AVX2": ("avx2",),
+    "AVX-512": ("avx512f",),
+    "VNNI": ("avx512_vnni", "avx_vnni", "asimddp"),  # int8 dot products (Cascade Lake+, Zen 4, Arm dotprod)
+    "BF16": ("avx512_bf16", "bf16"),  # bf16 dot products: AVX512-BF16 (Cooper Lake+, Zen 4), Arm BF16
+    "AMX": ("amx_tile", "amx_bf16", "amx_int8"),  # tile matmul units (Sapphire Rapids+)
+}
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags as Linux reports them (empty where /proc/cpuinfo is missing)."""
+    with contextlib.suppress(OSError):
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                key = line.split(":", 1)[0].strip().lower()
+                if key in ("flags", "features"):
+                    return frozenset(line.split(":", 1)[1].split())
+    return frozenset()
+
+
+def cpu_features(flags: frozenset[str] | None = None) -> dict[str, bool]:
+    """AVX2 / AVX-512 / VNNI / BF16 / AMX: present or not (``flags`` default: this machine's)."""
+    flags = cpu_flags() if flags is None else flags
+    return {name: any(f in flags for f in names) for name, names in _ISA_FLAGS.items()}
+
+
+def cpu_features_line(flags: frozenset[str] | None = None) -> str:
+    """One line for reports: ``AVX2 yes, AVX-512 yes, VNNI yes, BF16 yes, AMX no``."""
+    return ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in cpu_features(flags).items())
+
+
+def cpu_has_native_bf16(flags: frozenset[str] | None = None) -> bool:
+    """bf16 dot-product instructions (AVX512-BF16, AMX or Arm BF16). Without them bf16 matmuls are
+    emulated by converting to fp32 and run slower than fp32; with AVX512-BF16 alone they ran 2.2x fp32 here
+    (2048^3 GEMM, BENCHMARKS.md), with AMX ~4.5x."""
+    f = cpu_features(flags)
+    return f["BF16"] or f["AMX"]
+
+
+def cpu_has_int8_dot(flags: frozenset[str] | None = None) -> bool:
+    """int8 dot-product instructions (VNNI or AMX): what makes an int8 model several times faster."""
+    f = cpu_features(flags)
+    return f["VNNI"] or f["AMX"]
+
+
+_noted: set[str] = set()
+
+
+def note(message: str) -> None:
+    """One line on stderr, once per process: a fact the user should know, not an error."""
+    if message not in _noted:
+        _noted.add(message)
+        print(f"convnext: note: {message}", file=sys.stderr, flush=True)
+
+
+def bf16_cpu_note(what: str = "--amp", flags: frozenset[str] | None = None) -> str | None:
+    """The sentence to show before bf16 runs on this CPU, or None when bf16 is native here."""
+    if cpu_has_native_bf16(flags):
+        return None
+    return (
+        f"this CPU has no native bf16 (no AVX512-BF16 or AMX): {what} bf16 is emulated and slower than fp32"
+    )
