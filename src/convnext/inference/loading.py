@@ -67,6 +67,10 @@ def load_for_inference(
     is run on. Eval geometry: the flags, else the training run's data config, else the registry entry of
     a tag, else 224 / 0.875 / bicubic / ImageNet mean-std.
     """
+    if str(weights).lower().endswith((".onnx", ".xml", ".pt2")):  # exported: onnxruntime / OpenVINO / pt2
+        from .backends import load_exported
+
+        return load_exported(str(weights), img_size=img_size, crop_pct=crop_pct)
     from ..models import build_model
     from ..weights.load import load_checkpoint, prepare, read_checkpoint
 
