@@ -9,7 +9,7 @@ import sys
 from ..errors import UserError
 
 # verb -> module in convnext.cli; each module has ``register(subparsers)`` which sets ``func``.
-VERBS = ("models", "convert", "prepare", "train", "evaluate", "predict", "benchmark")
+VERBS = ("models", "convert", "prepare", "train", "evaluate", "predict", "benchmark", "export")
 
 
 def build_parser() -> argparse.ArgumentParser:
