@@ -12,7 +12,7 @@ import argparse
 import json
 import sys
 
-from ..device import amp_dtype, resolve_device
+from ..device import amp_dtype, note, resolve_device
 from ..errors import UserError
 
 
@@ -28,8 +28,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--weights",
         metavar="SRC",
-        help="checkpoint file, URL, weights tag (convnext_tiny.fb_in1k), HF folder or training run folder "
-        "(default: the tag in --model, e.g. --model convnext_tiny.fb_in1k, or the arch's default weights)",
+        help="checkpoint file, URL, weights tag (convnext_tiny.fb_in1k), HF folder, training run folder or "
+        "exported model (.onnx, .xml, .pt2; see `convnext export`) (default: the tag in --model, e.g. "
+        "--model convnext_tiny.fb_in1k, or the arch's default weights)",
     )
     p.add_argument("--model", metavar="ARCH", help="architecture (default: from the checkpoint)")
     p.add_argument("--ema", action="store_true", help="use the EMA weights of a training checkpoint")
@@ -102,6 +103,16 @@ def run(args: argparse.Namespace) -> int:
                 f"{loaded.checkpoint} has a {loaded.num_classes}-class head but class list {args.classes} "
                 f"has {len(names)} classes"
             )
+    runner = getattr(loaded.model, "runner", None)  # an exported file (inference/backends.py)
+    if runner is not None:
+        if args.cam:
+            raise UserError(
+                f"--cam needs PyTorch weights (Grad-CAM takes gradients); {loaded.checkpoint} is an exported "
+                f"{runner.backend} file"
+            )
+        if args.amp:
+            note(f"--amp does not apply to {loaded.checkpoint}: it runs as exported ({runner.precision})")
+            dtype = None
     shown = display_names(names, loaded.num_classes)
     paths = expand_inputs(args.inputs)
     if not paths:

@@ -311,7 +311,6 @@ def export_model(
     loaded = load_for_inference(weights, model_name, ema=ema, img_size=img_size)
     if getattr(loaded.model, "exported", False):
         raise UserError(f"{weights} is already an exported file; export from PyTorch weights or a run folder")
-    size = int(loaded.data.img_size)
     from_run = loaded.run_dir is not None or loaded.info.format == "convnext-train"
     meta = ExportMeta(
         arch=loaded.arch,
@@ -354,31 +353,9 @@ def export_model(
     tmp = path.parent / f".{path.name}.partial-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    notes: list[str] = []
-    agreement = None
     try:
-        target = tmp / path.name
         images = calib.images if calib is not None else None
-        if fmt == "onnx":
-            say(f"exporting {loaded.arch} to ONNX (opset {opset}, dynamic batch, {size} px)")
-            meta.extra["opset"] = opset
-            write_onnx(model, target, meta, size, opset)
-            check_onnx_graph(target, model, opset)
-            runner: Runner = OnnxRunner(str(target))
-            say("verifying in onnxruntime")
-            diff = verify(runner, model, size, images, PARITY_RTOL, "the ONNX file run in onnxruntime")
-            runs_as = runner.precision
-        elif fmt == "pt2":
-            say(f"exporting {loaded.arch} with torch.export (dynamic batch, {size} px)")
-            program = torch_export(model, size)
-            torch.export.save(program, str(target), extra_files={f"{META_KEY}.json": meta.to_json()})
-            runner = PT2Runner(str(target))
-            diff = verify(runner, model, size, images, PARITY_RTOL, "the torch.export program")
-            runs_as = runner.precision
-        else:
-            diff, runs_as, agreement = _export_openvino(
-                model, meta, size, target, precision, images, say, notes
-            )
+        written = write_verified(model, meta, tmp / path.name, images=images, opset=opset, say=say)
         files = []
         for src in sorted(tmp.iterdir()):
             dst = path.parent / src.name
@@ -394,14 +371,65 @@ def export_model(
         files=[path] + [f for f in files if f != path],
         format=fmt,
         precision=precision,
-        runs_as=runs_as,
-        max_rel_diff=diff,
+        runs_as=written.runs_as,
+        max_rel_diff=written.max_rel_diff,
         meta=meta,
         seconds=time.perf_counter() - start,
         calibration=calib,
-        agreement=agreement,
-        notes=notes,
+        agreement=written.agreement,
+        notes=written.notes,
     )
+
+
+@dataclass
+class Written:
+    runs_as: str
+    max_rel_diff: float
+    agreement: float | None
+    notes: list[str]
+
+
+def write_verified(
+    model: nn.Module,
+    meta: ExportMeta,
+    target: Path,
+    *,
+    images: torch.Tensor | None = None,
+    opset: int = DEFAULT_OPSET,
+    say: Callable[[str], None] = lambda _m: None,
+) -> Written:
+    """Write ``model`` (plain, eval) as ``meta.format`` at ``meta.precision`` to ``target`` and verify it.
+
+    ``images`` (preprocessed, N x 3 x S x S): calibration data for int8 (required there) and real inputs
+    for the checks. Raises UserError when the file is not PyTorch's function; the caller deletes it.
+    """
+    size, fmt, notes = int(meta.data.img_size), meta.format, []
+    agreement = None
+    if fmt == "onnx":
+        say(f"exporting {meta.arch} to ONNX (opset {opset}, dynamic batch, {size} px)")
+        meta.extra["opset"] = opset
+        write_onnx(model, target, meta, size, opset)
+        check_onnx_graph(target, model, opset)
+        runner: Runner = OnnxRunner(str(target))
+        say("verifying in onnxruntime")
+        diff = verify(runner, model, size, images, PARITY_RTOL, "the ONNX file run in onnxruntime")
+        runs_as = runner.precision
+    elif fmt == "pt2":
+        say(f"exporting {meta.arch} with torch.export (dynamic batch, {size} px)")
+        program = torch_export(model, size)
+        torch.export.save(program, str(target), extra_files={f"{META_KEY}.json": meta.to_json()})
+        runner = PT2Runner(str(target))
+        diff = verify(runner, model, size, images, PARITY_RTOL, "the torch.export program")
+        runs_as = runner.precision
+    elif fmt == "openvino":
+        if meta.precision == "int8" and images is None:
+            raise UserError("int8 needs calibration images")
+        diff, runs_as, agreement = _export_openvino(
+            model, meta, size, target, meta.precision, images, say, notes
+        )
+    else:
+        raise UserError(f"unknown export format {fmt!r}")
+    return Written(runs_as, diff, agreement, notes)
 
 
 def _export_openvino(

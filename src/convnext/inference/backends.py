@@ -51,6 +51,10 @@ OV_HINTS = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
 
 def require(module: str, purpose: str) -> Any:
     """Import an optional package, or fail in one sentence naming the extra that installs it."""
+    if module == "nncf":  # its import pulls in torch.utils.cpp_extension, which warns "no CUDA runtime"
+        import logging
+
+        logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     try:
         return importlib.import_module(module)
     except ImportError:
