@@ -301,6 +301,11 @@ def test_bf16_on_a_cpu_without_native_bf16_is_noted_once(monkeypatch, capsys) ->
         frozenset({"amx_int8"})
     )
     assert device.bf16_cpu_note(flags=frozenset({"avx512_bf16"})) is None
+    # ONEDNN_MAX_CPU_ISA caps what oneDNN (PyTorch, OpenVINO) may use: the reports follow it
+    full = frozenset({"fma", "avx2", "avx512f", "avx512_vnni", "avx512_bf16"})
+    assert device._cap_flags(full, "AVX2") == {"fma", "avx2"}
+    assert device._cap_flags(full, "avx512_core_vnni") == full - {"avx512_bf16"}
+    assert device._cap_flags(full, "ALL") == device._cap_flags(full, None) == full
     monkeypatch.setattr(device, "cpu_flags", lambda: frozenset({"avx2", "fma"}))
     monkeypatch.setattr(device, "_noted", set())
     for _ in range(2):

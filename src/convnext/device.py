@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import sys
 
 import torch
@@ -66,16 +67,47 @@ _ISA_FLAGS = {
 }
 
 
+# oneDNN's ISA levels, lowest first, with the flags each adds. ONEDNN_MAX_CPU_ISA=<level> caps what oneDNN
+# (PyTorch's convolutions, OpenVINO's CPU plugin) may use; we report the capped CPU, so that an AVX2 host
+# can be emulated (with MKL_ENABLE_INSTRUCTIONS=AVX2 and ATEN_CPU_CAPABILITY=avx2 for the rest of torch).
+_ONEDNN_LEVELS = [
+    ("SSE41", ()),
+    ("AVX", ()),
+    ("AVX2", ("avx2",)),
+    ("AVX2_VNNI", ("avx_vnni",)),
+    ("AVX2_VNNI_2", ()),
+    ("AVX512_CORE", ("avx512f",)),
+    ("AVX512_CORE_VNNI", ("avx512_vnni",)),
+    ("AVX512_CORE_BF16", ("avx512_bf16",)),
+    ("AVX512_CORE_FP16", ()),
+    ("AVX10_1_512", ()),
+    ("AVX512_CORE_AMX", ("amx_tile", "amx_bf16", "amx_int8")),
+    ("AVX10_1_512_AMX", ()),
+]
+_CAPPABLE = {f for _, flags in _ONEDNN_LEVELS for f in flags}
+
+
+def _cap_flags(flags: frozenset[str], cap: str | None) -> frozenset[str]:
+    names = [n for n, _ in _ONEDNN_LEVELS]
+    if not cap or cap.upper() not in names:  # unset, ALL or a level we do not know: no cap
+        return flags
+    allowed = {f for n, fl in _ONEDNN_LEVELS[: names.index(cap.upper()) + 1] for f in fl}
+    return frozenset(f for f in flags if f not in _CAPPABLE or f in allowed)
+
+
 @functools.lru_cache(maxsize=1)
 def cpu_flags() -> frozenset[str]:
-    """The CPU's feature flags as Linux reports them (empty where /proc/cpuinfo is missing)."""
+    """The CPU's feature flags as Linux reports them (empty where /proc/cpuinfo is missing), capped by
+    ONEDNN_MAX_CPU_ISA when it is set."""
+    flags: frozenset[str] = frozenset()
     with contextlib.suppress(OSError):
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
             for line in f:
                 key = line.split(":", 1)[0].strip().lower()
                 if key in ("flags", "features"):
-                    return frozenset(line.split(":", 1)[1].split())
-    return frozenset()
+                    flags = frozenset(line.split(":", 1)[1].split())
+                    break
+    return _cap_flags(flags, os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA"))
 
 
 def cpu_features(flags: frozenset[str] | None = None) -> dict[str, bool]:

@@ -32,7 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from ..data.config import DataConfig
-from ..device import autocast, note
+from ..device import autocast, cpu_has_native_bf16, note
 from ..errors import UserError
 
 EXPORT_SUFFIXES = (".onnx", ".xml", ".pt2")
@@ -340,6 +340,8 @@ class OpenVINORunner(Runner):
         dim = model.inputs[0].get_partial_shape()[-1]
         self.fixed_size = dim.get_length() if dim.is_static else None
         hint = hint or meta.inference_precision or "fp32"
+        if hint == "bf16" and not cpu_has_native_bf16():  # what OpenVINO does itself, also under an ISA cap
+            hint = "fp32"
         config = {
             "INFERENCE_PRECISION_HINT": OV_HINTS.get(hint, hint),
             "INFERENCE_NUM_THREADS": _threads(threads),
