@@ -191,6 +191,10 @@ def test_predict_and_evaluate_run_the_exported_file_like_the_run(
     assert len(err) == 1 and "--cam needs PyTorch weights" in err[0]
     assert main(["predict", str(tmp_path), "--weights", str(exported), "--img-size", "64"]) == 2
     assert "exported for 32 px inputs" in capsys.readouterr().err
+    # autocast cannot reach into onnxruntime: said once, and the file runs as exported
+    assert main(["predict", str(tmp_path), "--weights", str(exported), "--amp", "bf16"]) == 0
+    err = capsys.readouterr().err
+    assert err.count("--amp does not reach into onnxruntime") == 1 and "runs as exported (fp32)" in err
 
 
 def test_int8_calibrates_on_the_runs_training_data(run_dir: Path, tmp_path: Path, capsys) -> None:

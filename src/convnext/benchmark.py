@@ -574,7 +574,11 @@ def run_backend_benchmark(
             check_packages(*_BACKEND_EXPORT[b])
 
     if weights:
+        from .inference.backends import is_exported
         from .inference.loading import load_for_inference
+
+        if is_exported(weights):
+            raise UserError(f"--backend needs PyTorch weights to export from, not the exported {weights}")
 
         loaded = load_for_inference(weights, model, img_size=img_size)
         net, data, arch, names = loaded.model, loaded.data, loaded.arch, loaded.class_names

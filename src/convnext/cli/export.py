@@ -22,8 +22,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--weights",
         metavar="SRC",
-        required=True,
-        help="checkpoint file, URL, weights tag (convnext_tiny.fb_in1k), HF folder or training run folder",
+        help="checkpoint file, URL, weights tag (convnext_tiny.fb_in1k), HF folder or training run folder "
+        "(default: the tag in --model)",
     )
     p.add_argument("--model", metavar="ARCH", help="architecture (default: from the checkpoint)")
     p.add_argument(
@@ -60,11 +60,12 @@ def _size(n: int) -> str:
 def run(args: argparse.Namespace) -> int:
     from ..device import cpu_features_line
     from ..export import export_model
+    from .predict import weights_source
 
     if args.img_size is not None and args.img_size < 32:
         raise UserError(f"--img-size must be at least 32, got {args.img_size}")
     res = export_model(
-        args.weights,
+        weights_source(args.weights, args.model),
         out=args.out,
         fmt=args.format,
         precision=args.precision,

@@ -12,7 +12,7 @@ import argparse
 import json
 import sys
 
-from ..device import amp_dtype, note, resolve_device
+from ..device import amp_dtype, resolve_device
 from ..errors import UserError
 
 
@@ -110,9 +110,6 @@ def run(args: argparse.Namespace) -> int:
                 f"--cam needs PyTorch weights (Grad-CAM takes gradients); {loaded.checkpoint} is an exported "
                 f"{runner.backend} file"
             )
-        if args.amp:
-            note(f"--amp does not apply to {loaded.checkpoint}: it runs as exported ({runner.precision})")
-            dtype = None
     shown = display_names(names, loaded.num_classes)
     paths = expand_inputs(args.inputs)
     if not paths:

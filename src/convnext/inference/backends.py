@@ -465,7 +465,19 @@ class RunnerModule(nn.Module):
                 f"{self.runner.source} was exported for {size}x{size} inputs, not "
                 f"{x.shape[-2]}x{x.shape[-1]}; re-export with --img-size {x.shape[-1]}"
             )
+        if self.runner.backend not in ("torch", "pt2") and _autocast_on(x.device.type):
+            note(
+                f"--amp does not reach into {self.runner.backend}: {self.runner.source} runs as exported "
+                f"({self.runner.precision})"
+            )
         return self.runner(x)
+
+
+def _autocast_on(device_type: str) -> bool:
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except TypeError:  # torch < 2.4
+        return torch.is_autocast_cpu_enabled() if device_type == "cpu" else torch.is_autocast_enabled()
 
 
 def load_exported(
