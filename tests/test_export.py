@@ -89,6 +89,17 @@ def test_pt2_is_an_exported_program_with_a_dynamic_batch(tmp_path: Path, monkeyp
     with torch.no_grad():
         assert relative_diff(runner(x), model(x)) <= 1e-5
     assert runner.class_names == [f"c{i}" for i in range(10)] and runner.data.img_size == SIZE
+    # An archive that would unpickle something is refused before torch.export.load sees it
+    import zipfile
+
+    with zipfile.ZipFile(tmp_path / "m.pt2") as src, zipfile.ZipFile(tmp_path / "evil.pt2", "w") as dst:
+        for item in src.infolist():
+            data = src.read(item)
+            if item.filename.endswith("_weights_config.json"):
+                data = data.replace(b'"use_pickle": false', b'"use_pickle": true', 1)
+            dst.writestr(item, data)
+    with pytest.raises(UserError, match="holds pickled objects, which could run code when loaded"):
+        open_exported(tmp_path / "evil.pt2")
     # A file that is not PyTorch's function is refused (here: a limit nothing can meet)
     monkeypatch.setattr(core, "PARITY_RTOL", -1.0)
     with pytest.raises(UserError, match="differs from PyTorch by .* the file was deleted"):

@@ -364,10 +364,38 @@ def _ov_type_name(t: Any) -> str:
     return "bf16" if "bf16" in s or "bfloat16" in s else "fp16" if "f16" in s or "float16" in s else "fp32"
 
 
+def check_pt2_safe(path: str) -> None:
+    """Refuse a .pt2 archive that would unpickle anything: ``torch.export.load`` unpickles weights and
+    constants flagged ``use_pickle`` and falls back to ``weights_only=False`` for sample inputs that fail the
+    safe loader, so a crafted file could run code. Ours hold raw tensors and safe-loadable inputs only."""
+    import io
+    import zipfile
+
+    why = None
+    try:
+        with zipfile.ZipFile(path) as z:
+            for name in z.namelist():
+                if name.endswith(("_weights_config.json", "_constants_config.json")):
+                    config = json.loads(z.read(name)).get("config", {})
+                    if any(v.get("use_pickle") or "tensor_meta" not in v for v in config.values()):
+                        why = f"{name} holds pickled objects"
+                elif "/sample_inputs/" in name and not name.endswith("/"):
+                    try:
+                        torch.load(io.BytesIO(z.read(name)), weights_only=True)
+                    except Exception:
+                        why = f"{name} is not loadable with weights_only=True"
+    except (zipfile.BadZipFile, OSError, ValueError) as e:
+        raise UserError(f"{path} is not a torch.export archive ({e})") from None
+    if why:
+        raise UserError(f"{path}: {why}, which could run code when loaded; refusing it (re-export it)")
+
+
 class PT2Runner(Runner):
-    """A ``torch.export`` ExportedProgram saved with ``torch.export.save`` (.pt2)."""
+    """A ``torch.export`` ExportedProgram saved with ``torch.export.save`` (.pt2), checked to hold no
+    pickled objects before it is loaded (:func:`check_pt2_safe`)."""
 
     def __init__(self, path: str, *, device: str = "cpu") -> None:
+        check_pt2_safe(path)
         extra = {f"{META_KEY}.json": ""}
         try:
             program = torch.export.load(path, extra_files=extra)
