@@ -264,6 +264,10 @@ def test_bad_requests_are_one_line_and_leave_nothing(run_dir: Path, tmp_path: Pa
         (["--weights", str(weights), "--out", "b.tflite"], "cannot tell the format from --out"),
         (["--weights", str(weights), "--precision", "int8", "--calibration", "nope", "--out", "c.xml"],
          "calibration folder nope does not exist"),
+        (["--weights", str(weights), "--precision", "int8", "--int8-float", "attn", "--out", "c.xml"],
+         "--int8-float 'attn' is not one of dwconv, stem, head"),
+        (["--weights", str(weights), "--int8-float", "dwconv", "--out", "c.xml"],
+         "--int8-float goes with --precision int8"),
     ]  # fmt: skip
     import os
 

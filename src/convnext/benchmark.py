@@ -620,6 +620,7 @@ def run_backend_benchmark(
 
     runners: dict[str, Any] = {}
     notes: list[str] = [n for n in [calib_note] if n]
+    ov_cache: dict[str, Any] = {}  # one OpenVINO conversion for fp32, bf16 and int8
     with tempfile.TemporaryDirectory(prefix="convnext-bench-") as tmp:
         for b in chosen:
             if b == "torch":
@@ -633,7 +634,7 @@ def run_backend_benchmark(
                 meta.inference_precision = OV_RUN_PRECISION[precision]
                 target = Path(tmp) / f"{b}{'.onnx' if fmt == 'onnx' else '.xml'}"
                 images = calib if precision == "int8" else None
-                write_verified(plain, meta, target, images=images)
+                write_verified(plain, meta, target, images=images, ov_cache=ov_cache)
                 runners[b] = open_exported(target)
 
         x = torch.randn(batch_size, 3, size, size, generator=torch.Generator().manual_seed(1))

@@ -44,6 +44,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--calibration-size", type=int, default=300, help="int8: calibration images (default 300)")
     p.add_argument(
+        "--int8-float",
+        metavar="PARTS",
+        default="",
+        help="int8: keep these in float, comma-separated: dwconv (depthwise convs), stem, head (default: "
+        "none; LayerNorm, GELU and the residual adds are always float)",
+    )
+    p.add_argument(
         "--img-size", type=int, help="input resolution baked into the graph (default: the weights')"
     )
     p.add_argument("--ema", action="store_true", help="export the EMA weights of a training checkpoint")
@@ -76,6 +83,7 @@ def run(args: argparse.Namespace) -> int:
         ema=args.ema,
         force=args.force,
         opset=args.opset,
+        int8_float=tuple(p.strip() for p in args.int8_float.split(",") if p.strip()),
         progress=lambda msg: print(f"[export] {msg}", file=sys.stderr, flush=True),
     )
     m = res.meta

@@ -243,12 +243,34 @@ def to_openvino(model: nn.Module, meta: ExportMeta, size: int) -> Any:
     return om
 
 
-def quantize_int8(om: Any, calib: torch.Tensor, say: Callable[[str], None]) -> Any:
+INT8_FLOAT_PARTS = ("dwconv", "stem", "head")  # what --int8-float may keep out of int8
+
+
+def float_scope(om: Any, parts: tuple[str, ...]) -> Any:
+    """The NNCF IgnoredScope that keeps ``parts`` in float: the depthwise convs (GroupConvolution), the stem
+    (the first convolution) and the head (the last MatMul)."""
+    import nncf
+
+    ops = [op for op in om.get_ordered_ops() if op.get_type_name() in ("Convolution", "MatMul")]
+    names = []
+    if "stem" in parts and ops:
+        names.append(ops[0].get_friendly_name())
+    if "head" in parts and ops:
+        names.append(ops[-1].get_friendly_name())
+    types = ["GroupConvolution"] if "dwconv" in parts else []
+    return nncf.IgnoredScope(names=names, types=types)
+
+
+def quantize_int8(
+    om: Any, calib: torch.Tensor, say: Callable[[str], None], keep_float: tuple[str, ...] = ()
+) -> Any:
     """NNCF post-training quantization (int8 weights and activations) calibrated on ``calib``.
 
     ``ModelType.TRANSFORMER`` is NNCF's scheme for LayerNorm + MLP networks: SmoothQuant on the MLP
     inputs, and the LayerNorm / GELU / residual adds left in float (they are not quantized). Measured on the
-    quickstart digits model it keeps top-1 within the accuracy gate (BENCHMARKS.md, "Export").
+    quickstart digits model it keeps top-1 within the accuracy gate (BENCHMARKS.md, "Export") with
+    everything else in int8; ``keep_float`` (dwconv, stem, head) keeps more in float for a model that
+    needs it (slower).
     """
     import contextlib
     import logging
@@ -267,6 +289,7 @@ def quantize_int8(om: Any, calib: torch.Tensor, say: Callable[[str], None]) -> A
                 nncf.Dataset(items),
                 subset_size=len(items),
                 model_type=nncf.ModelType.TRANSFORMER,
+                ignored_scope=float_scope(om, keep_float) if keep_float else None,
             )
     except Exception as e:
         raise UserError(f"NNCF quantization failed ({str(e).strip().splitlines()[0]})") from None
@@ -296,6 +319,7 @@ def export_model(
     ema: bool = False,
     force: bool = False,
     opset: int = DEFAULT_OPSET,
+    int8_float: tuple[str, ...] = (),
     progress: Callable[[str], None] | None = None,
 ) -> ExportResult:
     """Export ``weights`` (anything ``predict`` takes) to ``out``; see the module docstring for the checks."""
@@ -305,6 +329,11 @@ def export_model(
     if opset < 18:
         raise UserError(f"--opset must be 18 or newer (LayerNormalization as one op), got {opset}")
     check_packages(fmt, precision)
+    bad = [p for p in int8_float if p not in INT8_FLOAT_PARTS]
+    if bad:
+        raise UserError(f"--int8-float {bad[0]!r} is not one of {', '.join(INT8_FLOAT_PARTS)}")
+    if int8_float and precision != "int8":
+        raise UserError("--int8-float goes with --precision int8")
 
     from ..inference.loading import load_for_inference
 
@@ -343,6 +372,8 @@ def export_model(
             limit=calibration_size,
         )
         meta.extra["calibration"] = {"images": len(calib.images), "source": calib.source}
+        if int8_float:
+            meta.extra["int8_float"] = list(int8_float)
         if calib.skipped:
             shown = "; ".join(f"{p} ({why})" for p, why in calib.skipped[:10])
             more = f" and {len(calib.skipped) - 10} more" if len(calib.skipped) > 10 else ""
@@ -397,11 +428,14 @@ def write_verified(
     images: torch.Tensor | None = None,
     opset: int = DEFAULT_OPSET,
     say: Callable[[str], None] = lambda _m: None,
+    ov_cache: dict[str, Any] | None = None,
 ) -> Written:
     """Write ``model`` (plain, eval) as ``meta.format`` at ``meta.precision`` to ``target`` and verify it.
 
     ``images`` (preprocessed, N x 3 x S x S): calibration data for int8 (required there) and real inputs
     for the checks. Raises UserError when the file is not PyTorch's function; the caller deletes it.
+    ``ov_cache``: a dict kept between calls for the same model, so that its OpenVINO conversion (the slow
+    part) is done once for fp32, bf16 and int8 (the benchmark writes all three).
     """
     size, fmt, notes = int(meta.data.img_size), meta.format, []
     agreement = None
@@ -425,7 +459,7 @@ def write_verified(
         if meta.precision == "int8" and images is None:
             raise UserError("int8 needs calibration images")
         diff, runs_as, agreement = _export_openvino(
-            model, meta, size, target, meta.precision, images, say, notes
+            model, meta, size, target, meta.precision, images, say, notes, ov_cache
         )
     else:
         raise UserError(f"unknown export format {fmt!r}")
@@ -441,11 +475,16 @@ def _export_openvino(
     images: torch.Tensor | None,
     say: Callable[[str], None],
     notes: list[str],
+    cache: dict[str, Any] | None = None,
 ) -> tuple[float, str, float | None]:
     import openvino as ov
 
-    say(f"converting {meta.arch} to OpenVINO (torch.export, dynamic batch, {size} px)")
-    om = to_openvino(model, meta, size)
+    cache = {} if cache is None else cache
+    if "model" not in cache:
+        say(f"converting {meta.arch} to OpenVINO (torch.export, dynamic batch, {size} px)")
+        cache["model"] = to_openvino(model, meta, size)
+    om = cache["model"]  # save_model and nncf.quantize leave it as it is
+    om.set_rt_info(meta.to_json(), [META_KEY])
     # The fp32 graph is checked first whatever the precision: conversion errors are not rounding.
     fp32_path = target.with_name("fp32-" + target.name)
     ov.save_model(om, str(fp32_path), compress_to_fp16=False)
@@ -461,7 +500,7 @@ def _export_openvino(
         # Weights stored as fp16 (half the file); the bf16 hint makes the CPU plugin run in bf16.
         ov.save_model(om, str(target), compress_to_fp16=True)
     else:
-        q = quantize_int8(om, images, say)
+        q = quantize_int8(om, images, say, tuple(meta.extra.get("int8_float", ())))
         ov.save_model(q, str(target), compress_to_fp16=False)
         if not cpu_has_int8_dot():
             notes.append(
