@@ -195,10 +195,11 @@ class Runner:
     """A model ready to run: ``runner(x)`` takes a float (N, 3, H, W) tensor, preprocessed with
     ``build_eval_transform(runner.data)``, and returns (N, num_classes) float32 logits on x's device.
 
-    Attributes: ``backend`` (torch | torch-bf16 | onnxruntime | openvino | pt2), ``arch``, ``num_classes``,
-    ``class_names`` (None: unnamed), ``data`` (eval DataConfig: img_size, crop_pct, interpolation, mean,
-    std, and a training run's dataset settings), ``precision`` (what actually runs: fp32, bf16, int8, ...),
-    ``source`` (the file or weights it came from), ``meta`` (an exported file's metadata, else None).
+    Attributes: ``backend`` (torch | torch-bf16 | torch-fp16 | onnxruntime | openvino | openvino-int8 |
+    pt2), ``arch``, ``num_classes``, ``class_names`` (None: unnamed), ``data`` (eval DataConfig: img_size,
+    crop_pct, interpolation, mean, std, and a training run's dataset settings), ``precision`` (what
+    actually runs: fp32, bf16, int8, ...), ``source`` (the file or weights it came from), ``meta`` (an
+    exported file's metadata, else None), ``fixed_size`` (the only H = W an exported graph takes).
     """
 
     backend: str = ""
