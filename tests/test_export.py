@@ -303,6 +303,20 @@ def test_missing_runtime_says_what_to_install(
     assert len(err) == 1 and f"pip install 'convnext[{extra}]'" in err[0]
 
 
+def test_load_backend_is_what_serve_plugs_in(exported: tuple[Path, str]) -> None:
+    from convnext.inference.backends import load_backend
+
+    b = load_backend(str(exported[0]), "onnxruntime", crop_pct=0.9)
+    assert (b.arch, b.num_classes, b.precision, b.data.crop_pct) == ("convnext_atto", 10, "fp32", 0.9)
+    assert b.class_names == [str(i) for i in range(10)] and b.forward(
+        torch.zeros(2, 3, SIZE, SIZE)
+    ).shape == (2, 10)
+    with pytest.raises(UserError, match="runs on onnxruntime, not on --backend openvino"):
+        load_backend(str(exported[0]), "openvino")
+    with pytest.raises(UserError, match="exported for 32 px inputs"):
+        load_backend(str(exported[0]), "onnxruntime", img_size=64)
+
+
 def test_a_foreign_onnx_file_runs_with_default_preprocessing(
     exported: tuple[Path, str], tmp_path: Path, capsys
 ) -> None:

@@ -215,6 +215,10 @@ class Runner:
     def __call__(self, x: Tensor) -> Tensor:
         raise NotImplementedError
 
+    def forward(self, x: Tensor) -> Tensor:
+        """The same as calling the runner (the name ``convnext serve``'s runners use)."""
+        return self(x)
+
     def describe(self) -> str:
         return f"{self.backend} {self.precision}"
 
@@ -444,6 +448,44 @@ def open_exported(
     raise UserError(f"{p} is not an exported model (.onnx, .xml or .pt2)")
 
 
+def _resize_data(runner: Runner, path: str, img_size: int | None, crop_pct: float | None) -> None:
+    if img_size is not None and runner.fixed_size is not None and int(img_size) != runner.fixed_size:
+        raise UserError(
+            f"{path} was exported for {runner.fixed_size} px inputs; re-export it with --img-size {img_size}"
+        )
+    data = dataclasses.replace(runner.data)
+    if img_size is not None:
+        data.img_size = int(img_size)
+    if crop_pct is not None:
+        data.crop_pct = float(crop_pct)
+    runner.data = data
+
+
+# What each serve/CLI backend name accepts (an int8 IR is an OpenVINO file too).
+_BACKEND_FILES = {"onnxruntime": ("onnxruntime",), "openvino": ("openvino", "openvino-int8"), "pt2": ("pt2",)}
+
+
+def load_backend(
+    weights: str,
+    backend: str,
+    *,
+    img_size: int | None = None,
+    crop_pct: float | None = None,
+    device: str = "cpu",
+    threads: int | None = None,
+) -> Runner:
+    """``convnext serve``'s hook: the runner for an exported file, which must be of ``backend``
+    (onnxruntime | openvino | pt2). It has ``forward(x)``, ``arch``, ``num_classes``, ``class_names``,
+    ``data`` (DataConfig) and ``precision``, as serve's ``CallableRunner`` expects."""
+    if backend not in _BACKEND_FILES:
+        raise UserError(f"backend {backend!r} runs no exported file; use {', '.join(_BACKEND_FILES)}")
+    runner = open_exported(weights, device=device, threads=threads)
+    if runner.backend not in _BACKEND_FILES[backend]:
+        raise UserError(f"{weights} runs on {runner.backend}, not on --backend {backend}")
+    _resize_data(runner, str(weights), img_size, crop_pct)
+    return runner
+
+
 def open_runner(
     weights: str,
     model: str | None = None,
@@ -531,16 +573,8 @@ def load_exported(
     from .loading import Loaded
 
     runner = open_exported(path, device=device)
-    if img_size is not None and runner.fixed_size is not None and int(img_size) != runner.fixed_size:
-        raise UserError(
-            f"{path} was exported for {runner.fixed_size} px inputs; re-export it with --img-size {img_size}"
-        )
-    data = dataclasses.replace(runner.data)
-    if img_size is not None:
-        data.img_size = int(img_size)
-    if crop_pct is not None:
-        data.crop_pct = float(crop_pct)
-    runner.data = data
+    _resize_data(runner, path, img_size, crop_pct)
+    data = runner.data
     meta = runner.meta
     info = CheckpointInfo(
         source=str(path),
