@@ -170,3 +170,10 @@ def test_backend_benchmark_errors_are_one_line(capsys) -> None:
     assert "--backend times CPU inference as each backend runs it; drop --compare" in capsys.readouterr().err
     assert main(["benchmark", "--weights", "x.pth"]) == 2
     assert "--weights and --calibration go with --backend" in capsys.readouterr().err
+
+
+def test_cli_backend_list_is_the_modules() -> None:
+    from convnext import benchmark
+    from convnext.cli import benchmark as cli
+
+    assert cli.BACKENDS == benchmark.BACKENDS

@@ -206,13 +206,19 @@ def test_int8_calibrates_on_the_runs_training_data(run_dir: Path, tmp_path: Path
     pytest.importorskip("nncf")
     out = tmp_path / "q.xml"
     argv = ["export", "--weights", str(run_dir), "--format", "openvino", "--precision", "int8"]
-    assert main([*argv, "--calibration-size", "16", "--out", str(out)]) == 0
+    js = tmp_path / "report" / "q.json"
+    assert main([*argv, "--calibration-size", "16", "--out", str(out), "--json", str(js)]) == 0
     text = capsys.readouterr().out
     assert "16 images of the 'train' split of digits" in text
     assert re.search(r"agreement  int8 top-1 equals fp32 on [\d.]+% of 16 images", text)
     assert re.search(r"runs as    int8 \(other layers (bf16|fp32)\)", text)
     runner = open_exported(out)
     assert runner.backend == "openvino-int8" and runner.meta.extra["calibration"]["images"] == 16
+    rep = json.loads(js.read_text())  # --json FILE: the same facts as data, the text kept on stdout
+    assert rep["calibration"]["images"] == 16 and rep["files"] == [str(out), str(out.with_suffix(".bin"))]
+    assert rep["metadata"]["precision"] == "int8" and rep["metadata"]["inference_precision"] == "bf16"
+    assert rep["runs_as"].startswith("int8") and 0 <= rep["agreement_top1"] <= 1
+    shutil.rmtree(js.parent)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["q.bin", "q.xml"]
 
 

@@ -7,14 +7,10 @@ import argparse
 import json
 import sys
 
-from ..benchmark import (
-    BACKENDS,
-    format_backend_report,
-    format_report,
-    run_backend_benchmark,
-    run_benchmark,
-)
 from ..errors import UserError
+
+# convnext.benchmark.BACKENDS, spelled here so that `--help` needs no torch
+BACKENDS = ("torch", "torch-bf16", "onnxruntime", "openvino", "openvino-bf16", "openvino-int8")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -63,6 +59,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..benchmark import format_backend_report, format_report, run_backend_benchmark, run_benchmark
+
     say = lambda msg: print(f"[benchmark] {msg}", file=sys.stderr, flush=True)  # noqa: E731
     if args.backend:
         flags = {"--compare": args.compare, "--amp": args.amp, "--compile": args.compile}

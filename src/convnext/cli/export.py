@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
 
 from ..errors import UserError
 
@@ -57,7 +58,50 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--opset", type=int, default=20, help="ONNX opset (>= 18; default 20)")
     p.add_argument("--out", metavar="PATH", required=True, help="output file: .onnx, .xml or .pt2")
     p.add_argument("--force", action="store_true", help="replace an existing output")
+    p.add_argument(
+        "--json",
+        nargs="?",
+        const="-",
+        type=_json_target,
+        metavar="FILE",
+        help="the report as JSON: on stdout instead of the text (--json or --json -), or written to FILE "
+        "(.json) with the text kept",
+    )
     p.set_defaults(func=run)
+
+
+def _json_target(value: str) -> str:
+    # main's cli/common.add_json semantics (a .json/.jsonl name, or - for stdout); use it once merged
+    if value == "-" or value.lower().endswith((".json", ".jsonl")):
+        return value
+    raise argparse.ArgumentTypeError(f"{value!r} is not a .json file name; write --json - for stdout")
+
+
+def report(res: Any) -> dict[str, Any]:
+    """The export's report as plain data (what --json prints)."""
+    import json
+
+    return {
+        "path": str(res.path),
+        "files": [str(f) for f in res.files],
+        "size_bytes": res.size_bytes,
+        "format": res.format,
+        "precision": res.precision,
+        "runs_as": res.runs_as,
+        "max_rel_diff_vs_pytorch": res.max_rel_diff,
+        "verified_batches": [1, 3],
+        "agreement_top1": res.agreement,
+        "calibration": None
+        if res.calibration is None
+        else {
+            "images": len(res.calibration.images),
+            "source": res.calibration.source,
+            "skipped": [{"file": p, "why": w} for p, w in res.calibration.skipped],
+        },
+        "seconds": res.seconds,
+        "notes": res.notes,
+        "metadata": json.loads(res.meta.to_json()),
+    }
 
 
 def _size(n: int) -> str:
@@ -86,6 +130,17 @@ def run(args: argparse.Namespace) -> int:
         int8_float=tuple(p.strip() for p in args.int8_float.split(",") if p.strip()),
         progress=lambda msg: print(f"[export] {msg}", file=sys.stderr, flush=True),
     )
+    if args.json is not None:
+        import json
+
+        text = json.dumps(report(res), indent=2 if args.json != "-" else None)
+        if args.json == "-":
+            print(text)
+            return 0
+        from pathlib import Path
+
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(text + "\n")
     m = res.meta
     d = m.data
     names = m.class_names or []
