@@ -1,17 +1,26 @@
 """The benchmark runs and compares like with like; the fused inference model computes the plain function.
 
-No timing is asserted here: speed figures live in BENCHMARKS.md, measured interleaved.
+No timing is asserted here: speed figures live in BENCHMARKS.md, measured interleaved. The deployment
+backends (--backend) are checked for running the same weights and reporting what each really ran.
 """
 
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
 
 from convnext import create_model
-from convnext.benchmark import build_peer, format_report, run_benchmark, to_peer_state_dict
+from convnext.benchmark import (
+    build_peer,
+    format_backend_report,
+    format_report,
+    run_backend_benchmark,
+    run_benchmark,
+    to_peer_state_dict,
+)
 from convnext.cli.main import main
 from convnext.errors import UserError
 from convnext.models import ConvNeXtIsotropic
@@ -115,3 +124,60 @@ def test_benchmark_errors_are_one_clear_sentence(capsys: pytest.CaptureFixture[s
     if not torch.cuda.is_available():
         with pytest.raises(UserError, match="no CUDA GPU"):
             run_benchmark("convnext_atto", device="cuda")
+
+
+def _digits_checkpoint(path) -> str:
+    """A training checkpoint of the quickstart's model on the digits (random weights, layer scale 1)."""
+    from convnext.engine.config import TrainConfig, to_dict
+    from convnext.models import build_model
+
+    cfg = TrainConfig()
+    cfg.model.name, cfg.model.layer_scale_init_value = "convnext_atto", 1.0
+    cfg.model.options = {"depths": [1, 1, 2, 1], "dims": [32, 64, 128, 256]}
+    cfg.data.dataset, cfg.data.img_size, cfg.data.crop_pct = "digits", 32, 1.0
+    model = build_model("convnext_atto", num_classes=10, layer_scale_init_value=1.0, **cfg.model.options)
+    ckpt = {
+        "format": "convnext-train", "version": 1, "arch": "convnext_atto", "model": model.state_dict(),
+        "epoch": 1, "step": 1, "config": to_dict(cfg), "class_names": [str(i) for i in range(10)],
+        "metrics": {},
+    }  # fmt: skip
+    torch.save(ckpt, path)
+    return str(path)
+
+
+def test_backend_benchmark_times_the_same_weights_in_each_runtime(tmp_path, capsys) -> None:
+    pytest.importorskip("openvino")
+    pytest.importorskip("nncf")
+    weights = _digits_checkpoint(tmp_path / "last.pth")
+    args = ["benchmark", "--backend", "torch-bf16,openvino-int8", "--weights", weights]
+    assert main([*args, "--batch-size", "4", "--repeats", "1", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    torch_, bf16, int8 = report["results"]
+    assert [r["backend"] for r in report["results"]] == ["torch", "torch-bf16", "openvino-int8"]
+    assert torch_["precision"] == "fp32 (fused)" and bf16["precision"] == "bf16 autocast"
+    assert re.fullmatch(r"int8 \(other layers (bf16|fp32)\)", int8["precision"])  # what OpenVINO really ran
+    assert torch_["max_rel_diff_vs_torch"] <= 1e-5 and bf16["max_rel_diff_vs_torch"] <= 0.05
+    assert all(r["images_per_s"] > 0 and r["latency_ms"] > 0 and r["speedup_vs_torch"] > 0 for r in
+               report["results"])  # fmt: skip
+    assert report["img_size"] == 32 and report["model"] == "convnext_atto"
+    assert set(report["cpu_features"]) == {"AVX2", "AVX-512", "VNNI", "BF16", "AMX"}
+    assert "openvino" in report["versions"]
+    assert report["notes"] == ["int8 calibrated on 300 images"]  # the checkpoint's own training data
+    table = format_backend_report(report)
+    assert "ran as" in table and "CPU: AVX2" in table and "openvino-int8" in table
+
+
+def test_backend_benchmark_errors_are_one_line(capsys) -> None:
+    with pytest.raises(UserError, match="unknown backend 'tensorrt'"):
+        run_backend_benchmark("convnext_atto", backends="torch,tensorrt")
+    assert main(["benchmark", "--backend", "onnxruntime", "--compare", "timm"]) == 2
+    assert "--backend times CPU inference as each backend runs it; drop --compare" in capsys.readouterr().err
+    assert main(["benchmark", "--weights", "x.pth"]) == 2
+    assert "--weights and --calibration go with --backend" in capsys.readouterr().err
+
+
+def test_cli_backend_list_is_the_modules() -> None:
+    from convnext import benchmark
+    from convnext.cli import benchmark as cli
+
+    assert cli.BACKENDS == benchmark.BACKENDS

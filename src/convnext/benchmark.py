@@ -462,3 +462,235 @@ def format_report(report: dict[str, Any]) -> str:
         + ("FLOPs: 2 x MACs x 3 (forward + backward)." if r["mode"] == "train" else "FLOPs: 2 x MACs.")
     )
     return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Deployment backends: the same weights in PyTorch, onnxruntime and OpenVINO, timed interleaved.
+
+BACKENDS = ("torch", "torch-bf16", "onnxruntime", "openvino", "openvino-bf16", "openvino-int8")
+_BACKEND_EXPORT = {  # backend -> (format, precision) of the file it runs
+    "onnxruntime": ("onnx", "fp32"),
+    "openvino": ("openvino", "fp32"),
+    "openvino-bf16": ("openvino", "bf16"),
+    "openvino-int8": ("openvino", "int8"),
+}
+
+
+def parse_backends(spec: str | tuple[str, ...] | list[str]) -> tuple[str, ...]:
+    """``torch,onnxruntime,...`` -> a tuple, "torch" first (every ratio is against it)."""
+    items = [s.strip() for s in (spec.split(",") if isinstance(spec, str) else spec) if s.strip()]
+    for b in items:
+        if b not in BACKENDS:
+            raise UserError(f"unknown backend {b!r} for --backend; choose from {', '.join(BACKENDS)}")
+    return ("torch", *dict.fromkeys(b for b in items if b != "torch"))
+
+
+def _runtime_versions(backends: tuple[str, ...]) -> dict[str, str]:
+    versions = {"torch": torch.__version__}
+    with contextlib.suppress(ImportError):
+        if "onnxruntime" in backends:
+            import onnxruntime
+
+            versions["onnxruntime"] = onnxruntime.__version__
+    with contextlib.suppress(ImportError):
+        if any(b.startswith("openvino") for b in backends):
+            import openvino
+
+            versions["openvino"] = openvino.get_version().split("-")[0]
+    return versions
+
+
+def run_backend_benchmark(
+    model: str | None = None,
+    *,
+    weights: str | None = None,
+    backends: tuple[str, ...] | str = BACKENDS,
+    batch_size: int = 32,
+    img_size: int | None = None,
+    repeats: int = 5,
+    warmup: int = 1,
+    calibration: str | None = None,
+    latency: bool = True,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Time the same weights in every backend, interleaved round-robin, and return the figures as data.
+
+    ``torch`` is our fastest fp32 PyTorch (``fuse_for_inference``), the reference of every ratio;
+    ``torch-bf16`` the plain model under bf16 autocast; the others run files exported (and verified) by
+    ``convnext export`` into a temporary folder. int8 calibrates on ``calibration`` (a folder), else on the
+    run's training data when ``weights`` is a run, else on random inputs (the timing holds; the accuracy of
+    such a file means nothing). ``precision`` in each result is what the backend really ran.
+    """
+    import tempfile
+    from pathlib import Path
+
+    from .device import cpu_features, cpu_features_line, cpu_has_int8_dot, cpu_has_native_bf16
+    from .export.calibration import load_calibration
+    from .export.core import OV_RUN_PRECISION, check_packages, plain_copy, write_verified
+    from .inference.backends import ExportMeta, TorchRunner, open_exported, relative_diff
+
+    say = progress or (lambda _msg: None)
+    chosen = parse_backends(backends)
+    if repeats < 1 or batch_size < 1:
+        raise UserError("--repeats and --batch-size must be >= 1")
+    for b in chosen:
+        if b in _BACKEND_EXPORT:
+            check_packages(*_BACKEND_EXPORT[b])
+
+    if weights:
+        from .inference.backends import is_exported
+        from .inference.loading import load_for_inference
+
+        if is_exported(weights):
+            raise UserError(f"--backend needs PyTorch weights to export from, not the exported {weights}")
+
+        loaded = load_for_inference(weights, model, img_size=img_size)
+        net, data, arch, names = loaded.model, loaded.data, loaded.arch, loaded.class_names
+        from_run = loaded.run_dir is not None or loaded.info.format == "convnext-train"
+        source = loaded.checkpoint
+    else:
+        model = model or "convnext_tiny"
+        try:
+            get_variant(model)
+        except ValueError as e:
+            raise UserError(str(e)) from None
+        torch.manual_seed(0)
+        net = build_model(model, layer_scale_init_value=1.0)
+        with torch.no_grad():  # biases off zero too: every op must be exported, nothing hidden by an init
+            for name, p in net.named_parameters():
+                if name.endswith("bias"):
+                    p.uniform_(-0.1, 0.1)
+        from .data.config import DataConfig
+
+        data, arch, names, from_run, source = DataConfig(), model, None, False, f"random {model}"
+        if img_size is not None:
+            data.img_size = int(img_size)
+    if data.img_size < 32:
+        raise UserError("--img-size must be >= 32")
+    size = int(data.img_size)
+    net = net.eval()
+    plain = plain_copy(net)
+
+    calib = None
+    calib_note = ""
+    if "openvino-int8" in chosen:
+        if calibration or from_run:
+            calib = load_calibration(calibration, data, run_data=from_run, where=str(weights)).images
+            calib_note = f"int8 calibrated on {len(calib)} images"
+        else:
+            g = torch.Generator().manual_seed(0)
+            calib = torch.randn(32, 3, size, size, generator=g)
+            calib_note = "int8 calibrated on 32 random inputs (speed only: pass --calibration for accuracy)"
+
+    runners: dict[str, Any] = {}
+    notes: list[str] = [n for n in [calib_note] if n]
+    ov_cache: dict[str, Any] = {}  # one OpenVINO conversion for fp32, bf16 and int8
+    with tempfile.TemporaryDirectory(prefix="convnext-bench-") as tmp:
+        for b in chosen:
+            if b == "torch":
+                runners[b] = TorchRunner(net, data, arch=arch, class_names=names, fuse=True, source=source)
+            elif b == "torch-bf16":
+                runners[b] = TorchRunner(plain, data, arch=arch, class_names=names, amp=torch.bfloat16)
+            else:
+                fmt, precision = _BACKEND_EXPORT[b]
+                say(f"exporting for {b}")
+                meta = ExportMeta(arch, getattr(net, "num_classes", 0), names, data, fmt, precision)
+                meta.inference_precision = OV_RUN_PRECISION[precision]
+                target = Path(tmp) / f"{b}{'.onnx' if fmt == 'onnx' else '.xml'}"
+                images = calib if precision == "int8" else None
+                write_verified(plain, meta, target, images=images, ov_cache=ov_cache)
+                runners[b] = open_exported(target)
+
+        x = torch.randn(batch_size, 3, size, size, generator=torch.Generator().manual_seed(1))
+        x1 = x[:1].clone()
+        with torch.inference_mode():
+            ref = plain(x[:2])
+        diffs = {b: relative_diff(r(x[:2]), ref) for b, r in runners.items()}
+
+        say("warm-up")
+        for r in runners.values():
+            for _ in range(max(warmup, 1)):
+                r(x)
+                if latency:
+                    r(x1)
+        gemm, gemm_flops = matmul_peak_step(torch.device("cpu"), torch.float32)
+        gemm()
+        times: dict[str, list[float]] = {b: [] for b in runners}
+        lat: dict[str, list[float]] = {b: [] for b in runners}
+        gemm_times: list[float] = []
+        cpu = torch.device("cpu")
+        for i in range(repeats):
+            say(f"round {i + 1}/{repeats}")
+            gemm_times.append(_time(gemm, cpu))
+            for b, r in runners.items():  # round-robin: every backend sees the same machine state
+                times[b].append(_time(lambda r=r: r(x), cpu))
+            if latency:
+                for _ in range(3):
+                    for b, r in runners.items():
+                        lat[b].append(_time(lambda r=r: r(x1), cpu))
+
+        results = []
+        for b, r in runners.items():
+            res = {
+                "backend": b,
+                "precision": r.precision,
+                "images_per_s": statistics.median(batch_size / t for t in times[b]),
+                "images_per_s_rounds": [batch_size / t for t in times[b]],
+                "latency_ms": statistics.median(lat[b]) * 1e3 if latency else None,
+                "speedup_vs_torch": statistics.median(t0 / t for t0, t in zip(times["torch"], times[b])),
+                "latency_speedup_vs_torch": (
+                    statistics.median(t0 / t for t0, t in zip(lat["torch"], lat[b])) if latency else None
+                ),
+                "max_rel_diff_vs_torch": diffs[b],
+            }
+            results.append(res)
+        runners.clear()  # release the sessions before the temporary files go
+
+    features = cpu_features()
+    if any(b.startswith("openvino-int8") for b in chosen) and not cpu_has_int8_dot():
+        notes.append("no VNNI/AMX on this CPU: int8 runs without int8 dot-product instructions")
+    if "torch-bf16" in chosen and not cpu_has_native_bf16():
+        notes.append("no native bf16 on this CPU: bf16 is emulated (slower than fp32)")
+    return {
+        "mode": "backends",
+        "model": arch,
+        "weights": source,
+        "batch_size": batch_size,
+        "img_size": size,
+        "device_name": _device_name(torch.device("cpu")),
+        "cpu_features": features,
+        "cpu_features_line": cpu_features_line(),
+        "threads": torch.get_num_threads(),
+        "versions": _runtime_versions(chosen),
+        "repeats": repeats,
+        "matmul_peak_gflops": gemm_flops / statistics.median(gemm_times) / 1e9,
+        "results": results,
+        "notes": notes,
+    }
+
+
+def format_backend_report(report: dict[str, Any]) -> str:
+    """The human table: one row per backend, ratios against our fp32 PyTorch."""
+    r = report
+    versions = ", ".join(f"{k} {v}" for k, v in r["versions"].items())
+    lines = [
+        f"{r['model']} ({r['weights']}), batch {r['batch_size']}, {r['img_size']}px, {r['device_name']}, "
+        f"{r['threads']} threads; {versions}",
+        f"CPU: {r['cpu_features_line']}; fp32 matmul peak {r['matmul_peak_gflops']:.0f} GFLOP/s; "
+        f"median of {r['repeats']} interleaved rounds",
+        f"{'backend':<15}{'images/s':>10}{'batch-1 ms':>12}{'x torch':>9}{'lat x':>7}{'rel diff':>10}"
+        "  ran as",
+    ]
+    for res in r["results"]:
+        lat = f"{res['latency_ms']:.1f}" if res["latency_ms"] is not None else "-"
+        lsp = f"{res['latency_speedup_vs_torch']:.2f}" if res["latency_speedup_vs_torch"] is not None else "-"
+        lines.append(
+            f"{res['backend']:<15}{res['images_per_s']:>10.2f}{lat:>12}{res['speedup_vs_torch']:>9.2f}"
+            f"{lsp:>7}{res['max_rel_diff_vs_torch']:>10.1e}  {res['precision']}"
+        )
+    lines.append(
+        "'x torch' = median over rounds of (torch time / backend time), torch = our fused fp32 PyTorch; "
+        "'lat x' the same at batch 1; 'rel diff' = max |logits - plain fp32 PyTorch| / max |logits|."
+    )
+    lines += [f"note: {n}" for n in r["notes"]]
+    return "\n".join(lines)

@@ -1,10 +1,16 @@
-"""``convnext benchmark``: images/s, batch-1 latency and memory, ours against timm and torchvision."""
+"""``convnext benchmark``: images/s, batch-1 latency and memory, ours against timm and torchvision; with
+``--backend``, the same weights in PyTorch, onnxruntime and OpenVINO (fp32, bf16, int8)."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+
+from ..errors import UserError
+
+# convnext.benchmark.BACKENDS, spelled here so that `--help` needs no torch
+BACKENDS = ("torch", "torch-bf16", "onnxruntime", "openvino", "openvino-bf16", "openvino-int8")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -13,9 +19,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="time a ConvNeXt (inference or a training step), optionally against timm/torchvision",
         description="Times a model interleaved with its peers in one process and reports medians and ratios.",
     )
-    p.add_argument("--model", default="convnext_tiny", help="architecture name (see `convnext models`)")
+    p.add_argument(
+        "--model", help="architecture name (see `convnext models`; default convnext_tiny, or the --weights')"
+    )
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--img-size", type=int, default=224)
+    p.add_argument("--img-size", type=int, help="input resolution (default 224, or the --weights')")
     p.add_argument("--mode", choices=["infer", "train"], default="infer", help="train: fwd+bwd+AdamW")
     p.add_argument("--channels-last", action="store_true", help="models and input in channels_last")
     p.add_argument("--compile", action="store_true", help="torch.compile every model first")
@@ -32,17 +40,54 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="time every contestant with glibc malloc tuned as `convnext train` runs on CPU (after memory)",
     )
+    p.add_argument(
+        "--backend",
+        metavar="LIST",
+        help=f"time deployment backends instead, comma-separated: {','.join(BACKENDS)} (torch is the "
+        "reference: our fused fp32 PyTorch)",
+    )
+    p.add_argument(
+        "--weights", metavar="SRC", help="with --backend: weights (file, tag, run folder; default: random)"
+    )
+    p.add_argument(
+        "--calibration",
+        metavar="DIR",
+        help="with --backend openvino-int8: calibration images (default: the run's data, else random)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..benchmark import format_report, run_benchmark
+    from ..benchmark import format_backend_report, format_report, run_backend_benchmark, run_benchmark
 
+    say = lambda msg: print(f"[benchmark] {msg}", file=sys.stderr, flush=True)  # noqa: E731
+    if args.backend:
+        flags = {"--compare": args.compare, "--amp": args.amp, "--compile": args.compile}
+        flags.update({"--channels-last": args.channels_last, "--no-fuse": args.no_fuse})
+        flags.update({"--mode train": args.mode != "infer", "--device": args.device != "cpu"})
+        clash = [f for f, v in flags.items() if v]
+        if clash:
+            raise UserError(f"--backend times CPU inference as each backend runs it; drop {', '.join(clash)}")
+        report = run_backend_benchmark(
+            args.model,
+            weights=args.weights,
+            backends=args.backend,
+            batch_size=args.batch_size,
+            img_size=args.img_size,
+            repeats=args.repeats,
+            warmup=args.warmup,
+            calibration=args.calibration,
+            progress=say,
+        )
+        print(json.dumps(report) if args.json else format_backend_report(report))
+        return 0
+    if args.weights or args.calibration:
+        raise UserError("--weights and --calibration go with --backend")
     report = run_benchmark(
-        args.model,
+        args.model or "convnext_tiny",
         batch_size=args.batch_size,
-        img_size=args.img_size,
+        img_size=args.img_size or 224,
         mode=args.mode,
         channels_last=args.channels_last,
         compile=args.compile,
@@ -53,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
         warmup=args.warmup,
         fuse=not args.no_fuse,
         tuned_malloc=args.tuned_malloc,
-        progress=lambda msg: print(f"[benchmark] {msg}", file=sys.stderr, flush=True),
+        progress=say,
     )
     print(json.dumps(report) if args.json else format_report(report))
     return 0

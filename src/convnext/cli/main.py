@@ -18,7 +18,11 @@ from collections.abc import Sequence
 from ..errors import UserError
 
 # verb -> module in convnext.cli; each module has ``register(subparsers)`` which sets ``func``.
-VERBS = ("models", "convert", "prepare", "train", "evaluate", "predict", "benchmark", "recipes", "serve")
+# fmt: off
+VERBS = (
+    "models", "convert", "prepare", "train", "evaluate", "predict", "benchmark", "recipes", "serve", "export",
+)
+# fmt: on
 
 # torchvision 0.29 deprecates its image decoders in favour of TorchCodec (not a dependency): libjpeg-turbo via
 # torchvision.io is still the fastest decoder we have. Filtered for the command line's own process only; a

@@ -27,8 +27,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--weights",
         metavar="SRC",
-        help="checkpoint file, URL, weights tag (convnext_tiny.fb_in1k), HF folder or training run folder "
-        "(default: the tag in --model, e.g. --model convnext_tiny.fb_in1k, or the arch's default weights)",
+        help="checkpoint file, URL, weights tag (convnext_tiny.fb_in1k), HF folder, training run folder or "
+        "exported model (.onnx, .xml, .pt2; see `convnext export`) (default: the tag in --model, e.g. "
+        "--model convnext_tiny.fb_in1k, or the arch's default weights)",
     )
     p.add_argument("--model", metavar="ARCH", help="architecture (default: from the checkpoint)")
     p.add_argument("--ema", action="store_true", help="use the EMA weights of a training checkpoint")
@@ -108,6 +109,13 @@ def run(args: argparse.Namespace) -> int:
             raise UserError(
                 f"{loaded.checkpoint} has a {loaded.num_classes}-class head but class list {args.classes} "
                 f"has {len(names)} classes"
+            )
+    runner = getattr(loaded.model, "runner", None)  # an exported file (inference/backends.py)
+    if runner is not None:
+        if args.cam:
+            raise UserError(
+                f"--cam needs PyTorch weights (Grad-CAM takes gradients); {loaded.checkpoint} is an exported "
+                f"{runner.backend} file"
             )
     shown = display_names(names, loaded.num_classes)
     if args.max_pixels is not None:

@@ -68,6 +68,10 @@ def load_for_inference(
     weights' own preset (registry release, by tag, URL or file name; torchvision's preset for
     torchvision-layout weights), else 224 / 0.875 / bicubic / ImageNet mean-std.
     """
+    if str(weights).lower().endswith((".onnx", ".xml", ".pt2")):  # exported: onnxruntime / OpenVINO / pt2
+        from .backends import load_exported
+
+        return load_exported(str(weights), img_size=img_size, crop_pct=crop_pct)
     from ..models import build_model, get_variant
     from ..weights.load import load_checkpoint, prepare, read_checkpoint
     from ..weights.presets import to_data_config

@@ -1,0 +1,174 @@
+"""``convnext export --weights SRC --format onnx|openvino|pt2 [--precision fp32|bf16|int8] --out PATH``.
+
+Writes the file, runs it in its runtime against PyTorch (a file off by more than 1e-5 relative is deleted
+and the command fails), and prints what was written, how close it is and what it runs as on this CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from ..errors import UserError
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "export",
+        help="export to ONNX, OpenVINO IR (fp32/bf16/int8) or torch.export .pt2, verified against PyTorch",
+        description="Export a checkpoint, weights tag or training run for deployment; the file is run "
+        "against PyTorch right after writing and carries the model's classes and preprocessing.",
+    )
+    p.add_argument(
+        "--weights",
+        metavar="SRC",
+        help="checkpoint file, URL, weights tag (convnext_tiny.fb_in1k), HF folder or training run folder "
+        "(default: the tag in --model)",
+    )
+    p.add_argument("--model", metavar="ARCH", help="architecture (default: from the checkpoint)")
+    p.add_argument(
+        "--format",
+        choices=("onnx", "openvino", "pt2"),
+        help="onnx (onnxruntime), openvino (.xml + .bin IR) or pt2 (torch.export); default: from --out",
+    )
+    p.add_argument(
+        "--precision",
+        choices=("fp32", "bf16", "int8"),
+        default="fp32",
+        help="fp32 (every format); bf16 and int8 (NNCF post-training quantization): --format openvino",
+    )
+    p.add_argument(
+        "--calibration",
+        metavar="DIR",
+        help="int8: a folder of typical images (or a run folder); default: the run's own training data",
+    )
+    p.add_argument("--calibration-size", type=int, default=300, help="int8: calibration images (default 300)")
+    p.add_argument(
+        "--int8-float",
+        metavar="PARTS",
+        default="",
+        help="int8: keep these in float, comma-separated: dwconv (depthwise convs), stem, head (default: "
+        "none; LayerNorm, GELU and the residual adds are always float)",
+    )
+    p.add_argument(
+        "--img-size", type=int, help="input resolution baked into the graph (default: the weights')"
+    )
+    p.add_argument("--ema", action="store_true", help="export the EMA weights of a training checkpoint")
+    p.add_argument("--opset", type=int, default=20, help="ONNX opset (>= 18; default 20)")
+    p.add_argument("--out", metavar="PATH", required=True, help="output file: .onnx, .xml or .pt2")
+    p.add_argument("--force", action="store_true", help="replace an existing output")
+    p.add_argument(
+        "--json",
+        nargs="?",
+        const="-",
+        type=_json_target,
+        metavar="FILE",
+        help="the report as JSON: on stdout instead of the text (--json or --json -), or written to FILE "
+        "(.json) with the text kept",
+    )
+    p.set_defaults(func=run)
+
+
+def _json_target(value: str) -> str:
+    # main's cli/common.add_json semantics (a .json/.jsonl name, or - for stdout); use it once merged
+    if value == "-" or value.lower().endswith((".json", ".jsonl")):
+        return value
+    raise argparse.ArgumentTypeError(f"{value!r} is not a .json file name; write --json - for stdout")
+
+
+def report(res: Any) -> dict[str, Any]:
+    """The export's report as plain data (what --json prints)."""
+    import json
+
+    return {
+        "path": str(res.path),
+        "files": [str(f) for f in res.files],
+        "size_bytes": res.size_bytes,
+        "format": res.format,
+        "precision": res.precision,
+        "runs_as": res.runs_as,
+        "max_rel_diff_vs_pytorch": res.max_rel_diff,
+        "verified_batches": [1, 3],
+        "agreement_top1": res.agreement,
+        "calibration": None
+        if res.calibration is None
+        else {
+            "images": len(res.calibration.images),
+            "source": res.calibration.source,
+            "skipped": [{"file": p, "why": w} for p, w in res.calibration.skipped],
+        },
+        "seconds": res.seconds,
+        "notes": res.notes,
+        "metadata": json.loads(res.meta.to_json()),
+    }
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n / 1024:.0f} KiB"
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..device import cpu_features_line
+    from ..export import export_model
+    from .predict import weights_source
+
+    if args.img_size is not None and args.img_size < 32:
+        raise UserError(f"--img-size must be at least 32, got {args.img_size}")
+    res = export_model(
+        weights_source(args.weights, args.model),
+        out=args.out,
+        fmt=args.format,
+        precision=args.precision,
+        calibration=args.calibration,
+        calibration_size=args.calibration_size,
+        img_size=args.img_size,
+        model_name=args.model,
+        ema=args.ema,
+        force=args.force,
+        opset=args.opset,
+        int8_float=tuple(p.strip() for p in args.int8_float.split(",") if p.strip()),
+        progress=lambda msg: print(f"[export] {msg}", file=sys.stderr, flush=True),
+    )
+    if args.json is not None:
+        import json
+
+        text = json.dumps(report(res), indent=2 if args.json != "-" else None)
+        if args.json == "-":
+            print(text)
+            return 0
+        from pathlib import Path
+
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(text + "\n")
+    m = res.meta
+    d = m.data
+    names = m.class_names or []
+    shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+    files = " + ".join(f.name for f in res.files)
+    print(
+        f"exported   {m.arch} ({m.source}) -> {res.path} ({files}, {_size(res.size_bytes)}) "
+        f"in {res.seconds:.0f} s"
+    )
+    print(f"format     {res.format} {res.precision}, dynamic batch, {d.img_size}x{d.img_size} input 'input'")
+    if res.max_rel_diff is not None:
+        where = {"onnx": "onnxruntime", "openvino": "OpenVINO (fp32 graph)", "pt2": "torch.export"}[
+            res.format
+        ]
+        print(
+            f"verified   {where} vs PyTorch at batch 1 and 3: max relative difference {res.max_rel_diff:.1e}"
+        )
+    if res.agreement is not None:
+        n = len(res.calibration.images) if res.calibration is not None else 8
+        print(f"agreement  {res.precision} top-1 equals fp32 on {100 * res.agreement:.1f}% of {n} images")
+    if res.calibration is not None:
+        print(f"calibrated {res.calibration.source}; {len(res.calibration.skipped)} unreadable skipped")
+    print(f"runs as    {res.runs_as} on this CPU ({cpu_features_line()})")
+    print(
+        f"metadata   {m.num_classes} classes{f' ({shown})' if names else ''}; {d.img_size} px, "
+        f"crop {d.crop_pct}, {d.interpolation}, mean {list(d.mean)}, std {list(d.std)}"
+        + (f"; dataset {d.dataset} ({d.root or 'built in'})" if m.has_dataset else "")
+    )
+    for n in res.notes:
+        print(f"note       {n}")
+    return 0
