@@ -31,8 +31,11 @@ def main() -> None:
     p.add_argument("--dims", type=int, nargs="+", default=[96, 192, 384, 768])
     p.add_argument("--rows", type=int, nargs="+", default=ROWS)
     p.add_argument("--rounds", type=int, default=7)
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--max-elements", type=float, default=5e6, help="skip shapes above rows x C")
     args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     cm.MIN_ROWS_TRAIN = cm.MIN_ROWS_INFER = 0  # the fast block always chunks; the plain one never does
     torch.manual_seed(0)
     print(f"mode {args.mode}, {torch.get_num_threads()} threads; ratio = plain time / chunked time")

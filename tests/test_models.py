@@ -277,14 +277,19 @@ def test_inference_weights_follow_every_change_of_the_parameters(always_chunked:
 
 
 def test_each_call_takes_the_chunked_path_only_where_it_is_faster() -> None:
-    # Block inputs of ConvNeXt-T at 224 px: stage 1 is (N, 96, 56, 56), stage 4 (N, 768, 7, 7).
-    stage1, stage4 = (96, 56, 56), (768, 7, 7)
-    with torch.no_grad():
-        assert not use_chunked_mlp(torch.empty(1, *stage1)) and not use_chunked_mlp(torch.empty(1, *stage4))
-        assert use_chunked_mlp(torch.empty(32, *stage1)) and use_chunked_mlp(torch.empty(32, *stage4))
-        assert use_chunked_mlp(torch.empty(1, 96, 128, 128))  # batch 1 at 512 px: stage 1 has the rows
-    assert not use_chunked_mlp(torch.empty(1, *stage1))
-    assert use_chunked_mlp(torch.empty(32, *stage1)) and use_chunked_mlp(torch.empty(32, *stage4))
+    # Block inputs of ConvNeXt-T at 224 px: stage 1 is (N, 96, 56, 56), stage 3 (N, 384, 14, 14), stage 4
+    # (N, 768, 7, 7): batch 1 runs the plain ops everywhere, batch 32 chunks its big stages.
+    stage1, stage3, stage4 = (96, 56, 56), (384, 14, 14), (768, 7, 7)
+    for grad in (False, True):
+        with torch.set_grad_enabled(grad):
+            assert not any(use_chunked_mlp(torch.empty(1, *s)) for s in (stage1, stage3, stage4))
+            assert use_chunked_mlp(torch.empty(32, *stage1)) and use_chunked_mlp(torch.empty(32, *stage3))
+            assert not use_chunked_mlp(torch.empty(32, *stage4))  # 1568 rows: level, so the plain ops
+            assert use_chunked_mlp(torch.empty(1, 96, 128, 128))  # batch 1 at 512 px: stage 1 has the rows
+    with torch.no_grad():  # training pays per-call weight transposes: it needs more rows
+        assert use_chunked_mlp(torch.empty(2, 384, 80, 32)) and not use_chunked_mlp(
+            torch.empty(2, 384, 80, 32), grad=True
+        )
     big = torch.empty(32, *stage1)
     assert not use_chunked_mlp(big.double()) and not use_chunked_mlp(big.bfloat16())
     assert not use_chunked_mlp(torch.empty(32, *stage1, device="meta"))

@@ -41,10 +41,12 @@ from .convnext import Block
 # enough that the hidden chunk stays in cache between the two GEMMs. Measured: BENCHMARKS.md.
 CHUNK_ELEMENTS = 16384 * 384
 
-# Fewest rows (N*H*W pixels of a block's input) for which the chunked path is taken; below, the plain ops are
-# as fast (one chunk is the plain GEMMs plus the weight transposes). Measured per shape: BENCHMARKS.md.
-MIN_ROWS_TRAIN = 4096
-MIN_ROWS_INFER = 1024
+# Fewest rows (N*H*W pixels of a block's input) for which the chunked path is taken. Below, it gains nothing
+# measurable and can lose: a call's fixed Python cost, and in training the per-call weight transposes and the
+# autograd.Function, weigh against a few MB of activations (measured per width and rows with
+# benchmarks/block_paths.py: BENCHMARKS.md, "Per-shape rule"). Batch 1 at 224 px runs the plain ops.
+MIN_ROWS_TRAIN = 6144
+MIN_ROWS_INFER = 4096
 
 
 def chunk_rows(hidden: int) -> int:
