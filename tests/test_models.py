@@ -417,6 +417,18 @@ def test_every_family_has_the_timm_interface(family: str) -> None:
     assert model.feature_info.module_name()[0] in ("stages.0", "blocks.0")
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+def test_forward_calls_the_trunk_modules_that_hooks_target(family: str) -> None:
+    # Grad-CAM hooks the last stage (hierarchical) or the block stack (isotropic).
+    model = FAMILIES[family]().eval()
+    target = model.stages[-1] if hasattr(model, "stages") else model.blocks
+    seen: list[torch.Size] = []
+    target.register_forward_hook(lambda _m, _i, out: seen.append(out.shape))
+    with torch.no_grad():
+        model(torch.randn(1, 3, 64, 64))
+    assert len(seen) == 1
+
+
 def test_hierarchical_feature_info_and_out_indices() -> None:
     torch.manual_seed(0)
     classifier = create_model("convnext_atto")

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
-from .base import ConvNeXtBase, drop_path_rates
+from .base import ConvNeXtBase, drop_path_rates, to_channels_last
 from .convnext import Block
 
 
@@ -44,3 +44,7 @@ class ConvNeXtIsotropic(ConvNeXtBase):
 
     def _tap(self, i: int, x: Tensor) -> Tensor:
         return self._blocks(self.blocks[i], self.stem(x) if i == 0 else x)
+
+    def _features(self, x: Tensor) -> Tensor:
+        # The stack as one module call, so that hooks on ``blocks`` (Grad-CAM's target layer) see it.
+        return self._blocks(self.blocks, self.stem(to_channels_last(x)))
