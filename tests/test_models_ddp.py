@@ -57,3 +57,24 @@ def test_two_process_gloo_prints_no_grad_stride_warning(tmp_path: Path) -> None:
     assert r.returncode == 0, out[-3000:]
     assert "rank 0 ok" in out and "rank 1 ok" in out
     assert "Grad strides do not match" not in out
+
+
+def test_state_dict_still_saves_as_safetensors_and_loads_back(tmp_path: Path) -> None:
+    # safetensors refuses non-contiguous tensors; the dwconv weight's strides differ from the default ones
+    # only on its size-1 axis, so it still counts as contiguous (and is the same bytes).
+    from safetensors.torch import load_file, save_file
+
+    from convnext.cli.main import main
+
+    torch.manual_seed(0)
+    model = create_model("convnext_atto", num_classes=4)
+    w = model.stages[0][0].dwconv.weight
+    assert w.stride() == (49, 1, 7, 1) and w.is_contiguous()
+    save_file(model.state_dict(), tmp_path / "direct.safetensors")
+    torch.save({"model": model.state_dict()}, tmp_path / "ckpt.pth")
+    assert main(["convert", str(tmp_path / "ckpt.pth"), str(tmp_path / "converted.safetensors")]) == 0
+    for name in ("direct", "converted"):
+        loaded = create_model("convnext_atto", pretrained=str(tmp_path / f"{name}.safetensors"))
+        assert all(torch.equal(v, model.state_dict()[k]) for k, v in loaded.state_dict().items())
+        assert load_file(tmp_path / f"{name}.safetensors").keys() == model.state_dict().keys()
+        assert loaded.stages[0][0].dwconv.weight.stride() == (49, 1, 7, 1)  # load_state_dict copies in place
