@@ -206,6 +206,19 @@ def test_chunked_block_equals_the_plain_ops_in_output_and_every_gradient(
         assert (fast(x) - plain_out).abs().max() <= 1e-5 * plain_out.abs().max()
 
 
+def test_a_partly_frozen_block_trains_what_is_left(always_chunked: None) -> None:
+    torch.manual_seed(0)
+    plain = Block(16, layer_scale_init_value=0.5)
+    fast = set_chunked_mlp(copy.deepcopy(plain), True)
+    x = torch.randn(2, 16, 8, 8)
+    grads = []
+    for block in (plain, fast):
+        block.requires_grad_(False).dwconv.requires_grad_(True)  # e.g. an MLP frozen for fine-tuning
+        block(x).square().sum().backward()
+        grads.append(block.dwconv.weight.grad)
+    assert (grads[0] - grads[1]).abs().max() <= 1e-5 * grads[0].abs().max()
+
+
 def test_chunked_mlp_saves_about_half_the_activations(always_chunked: None) -> None:
     saved: list[int] = []
 

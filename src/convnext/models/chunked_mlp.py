@@ -192,8 +192,9 @@ class ChunkedBlock(Block):
     rows_per_chunk: int | None = None  # None: CHUNK_ELEMENTS // hidden
 
     def forward(self, x: Tensor) -> Tensor:
-        params = (self.norm.weight, self.pwconv1.weight, self.pwconv2.weight)
-        grad = torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in params))
+        grad = torch.is_grad_enabled() and (
+            x.requires_grad or any(p.requires_grad for p in self.parameters())
+        )
         if not use_chunked_mlp(x, grad):
             return super().forward(x)
         n, c, h, w = x.shape
