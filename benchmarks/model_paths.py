@@ -90,7 +90,12 @@ def main() -> None:
             else:
                 opt = torch.optim.AdamW(m.parameters(), lr=1e-6, fused=True)
 
-                def step(m: nn.Module = m, opt: torch.optim.Optimizer = opt, x=x, y=y) -> None:  # noqa: ANN001
+                def step(
+                    m: nn.Module = m,
+                    opt: torch.optim.Optimizer = opt,
+                    x: torch.Tensor = x,
+                    y: torch.Tensor = y,
+                ) -> None:
                     loss = F.cross_entropy(m(x), y)
                     opt.zero_grad(set_to_none=True)
                     loss.backward()

@@ -13,6 +13,6 @@ from .layers import GRN
 __all__ = ["GRN", "BlockV2"]
 
 
-def BlockV2(dim: int, drop_path: float = 0.0) -> Block:  # noqa: N802 (the class name it replaced)
+def BlockV2(dim: int, drop_path: float = 0.0) -> Block:  # named like the class it replaced
     """The V2 block: kept for code that built ``BlockV2(dim)``; it is the one ``Block`` with GRN."""
     return Block(dim, drop_path, layer_scale_init_value=None, use_grn=True)
