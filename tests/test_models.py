@@ -2,16 +2,27 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import time
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from convnext import create_model
 from convnext.cli.main import main
-from convnext.models import Block, chunked_mlp, list_models
+from convnext.models import (
+    Block,
+    ChunkedBlock,
+    FusedBlock,
+    build_model,
+    chunked_mlp,
+    fuse_for_inference,
+    list_models,
+)
 from convnext.models.chunked_mlp import set_chunked_mlp, use_chunked_mlp
 from convnext.models.profile import model_stats
 
@@ -107,20 +118,127 @@ def test_reset_classifier_and_pre_logits() -> None:
         assert torch.allclose(model(x), emb)
 
 
-def test_features_only_gives_four_normed_stages() -> None:
+@pytest.fixture
+def always_chunked(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fast blocks chunk at any size, in 256-row chunks (several, and a ragged last one)."""
+    monkeypatch.setattr(chunked_mlp, "MIN_ROWS_TRAIN", 0)
+    monkeypatch.setattr(chunked_mlp, "MIN_ROWS_INFER", 0)
+    monkeypatch.setattr(chunked_mlp, "CHUNK_ELEMENTS", 1)
+
+
+@torch.no_grad()
+def _randomise(model: nn.Module, layer_scale: float | None = 1.0) -> nn.Module:
+    """Layer scale 1 (at 1e-6 a dropped op hides in the rounding) and biases far from zero."""
+    for name, p in model.named_parameters():
+        if name.endswith("gamma") and p.ndim == 1:
+            p.fill_(layer_scale) if layer_scale is not None else p.uniform_(-1, 1)
+        elif name.endswith(("bias", "beta", "grn.gamma")):
+            p.uniform_(-0.5, 0.5)
+    return model
+
+
+def _blocks(model: nn.Module) -> set[type]:
+    return {type(m) for m in model.modules() if isinstance(m, Block)}
+
+
+# ----------------------------------------------------------------------------- one block, module swaps
+
+
+def test_one_block_serves_v1_and_v2() -> None:
+    v1, v2 = create_model("convnext_atto").stages[0][0], create_model("convnextv2_atto").stages[0][0]
+    assert isinstance(v1.grn, nn.Identity) and v1.gamma is not None
+    assert type(v2) is Block and v2.gamma is None and v2.grn.gamma.shape == (1, 1, 1, 160)
+    # timm's convention: layer scale is an option of any block, V2's included
+    assert create_model("convnextv2_atto", layer_scale_init_value=1e-6).stages[0][0].gamma is not None
+
+
+def test_default_model_is_the_reference_with_fast_blocks_swapped_in() -> None:
+    ref = build_model("convnext_atto", chunked_mlp=False)
+    fast = build_model("convnext_atto")
+    assert _blocks(ref) == {Block} and _blocks(fast) == {ChunkedBlock}
+    assert _blocks(create_model("convnext_atto", chunked_mlp=False)) == {Block}
+    assert _blocks(create_model("convnextv2_atto")) == {Block}  # GRN needs the whole map: never chunked
+    assert _blocks(create_model("convnext_isotropic_small")) == {ChunkedBlock}
+    assert list(ref.state_dict()) == list(fast.state_dict())
+    # The swap keeps the block objects and their parameters: an optimizer built before still holds them.
+    params = list(fast.parameters())
+    assert set_chunked_mlp(fast, False) is fast and _blocks(fast) == {Block}
+    assert all(a is b for a, b in zip(params, fast.parameters(), strict=True))
+    assert _blocks(set_chunked_mlp(fast, True)) == {ChunkedBlock}
+
+
+def _block_out_and_grads(block: Block, x: torch.Tensor, g: torch.Tensor) -> list[torch.Tensor]:
+    block.zero_grad(set_to_none=True)
+    x = x.detach().requires_grad_()
+    out = block(x)
+    out.backward(g)
+    return [out.detach(), x.grad] + [p.grad for p in block.parameters()]
+
+
+@pytest.mark.parametrize("layer_scale", [0.5, 0.0])
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_chunked_block_equals_the_plain_ops_in_output_and_every_gradient(
+    layer_scale: float, channels_last: bool, always_chunked: None
+) -> None:
     torch.manual_seed(0)
-    backbone = create_model("convnext_atto", features_only=True).eval()
-    assert not hasattr(backbone, "head")
-    x = torch.randn(1, 3, 64, 64)
+    plain = Block(24, drop_path=0.3, layer_scale_init_value=layer_scale)
     with torch.no_grad():
-        feats = backbone(x)
-        shapes = [(1, 40, 16, 16), (1, 80, 8, 8), (1, 160, 4, 4), (1, 320, 2, 2)]  # strides 4, 8, 16, 32
-        assert [tuple(f.shape) for f in feats] == shapes
-        h = x
-        for i in range(4):
-            h = backbone.stages[i](backbone.downsample_layers[i](h))
-            assert torch.allclose(feats[i], getattr(backbone, f"norm{i}")(h), atol=1e-6)
-    assert {"norm0.weight", "norm3.bias"} <= set(backbone.state_dict())
+        for p in plain.parameters():
+            p.add_(torch.randn_like(p) * 0.2)  # non-trivial LN affine, biases and layer scale
+    fast = set_chunked_mlp(copy.deepcopy(plain), True)
+    x = torch.randn(7, 24, 10, 10)  # 700 rows: chunks of 256, 256, 188
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    g = torch.randn(7, 10, 10, 24).permute(0, 3, 1, 2)  # upstream grad in the other memory format
+    plain.eval(), fast.eval()
+    ref, got = _block_out_and_grads(plain, x, g), _block_out_and_grads(fast, x, g)
+    names = ["output", "input"] + [n for n, _ in plain.named_parameters()]
+    for name, a, b in zip(names, ref, got, strict=True):
+        assert (a - b).abs().max() <= 1e-5 * a.abs().max(), name
+    with torch.no_grad():
+        plain_out = plain(x)
+        assert (fast(x) - plain_out).abs().max() <= 1e-5 * plain_out.abs().max()
+        # no_grad in train mode: the branch, then stochastic depth, with the same random draws
+        plain.train(), fast.train()
+        torch.manual_seed(3)
+        plain_out = plain(x)
+        torch.manual_seed(3)
+        assert (fast(x) - plain_out).abs().max() <= 1e-5 * plain_out.abs().max()
+
+
+def test_a_partly_frozen_block_trains_what_is_left(always_chunked: None) -> None:
+    torch.manual_seed(0)
+    plain = Block(16, layer_scale_init_value=0.5)
+    fast = set_chunked_mlp(copy.deepcopy(plain), True)
+    x = torch.randn(2, 16, 8, 8)
+    grads = []
+    for block in (plain, fast):
+        block.requires_grad_(False).dwconv.requires_grad_(True)  # e.g. an MLP frozen for fine-tuning
+        block(x).square().sum().backward()
+        grads.append(block.dwconv.weight.grad)
+    assert (grads[0] - grads[1]).abs().max() <= 1e-5 * grads[0].abs().max()
+
+
+def test_chunked_mlp_saves_about_half_the_activations(always_chunked: None) -> None:
+    saved: list[int] = []
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        if t.numel() > 10_000:  # activations, not weights
+            saved.append(t.numel())
+        return t
+
+    block = Block(32)
+    x = torch.randn(4, 32, 28, 28).contiguous(memory_format=torch.channels_last)
+    sizes = {}
+    for chunked in (False, True):
+        saved.clear()
+        set_chunked_mlp(block, chunked)
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            block(x.requires_grad_())
+        sizes[chunked] = sum(saved)
+    # In units of (pixels x C). Plain: dwconv input, LN input, LN output, hidden, GELU(hidden), projection:
+    # 1+1+1+4+4+1. Chunked: dwconv input, LN input, hidden: 1+1+4.
+    assert sizes[True] / sizes[False] == pytest.approx(6 / 12)
 
 
 def _loss_and_grads(model: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -130,87 +248,129 @@ def _loss_and_grads(model: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tens
     return out.detach(), [p.grad.clone() for p in model.parameters()]
 
 
-def test_gradient_checkpointing_changes_nothing_but_memory() -> None:
+def test_training_step_is_the_same_with_and_without_chunked_mlp(always_chunked: None) -> None:
     torch.manual_seed(0)
-    model = create_model("convnext_atto").train()
-    x = torch.randn(2, 3, 32, 32)
-    out_a, grads_a = _loss_and_grads(model, x)
-    model.set_grad_checkpointing(True)
-    out_b, grads_b = _loss_and_grads(model, x)
-    model.set_grad_checkpointing(False)
-    assert torch.equal(out_a, out_b)
-    assert all(torch.allclose(a, b, atol=1e-7) for a, b in zip(grads_a, grads_b))
-
-
-def test_channels_last_gives_equal_outputs() -> None:
-    torch.manual_seed(0)
-    model = create_model("convnext_atto").eval()
+    model = _randomise(create_model("convnext_atto", drop_path_rate=0.1), layer_scale=None).train()
     x = torch.randn(2, 3, 64, 64)
+    set_chunked_mlp(model, False)
+    torch.manual_seed(1)
+    ref_out, ref_grads = _loss_and_grads(model, x)
+    set_chunked_mlp(model, True)
+    torch.manual_seed(1)  # same stochastic-depth draws
+    out, grads = _loss_and_grads(model, x)
+    assert (out - ref_out).abs().max() <= 1e-5 * ref_out.abs().max()
+    for a, b in zip(ref_grads, grads, strict=True):
+        assert (a - b).abs().max() <= 1e-5 * max(a.abs().max().item(), 1e-12)
+
+
+def test_inference_weights_follow_every_change_of_the_parameters(always_chunked: None) -> None:
+    torch.manual_seed(0)
+    fast = _randomise(create_model("convnext_atto")).eval()
+    ref = create_model("convnext_atto", chunked_mlp=False).eval()
+    x = torch.randn(2, 3, 64, 64)
+
+    def same() -> bool:
+        ref.load_state_dict(fast.state_dict())
+        with torch.no_grad():
+            want = ref(x)
+            return bool((fast(x) - want).abs().max() <= 1e-5 * want.abs().max())
+
+    assert same()  # builds the cached folded weights
+    fast.load_state_dict(_randomise(create_model("convnext_atto"), layer_scale=None).state_dict())
+    assert same()
     with torch.no_grad():
-        ref = model(x)
-        model = model.to(memory_format=torch.channels_last)
-        out = model(x.contiguous(memory_format=torch.channels_last))
-    assert (out - ref).abs().max() <= 1e-5
+        fast.stages[0][0].gamma.mul_(-2)  # in place: the version counter moves
+        fast.stages[1][0].pwconv2.bias.add_(1)
+    assert same()
+    fast.stages[2][0].pwconv1.weight = nn.Parameter(torch.randn_like(fast.stages[2][0].pwconv1.weight))
+    assert same()
 
 
-def test_init_is_the_official_trunc_normal_002_with_zero_biases() -> None:
-    # The official code calls trunc_normal_(w, std=.02) with the default bounds a=-2, b=2, which are absolute,
-    # not in units of std: at std 0.02 nothing is ever cut, so the weights are N(0, 0.02) (a 590k-sample
-    # weight reaches ~5 std). We keep that, to train exactly like the paper; the bound still holds.
-    torch.manual_seed(0)
-    model = create_model("convnext_tiny")
-    big = model.stages[2][0].pwconv1.weight  # 1536 x 384
-    assert big.std().item() == pytest.approx(0.02, rel=0.02)
-    assert big.mean().abs() <= 1e-3
-    assert 0.04 < big.abs().max() <= 0.02 * 7
-    assert model.head.weight.std().item() == pytest.approx(0.02, rel=0.05)
-    for name, p in model.named_parameters():
-        if name.endswith("bias") and "norm" not in name and not name.startswith("downsample_layers.0.1"):
-            assert not p.any(), name
+# ----------------------------------------------------------------------------- the per-shape rule
 
 
-def test_official_state_dict_names() -> None:
-    v1 = create_model("convnext_atto").state_dict()
-    for key in (
-        "downsample_layers.0.0.weight",
-        "downsample_layers.0.1.weight",
-        "downsample_layers.1.0.weight",
-        "downsample_layers.3.1.bias",
-        "stages.0.0.gamma",
-        "stages.0.0.dwconv.weight",
-        "stages.0.0.norm.weight",
-        "stages.0.0.pwconv1.weight",
-        "stages.3.1.pwconv2.bias",
-        "norm.weight",
-        "head.weight",
-    ):
-        assert key in v1, key
-    v2 = create_model("convnextv2_atto").state_dict()
-    assert v2["stages.0.0.grn.gamma"].shape == (1, 1, 1, 160) and "stages.0.0.grn.beta" in v2
-    assert not any(k.endswith("gamma") and "grn" not in k for k in v2)
-    iso = create_model("convnext_isotropic_small").state_dict()
-    assert {"stem.weight", "blocks.0.dwconv.weight", "blocks.17.pwconv2.weight", "head.bias"} <= set(iso)
+def test_each_call_takes_the_chunked_path_only_where_it_is_faster() -> None:
+    # Block inputs of ConvNeXt-T at 224 px: stage 1 is (N, 96, 56, 56), stage 3 (N, 384, 14, 14), stage 4
+    # (N, 768, 7, 7): batch 1 runs the plain ops everywhere, batch 32 chunks its big stages.
+    stage1, stage3, stage4 = (96, 56, 56), (384, 14, 14), (768, 7, 7)
+    for grad in (False, True):
+        with torch.set_grad_enabled(grad):
+            assert not any(use_chunked_mlp(torch.empty(1, *s)) for s in (stage1, stage3, stage4))
+            assert use_chunked_mlp(torch.empty(32, *stage1)) and use_chunked_mlp(torch.empty(32, *stage3))
+            assert not use_chunked_mlp(torch.empty(32, *stage4))  # 1568 rows: level, so the plain ops
+            assert use_chunked_mlp(torch.empty(1, 96, 128, 128))  # batch 1 at 512 px: stage 1 has the rows
+    with torch.no_grad():  # training pays per-call weight transposes: it needs more rows
+        assert use_chunked_mlp(torch.empty(2, 384, 80, 32)) and not use_chunked_mlp(
+            torch.empty(2, 384, 80, 32), grad=True
+        )
+    big = torch.empty(32, *stage1)
+    assert not use_chunked_mlp(big.double()) and not use_chunked_mlp(big.bfloat16())
+    assert not use_chunked_mlp(torch.empty(32, *stage1, device="meta"))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not use_chunked_mlp(big)
+    with torch.utils.flop_counter.FlopCounterMode(display=False):
+        assert not use_chunked_mlp(big)
 
 
-def test_torch_export_runs_with_equal_outputs() -> None:
-    torch.manual_seed(0)
+def test_the_model_runs_the_path_the_rule_chooses(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[int] = []
+    loop = chunked_mlp.mlp_chunks
+
+    def counting(x: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:
+        calls.append(x.shape[0])
+        return loop(x, *args, **kwargs)
+
+    monkeypatch.setattr(chunked_mlp, "mlp_chunks", counting)
     model = create_model("convnext_atto").eval()
-    x = torch.randn(1, 3, 32, 32)
-    program = torch.export.export(model, (x,))
     with torch.no_grad():
-        assert torch.allclose(program.module()(x), model(x), atol=1e-5)
+        model(torch.randn(1, 3, 224, 224))
+        assert calls == []  # batch 1 at 224: the plain ops in every block
+        model(torch.randn(8, 3, 224, 224))
+    expected = [r for r, d in zip((8 * 3136, 8 * 784, 8 * 196, 8 * 49), model.depths) for _ in range(d)]
+    expected = [r for r in expected if r >= chunked_mlp.MIN_ROWS_INFER]
+    assert calls == expected and calls
+
+
+# ----------------------------------------------------------------------------- graph capture and export
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit.trace.*is deprecated:FutureWarning")
-def test_jit_trace_gives_a_model_that_takes_other_batch_sizes(monkeypatch: pytest.MonkeyPatch) -> None:
-    # 256-row chunks: traced on 512 stage-1 rows, run on 1280. A trace of the chunk loop would keep 2 chunks.
-    monkeypatch.setattr(chunked_mlp, "CHUNK_ELEMENTS", 1)
+@pytest.mark.parametrize("kind", ["default", "fused"])
+def test_traced_and_exported_models_are_the_plain_model(kind: str, always_chunked: None) -> None:
+    # Layer scale 1 and random biases: a dropped dwconv, LN or MLP (the old fused trace) shows in the logits.
     torch.manual_seed(0)
-    model = create_model("convnext_atto").eval()
+    ref = _randomise(create_model("convnext_atto", chunked_mlp=False)).eval()
+    model = fuse_for_inference(ref, chunk_rows=100) if kind == "fused" else create_model("convnext_atto")
+    model.load_state_dict(ref.state_dict())
+    model.eval()
+    x2, x5 = torch.randn(2, 3, 64, 64), torch.randn(5, 3, 64, 64)
     with torch.no_grad():
-        traced = torch.jit.trace(model, torch.randn(2, 3, 64, 64))
-        x = torch.randn(5, 3, 64, 64)
-        assert torch.allclose(traced(x), model(x), atol=1e-5)
+        want = ref(x5)
+        assert (model(x5) - want).abs().max() <= 1e-5 * want.abs().max()  # eager: the chunked path
+        traced = torch.jit.trace(model, x2)
+        assert (traced(x5) - want).abs().max() <= 1e-5 * want.abs().max()
+    batch = torch.export.Dim("batch", min=1, max=64)
+    program = torch.export.export(model, (x2,), dynamic_shapes=({0: batch},))
+    with torch.no_grad():
+        assert (program.module()(x5) - want).abs().max() <= 1e-5 * want.abs().max()
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning", "ignore::UserWarning")
+def test_onnx_export_of_the_fused_model_is_the_plain_model(tmp_path: Path, always_chunked: None) -> None:
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    torch.manual_seed(0)
+    ref = _randomise(create_model("convnext_atto", chunked_mlp=False)).eval()
+    fused = fuse_for_inference(ref, chunk_rows=100)
+    path = tmp_path / "fused.onnx"
+    x2, x5 = torch.randn(2, 3, 64, 64), torch.randn(5, 3, 64, 64)
+    batch = torch.export.Dim("batch", min=1, max=64)
+    torch.onnx.export(fused, (x2,), str(path), dynamo=True, dynamic_shapes=({0: batch},), verbose=False)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (got,) = session.run(None, {session.get_inputs()[0].name: x5.numpy()})
+    with torch.no_grad():
+        want = ref(x5)
+    assert (torch.from_numpy(got) - want).abs().max() <= 1e-5 * want.abs().max()
 
 
 def test_torch_compile_runs_with_equal_outputs() -> None:
@@ -226,84 +386,177 @@ def test_torch_compile_runs_with_equal_outputs() -> None:
     print(f"compile + first call: {time.perf_counter() - start:.1f}s")
 
 
-def _block_out_and_grads(block: Block, x: torch.Tensor, g: torch.Tensor) -> list[torch.Tensor]:
-    block.zero_grad(set_to_none=True)
-    x = x.detach().requires_grad_()
-    out = block(x)
-    out.backward(g)
-    return [out.detach(), x.grad] + [p.grad for p in block.parameters()]
+def test_fused_model_keeps_the_plain_names_and_leaves_the_model_alone() -> None:
+    model = create_model("convnext_atto")
+    fused = fuse_for_inference(model)
+    assert list(fused.state_dict()) == list(model.state_dict())
+    assert _blocks(fused) == {FusedBlock} and _blocks(model) == {ChunkedBlock}
+    assert not any(p.requires_grad for p in fused.parameters()) and not fused.training
+    assert all(p.requires_grad for p in model.parameters())
 
 
-@pytest.mark.parametrize("layer_scale", [0.5, 0.0])
-@pytest.mark.parametrize("channels_last", [True, False])
-def test_chunked_mlp_equals_the_plain_ops_in_output_and_every_gradient(
-    layer_scale: float, channels_last: bool, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # 700 rows in chunks of 256 (the minimum): several chunks and a ragged last one.
-    monkeypatch.setattr(chunked_mlp, "CHUNK_ELEMENTS", 1)
+# ----------------------------------------------------------------------------- one interface, every family
+
+FAMILIES = {  # small members of each family, same code paths
+    "v1": lambda **kw: create_model("convnext_atto", **kw),
+    "v2": lambda **kw: create_model("convnextv2_atto", **kw),
+    "isotropic": lambda **kw: create_model("convnext_isotropic_small", depth=6, dim=32, **kw),
+}
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_every_family_has_the_timm_interface(family: str) -> None:
     torch.manual_seed(0)
-    block = Block(24, layer_scale_init_value=layer_scale)
-    with torch.no_grad():
-        for p in block.parameters():
-            p.add_(torch.randn_like(p) * 0.2)  # non-trivial LN affine, biases and layer scale
-    x = torch.randn(7, 24, 10, 10)
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    g = torch.randn(7, 10, 10, 24).permute(0, 3, 1, 2)  # upstream grad in the other memory format
-    block.chunked = False
-    ref = _block_out_and_grads(block, x, g)
-    block.chunked = True
-    got = _block_out_and_grads(block, x, g)
-    names = ["output", "input"] + [n for n, _ in block.named_parameters()]
-    for name, a, b in zip(names, ref, got, strict=True):
-        assert (a - b).abs().max() <= 1e-5 * a.abs().max(), name
-    with torch.no_grad():
-        block.chunked = False
-        plain = block(x)
-        block.chunked = True
-        assert (block(x) - plain).abs().max() <= 1e-5 * plain.abs().max()
-
-
-def test_chunked_mlp_saves_about_half_the_activations() -> None:
-    saved: list[int] = []
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        if t.numel() > 10_000:  # activations, not weights
-            saved.append(t.numel())
-        return t
-
-    block = Block(32)
-    x = torch.randn(4, 32, 28, 28).contiguous(memory_format=torch.channels_last)
-    sizes = {}
-    for chunked in (False, True):
-        saved.clear()
-        block.chunked = chunked
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            block(x.requires_grad_())
-        sizes[chunked] = sum(saved)
-    # In units of (pixels x C). Plain: dwconv input, LN input, LN output, hidden, GELU(hidden), projection:
-    # 1+1+1+4+4+1. Chunked: dwconv input, LN input, hidden: 1+1+4.
-    assert sizes[True] / sizes[False] == pytest.approx(6 / 12)
-
-
-def test_training_step_is_the_same_with_and_without_chunked_mlp() -> None:
-    torch.manual_seed(0)
-    model = create_model("convnext_atto", drop_path_rate=0.1).train()
+    model = FAMILIES[family](num_classes=10).eval()
     x = torch.randn(2, 3, 64, 64)
-    set_chunked_mlp(model, False)
-    torch.manual_seed(1)
-    ref_out, ref_grads = _loss_and_grads(model, x)
-    set_chunked_mlp(model, True)
-    torch.manual_seed(1)  # same stochastic-depth draws
-    out, grads = _loss_and_grads(model, x)
-    assert (out - ref_out).abs().max() <= 1e-5
-    for a, b in zip(ref_grads, grads, strict=True):
-        assert (a - b).abs().max() <= 1e-5 * max(a.abs().max().item(), 1e-12)
+    with torch.no_grad():
+        logits = model(x)
+        feats = model.forward_features(x)
+        emb = model.forward_head(feats, pre_logits=True)
+        assert torch.allclose(model.forward_head(feats), logits, atol=1e-5)
+        assert model.get_classifier() is model.head and torch.allclose(model.head(emb), logits, atol=1e-5)
+        final, inter = model.forward_intermediates(x)
+        assert torch.equal(final, feats) and len(inter) == len(model.feature_info) == model.num_taps
+        assert [f.shape[1] for f in inter] == model.feature_info.channels()
+        assert [64 // f.shape[-1] for f in inter] == model.feature_info.reduction()
+        last2 = model.forward_intermediates(x, indices=2, intermediates_only=True)
+        assert all(torch.equal(a, b) for a, b in zip(last2, inter[-2:], strict=True))
+        first = model.forward_intermediates(x, indices=[0], stop_early=True, intermediates_only=True)
+        assert len(first) == 1 and torch.equal(first[0], inter[0])
+        model.reset_classifier(3)
+        assert model(x).shape == (2, 3) and model.num_classes == 3
+        model.reset_classifier(0)
+        assert torch.allclose(model(x), emb, atol=1e-6)
+    assert model.feature_info.module_name()[0] in ("stages.0", "blocks.0")
 
 
-def test_chunked_mlp_steps_aside_under_autocast() -> None:
-    x = torch.randn(2, 4, 4, 8)
-    assert use_chunked_mlp(x)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        assert not use_chunked_mlp(x)
-    assert not use_chunked_mlp(x.double())
+@pytest.mark.parametrize("family", FAMILIES)
+def test_forward_calls_the_trunk_modules_that_hooks_target(family: str) -> None:
+    # Grad-CAM hooks the last stage (hierarchical) or the block stack (isotropic).
+    model = FAMILIES[family]().eval()
+    target = model.stages[-1] if hasattr(model, "stages") else model.blocks
+    seen: list[torch.Size] = []
+    target.register_forward_hook(lambda _m, _i, out: seen.append(out.shape))
+    with torch.no_grad():
+        model(torch.randn(1, 3, 64, 64))
+    assert len(seen) == 1
+
+
+def test_hierarchical_feature_info_and_out_indices() -> None:
+    torch.manual_seed(0)
+    classifier = create_model("convnext_atto")
+    assert classifier.feature_info == [
+        {"num_chs": c, "reduction": r, "module": f"stages.{i}"}
+        for i, (c, r) in enumerate(zip((40, 80, 160, 320), (4, 8, 16, 32)))
+    ]
+    backbone = create_model("convnext_atto", features_only=True, out_indices=(1, 2, 3)).eval()
+    assert not hasattr(backbone, "head") and not hasattr(backbone, "norm0")
+    assert backbone.feature_info.channels() == [80, 160, 320]
+    assert backbone.feature_info.reduction() == [8, 16, 32]
+    assert backbone.feature_info.module_name() == ["stages.1", "stages.2", "stages.3"]
+    with pytest.raises(ValueError, match="out_indices"):
+        create_model("convnext_atto", features_only=True, out_indices=(2, 1))
+
+
+def test_features_only_gives_the_normed_stages() -> None:
+    torch.manual_seed(0)
+    backbone = create_model("convnext_atto", features_only=True).eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        feats = backbone(x)
+        shapes = [(1, 40, 16, 16), (1, 80, 8, 8), (1, 160, 4, 4), (1, 320, 2, 2)]  # strides 4, 8, 16, 32
+        assert [tuple(f.shape) for f in feats] == shapes
+        h = x
+        for i in range(4):
+            h = backbone.stages[i](backbone.downsample_layers[i](h))
+            assert torch.allclose(feats[i], getattr(backbone, f"norm{i}")(h), atol=1e-6)
+        three = create_model("convnext_atto", features_only=True, out_indices=(1, 2, 3)).eval()
+        three.load_state_dict({k: v for k, v in backbone.state_dict().items() if not k.startswith("norm0")})
+        assert all(torch.equal(a, b) for a, b in zip(three(x), feats[1:], strict=True))
+    assert {"norm0.weight", "norm3.bias"} <= set(backbone.state_dict())
+
+
+def test_isotropic_features_only_taps_four_blocks() -> None:
+    torch.manual_seed(0)
+    backbone = create_model("convnext_isotropic_small", features_only=True).eval()
+    assert backbone.out_indices == (3, 8, 12, 17)
+    assert backbone.feature_info.reduction() == [16] * 4 and backbone.feature_info.channels() == [384] * 4
+    assert not hasattr(backbone, "head") and not hasattr(backbone, "norm")
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        feats = backbone(x)
+        h = backbone.stem(x)
+        taps = []
+        for blk in backbone.blocks:
+            h = blk(h)
+            taps.append(h)
+    assert all(torch.equal(f, taps[i]) for f, i in zip(feats, (3, 8, 12, 17), strict=True))
+
+
+@pytest.mark.parametrize("arch", ["convnext_atto", "convnext_isotropic_small"])
+def test_features_only_backbone_loads_pretrained_classifier_weights(arch: str, tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    source = create_model(arch, num_classes=10)
+    path = tmp_path / f"{arch}.pth"
+    torch.save({"model": source.state_dict()}, path)
+    kw = {"out_indices": (1, 2, 3)} if arch == "convnext_atto" else {}
+    backbone = create_model(arch, pretrained=str(path), features_only=True, **kw).eval()
+    for k, v in backbone.state_dict().items():
+        if not k.startswith("norm"):
+            assert torch.equal(v, source.state_dict()[k]), k
+    with torch.no_grad():
+        assert len(backbone(torch.randn(1, 3, 64, 64))) == (3 if kw else 4)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_gradient_checkpointing_changes_nothing_but_memory(family: str) -> None:
+    torch.manual_seed(0)
+    model = _randomise(FAMILIES[family](drop_path_rate=0.0), layer_scale=None).train()
+    x = torch.randn(2, 3, 64, 64)
+    out_a, grads_a = _loss_and_grads(model, x)
+    model.set_grad_checkpointing(True)
+    out_b, grads_b = _loss_and_grads(model, x)
+    assert torch.equal(out_a, out_b)
+    assert all(torch.allclose(a, b, atol=1e-7) for a, b in zip(grads_a, grads_b, strict=True))
+    torch.optim.AdamW(model.parameters()).step()  # a whole training step with checkpointing on
+
+
+def test_model_grad_checkpointing_key_trains_every_family(tmp_path: Path) -> None:
+    from convnext.engine.config import load_config
+    from convnext.engine.train import _build_model
+
+    for name in ("convnext_isotropic_small", "convnextv2_atto"):
+        overrides = [f"model.name={name}", "model.grad_checkpointing=true"]
+        model = _build_model(load_config(None, overrides, check_paths=False), 4)
+        assert model.grad_checkpointing
+        model(torch.randn(1, 3, 32, 32)).sum().backward()
+    # the recipe's layer-scale default is V1's: V2 keeps its official (GRN, no layer scale) parameters
+    v2 = _build_model(load_config(None, ["model.name=convnextv2_atto"], check_paths=False), 4)
+    assert not any(k.endswith(".gamma") and ".grn." not in k for k in v2.state_dict())
+
+
+# ----------------------------------------------------------------------------- memory format at the boundary
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_outputs_are_equal_and_follow_the_inputs_memory_format(family: str) -> None:
+    torch.manual_seed(0)
+    model = FAMILIES[family]().eval()
+    backbone = FAMILIES[family](features_only=True).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        ref_logits, ref_feats = model(x), model.forward_features(x)
+        ref_inter = model.forward_intermediates(x, intermediates_only=True)
+        ref_backbone = backbone(x)
+        for fmt in (torch.contiguous_format, torch.channels_last):
+            xf = x.contiguous(memory_format=fmt)
+            assert (model(xf) - ref_logits).abs().max() <= 1e-5
+            outs = [model.forward_features(xf), *model.forward_intermediates(xf, intermediates_only=True)]
+            outs += backbone(xf)
+            refs = [ref_feats, *ref_inter, *ref_backbone]
+            for out, ref in zip(outs, refs, strict=True):
+                assert (out - ref).abs().max() <= 1e-5
+                assert (
+                    out.is_contiguous(memory_format=fmt)
+                    and (fmt == torch.channels_last) != out.is_contiguous()
+                )

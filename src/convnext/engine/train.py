@@ -238,12 +238,17 @@ def _on_main(fn: Callable[[], Any]) -> Any:
 
 def _build_model(cfg: TrainConfig, num_classes: int) -> nn.Module:
     from ..hub import create_model
-    from ..models import set_chunked_mlp
+    from ..models import get_variant, set_chunked_mlp
 
     opts = dict(cfg.model.options)
     opts.setdefault("drop_path_rate", cfg.model.drop_path_rate)
     opts.setdefault("head_init_scale", cfg.model.head_init_scale)
-    if not cfg.model.name.startswith("convnext_isotropic") or cfg.model.layer_scale_init_value:
+    try:
+        family = get_variant(cfg.model.name.partition(".")[0]).family
+    except ValueError as e:
+        raise UserError(f"config key model.name: {e}") from None
+    # The key's default is V1's layer scale; V2 has none (GRN) and isotropic none by default.
+    if family == "v1" or (family == "isotropic" and cfg.model.layer_scale_init_value):
         opts.setdefault("layer_scale_init_value", cfg.model.layer_scale_init_value)
     try:
         model = create_model(cfg.model.name, pretrained=cfg.model.pretrained, num_classes=num_classes, **opts)

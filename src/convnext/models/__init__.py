@@ -1,17 +1,22 @@
 """The ConvNeXt family: V1 (``convnext.py``), V2 (``convnext_v2.py``), isotropic (``isotropic.py``)."""
 
-from .chunked_mlp import set_chunked_mlp
-from .convnext import Block, ConvNeXt, LayerNorm2d
-from .convnext_v2 import GRN, BlockV2
+from .base import ConvNeXtBase, FeatureInfo
+from .chunked_mlp import ChunkedBlock, set_chunked_mlp
+from .convnext import GRN, Block, ConvNeXt, LayerNorm2d
+from .convnext_v2 import BlockV2
 from .factory import VARIANTS, Variant, build_model, get_variant, list_models
-from .fuse import fuse_for_inference
+from .fuse import FusedBlock, fuse_for_inference
 from .isotropic import ConvNeXtIsotropic
 
 __all__ = [
     "Block",
     "BlockV2",
+    "ChunkedBlock",
     "ConvNeXt",
+    "ConvNeXtBase",
     "ConvNeXtIsotropic",
+    "FeatureInfo",
+    "FusedBlock",
     "GRN",
     "LayerNorm2d",
     "VARIANTS",

@@ -1,70 +1,56 @@
-"""The block's channel MLP (LN -> expand 4x -> GELU -> project -> layer scale) in row chunks, on CPU.
+"""The CPU fast path: the block's channel MLP (LN -> expand 4x -> GELU -> project -> scale) in row chunks.
 
 Why by hand: autograd runs each op over the whole (N*H*W, C) activation, so a stage-1 block at batch 32
 allocates five fresh 40-150 MB activations, keeps them all for backward, and streams the 4x-wide hidden
-tensor through memory for every elementwise step (GELU and its backward, bias, layer scale). Here one
-``autograd.Function`` does the same math some thousands of pixels at a time: one big buffer per block, and
-the hidden chunk is reused while warm between the two GEMMs, in forward and in backward. Compilers fuse the
-elementwise ops but not across GEMMs, and no library op does this.
+tensor through memory for every elementwise step (GELU and its backward, bias, layer scale). Here the same
+math runs some thousands of pixels at a time: one big buffer per block, and the hidden chunk is reused while
+warm between the two GEMMs, in forward and in backward. Compilers fuse the elementwise ops but not across
+GEMMs, and no library op does this.
 
-What it changes, with the same math (equal to the plain ops to float rounding; tests/test_models.py checks
-outputs and every gradient):
+It is a module swap, not a flag: :class:`ChunkedBlock` is a :class:`~convnext.models.convnext.Block` with the
+same parameters and state-dict names, and :func:`set_chunked_mlp` swaps it in or out. Each call chooses its
+path by :func:`use_chunked_mlp` (device, dtype, grad mode, rows, graph capture), so it is never slower than
+the plain ops it replaces (the thresholds are measured, BENCHMARKS.md "Per-shape rule"):
 
-* Saved for backward: the block's input rows, the pre-GELU hidden ``a`` and LayerNorm's mean/rstd. The LN
-  output and ``GELU(a)`` are recomputed per chunk (elementwise work, no GEMM is redone); the plain ops also
-  keep the LN output, ``GELU(a)`` and the projection: half the activation memory.
-* Layer scale is folded into the projection, ``gamma * (W h + b) == (gamma W) h + gamma b``; its gradient
-  follows by the chain rule, ``dgamma_c = sum_j dW'_cj W_cj + db'_c b_c``, with no extra pass over the rows.
-* Weight gradients accumulate chunk by chunk with ``addmm_`` into one buffer.
+* training (grad): one ``autograd.Function``. Saved for backward: the block's input rows, the pre-GELU hidden
+  ``a`` and LayerNorm's mean/rstd; the LN output and ``GELU(a)`` are recomputed per chunk (elementwise, no
+  GEMM redone), half the plain ops' activation memory. Layer scale is folded into the projection,
+  ``gamma * (W h + b) == (gamma W) h + gamma b``, its gradient by the chain rule,
+  ``dgamma_c = sum_j dW'_cj W_cj + db'_c b_c``. Weight gradients accumulate chunk by chunk with ``addmm_``.
+* inference (no grad): the same loop; the projection accumulates straight into ``shortcut + b`` (no separate
+  bias, scale or add pass), with the folded, transposed weights cached until a parameter changes.
+* anything else (GPU, not float32, CPU autocast, tracing, export, compile, a dispatch mode such as fake
+  tensors or the FLOP counter, small batches): the reference ``Block.forward``. A graph must not keep one
+  batch's chunk bounds or an in-place write into a view; inductor fuses elementwise ops itself; on GPU the
+  loop would only add launches; dtype handling belongs to autocast.
 
-Measured on 2 CPU cores, ConvNeXt-T batch 32 (BENCHMARKS.md): 1.16-1.24x timm's and torchvision's training
-step in a default process, where glibc page-faults every fresh big activation (our plain ops: 0.99-1.03x).
-Most of that is the allocation: with the allocator tuned (``engine/allocator.py``, as ``convnext train``
-runs) all three are level, their GEMMs at the machine's matmul peak. The memory saving holds either way.
-
-Used by :class:`~convnext.models.convnext.Block` on CPU in float32 (training and plain eval); on GPU, under
-autocast, compile, export and jit tracing the block runs the plain ops (launch-bound many-kernel loops on
-GPU; dtype handling belongs to autocast; inductor fuses the elementwise ops itself; a graph should not keep
-one batch's chunk bounds). ``set_chunked_mlp(model, False)`` or ``model.chunked_mlp=false`` switches it off.
+GRN (V2) blocks are never swapped: GRN needs the whole feature map between the two GEMMs.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
-# Hidden elements per chunk (rows x 4C): 16384 rows at C=96, 4096 at C=384. Measured on the whole ConvNeXt-T
-# step (BENCHMARKS.md): 4.46 images/s against 4.20 with 4096 rows at C=96, 4.29 with 32768; and with other
-# processes on the cores, small chunks lose most (many short parallel regions each wait for a descheduled
-# thread): 16384 rows stayed level with the plain ops where 4096 rows fell to 0.84x.
+from .convnext import Block
+
+# Hidden elements per chunk (rows x 4C): 16384 rows at C=96, 4096 at C=384. Large enough that few short
+# parallel regions are issued (each waits for its slowest thread, which costs most on a shared CPU), small
+# enough that the hidden chunk stays in cache between the two GEMMs. Measured: BENCHMARKS.md.
 CHUNK_ELEMENTS = 16384 * 384
+
+# Fewest rows (N*H*W pixels of a block's input) for which the chunked path is taken. Below, it gains nothing
+# measurable and can lose: a call's fixed Python cost, and in training the per-call weight transposes and the
+# autograd.Function, weigh against a few MB of activations (measured per width and rows with
+# benchmarks/block_paths.py: BENCHMARKS.md, "Per-shape rule"). Batch 1 at 224 px runs the plain ops.
+MIN_ROWS_TRAIN = 6144
+MIN_ROWS_INFER = 4096
 
 
 def chunk_rows(hidden: int) -> int:
     return max(256, CHUNK_ELEMENTS // hidden)
-
-
-def use_chunked_mlp(x: Tensor) -> bool:
-    """Whether the chunked path applies: float32 on CPU, outside autocast, compile, export and jit tracing
-    (a trace would bake this batch's chunk bounds into the graph)."""
-    return (
-        x.device.type == "cpu"
-        and x.dtype == torch.float32
-        and not _cpu_autocast()
-        and not torch.compiler.is_compiling()
-        and not torch.jit.is_tracing()
-    )
-
-
-def set_chunked_mlp(model: nn.Module, enabled: bool) -> nn.Module:
-    """Switch every V1 block of ``model`` between the chunked MLP and the plain ops (e.g. on a shared CPU,
-    where many small parallel regions wait on descheduled threads: see BENCHMARKS.md)."""
-    for module in model.modules():
-        if hasattr(module, "chunked"):
-            module.chunked = enabled
-    return model
 
 
 def _cpu_autocast() -> bool:
@@ -74,47 +60,69 @@ def _cpu_autocast() -> bool:
         return torch.is_autocast_cpu_enabled()
 
 
-def _layer_norm(x: Tensor, weight: Tensor, bias: Tensor, eps: float) -> tuple[Tensor, Tensor, Tensor]:
-    return torch.ops.aten.native_layer_norm(x, [x.shape[-1]], weight, bias, eps)
+def _capturing() -> bool:
+    """A graph is being captured (jit trace, torch.export / ONNX dynamo export, compile) or a dispatch mode
+    (fake tensors, make_fx, the FLOP counter) sees every op: the plain ops, which every tool understands."""
+    if torch.jit.is_tracing() or torch.compiler.is_compiling():
+        return True
+    try:
+        from torch.utils._python_dispatch import _get_current_dispatch_mode
+    except ImportError:  # pragma: no cover - the private helper moved
+        return False
+    return _get_current_dispatch_mode() is not None
+
+
+def use_chunked_mlp(x: Tensor, grad: bool | None = None) -> bool:
+    """Whether a fast block takes the chunked path for its input ``x`` (N, C, H, W).
+
+    CPU float32 outside autocast and graph capture, with at least ``MIN_ROWS_TRAIN`` (with ``grad``; default:
+    the grad mode) or ``MIN_ROWS_INFER`` pixels.
+    """
+    if x.device.type != "cpu" or x.dtype != torch.float32 or _cpu_autocast() or _capturing():
+        return False
+    grad = torch.is_grad_enabled() if grad is None else grad
+    rows = x.numel() // x.shape[1] if x.dim() == 4 else x.numel() // max(x.shape[-1], 1)
+    return rows >= (MIN_ROWS_TRAIN if grad else MIN_ROWS_INFER)
+
+
+def mlp_chunks(
+    x: Tensor,
+    norm: tuple[Tensor, Tensor, float],
+    w1t: Tensor,
+    b1: Tensor,
+    w2t: Tensor,
+    b2: Tensor | None,
+    out: Tensor,
+    step: int,
+    saved: tuple[Tensor, Tensor, Tensor] | None = None,
+) -> Tensor:
+    """The one forward loop: ``out (+)= GELU(LN(x) w1t + b1) w2t`` over row chunks of ``x`` (rows, C).
+
+    ``b2=None`` accumulates into ``out`` (which holds the shortcut plus the bias), else ``out = ... + b2``.
+    ``saved=(a, mean, rstd)`` also stores the pre-GELU hidden and LN's statistics for backward.
+    """
+    rows, dim = x.shape
+    ln_w, ln_b, eps = norm
+    h = x.new_empty(min(step, rows), w1t.shape[1])
+    for s in range(0, rows, step):
+        e = min(s + step, rows)
+        xn, mean, rstd = torch.ops.aten.native_layer_norm(x[s:e], [dim], ln_w, ln_b, eps)
+        hc = h[: e - s]
+        if saved is None:
+            torch.ops.aten.gelu_(torch.addmm(b1, xn, w1t, out=hc))
+        else:
+            a, saved_mean, saved_rstd = saved
+            saved_mean[s:e], saved_rstd[s:e] = mean, rstd
+            torch.ops.aten.gelu.out(torch.addmm(b1, xn, w1t, out=a[s:e]), out=hc)
+        if b2 is None:
+            out[s:e].addmm_(hc, w2t)
+        else:
+            torch.addmm(b2, hc, w2t, out=out[s:e])
+    return out
 
 
 def _fold_layer_scale(w2: Tensor, b2: Tensor, gamma: Tensor | None) -> tuple[Tensor, Tensor]:
     return (w2, b2) if gamma is None else (w2 * gamma[:, None], b2 * gamma)
-
-
-def _forward_chunks(
-    x: Tensor,
-    ln_w: Tensor,
-    ln_b: Tensor,
-    eps: float,
-    w1: Tensor,
-    b1: Tensor,
-    w2g: Tensor,
-    b2g: Tensor,
-    save: bool,
-) -> tuple[Tensor, Tensor | None, Tensor | None, Tensor | None]:
-    """``out`` and, if ``save``, what backward needs: the pre-GELU hidden ``a`` and LN's mean and rstd."""
-    rows, dim = x.shape
-    hidden = w1.shape[0]
-    step = chunk_rows(hidden)
-    w1t, w2gt = w1.t().contiguous(), w2g.t().contiguous()  # (in, out): MKL's faster orientation
-    out = x.new_empty(rows, dim)
-    h = x.new_empty(min(step, rows), hidden)
-    a = mean = rstd = None
-    if save:
-        a, mean, rstd = x.new_empty(rows, hidden), x.new_empty(rows, 1), x.new_empty(rows, 1)
-    for s in range(0, rows, step):
-        e = min(s + step, rows)
-        xn, m, r = _layer_norm(x[s:e], ln_w, ln_b, eps)
-        hc = h[: e - s]
-        if save:
-            mean[s:e], rstd[s:e] = m, r
-            torch.addmm(b1, xn, w1t, out=a[s:e])
-            torch.ops.aten.gelu.out(a[s:e], out=hc)
-        else:
-            torch.ops.aten.gelu_(torch.addmm(b1, xn, w1t, out=hc))
-        torch.addmm(b2g, hc, w2gt, out=out[s:e])
-    return out, a, mean, rstd
 
 
 class _ChannelMLP(torch.autograd.Function):
@@ -131,8 +139,13 @@ class _ChannelMLP(torch.autograd.Function):
         gamma: Tensor | None,
         eps: float,
     ) -> Tensor:
+        rows, hidden = x.shape[0], w1.shape[0]
         w2g, b2g = _fold_layer_scale(w2, b2, gamma)
-        out, a, mean, rstd = _forward_chunks(x, ln_w, ln_b, eps, w1, b1, w2g, b2g, save=True)
+        a, mean, rstd = x.new_empty(rows, hidden), x.new_empty(rows, 1), x.new_empty(rows, 1)
+        # Contiguous (in, out) weights: MKL's faster orientation for these GEMMs.
+        w1t, w2gt = w1.t().contiguous(), w2g.t().contiguous()
+        out = mlp_chunks(x, (ln_w, ln_b, eps), w1t, b1, w2gt, b2g, x.new_empty(x.shape), chunk_rows(hidden),
+                         saved=(a, mean, rstd))  # fmt: skip
         ctx.save_for_backward(x, a, mean, rstd, ln_w, ln_b, w1, w2, b2, gamma, w2g)
         ctx.eps = eps
         return out
@@ -158,7 +171,7 @@ class _ChannelMLP(torch.autograd.Function):
             torch.mm(gc, w2g, out=ghc)
             torch.ops.aten.gelu_backward.grad_input(ghc, ac, grad_input=ghc)  # in place: grad of a
             g_b1 += ghc.sum(0)
-            xn = _layer_norm(xc, ln_w, ln_b, ctx.eps)[0]
+            xn = torch.ops.aten.native_layer_norm(xc, [dim], ln_w, ln_b, ctx.eps)[0]
             g_w1.addmm_(ghc.t(), xn)
             gx[s:e], dw, db = torch.ops.aten.native_layer_norm_backward(
                 ghc @ w1, xc, [dim], mean[s:e], rstd[s:e], ln_w, ln_b, [True, True, True]
@@ -172,19 +185,73 @@ class _ChannelMLP(torch.autograd.Function):
         return gx, g_lnw, g_lnb, g_w1, g_b1, g_w2g * gamma[:, None], g_b2g * gamma, g_gamma, None
 
 
-def chunked_mlp(
-    x: Tensor, norm: nn.LayerNorm, fc1: nn.Linear, fc2: nn.Linear, gamma: Tensor | None
-) -> Tensor:
-    """``gamma * fc2(GELU(fc1(norm(x))))`` over (..., C) channels-last ``x``, chunked over its pixels."""
-    shape = x.shape
-    rows = x.reshape(-1, shape[-1])
-    if torch.is_grad_enabled():
-        out = _ChannelMLP.apply(
-            rows, norm.weight, norm.bias, fc1.weight, fc1.bias, fc2.weight, fc2.bias, gamma, norm.eps
+class ChunkedBlock(Block):
+    """A V1 block (no GRN) that runs its MLP in row chunks on CPU where that is faster; same parameters."""
+
+    chunked: ClassVar[bool] = True
+    rows_per_chunk: int | None = None  # None: CHUNK_ELEMENTS // hidden
+
+    def forward(self, x: Tensor) -> Tensor:
+        grad = torch.is_grad_enabled() and (
+            x.requires_grad or any(p.requires_grad for p in self.parameters())
         )
-    else:  # no_grad / inference_mode: the same chunks, nothing kept
-        w2g, b2g = _fold_layer_scale(fc2.weight, fc2.bias, gamma)
-        out = _forward_chunks(rows, norm.weight, norm.bias, norm.eps, fc1.weight, fc1.bias, w2g, b2g, False)[
-            0
-        ]
-    return out.view(shape)
+        if not use_chunked_mlp(x, grad):
+            return super().forward(x)
+        n, c, h, w = x.shape
+        y = self.dwconv(x).permute(0, 2, 3, 1).reshape(-1, c)  # a view when x is channels_last
+        if grad:
+            self._inference_cache = None  # the weights are about to change
+            out = _ChannelMLP.apply(
+                y, self.norm.weight, self.norm.bias, self.pwconv1.weight, self.pwconv1.bias,
+                self.pwconv2.weight, self.pwconv2.bias, self.gamma, self.norm.eps,
+            )  # fmt: skip
+            return x + self.drop_path(out.view(n, h, w, c).permute(0, 3, 1, 2))
+        w1t, w2t, b2 = self._inference_weights()
+        norm = (self.norm.weight, self.norm.bias, self.norm.eps)
+        step = self.rows_per_chunk or chunk_rows(w1t.shape[1])
+        if self.training and self.drop_path.p > 0:  # the branch alone, then the random drop
+            out = mlp_chunks(y, norm, w1t, self.pwconv1.bias, w2t, b2, torch.empty_like(y), step)
+            return x + self.drop_path(out.view(n, h, w, c).permute(0, 3, 1, 2))
+        # The output starts as shortcut + folded bias; each chunk's projection is added into it in place.
+        out = torch.add(x.permute(0, 2, 3, 1), b2).contiguous()
+        mlp_chunks(y, norm, w1t, self.pwconv1.bias, w2t, None, out.view(-1, c), step)
+        return out.permute(0, 3, 1, 2)  # (N, C, H, W) view of channels_last memory
+
+    def _inference_weights(self) -> tuple[Tensor, Tensor, Tensor]:
+        """``w1^T``, ``(gamma w2)^T`` (contiguous: MKL's faster orientation) and ``gamma b2``, rebuilt when a
+        parameter is replaced or changed in place (its version counter moves)."""
+        params = [self.pwconv1.weight, self.pwconv2.weight, self.pwconv2.bias, self.gamma]
+        key = [(p.data_ptr(), _version(p)) if p is not None else None for p in params]
+        cache = getattr(self, "_inference_cache", None)
+        if cache is None or cache[0] != key:
+            with torch.no_grad():
+                w2, b2 = _fold_layer_scale(self.pwconv2.weight, self.pwconv2.bias, self.gamma)
+                weights = (self.pwconv1.weight.t().contiguous(), w2.t().contiguous(), b2.clone())
+            # The parameters themselves are held too, so that their memory cannot be reused by another
+            # tensor at the same address and version while the cache lives.
+            cache = self._inference_cache = (key, weights, [p.detach() for p in params if p is not None])
+        return cache[1]
+
+
+def _version(p: Tensor) -> int:
+    try:
+        return p._version
+    except RuntimeError:  # an inference tensor keeps no version counter (a model built in inference_mode)
+        return -1
+
+
+def set_chunked_mlp(model: nn.Module, enabled: bool) -> nn.Module:
+    """Swap every V1 block of ``model`` to :class:`ChunkedBlock` (``enabled``) or back to the reference
+    :class:`Block`, in place. The block objects, parameters, hooks and state-dict names stay the same (the
+    class is swapped, as ``torch.nn.utils.parametrize`` does), so an optimizer built before still holds the
+    model's parameters. Returns ``model``."""
+    for module in model.modules():
+        if not isinstance(module, Block) or not isinstance(module.grn, nn.Identity):
+            continue
+        if enabled and type(module) is Block:
+            module.__class__ = ChunkedBlock
+        elif not enabled and isinstance(module, ChunkedBlock):
+            module.__class__ = Block
+            module.__dict__.pop("_inference_cache", None)
+            module.__dict__.pop("rows_per_chunk", None)
+    return model

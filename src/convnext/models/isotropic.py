@@ -6,13 +6,21 @@ A 16x16 patchify stem, then ``depth`` blocks at one resolution and width. Names 
 
 from __future__ import annotations
 
-import torch
+from collections.abc import Sequence
+
 from torch import Tensor, nn
 
-from .convnext import Block, drop_path_rates, init_weights, to_channels_last
+from .base import ConvNeXtBase, drop_path_rates, to_channels_last
+from .convnext import Block
 
 
-class ConvNeXtIsotropic(nn.Module):
+class ConvNeXtIsotropic(ConvNeXtBase):
+    """``features_only=True``: the outputs of the blocks in ``out_indices``, all at stride 16. The default
+    takes the last block of each quarter of the depth (blocks 3, 8, 12, 17 of 18), the four evenly spaced
+    taps ViT detection backbones use, so a neck gets four maps as from a hierarchical model. There is no
+    official isotropic backbone, so the outputs are the raw blocks' (no extra norms), as timm's ViTs give.
+    """
+
     def __init__(
         self,
         depth: int = 18,
@@ -20,34 +28,23 @@ class ConvNeXtIsotropic(nn.Module):
         num_classes: int = 1000,
         in_chans: int = 3,
         drop_path_rate: float = 0.0,
-        layer_scale_init_value: float = 0.0,
+        layer_scale_init_value: float | None = 0.0,
         head_init_scale: float = 1.0,
+        features_only: bool = False,
+        out_indices: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
-        self.num_classes, self.num_features = num_classes, dim
         self.stem = nn.Conv2d(in_chans, dim, kernel_size=16, stride=16)
         (rates,) = drop_path_rates(drop_path_rate, [depth])
         self.blocks = nn.Sequential(*[Block(dim, p, layer_scale_init_value) for p in rates])
-        self.norm = nn.LayerNorm(dim, eps=1e-6)
-        self.head = nn.Linear(dim, num_classes) if num_classes > 0 else nn.Identity()
-        self.apply(init_weights)
-        if isinstance(self.head, nn.Linear):
-            with torch.no_grad():
-                self.head.weight.mul_(head_init_scale)
-                self.head.bias.mul_(head_init_scale)
+        taps = [{"num_chs": dim, "reduction": 16, "module": f"blocks.{i}"} for i in range(depth)]
+        if features_only and out_indices is None:
+            out_indices = sorted({max((q + 1) * depth // 4 - 1, 0) for q in range(4)})
+        self._finish(taps, num_classes, head_init_scale, features_only, out_indices, backbone_norms=False)
 
-    def forward_features(self, x: Tensor) -> Tensor:
-        return self.blocks(self.stem(to_channels_last(x)))
+    def _tap(self, i: int, x: Tensor) -> Tensor:
+        return self._blocks(self.blocks[i], self.stem(x) if i == 0 else x)
 
-    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
-        x = self.norm(x.mean((-2, -1)))
-        return x if pre_logits else self.head(x)
-
-    def reset_classifier(self, num_classes: int) -> None:
-        self.num_classes = num_classes
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
-        if num_classes > 0:
-            init_weights(self.head)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.forward_head(self.forward_features(x))
+    def _features(self, x: Tensor) -> Tensor:
+        # The stack as one module call, so that hooks on ``blocks`` (Grad-CAM's target layer) see it.
+        return self._blocks(self.blocks, self.stem(to_channels_last(x)))
