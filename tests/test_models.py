@@ -284,6 +284,14 @@ def test_inference_weights_follow_every_change_of_the_parameters(always_chunked:
     assert same()
     fast.stages[2][0].pwconv1.weight = nn.Parameter(torch.randn_like(fast.stages[2][0].pwconv1.weight))
     assert same()
+    # Changes no version counter records: fused AdamW's kernel, and writes through .data (EMA code does this)
+    opt = torch.optim.AdamW(fast.parameters(), lr=0.1, fused=True)
+    for p in fast.parameters():
+        p.grad = torch.ones_like(p)
+    opt.step()
+    assert same()
+    fast.stages[0][0].pwconv2.weight.data.mul_(3)
+    assert same()
 
 
 # ----------------------------------------------------------------------------- the per-shape rule

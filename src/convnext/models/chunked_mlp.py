@@ -18,7 +18,7 @@ the plain ops it replaces (the thresholds are measured, BENCHMARKS.md "Per-shape
   ``gamma * (W h + b) == (gamma W) h + gamma b``, its gradient by the chain rule,
   ``dgamma_c = sum_j dW'_cj W_cj + db'_c b_c``. Weight gradients accumulate chunk by chunk with ``addmm_``.
 * inference (no grad): the same loop; the projection accumulates straight into ``shortcut + b`` (no separate
-  bias, scale or add pass), with the folded, transposed weights cached until a parameter changes.
+  bias, scale or add pass).
 * anything else (GPU, not float32, CPU autocast, tracing, export, compile, a dispatch mode such as fake
   tensors or the FLOP counter, small batches): the reference ``Block.forward``. A graph must not keep one
   batch's chunk bounds or an in-place write into a view; inductor fuses elementwise ops itself; on GPU the
@@ -200,7 +200,6 @@ class ChunkedBlock(Block):
         n, c, h, w = x.shape
         y = self.dwconv(x).permute(0, 2, 3, 1).reshape(-1, c)  # a view when x is channels_last
         if grad:
-            self._inference_cache = None  # the weights are about to change
             out = _ChannelMLP.apply(
                 y, self.norm.weight, self.norm.bias, self.pwconv1.weight, self.pwconv1.bias,
                 self.pwconv2.weight, self.pwconv2.bias, self.gamma, self.norm.eps,
@@ -218,26 +217,14 @@ class ChunkedBlock(Block):
         return out.permute(0, 3, 1, 2)  # (N, C, H, W) view of channels_last memory
 
     def _inference_weights(self) -> tuple[Tensor, Tensor, Tensor]:
-        """``w1^T``, ``(gamma w2)^T`` (contiguous: MKL's faster orientation) and ``gamma b2``, rebuilt when a
-        parameter is replaced or changed in place (its version counter moves)."""
-        params = [self.pwconv1.weight, self.pwconv2.weight, self.pwconv2.bias, self.gamma]
-        key = [(p.data_ptr(), _version(p)) if p is not None else None for p in params]
-        cache = getattr(self, "_inference_cache", None)
-        if cache is None or cache[0] != key:
-            with torch.no_grad():
-                w2, b2 = _fold_layer_scale(self.pwconv2.weight, self.pwconv2.bias, self.gamma)
-                weights = (self.pwconv1.weight.t().contiguous(), w2.t().contiguous(), b2.clone())
-            # The parameters themselves are held too, so that their memory cannot be reused by another
-            # tensor at the same address and version while the cache lives.
-            cache = self._inference_cache = (key, weights, [p.detach() for p in params if p is not None])
-        return cache[1]
+        """``w1^T``, ``(gamma w2)^T`` (contiguous: MKL's faster orientation) and ``gamma b2``.
 
-
-def _version(p: Tensor) -> int:
-    try:
-        return p._version
-    except RuntimeError:  # an inference tensor keeps no version counter (a model built in inference_mode)
-        return -1
+        Rebuilt on every call, never cached: no signal says reliably that a parameter changed (fused AdamW
+        and writes through ``.data`` leave the version counter alone), and the chunked path only runs where
+        the GEMMs dwarf this copy (a few MB against a >= 4096-row block)."""
+        with torch.no_grad():
+            w2, b2 = _fold_layer_scale(self.pwconv2.weight, self.pwconv2.bias, self.gamma)
+            return self.pwconv1.weight.t().contiguous(), w2.t().contiguous(), b2.clone()
 
 
 def set_chunked_mlp(model: nn.Module, enabled: bool) -> nn.Module:
@@ -252,6 +239,5 @@ def set_chunked_mlp(model: nn.Module, enabled: bool) -> nn.Module:
             module.__class__ = ChunkedBlock
         elif not enabled and isinstance(module, ChunkedBlock):
             module.__class__ = Block
-            module.__dict__.pop("_inference_cache", None)
             module.__dict__.pop("rows_per_chunk", None)
     return model
