@@ -101,15 +101,18 @@ def test_benchmark_verb_compares_with_timm_and_torchvision(capsys: pytest.Captur
 
 
 def test_benchmark_train_mode_table() -> None:
-    from convnext.benchmark import CHUNKED_NOTE
+    from convnext.benchmark import CHUNKED_NOTE, SMALL_NOTE
 
+    # 6 x 32 x 32 = 6144 stage-1 rows: the size from which the fast blocks chunk a training step on CPU
     report = run_benchmark(
-        "convnext_atto", batch_size=2, img_size=32, mode="train", repeats=1, channels_last=True
+        "convnext_atto", batch_size=6, img_size=128, mode="train", repeats=1, channels_last=True
     )
     table = format_report(report)
     assert "images/s" in table and "AdamW" in table and "forward + backward" in table
     assert report["results"][0]["latency_ms"] is None
     assert report["results"][0]["note"].startswith(CHUNKED_NOTE)  # timed as ours trains on CPU: chunked
+    small = run_benchmark("convnext_atto", batch_size=2, img_size=32, mode="train", repeats=1)
+    assert small["results"][0]["note"].startswith(SMALL_NOTE)  # and what the blocks do at this size
     plain = run_benchmark("convnext_atto", batch_size=2, img_size=32, mode="train", repeats=1, fuse=False)
     assert plain["results"][0]["note"].startswith("plain model")
 

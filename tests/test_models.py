@@ -56,7 +56,7 @@ def test_isotropic_params_and_flops_match_the_paper(name: str) -> None:
 def test_models_verb_prints_the_table(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["models", "--family", "isotropic", "--json"]) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    assert [r["model"] for r in rows] == list_models("isotropic")
+    assert [r["model"] for r in rows] == list_models(family="isotropic")
     assert round(rows[0]["params_m"]) == 22
     assert main(["models", "--family", "v1"]) == 0
     out = capsys.readouterr().out
