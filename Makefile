@@ -14,18 +14,18 @@ setup: $(BIN)/convnext
 # The quickstart: a ConvNeXt learns scikit-learn's handwritten digits on CPU, then is evaluated and run.
 RUN := runs/quickstart_digits
 demo: setup
-	$(BIN)/convnext train --config configs/quickstart_digits.yaml run.dir=$(RUN) --fresh
+	$(BIN)/convnext train --config quickstart_digits run.dir=$(RUN) --fresh
 	$(BIN)/convnext evaluate --weights $(RUN)
 	$(BIN)/convnext predict $(RUN)/samples --weights $(RUN) --topk 3 --cam $(RUN)/cam
 
 test: setup
-	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks hubconf.py
+	$(BIN)/ruff format --check src tests benchmarks hubconf.py
 	$(BIN)/pytest -q
 
 lint: setup
-	$(BIN)/ruff check --fix src tests benchmarks
-	$(BIN)/ruff format src tests benchmarks
+	$(BIN)/ruff check --fix src tests benchmarks hubconf.py
+	$(BIN)/ruff format src tests benchmarks hubconf.py
 
 # On a machine with a CUDA GPU: the CUDA-marked tests (mixed-precision training steps with channels_last and
 # torch.compile, a 1-process NCCL run, export parity on CUDA, LayerNorm in fp32 under fp16 autocast), then
