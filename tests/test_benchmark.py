@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from convnext import create_model
-from convnext.benchmark import (
+from convnext.bench import (
     build_peer,
     format_backend_report,
     format_report,
@@ -84,7 +84,7 @@ def test_our_weights_give_the_peers_our_logits(peer: str, name: str) -> None:
 
 
 def test_benchmark_verb_compares_with_timm_and_torchvision(capsys: pytest.CaptureFixture[str]) -> None:
-    from convnext.benchmark import FUSED_NOTE
+    from convnext.bench import FUSED_NOTE
 
     pytest.importorskip("timm")
     args = ["benchmark", "--model", "convnext_tiny", "--batch-size", "1", "--img-size", "32"]
@@ -101,7 +101,7 @@ def test_benchmark_verb_compares_with_timm_and_torchvision(capsys: pytest.Captur
 
 
 def test_benchmark_train_mode_table() -> None:
-    from convnext.benchmark import CHUNKED_NOTE, SMALL_NOTE
+    from convnext.bench import CHUNKED_NOTE, SMALL_NOTE
 
     # 6 x 32 x 32 = 6144 stage-1 rows: the size from which the fast blocks chunk a training step on CPU
     report = run_benchmark(
@@ -180,7 +180,7 @@ def test_backend_benchmark_errors_are_one_line(capsys) -> None:
 
 
 def test_cli_backend_list_is_the_modules() -> None:
-    from convnext import benchmark
+    from convnext import bench
     from convnext.cli import benchmark as cli
 
-    assert cli.BACKENDS == benchmark.BACKENDS
+    assert cli.BACKENDS == bench.BACKENDS

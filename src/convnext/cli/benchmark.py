@@ -9,7 +9,7 @@ import sys
 
 from ..errors import UserError
 
-# convnext.benchmark.BACKENDS, spelled here so that `--help` needs no torch
+# convnext.bench.BACKENDS, spelled here so that `--help` needs no torch
 BACKENDS = ("torch", "torch-bf16", "onnxruntime", "openvino", "openvino-bf16", "openvino-int8")
 
 
@@ -59,7 +59,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..benchmark import format_backend_report, format_report, run_backend_benchmark, run_benchmark
+    from ..bench import format_backend_report, format_report, run_backend_benchmark, run_benchmark
 
     say = lambda msg: print(f"[benchmark] {msg}", file=sys.stderr, flush=True)  # noqa: E731
     if args.backend:
