@@ -98,6 +98,16 @@ def test_benchmark_verb_compares_with_timm_and_torchvision(capsys: pytest.Captur
     assert all(r["max_abs_diff_vs_ours"] <= 1e-4 for r in report["results"])  # the same function was timed
     assert report["matmul_peak_gflops"] > 0 and ours["fraction_of_matmul_peak"] > 0
     assert report["params_m"] == pytest.approx(28.6, abs=0.05) and ours["peak_memory_mb"] >= 0
+    assert report["device"] == ("cuda:0" if torch.cuda.is_available() else "cpu")  # --device auto
+
+
+def test_benchmark_json_file_keeps_the_table(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
+    dst = tmp_path / "bench.json"
+    args = ["benchmark", "--model", "convnext_atto", "--batch-size", "1", "--img-size", "32"]
+    args += ["--repeats", "1"]
+    assert main([*args, "--device", "cpu", "--json", str(dst)]) == 0
+    assert "images/s" in capsys.readouterr().out
+    assert json.loads(dst.read_text())["results"][0]["name"] == "ours"
 
 
 def test_benchmark_train_mode_table() -> None:
@@ -125,7 +135,7 @@ def test_benchmark_errors_are_one_clear_sentence(capsys: pytest.CaptureFixture[s
     assert main(["benchmark", "--model", "convnext_nope", "--repeats", "1"]) == 2
     assert "unknown model 'convnext_nope'" in capsys.readouterr().err
     if not torch.cuda.is_available():
-        with pytest.raises(UserError, match="no CUDA GPU"):
+        with pytest.raises(UserError, match="CUDA is not available"):
             run_benchmark("convnext_atto", device="cuda")
 
 
@@ -177,6 +187,10 @@ def test_backend_benchmark_errors_are_one_line(capsys) -> None:
     assert "--backend times CPU inference as each backend runs it; drop --compare" in capsys.readouterr().err
     assert main(["benchmark", "--weights", "x.pth"]) == 2
     assert "--weights and --calibration go with --backend" in capsys.readouterr().err
+    assert main(["benchmark", "--backend", "onnxruntime", "--device", "cuda"]) == 2  # auto and cpu pass
+    assert capsys.readouterr().err.strip() == (
+        "convnext benchmark: error: --backend times the CPU backends; drop --device cuda"
+    )
 
 
 def test_cli_backend_list_is_the_modules() -> None:

@@ -18,11 +18,8 @@ import pytest
 import torch
 
 import convnext
+from convnext.cli import common
 from convnext.cli.main import VERBS, build_parser, main
-
-# Verbs another helper is changing right now; they adopt cli/common.py's flags at merge time (the xfail is
-# strict: it fails as soon as they conform, so the marker goes then).
-NOT_YET_CONVENTIONAL = {"predict": "--json is a switch", "benchmark": "--device defaults to cpu"}
 
 
 def _cli(*args: str, **kw) -> subprocess.CompletedProcess:
@@ -83,16 +80,15 @@ def _options(verb: str) -> dict[str, argparse.Action]:
     return {s: a for a in sub._actions for s in a.option_strings}
 
 
-def _conventional(verb: str) -> object:  # the verb, or a pytest.param marked xfail
-    reason = NOT_YET_CONVENTIONAL.get(verb)
-    return pytest.param(verb, marks=pytest.mark.xfail(strict=True, reason=reason)) if reason else verb
-
-
-@pytest.mark.parametrize("verb", [_conventional(v) for v in VERBS])
+@pytest.mark.parametrize("verb", VERBS)
 def test_shared_flags_mean_the_same_in_every_verb(verb: str) -> None:
     opts = _options(verb)
-    if "--json" in opts:  # --json [FILE]: no value (or -) is stdout
+    if "--json" in opts:  # --json [FILE]: no value (or -) is stdout; FILE must be .json/.jsonl
         assert opts["--json"].nargs == "?" and opts["--json"].const == "-", verb
+        assert opts["--json"].type is common._json_target, verb
+    for flag in ("--batch-size", "--topk", "--repeats"):  # 0 is an argparse error naming the flag
+        if flag in opts:
+            assert opts[flag].type is common.positive_int, (verb, flag)
     if "--device" in opts:
         assert opts["--device"].default == "auto", verb
     if "--img-size" in opts:

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..device import AMP_DTYPES, autocast
+from ..device import AMP_DTYPES, amp_dtype, autocast, resolve_device
 from ..engine.allocator import allocator_tuned, tune_cpu_allocator
 from ..errors import UserError
 from ..models import build_model, get_variant
@@ -104,13 +104,13 @@ def _check(
         raise UserError(f"--mode must be infer or train, not {spec.mode!r}")
     if repeats < 1 or spec.batch_size < 1 or spec.img_size < 32:
         raise UserError("--repeats and --batch-size must be >= 1 and --img-size >= 32")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"--device {device} asked for, but torch sees no CUDA GPU on this machine")
+    dev = resolve_device(device)
+    amp_dtype(spec.amp, dev)  # fp16 needs CUDA; bf16 on a CPU without it is noted
     try:
         variant = get_variant(spec.model)
     except ValueError as e:
         raise UserError(str(e)) from None
-    return torch.device(device), variant, check_peers(compare)
+    return dev, variant, check_peers(compare)
 
 
 def build_ours(name: str, variant: Any, device: torch.device) -> nn.Module:
@@ -236,7 +236,7 @@ def run_benchmark(
     channels_last: bool = False,
     compile: bool = False,
     amp: str | None = None,
-    device: str = "cpu",
+    device: str = "auto",
     compare: tuple[str, ...] = (),
     repeats: int = 5,
     warmup: int = 1,
@@ -248,7 +248,8 @@ def run_benchmark(
     """Time ``model`` (ours, and the peers in ``compare``) and return every figure as plain data.
 
     In fp32 eager infer mode ours is ``fuse_for_inference(model)``, and in train mode on CPU its blocks run
-    the chunked MLP; ``fuse=False`` times the plain ops instead (the reference). Peers run as
+    the chunked MLP; ``fuse=False`` times the plain ops instead (the reference). ``device``: auto (CUDA when
+    there is one, else CPU), cpu, cuda or cuda:N. Peers run as
     their authors wrote them. ``channels_last`` converts every contestant and the input to that layout.
     ``tuned_malloc`` raises glibc's mmap threshold (engine/allocator.py) after memory is measured and before
     anything is timed: every contestant then runs with the allocator ``convnext train`` uses on CPU.
