@@ -347,6 +347,20 @@ def test_header_check_counts_every_frame() -> None:
     assert e.value.status == 413
 
 
+def test_uploads_decode_as_load_image_reads_files(tmp_path: Path) -> None:
+    """One decoder: every kind of image (16-bit PNGs, animated GIF/WebP, CMYK, float TIFF, ...) gives the
+    server the pixels load_image gives predict and training (serve had its own copy that returned uint16
+    for 16-bit PNGs)."""
+    from test_inputs import image_kinds
+
+    from convnext.data.images import load_image
+    from convnext.serve.inputs import read_upload
+
+    for name, (data, _) in image_kinds().items():
+        (tmp_path / name).write_bytes(data)
+        assert torch.equal(read_upload(data), load_image(tmp_path / name)), name
+
+
 def test_oversized_upload_refused_before_it_is_read(server, client) -> None:
     # Content-Length over the limit: 413 comes back although not one byte of the 50 MB body was sent
     head = (
