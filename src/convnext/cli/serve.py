@@ -24,9 +24,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_weights(p, exported=True)
     p.add_argument(
         "--backend",
-        choices=("auto", "torch", "onnxruntime", "openvino"),
+        choices=("auto", "torch", "onnxruntime", "openvino", "pt2"),
         default="auto",
-        help="auto: onnxruntime for .onnx, openvino for .xml, torch otherwise",
+        help="auto: onnxruntime for .onnx, openvino for .xml, pt2 (torch.export) for .pt2, torch otherwise",
     )
     p.add_argument(
         "--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)"
