@@ -141,6 +141,7 @@ def test_benchmark_errors_are_one_clear_sentence(capsys: pytest.CaptureFixture[s
 
 def _digits_checkpoint(path) -> str:
     """A training checkpoint of the quickstart's model on the digits (random weights, layer scale 1)."""
+    from convnext.engine.checkpoint import train_state
     from convnext.engine.config import TrainConfig, to_dict
     from convnext.models import build_model
 
@@ -149,11 +150,10 @@ def _digits_checkpoint(path) -> str:
     cfg.model.options = {"depths": [1, 1, 2, 1], "dims": [32, 64, 128, 256]}
     cfg.data.dataset, cfg.data.img_size, cfg.data.crop_pct = "digits", 32, 1.0
     model = build_model("convnext_atto", num_classes=10, layer_scale_init_value=1.0, **cfg.model.options)
-    ckpt = {
-        "format": "convnext-train", "version": 1, "arch": "convnext_atto", "model": model.state_dict(),
-        "epoch": 1, "step": 1, "config": to_dict(cfg), "class_names": [str(i) for i in range(10)],
-        "metrics": {},
-    }  # fmt: skip
+    ckpt = train_state(
+        arch="convnext_atto", model=model.state_dict(), epoch=1, step=1, config=to_dict(cfg),
+        class_names=[str(i) for i in range(10)],
+    )  # fmt: skip
     torch.save(ckpt, path)
     return str(path)
 

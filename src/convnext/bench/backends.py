@@ -19,6 +19,7 @@ from torch import nn
 
 from ..errors import UserError
 from ..models import build_model, get_variant
+from ..weights.containers import TRAIN_FORMAT
 from .timing import Rounds, device_name, interleaved_rounds, matmul_peak_step, median_ratio
 
 BACKENDS = ("torch", "torch-bf16", "onnxruntime", "openvino", "openvino-bf16", "openvino-int8")
@@ -64,7 +65,7 @@ def _weights(model: str | None, weights: str | None, img_size: int | None) -> tu
         if is_exported(weights):
             raise UserError(f"--backend needs PyTorch weights to export from, not the exported {weights}")
         loaded = load_for_inference(weights, model, img_size=img_size)
-        from_run = loaded.run_dir is not None or loaded.info.format == "convnext-train"
+        from_run = loaded.run_dir is not None or loaded.info.format == TRAIN_FORMAT
         return loaded.model, loaded.data, loaded.arch, loaded.class_names, from_run, loaded.checkpoint
     model = model or "convnext_tiny"
     try:
