@@ -49,6 +49,26 @@ def test_help_needs_no_torch(verb: str) -> None:
     assert not heavy, heavy[:5]
 
 
+def test_train_dry_run_resolves_without_the_training_stack(tmp_path: Path) -> None:
+    """`train --dry-run` resolves and validates a recipe with engine/config.py alone: the training loop
+    (engine.train, loaders, trackers) is not imported, and engine/config.py imports no torch itself (the
+    model-option check builds the model on the meta device, which needs torch: that import is the models').
+    Without --config or --resume, the sentence names the bundled recipes."""
+    proc = _cli("-X", "importtime", "-c", "import convnext.engine.config")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert not [m for m in _imported(proc.stderr) if m.split(".")[0] in ("torch", "torchvision")]
+    proc = _cli("-X", "importtime", "-m", "convnext", "train", "--config", "quickstart_digits", "--dry-run")
+    assert proc.returncode == 0 and "epochs:" in proc.stdout, proc.stderr[-2000:]
+    mods = _imported(proc.stderr)
+    assert "convnext.engine.config" in mods
+    assert not {"convnext.engine.train", "convnext.data.loader", "convnext.engine.trackers"} & mods
+    proc = _cli("-m", "convnext", "train", cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stderr.strip() == (
+        "convnext train: error: pass --config NAME (a bundled recipe, `convnext recipes` lists them, or a "
+        "YAML file), or --resume PATH to continue a run"
+    )
+
+
 def test_python_m_convnext_and_version() -> None:
     """`python -m convnext` is the `convnext` script; --version is the installed distribution's, which
     pyproject.toml sets (one source of truth)."""
