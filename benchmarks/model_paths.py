@@ -58,7 +58,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     import timm
 
-    from convnext.benchmark import to_peer_state_dict
+    from convnext.bench import to_peer_state_dict
 
     torch.manual_seed(0)
     plain = create_model(args.model, chunked_mlp=False)

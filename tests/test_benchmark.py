@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from convnext import create_model
-from convnext.benchmark import (
+from convnext.bench import (
     build_peer,
     format_backend_report,
     format_report,
@@ -84,7 +84,7 @@ def test_our_weights_give_the_peers_our_logits(peer: str, name: str) -> None:
 
 
 def test_benchmark_verb_compares_with_timm_and_torchvision(capsys: pytest.CaptureFixture[str]) -> None:
-    from convnext.benchmark import FUSED_NOTE
+    from convnext.bench import FUSED_NOTE
 
     pytest.importorskip("timm")
     args = ["benchmark", "--model", "convnext_tiny", "--batch-size", "1", "--img-size", "32"]
@@ -98,10 +98,20 @@ def test_benchmark_verb_compares_with_timm_and_torchvision(capsys: pytest.Captur
     assert all(r["max_abs_diff_vs_ours"] <= 1e-4 for r in report["results"])  # the same function was timed
     assert report["matmul_peak_gflops"] > 0 and ours["fraction_of_matmul_peak"] > 0
     assert report["params_m"] == pytest.approx(28.6, abs=0.05) and ours["peak_memory_mb"] >= 0
+    assert report["device"] == ("cuda:0" if torch.cuda.is_available() else "cpu")  # --device auto
+
+
+def test_benchmark_json_file_keeps_the_table(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
+    dst = tmp_path / "bench.json"
+    args = ["benchmark", "--model", "convnext_atto", "--batch-size", "1", "--img-size", "32"]
+    args += ["--repeats", "1"]
+    assert main([*args, "--device", "cpu", "--json", str(dst)]) == 0
+    assert "images/s" in capsys.readouterr().out
+    assert json.loads(dst.read_text())["results"][0]["name"] == "ours"
 
 
 def test_benchmark_train_mode_table() -> None:
-    from convnext.benchmark import CHUNKED_NOTE, SMALL_NOTE
+    from convnext.bench import CHUNKED_NOTE, SMALL_NOTE
 
     # 6 x 32 x 32 = 6144 stage-1 rows: the size from which the fast blocks chunk a training step on CPU
     report = run_benchmark(
@@ -125,12 +135,13 @@ def test_benchmark_errors_are_one_clear_sentence(capsys: pytest.CaptureFixture[s
     assert main(["benchmark", "--model", "convnext_nope", "--repeats", "1"]) == 2
     assert "unknown model 'convnext_nope'" in capsys.readouterr().err
     if not torch.cuda.is_available():
-        with pytest.raises(UserError, match="no CUDA GPU"):
+        with pytest.raises(UserError, match="CUDA is not available"):
             run_benchmark("convnext_atto", device="cuda")
 
 
 def _digits_checkpoint(path) -> str:
     """A training checkpoint of the quickstart's model on the digits (random weights, layer scale 1)."""
+    from convnext.engine.checkpoint import train_state
     from convnext.engine.config import TrainConfig, to_dict
     from convnext.models import build_model
 
@@ -139,11 +150,10 @@ def _digits_checkpoint(path) -> str:
     cfg.model.options = {"depths": [1, 1, 2, 1], "dims": [32, 64, 128, 256]}
     cfg.data.dataset, cfg.data.img_size, cfg.data.crop_pct = "digits", 32, 1.0
     model = build_model("convnext_atto", num_classes=10, layer_scale_init_value=1.0, **cfg.model.options)
-    ckpt = {
-        "format": "convnext-train", "version": 1, "arch": "convnext_atto", "model": model.state_dict(),
-        "epoch": 1, "step": 1, "config": to_dict(cfg), "class_names": [str(i) for i in range(10)],
-        "metrics": {},
-    }  # fmt: skip
+    ckpt = train_state(
+        arch="convnext_atto", model=model.state_dict(), epoch=1, step=1, config=to_dict(cfg),
+        class_names=[str(i) for i in range(10)],
+    )  # fmt: skip
     torch.save(ckpt, path)
     return str(path)
 
@@ -177,10 +187,14 @@ def test_backend_benchmark_errors_are_one_line(capsys) -> None:
     assert "--backend times CPU inference as each backend runs it; drop --compare" in capsys.readouterr().err
     assert main(["benchmark", "--weights", "x.pth"]) == 2
     assert "--weights and --calibration go with --backend" in capsys.readouterr().err
+    assert main(["benchmark", "--backend", "onnxruntime", "--device", "cuda"]) == 2  # auto and cpu pass
+    assert capsys.readouterr().err.strip() == (
+        "convnext benchmark: error: --backend times the CPU backends; drop --device cuda"
+    )
 
 
 def test_cli_backend_list_is_the_modules() -> None:
-    from convnext import benchmark
+    from convnext import bench
     from convnext.cli import benchmark as cli
 
-    assert cli.BACKENDS == benchmark.BACKENDS
+    assert cli.BACKENDS == bench.BACKENDS

@@ -18,11 +18,8 @@ import pytest
 import torch
 
 import convnext
+from convnext.cli import common
 from convnext.cli.main import VERBS, build_parser, main
-
-# Verbs another helper is changing right now; they adopt cli/common.py's flags at merge time (the xfail is
-# strict: it fails as soon as they conform, so the marker goes then).
-NOT_YET_CONVENTIONAL = {"predict": "--json is a switch", "benchmark": "--device defaults to cpu"}
 
 
 def _cli(*args: str, **kw) -> subprocess.CompletedProcess:
@@ -50,6 +47,26 @@ def test_help_needs_no_torch(verb: str) -> None:
     assert "convnext.cli.main" in mods  # the measurement saw our imports
     heavy = sorted(m for m in mods if m.split(".")[0] in ("torch", "torchvision", "timm"))
     assert not heavy, heavy[:5]
+
+
+def test_train_dry_run_resolves_without_the_training_stack(tmp_path: Path) -> None:
+    """`train --dry-run` resolves and validates a recipe with engine/config.py alone: the training loop
+    (engine.train, loaders, trackers) is not imported, and engine/config.py imports no torch itself (the
+    model-option check builds the model on the meta device, which needs torch: that import is the models').
+    Without --config or --resume, the sentence names the bundled recipes."""
+    proc = _cli("-X", "importtime", "-c", "import convnext.engine.config")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert not [m for m in _imported(proc.stderr) if m.split(".")[0] in ("torch", "torchvision")]
+    proc = _cli("-X", "importtime", "-m", "convnext", "train", "--config", "quickstart_digits", "--dry-run")
+    assert proc.returncode == 0 and "epochs:" in proc.stdout, proc.stderr[-2000:]
+    mods = _imported(proc.stderr)
+    assert "convnext.engine.config" in mods
+    assert not {"convnext.engine.train", "convnext.data.loader", "convnext.engine.trackers"} & mods
+    proc = _cli("-m", "convnext", "train", cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stderr.strip() == (
+        "convnext train: error: pass --config NAME (a bundled recipe, `convnext recipes` lists them, or a "
+        "YAML file), or --resume PATH to continue a run"
+    )
 
 
 def test_python_m_convnext_and_version() -> None:
@@ -83,16 +100,15 @@ def _options(verb: str) -> dict[str, argparse.Action]:
     return {s: a for a in sub._actions for s in a.option_strings}
 
 
-def _conventional(verb: str) -> object:  # the verb, or a pytest.param marked xfail
-    reason = NOT_YET_CONVENTIONAL.get(verb)
-    return pytest.param(verb, marks=pytest.mark.xfail(strict=True, reason=reason)) if reason else verb
-
-
-@pytest.mark.parametrize("verb", [_conventional(v) for v in VERBS])
+@pytest.mark.parametrize("verb", VERBS)
 def test_shared_flags_mean_the_same_in_every_verb(verb: str) -> None:
     opts = _options(verb)
-    if "--json" in opts:  # --json [FILE]: no value (or -) is stdout
+    if "--json" in opts:  # --json [FILE]: no value (or -) is stdout; FILE must be .json/.jsonl
         assert opts["--json"].nargs == "?" and opts["--json"].const == "-", verb
+        assert opts["--json"].type is common._json_target, verb
+    for flag in ("--batch-size", "--topk", "--repeats"):  # 0 is an argparse error naming the flag
+        if flag in opts:
+            assert opts[flag].type is common.positive_int, (verb, flag)
     if "--device" in opts:
         assert opts["--device"].default == "auto", verb
     if "--img-size" in opts:

@@ -216,6 +216,7 @@ def test_run_folder_class_names_define_the_order(tmp_path: Path, capsys) -> None
     """A run trained on classes [zebra, apple, mango] (its order) evaluated on folders apple/zebra: targets
     follow the checkpoint's names, and the EMA weights are used with --ema."""
     import convnext
+    from convnext.engine.checkpoint import train_state
     from convnext.engine.config import TrainConfig, to_dict
 
     names = ["zebra", "apple", "mango"]
@@ -230,11 +231,10 @@ def test_run_folder_class_names_define_the_order(tmp_path: Path, capsys) -> None
             m.head.bias.copy_(torch.nn.functional.one_hot(torch.tensor(cls), 3) * 10.0)
     run = tmp_path / "run"
     (run / "checkpoints").mkdir(parents=True)
-    ckpt = {
-        "format": "convnext-train", "version": 1, "arch": "convnext_atto",
-        "model": model.state_dict(), "model_ema": ema.state_dict(),
-        "epoch": 1, "step": 1, "config": to_dict(cfg), "class_names": names, "metrics": {},
-    }  # fmt: skip
+    ckpt = train_state(
+        arch="convnext_atto", model=model.state_dict(), model_ema=ema.state_dict(), epoch=1, step=1,
+        config=to_dict(cfg), class_names=names,
+    )  # fmt: skip
     torch.save(ckpt, run / "checkpoints" / "last.pth")
     data = tmp_path / "data"
     _image_folder(data / "val", ["apple", "zebra"])

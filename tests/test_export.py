@@ -118,6 +118,7 @@ def test_metadata_round_trip() -> None:
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A training run folder on the digits (the quickstart's model, random weights with layer scale 1)."""
+    from convnext.engine.checkpoint import train_state
     from convnext.engine.config import TrainConfig, dump_yaml, to_dict
 
     cfg = TrainConfig()
@@ -126,11 +127,10 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     model = randomise(build_model("convnext_atto", num_classes=10, layer_scale_init_value=1.0, **QUICK))
     run = tmp_path_factory.mktemp("run")
     (run / "checkpoints").mkdir()
-    ckpt = {
-        "format": "convnext-train", "version": 1, "arch": "convnext_atto", "model": model.state_dict(),
-        "epoch": 1, "step": 1, "config": to_dict(cfg), "class_names": [str(i) for i in range(10)],
-        "metrics": {},
-    }  # fmt: skip
+    ckpt = train_state(
+        arch="convnext_atto", model=model.state_dict(), epoch=1, step=1, config=to_dict(cfg),
+        class_names=[str(i) for i in range(10)],
+    )  # fmt: skip
     torch.save(ckpt, run / "checkpoints" / "last.pth")
     dump_yaml(cfg, run / "config.yaml")
     return run

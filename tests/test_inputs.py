@@ -18,7 +18,15 @@ import torch
 from PIL import Image
 
 from convnext.cli.main import main
-from convnext.data.images import ImageError, _pil_rgb, check_file, load_image
+from convnext.data.images import (
+    TOO_LARGE,
+    ImageError,
+    _pil_rgb,
+    check_file,
+    decode_image_bytes,
+    load_image,
+    read_header,
+)
 
 CONFIGS = Path(__file__).resolve().parents[1] / "src" / "convnext" / "configs"
 H, W = 20, 24
@@ -149,6 +157,7 @@ def test_every_kind_decodes_to_uint8_rgb(name: str, tmp_path: Path) -> None:
     assert np.array_equal(got, want), int(np.abs(got.astype(int) - want.astype(int)).max())
     with Image.open(path) as im:  # the PIL path gives the same pixels as the torchvision.io path
         assert torch.equal(_pil_rgb(im), img)
+    assert torch.equal(decode_image_bytes(data, name=name), img)  # bytes in memory: the same decoder
 
 
 def test_16bit_images_batch_like_any_other(tmp_path: Path) -> None:
@@ -188,6 +197,19 @@ def test_pixel_limit_is_read_from_the_header_and_can_be_raised(tmp_path: Path) -
     with pytest.raises(ImageError, match=r"24x20 = 0.0 Mpx, above the limit of 100 pixels"):
         load_image(jpg, max_pixels=100)
     assert load_image(jpg, max_pixels=H * W).shape == (3, H, W)
+
+
+def test_header_check_on_bytes_counts_frames_when_asked() -> None:
+    """read_header: format and size without decoding; the limit is per decoded frame, or, with
+    count_frames (what convnext serve asks), over every frame of an animation."""
+    data = image_kinds()["animated.gif"][0]  # 3 frames of 24x20
+    h = read_header(data, max_pixels=H * W)
+    assert (h.kind, h.width, h.height, h.frames) == ("gif", W, H, 1)
+    assert read_header(data, max_pixels=3 * H * W, count_frames=True).frames == 3
+    with pytest.raises(ImageError, match=r"24x20 x 3 frames = 0.0 Mpx, above the limit of 1,000") as e:
+        decode_image_bytes(data, max_pixels=1000, name="upload.gif", count_frames=True)
+    assert e.value.cause == TOO_LARGE and e.value.header.frames == 3 and "upload.gif" in str(e.value)
+    assert decode_image_bytes(data, max_pixels=1000).shape == (3, H, W)  # only the first frame is decoded
 
 
 def test_raised_limit_overrides_pils_own(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

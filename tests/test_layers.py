@@ -23,7 +23,6 @@ LAYERS: dict[str, int] = {
     "inference": 3,
     "engine": 3,
     "bench": 3,
-    "benchmark": 3,
     "export": 3,
     "serve": 3,
     "hub": 3,

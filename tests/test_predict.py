@@ -79,6 +79,44 @@ def test_cli_text_and_json_output(imagenet_sample: Path, timm_pair, capsys) -> N
     assert obj["top"][0]["prob"] >= obj["top"][1]["prob"] >= obj["top"][2]["prob"]
 
 
+def test_json_file_keeps_the_text_and_bars_only_on_a_terminal(
+    imagenet_sample: Path, timm_pair, tmp_path: Path, capsys, monkeypatch
+) -> None:
+    """--json FILE writes one object per image there and the text stays on stdout (the shared --json
+    convention); --json - is stdout only; a non-.json value after --json is refused, not overwritten; the
+    progress bar draws only on a terminal, and --no-progress switches it off there too."""
+    import io
+    import sys
+
+    _, _, path = timm_pair
+    files = _sample_files(imagenet_sample, 3)
+    base = ["predict", *files, "--weights", str(path), "--img-size", str(IMG), "--topk", "2"]
+    base += ["--batch-size", "1"]  # 3 images in 3 batches: enough for a bar
+    dst = tmp_path / "out" / "preds.jsonl"
+    assert main([*base, "--json", str(dst)]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 3 * 3  # path + 2 classes per image
+    objs = [json.loads(ln) for ln in dst.read_text().splitlines()]
+    assert [o["path"] for o in objs] == files and all(len(o["top"]) == 2 for o in objs)
+    assert main([*base, "--json", "-"]) == 0
+    assert [json.loads(ln) for ln in capsys.readouterr().out.splitlines()] == objs
+    with pytest.raises(SystemExit):
+        main(["predict", "--json", files[0], "--weights", str(path)])
+    assert "is not a .json/.jsonl file name" in capsys.readouterr().err
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    for extra, bar in (((), True), (("--no-progress",), False)):
+        term = Terminal()
+        monkeypatch.setattr(sys, "stderr", term)
+        assert main([*base, *extra]) == 0
+        assert ("predict" in term.getvalue()) is bar, term.getvalue()
+    monkeypatch.setattr(sys, "stderr", io.StringIO())  # not a terminal: no bar
+    assert main(base) == 0
+    assert sys.stderr.getvalue() == ""
+
+
 # ---------------------------------------------------------------------------------------------- Grad-CAM
 class ColourNet(nn.Module):
     """A real two-layer CNN whose class c is "how much of colour channel c": stage 0 pools each channel
@@ -211,7 +249,7 @@ def test_weights_errors_are_one_line(timm_pair, imagenet_sample: Path, tmp_path:
 
 
 def test_class_names_shown() -> None:
-    from convnext.cli.predict import weights_source
+    from convnext.cli.common import weights_source
     from convnext.inference import display_names
 
     assert display_names(None, 1000)[0] == "tench, Tinca tinca"  # ImageNet-1k: full synonym list

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import importlib.util
 import io
 import json
 import os
@@ -347,6 +346,20 @@ def test_header_check_counts_every_frame() -> None:
     assert e.value.status == 413
 
 
+def test_uploads_decode_as_load_image_reads_files(tmp_path: Path) -> None:
+    """One decoder: every kind of image (16-bit PNGs, animated GIF/WebP, CMYK, float TIFF, ...) gives the
+    server the pixels load_image gives predict and training (serve had its own copy that returned uint16
+    for 16-bit PNGs)."""
+    from test_inputs import image_kinds
+
+    from convnext.data.images import load_image
+    from convnext.serve.inputs import read_upload
+
+    for name, (data, _) in image_kinds().items():
+        (tmp_path / name).write_bytes(data)
+        assert torch.equal(read_upload(data), load_image(tmp_path / name)), name
+
+
 def test_oversized_upload_refused_before_it_is_read(server, client) -> None:
     # Content-Length over the limit: 413 comes back although not one byte of the 50 MB body was sent
     head = (
@@ -414,14 +427,54 @@ def test_cli_refuses_bad_flags_and_unloadable_weights(tmp_path: Path, capsys) ->
     assert err[-1].startswith("convnext serve: error:") and "none.pth" in err[-1]
 
 
-@pytest.mark.skipif(
-    importlib.util.find_spec("convnext.inference.backends") is not None,
-    reason="the export work is here: exported models are served (tested with the backends)",
-)
-def test_exported_backend_without_the_export_work_is_one_line(capsys) -> None:
-    assert main(["serve", "--weights", "model.onnx", "--port", "0"]) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0 and "onnxruntime" in err and "export" in err
+def _export(run: Path, out: Path, fmt: str) -> Path:
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert main(["export", "--weights", str(run), "--format", fmt, "--out", str(out)]) == 0
+    return out
+
+
+def test_an_exported_onnx_file_is_served_as_predict_runs_it(
+    digits_run: Path, samples: list[str], tmp_path: Path
+) -> None:
+    """`convnext serve --weights model.onnx`: inference.backends.load_backend runs it in onnxruntime with the
+    preprocessing and classes stored in the file; the answers are `convnext predict --json` on the same
+    file, to 1e-4; cam=true is one 4xx sentence (no gradients in an exported file)."""
+    for module in ("onnx", "onnxscript", "onnxruntime"):
+        pytest.importorskip(module)
+    onnx_file = _export(digits_run, tmp_path / "digits.onnx", "onnx")
+    files = samples[:4]
+    expected = predict_json(files, onnx_file, topk=5)
+    app = create_app(lambda: load_runner(str(onnx_file), device="cpu"), ServeSettings(max_wait_ms=50))
+    with ThreadedServer(app) as srv, httpx.Client(base_url=srv.url, timeout=30) as c:
+        wait_ready(srv.url)
+        info = c.get("/v1/model").json()
+        assert (info["backend"], info["model"], info["cam"]) == ("onnxruntime", "convnext_atto", False)
+        assert info["labels"] == [str(i) for i in range(10)] and info["preprocessing"]["img_size"] == 32
+        for f in files:
+            r = c.post("/v1/predict", files={"file": (Path(f).name, Path(f).read_bytes(), "image/png")})
+            assert r.status_code == 200, r.text
+            assert_same_as_predict(r.json(), expected[f])
+        r = c.post("/v1/predict", params={"cam": "true"}, files={"file": Path(files[0]).read_bytes()})
+        assert_error(r, 400, "cam=true needs PyTorch weights", "exported onnxruntime file")
+
+
+def test_exported_files_pick_their_runtime_and_never_offer_grad_cam(digits_run: Path, tmp_path: Path) -> None:
+    """A .pt2 file (auto: the pt2 backend) does not claim Grad-CAM either; --backend torch with an exported
+    file, or a runtime that cannot run the file, is one sentence."""
+    from convnext.serve.runners import resolve_backend
+
+    assert [resolve_backend("auto", f"m{s}") for s in (".onnx", ".xml", ".pt2", ".pth")] == [
+        "onnxruntime", "openvino", "pt2", "torch"
+    ]  # fmt: skip
+    with pytest.raises(UserError, match="--backend torch runs PyTorch weights; m.pt2 is an exported pt2"):
+        resolve_backend("torch", "m.pt2")
+    pt2 = _export(digits_run, tmp_path / "digits.pt2", "pt2")
+    runner = load_runner(str(pt2), device="cpu")
+    assert (runner.backend, runner.supports_cam, runner.describe()["cam"]) == ("pt2", False, False)
+    x = runner.preprocess(torch.zeros(3, 32, 32, dtype=torch.uint8))[None]
+    assert runner.forward(x).shape == (1, 10)
+    with pytest.raises(UserError, match="runs on pt2, not on --backend onnxruntime"):
+        load_runner(str(pt2), backend="onnxruntime")
 
 
 def test_sigterm_finishes_in_flight_requests_and_exits_0(digits_run: Path, samples: list[str]) -> None:

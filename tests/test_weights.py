@@ -24,7 +24,7 @@ import torch
 
 import convnext
 from convnext.cli.main import main
-from convnext.engine.checkpoint import train_state
+from convnext.engine.checkpoint import FORMAT, train_state
 from convnext.errors import UserError
 from convnext.weights import registry
 from convnext.weights.load import load_checkpoint, prepare, read_checkpoint
@@ -105,7 +105,7 @@ def test_our_training_checkpoint(source: torch.nn.Module, tmp_path: Path) -> Non
     torch.save(ckpt, path)
     model = convnext.create_model(ARCH, pretrained=str(path))
     info = model.pretrained_info
-    assert info.format == "convnext-train" and info.class_names == CLASSES and info.arch == ARCH
+    assert info.format == FORMAT and info.class_names == CLASSES and info.arch == ARCH
     assert model.num_classes == N_CLASSES and same_weights(model.state_dict(), source.state_dict())
     assert info.metadata["epoch"] == 3
     assert same_weights(prepare(path, ema=True).state_dict, ema)
@@ -305,8 +305,7 @@ def test_convert_timm_to_safetensors_round_trip(tmp_path: Path, capsys: pytest.C
 def test_convert_keeps_class_names_and_ema(source: torch.nn.Module, tmp_path: Path) -> None:
     ema = {k: v * 2 for k, v in source.state_dict().items()}
     src = tmp_path / "last.pth"
-    torch.save({"format": "convnext-train", "arch": ARCH, "model": source.state_dict(), "model_ema": ema,
-                "class_names": CLASSES}, src)  # fmt: skip
+    torch.save(train_state(arch=ARCH, model=source.state_dict(), model_ema=ema, class_names=CLASSES), src)
     dst = tmp_path / "ema.safetensors"
     assert main(["convert", str(src), str(dst), "--ema"]) == 0
     model = convnext.create_model(ARCH, pretrained=str(dst))
@@ -776,8 +775,7 @@ def _run_folder(tmp_path: Path, model: torch.nn.Module, **model_section) -> Path
     run = tmp_path / "runs" / "pets"
     (run / "checkpoints").mkdir(parents=True)
     dump_yaml(cfg, run / "config.yaml")
-    ckpt = {"format": "convnext-train", "version": 1, "arch": ARCH, "model": model.state_dict(),
-            "config": to_dict(cfg), "class_names": CLASSES, "epoch": 3}  # fmt: skip
+    ckpt = train_state(arch=ARCH, model=model.state_dict(), config=to_dict(cfg), class_names=CLASSES, epoch=3)
     torch.save(ckpt, run / "checkpoints" / "best.pth")
     return run
 

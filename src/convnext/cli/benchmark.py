@@ -6,10 +6,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
+from typing import Any
 
 from ..errors import UserError
+from .common import add_device, add_img_size, add_json, json_only, json_output, positive_int
 
-# convnext.benchmark.BACKENDS, spelled here so that `--help` needs no torch
+# convnext.bench.BACKENDS, spelled here so that `--help` needs no torch
 BACKENDS = ("torch", "torch-bf16", "onnxruntime", "openvino", "openvino-bf16", "openvino-int8")
 
 
@@ -22,15 +25,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--model", help="architecture name (see `convnext models`; default convnext_tiny, or the --weights')"
     )
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--img-size", type=int, help="input resolution (default 224, or the --weights')")
+    p.add_argument("--batch-size", type=positive_int, default=32)
+    add_img_size(p, crop=False, help="input resolution (default 224, or the --weights' own)")
     p.add_argument("--mode", choices=["infer", "train"], default="infer", help="train: fwd+bwd+AdamW")
     p.add_argument("--channels-last", action="store_true", help="models and input in channels_last")
     p.add_argument("--compile", action="store_true", help="torch.compile every model first")
-    p.add_argument("--amp", choices=["bf16", "fp16"], help="autocast to this dtype")
-    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    add_device(p)
     p.add_argument("--compare", default="", help="comma-separated peers: timm,torchvision")
-    p.add_argument("--repeats", type=int, default=5, help="timed rounds (each runs every contestant once)")
+    p.add_argument(
+        "--repeats", type=positive_int, default=5, help="timed rounds (each runs every contestant once)"
+    )
     p.add_argument("--warmup", type=int, default=1, help="untimed calls per contestant first")
     p.add_argument(
         "--no-fuse", action="store_true", help="time our plain ops: no inference fusion, no chunked MLP"
@@ -43,8 +47,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--backend",
         metavar="LIST",
-        help=f"time deployment backends instead, comma-separated: {','.join(BACKENDS)} (torch is the "
-        "reference: our fused fp32 PyTorch)",
+        help=f"time deployment backends on the CPU instead, comma-separated: {','.join(BACKENDS)} (torch is "
+        "the reference: our fused fp32 PyTorch)",
     )
     p.add_argument(
         "--weights", metavar="SRC", help="with --backend: weights (file, tag, run folder; default: random)"
@@ -54,21 +58,16 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="DIR",
         help="with --backend openvino-int8: calibration images (default: the run's data, else random)",
     )
-    p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    add_json(p, "the report (one object)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..benchmark import format_backend_report, format_report, run_backend_benchmark, run_benchmark
+    from ..bench import format_backend_report, format_report, run_backend_benchmark, run_benchmark
 
     say = lambda msg: print(f"[benchmark] {msg}", file=sys.stderr, flush=True)  # noqa: E731
     if args.backend:
-        flags = {"--compare": args.compare, "--amp": args.amp, "--compile": args.compile}
-        flags.update({"--channels-last": args.channels_last, "--no-fuse": args.no_fuse})
-        flags.update({"--mode train": args.mode != "infer", "--device": args.device != "cpu"})
-        clash = [f for f, v in flags.items() if v]
-        if clash:
-            raise UserError(f"--backend times CPU inference as each backend runs it; drop {', '.join(clash)}")
+        _refuse_with_backend(args)
         report = run_backend_benchmark(
             args.model,
             weights=args.weights,
@@ -80,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
             calibration=args.calibration,
             progress=say,
         )
-        print(json.dumps(report) if args.json else format_backend_report(report))
+        _emit(args, report, format_backend_report)
         return 0
     if args.weights or args.calibration:
         raise UserError("--weights and --calibration go with --backend")
@@ -100,5 +99,26 @@ def run(args: argparse.Namespace) -> int:
         tuned_malloc=args.tuned_malloc,
         progress=say,
     )
-    print(json.dumps(report) if args.json else format_report(report))
+    _emit(args, report, format_report)
     return 0
+
+
+def _refuse_with_backend(args: argparse.Namespace) -> None:
+    """--backend times CPU inference as each runtime runs it: the model-comparison flags do not apply."""
+    if args.device not in ("auto", "cpu"):
+        raise UserError(f"--backend times the CPU backends; drop --device {args.device}")
+    flags = {"--compare": args.compare, "--amp": args.amp, "--compile": args.compile}
+    flags.update({"--channels-last": args.channels_last, "--no-fuse": args.no_fuse})
+    flags.update({"--mode train": args.mode != "infer"})
+    clash = [f for f, v in flags.items() if v]
+    if clash:
+        raise UserError(f"--backend times CPU inference as each backend runs it; drop {', '.join(clash)}")
+
+
+def _emit(args: argparse.Namespace, report: dict[str, Any], table: Callable[[dict[str, Any]], str]) -> None:
+    """The table on stdout, unless --json (or --json -) prints the report there instead; --json FILE."""
+    if args.json:
+        with json_output(args.json) as f:
+            f.write(json.dumps(report) + "\n")
+    if not json_only(args):
+        print(table(report))

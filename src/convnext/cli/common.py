@@ -142,13 +142,19 @@ def show_progress(args: argparse.Namespace | None = None) -> bool:
 
 # ----------------------------------------------------------------------------- --weights, --model, --ema
 def add_weights(
-    p: argparse.ArgumentParser, *, ema: str = "use the EMA weights of a training checkpoint"
+    p: argparse.ArgumentParser,
+    *,
+    ema: str = "use the EMA weights of a training checkpoint",
+    exported: bool = False,
 ) -> None:
+    """``--weights``/``--model``/``--ema``; ``exported``: the verb also runs exported files."""
+    also = ", exported model (.onnx, .xml, .pt2; see `convnext export`)" if exported else ""
     p.add_argument(
         "--weights",
         metavar="SRC",
-        help="checkpoint file, URL, weights tag (convnext_tiny.fb_in1k), HF folder or training run folder "
-        "(default: the tag in --model, e.g. --model convnext_tiny.fb_in1k, or the arch's default weights)",
+        help="checkpoint file, URL, weights tag (convnext_tiny.fb_in1k), HF folder, training run folder"
+        f"{also} (default: the tag in --model, e.g. --model convnext_tiny.fb_in1k, or the arch's default "
+        "weights)",
     )
     p.add_argument("--model", metavar="ARCH", help="architecture (default: from the checkpoint or run)")
     p.add_argument("--ema", action="store_true", help=ema)
@@ -165,3 +171,14 @@ def weights_source(weights: str | None, model: str | None) -> str:
     from ..weights.registry import default_tag
 
     return default_tag(model)
+
+
+def read_names_file(path: str) -> list[str]:
+    """``--classes FILE``: class names, one per line (blank lines ignored)."""
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise UserError(f"class list {p} does not exist")
+    names = [ln.strip() for ln in p.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    if not names:
+        raise UserError(f"class list {p} is empty")
+    return names

@@ -11,6 +11,7 @@ import sys
 from typing import Any
 
 from ..errors import UserError
+from .common import add_img_size, add_json, add_weights, json_only, weights_source, write_json
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -20,13 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Export a checkpoint, weights tag or training run for deployment; the file is run "
         "against PyTorch right after writing and carries the model's classes and preprocessing.",
     )
-    p.add_argument(
-        "--weights",
-        metavar="SRC",
-        help="checkpoint file, URL, weights tag (convnext_tiny.fb_in1k), HF folder or training run folder "
-        "(default: the tag in --model)",
-    )
-    p.add_argument("--model", metavar="ARCH", help="architecture (default: from the checkpoint)")
+    add_weights(p, ema="export the EMA weights of a training checkpoint")
     p.add_argument(
         "--format",
         choices=("onnx", "openvino", "pt2"),
@@ -51,30 +46,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="int8: keep these in float, comma-separated: dwconv (depthwise convs), stem, head (default: "
         "none; LayerNorm, GELU and the residual adds are always float)",
     )
-    p.add_argument(
-        "--img-size", type=int, help="input resolution baked into the graph (default: the weights')"
-    )
-    p.add_argument("--ema", action="store_true", help="export the EMA weights of a training checkpoint")
+    add_img_size(p, crop=False, help="input resolution baked into the graph (default: the weights' own)")
     p.add_argument("--opset", type=int, default=20, help="ONNX opset (>= 18; default 20)")
     p.add_argument("--out", metavar="PATH", required=True, help="output file: .onnx, .xml or .pt2")
     p.add_argument("--force", action="store_true", help="replace an existing output")
-    p.add_argument(
-        "--json",
-        nargs="?",
-        const="-",
-        type=_json_target,
-        metavar="FILE",
-        help="the report as JSON: on stdout instead of the text (--json or --json -), or written to FILE "
-        "(.json) with the text kept",
-    )
+    add_json(p, "the report")
     p.set_defaults(func=run)
-
-
-def _json_target(value: str) -> str:
-    # main's cli/common.add_json semantics (a .json/.jsonl name, or - for stdout); use it once merged
-    if value == "-" or value.lower().endswith((".json", ".jsonl")):
-        return value
-    raise argparse.ArgumentTypeError(f"{value!r} is not a .json file name; write --json - for stdout")
 
 
 def report(res: Any) -> dict[str, Any]:
@@ -111,7 +88,6 @@ def _size(n: int) -> str:
 def run(args: argparse.Namespace) -> int:
     from ..device import cpu_features_line
     from ..export import export_model
-    from .predict import weights_source
 
     if args.img_size is not None and args.img_size < 32:
         raise UserError(f"--img-size must be at least 32, got {args.img_size}")
@@ -130,17 +106,10 @@ def run(args: argparse.Namespace) -> int:
         int8_float=tuple(p.strip() for p in args.int8_float.split(",") if p.strip()),
         progress=lambda msg: print(f"[export] {msg}", file=sys.stderr, flush=True),
     )
-    if args.json is not None:
-        import json
-
-        text = json.dumps(report(res), indent=2 if args.json != "-" else None)
-        if args.json == "-":
-            print(text)
-            return 0
-        from pathlib import Path
-
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(text + "\n")
+    if args.json:
+        write_json(args.json, report(res))
+    if json_only(args):
+        return 0
     m = res.meta
     d = m.data
     names = m.class_names or []

@@ -1,9 +1,10 @@
 """``convnext predict IMG|DIR|GLOB ... --weights SRC``: top-k classes per image, optional Grad-CAM overlays.
 
 Output per image: the path, then one line per class in the original project's format
-(``f"{name:<75} ({prob:.2f}%)"``); ``--json``: one JSON object per line per image. An unreadable image
-prints ``<path>: error: cannot read image (<why>)`` (stdout, in place), the rest are still predicted, and
-the exit code is 1.
+(``f"{name:<75} ({prob:.2f}%)"``); ``--json``: one JSON object per line per image, on stdout instead
+of the text (``--json``, ``--json -``) or written to a ``.json``/``.jsonl`` file with the text kept. An
+unreadable image prints ``<path>: error: cannot read image (<why>)`` (stdout, in place), the rest are
+still predicted, and the exit code is 1.
 """
 
 from __future__ import annotations
@@ -11,8 +12,23 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from contextlib import nullcontext
+from typing import Any
 
 from ..errors import UserError
+from .common import (
+    add_device,
+    add_img_size,
+    add_json,
+    add_progress,
+    add_weights,
+    json_only,
+    json_output,
+    positive_int,
+    read_names_file,
+    show_progress,
+    weights_source,
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -24,17 +40,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "inputs", nargs="+", metavar="IMG|DIR|GLOB", help="image files, folders (recursive), globs"
     )
-    p.add_argument(
-        "--weights",
-        metavar="SRC",
-        help="checkpoint file, URL, weights tag (convnext_tiny.fb_in1k), HF folder, training run folder or "
-        "exported model (.onnx, .xml, .pt2; see `convnext export`) (default: the tag in --model, e.g. "
-        "--model convnext_tiny.fb_in1k, or the arch's default weights)",
-    )
-    p.add_argument("--model", metavar="ARCH", help="architecture (default: from the checkpoint)")
-    p.add_argument("--ema", action="store_true", help="use the EMA weights of a training checkpoint")
-    p.add_argument("--topk", type=int, default=5, help="classes shown per image (default 5)")
-    p.add_argument("--json", action="store_true", help="one JSON object per image instead of text")
+    add_weights(p, exported=True)
+    p.add_argument("--topk", type=positive_int, default=5, help="classes shown per image (default 5)")
+    add_json(p, "one object per image, one per line,")
     p.add_argument(
         "--cam", metavar="OUTDIR", help="write a Grad-CAM overlay PNG of the top-1 class per image"
     )
@@ -43,43 +51,17 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="FILE",
         help="class names, one per line (default: the checkpoint's, else ImageNet-1k for 1000 classes)",
     )
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--img-size", type=int, help="input resolution (default: the weights')")
-    p.add_argument("--crop-pct", type=float, help="center-crop fraction (default: the weights')")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    p.add_argument("--amp", choices=("bf16", "fp16"), help="autocast dtype")
+    p.add_argument("--batch-size", type=positive_int, default=32)
+    add_img_size(p)
+    add_device(p)
     p.add_argument(
         "--max-pixels",
         type=int,
         metavar="N",
         help="refuse images whose header declares more pixels (default 89478485, as PIL's; 0: no limit)",
     )
+    add_progress(p)
     p.set_defaults(func=run)
-
-
-def weights_source(weights: str | None, model: str | None) -> str:
-    """--weights, else the tag named by --model (convnext_tiny.fb_in1k), else the arch's default tag."""
-    if weights:
-        return weights
-    if not model:
-        raise UserError("pass --weights (a file, URL, weights tag or run folder) or --model with a tag")
-    if "." in model:
-        return model
-    from ..weights.registry import default_tag
-
-    return default_tag(model)
-
-
-def read_names_file(path: str) -> list[str]:
-    from pathlib import Path
-
-    p = Path(path).expanduser()
-    if not p.is_file():
-        raise UserError(f"class list {p} does not exist")
-    names = [ln.strip() for ln in p.read_text(encoding="utf-8").splitlines() if ln.strip()]
-    if not names:
-        raise UserError(f"class list {p} is empty")
-    return names
 
 
 def run(args: argparse.Namespace) -> int:
@@ -87,10 +69,6 @@ def run(args: argparse.Namespace) -> int:
     from ..inference.loading import display_names, load_for_inference
     from ..inference.predict import expand_inputs, predict_paths
 
-    if args.topk < 1:
-        raise UserError(f"--topk must be at least 1, got {args.topk}")
-    if args.batch_size < 1:
-        raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")
     if args.max_pixels is not None and args.max_pixels < 0:
         raise UserError(f"--max-pixels must be 0 (no limit) or a number of pixels, got {args.max_pixels}")
     device = resolve_device(args.device)
@@ -111,12 +89,11 @@ def run(args: argparse.Namespace) -> int:
                 f"has {len(names)} classes"
             )
     runner = getattr(loaded.model, "runner", None)  # an exported file (inference/backends.py)
-    if runner is not None:
-        if args.cam:
-            raise UserError(
-                f"--cam needs PyTorch weights (Grad-CAM takes gradients); {loaded.checkpoint} is an exported "
-                f"{runner.backend} file"
-            )
+    if runner is not None and args.cam:
+        raise UserError(
+            f"--cam needs PyTorch weights (Grad-CAM takes gradients); {loaded.checkpoint} is an exported "
+            f"{runner.backend} file"
+        )
     shown = display_names(names, loaded.num_classes)
     if args.max_pixels is not None:
         import dataclasses
@@ -125,7 +102,6 @@ def run(args: argparse.Namespace) -> int:
     paths = expand_inputs(args.inputs)
     if not paths:
         raise UserError(f"no images found in {' '.join(args.inputs)}")
-    failed = 0
     preds = predict_paths(
         loaded.model,
         paths,
@@ -135,36 +111,45 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         cam_dir=args.cam,
         amp_dtype=dtype,
-        progress=len(paths) > args.batch_size and sys.stderr.isatty(),
+        progress=len(paths) > args.batch_size and show_progress(args),
         class_names=shown,
     )
-    for pred in preds:
-        if pred.error is not None:
-            failed += 1
-            if args.json:
-                print(json.dumps({"path": pred.path, "error": pred.error}), flush=True)
-            else:
-                print(f"{pred.path}: error: {pred.error}", flush=True)
-            continue
-        if args.json:
-            obj = {
-                "path": pred.path,
-                "top": [
-                    {"index": i, "class": shown[i], "prob": round(p, 6)}
-                    for i, p in zip(pred.indices, pred.probs)
-                ],
-            }
-            if pred.cam_path:
-                obj["cam"] = pred.cam_path
-            print(json.dumps(obj), flush=True)
-        else:
-            print(pred.path)
-            for i, p in zip(pred.indices, pred.probs):
-                print(f"{shown[i]:<75} ({p * 100:.2f}%)")
-            if pred.cam_path:
-                print(f"Grad-CAM: {pred.cam_path}")
-            sys.stdout.flush()
+    failed = _print_predictions(preds, shown, args.json, text=not json_only(args))
     if failed:
         print(f"convnext predict: {failed} of {len(paths)} image(s) could not be read", file=sys.stderr)
         return 1
     return 0
+
+
+def prediction_json(pred: Any, shown: list[str]) -> dict[str, Any]:
+    """One image's ``--json`` object: its path and top-k (index, class, prob), or its error."""
+    if pred.error is not None:
+        return {"path": pred.path, "error": pred.error}
+    top = [{"index": i, "class": shown[i], "prob": round(p, 6)} for i, p in zip(pred.indices, pred.probs)]
+    obj: dict[str, Any] = {"path": pred.path, "top": top}
+    if pred.cam_path:
+        obj["cam"] = pred.cam_path
+    return obj
+
+
+def _print_predictions(preds: Any, shown: list[str], json_target: str | None, *, text: bool) -> int:
+    """Each prediction as it comes: JSON lines (stdout or FILE) and/or the text. Returns the failures."""
+    failed = 0
+    with json_output(json_target) if json_target else nullcontext(None) as jf:
+        for pred in preds:
+            failed += pred.error is not None
+            if jf is not None:
+                jf.write(json.dumps(prediction_json(pred, shown)) + "\n")
+                jf.flush()
+            if not text:
+                continue
+            if pred.error is not None:
+                print(f"{pred.path}: error: {pred.error}")
+            else:
+                print(pred.path)
+                for i, p in zip(pred.indices, pred.probs):
+                    print(f"{shown[i]:<75} ({p * 100:.2f}%)")
+                if pred.cam_path:
+                    print(f"Grad-CAM: {pred.cam_path}")
+            sys.stdout.flush()
+    return failed

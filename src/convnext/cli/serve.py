@@ -11,6 +11,7 @@ import argparse
 import sys
 
 from ..errors import UserError
+from .common import add_device, add_img_size, add_weights, read_names_file, weights_source
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -20,18 +21,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Serve a ConvNeXt over HTTP: POST /v1/predict, GET /v1/model, /healthz, /metrics, and a "
         "web page at /. Needs the serve extra: pip install 'convnext[serve]'.",
     )
-    p.add_argument(
-        "--weights",
-        metavar="SRC",
-        help="checkpoint file, URL, weights tag, HF folder, training run folder, or an exported .onnx/.xml "
-        "(default: the tag in --model)",
-    )
-    p.add_argument("--model", metavar="ARCH", help="architecture (default: from the checkpoint)")
+    add_weights(p, exported=True)
     p.add_argument(
         "--backend",
-        choices=("auto", "torch", "onnxruntime", "openvino"),
+        choices=("auto", "torch", "onnxruntime", "openvino", "pt2"),
         default="auto",
-        help="auto: onnxruntime for .onnx, openvino for .xml, torch otherwise",
+        help="auto: onnxruntime for .onnx, openvino for .xml, pt2 (torch.export) for .pt2, torch otherwise",
     )
     p.add_argument(
         "--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)"
@@ -58,11 +53,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--preprocess-threads", type=int, default=2, help="decode/resize worker threads (default 2)"
     )
     p.add_argument("--classes", metavar="FILE", help="class names, one per line (default: the checkpoint's)")
-    p.add_argument("--ema", action="store_true", help="use the EMA weights of a training checkpoint")
-    p.add_argument("--img-size", type=int, help="input resolution (default: the weights')")
-    p.add_argument("--crop-pct", type=float, help="center-crop fraction (default: the weights')")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    p.add_argument("--amp", choices=("bf16", "fp16"), help="autocast dtype (torch backend)")
+    add_img_size(p)
+    add_device(p)
     p.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
     p.add_argument("--no-access-log", action="store_true", help="do not log one line per request")
     p.add_argument(
@@ -85,7 +77,6 @@ def run(args: argparse.Namespace) -> int:
     from ..serve.app import ServeSettings, create_app
     from ..serve.runners import check_backend, load_runner
     from ..serve.server import bind, serve_forever, url_of
-    from .predict import read_names_file, weights_source
 
     for name in ("max_batch", "max_queue", "preprocess_threads"):
         if getattr(args, name) < 1:

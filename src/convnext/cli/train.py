@@ -11,13 +11,20 @@ from .common import add_progress
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train",
-        help="train or fine-tune from a YAML recipe (configs/*.yaml), resumable, single GPU/CPU or torchrun",
+        help="train or fine-tune from a recipe (bundled by name, or a YAML file), resumable, single GPU/CPU "
+        "or torchrun",
         description="Train from a recipe. Overrides use the recipe's dotted keys, values in YAML: "
         "optim.lr=1e-3 data.root=/data/imagenet model.name=convnext_small epochs=10. "
         "A run folder (run.dir) holding checkpoints/last.pth is resumed automatically. "
         "Give all key=value overrides together (before or after the flags, not split by them).",
     )
-    p.add_argument("--config", "-c", help="recipe YAML (see configs/); optional with --resume")
+    p.add_argument(
+        "--config",
+        "-c",
+        metavar="NAME",
+        help="a bundled recipe by name (`convnext recipes` lists them, e.g. finetune_folder) or a YAML file; "
+        "optional with --resume",
+    )
     p.add_argument("overrides", nargs="*", metavar="key=value", help="override a recipe key")
     p.add_argument("--resume", metavar="PATH", help="continue from this training checkpoint (last.pth)")
     p.add_argument(
@@ -32,7 +39,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..engine.train import resolve_config, train
+    from ..engine.config import resolve_config
 
     if args.resume and args.fresh:
         raise UserError("--resume and --fresh contradict each other; pass one")
@@ -45,6 +52,8 @@ def run(args: argparse.Namespace) -> int:
 
         print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
         return 0
+    from ..engine.train import train
+
     result = train(cfg, resume=args.resume, fresh=args.fresh)
     if result.stopped_early or not result.main:  # under torchrun, rank 0 reports
         return 0

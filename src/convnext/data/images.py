@@ -19,7 +19,9 @@ import struct
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -48,13 +50,35 @@ IMG_EXTENSIONS = (
 )
 
 
-class ImageError(ValueError):
-    """An image file that cannot be used. ``why`` is the short cause ("truncated or corrupt", "empty
-    file", ...); str() is one sentence naming the file."""
+# ImageError.cause: why an image cannot be used, as a server maps it to a status (400, 415, 413, 400, 400)
+EMPTY = "empty"
+NOT_IMAGE = "not an image"
+TOO_LARGE = "too large"
+CORRUPT = "corrupt"
+UNREADABLE = "unreadable"
 
-    def __init__(self, path: str | os.PathLike, why: str) -> None:
-        self.path, self.why = str(path), why
+
+class ImageError(ValueError):
+    """An image that cannot be used. ``why`` is the short cause ("truncated or corrupt", "empty file", ...);
+    str() is one sentence naming the file. ``cause`` is one of EMPTY, NOT_IMAGE, TOO_LARGE, CORRUPT,
+    UNREADABLE (what a server maps to an HTTP status); ``header`` what was read before it failed, if any."""
+
+    def __init__(
+        self, path: str | os.PathLike, why: str, cause: str = CORRUPT, header: ImageHeader | None = None
+    ) -> None:
+        self.path, self.why, self.cause, self.header = str(path), why, cause, header
         super().__init__(f"cannot read image {path} ({why})")
+
+
+@dataclass(frozen=True)
+class ImageHeader:
+    """What the header says, before a pixel is decoded."""
+
+    kind: str  # sniff_image's name: jpeg, png, gif, webp, bmp, tiff, pnm
+    width: int
+    height: int
+    frames: int = 1  # counted only when asked (count_frames=True); else 1
+    animated: bool = False  # an animated PNG/WebP (decoded by PIL: torchvision.io would decode every frame)
 
 
 def sniff_image(head: bytes) -> str | None:
@@ -92,12 +116,14 @@ def _header_size(kind: str | None, head: bytes) -> tuple[int, int] | None:
     return None
 
 
-def pixel_limit_why(width: int, height: int, max_pixels: int) -> str | None:
-    """The cause when width x height is above ``max_pixels`` (0: no limit), else None."""
-    if not max_pixels or width * height <= max_pixels:
+def pixel_limit_why(width: int, height: int, max_pixels: int, frames: int = 1) -> str | None:
+    """The cause when width x height (x frames) is above ``max_pixels`` (0: no limit), else None."""
+    n = width * height * frames
+    if not max_pixels or n <= max_pixels:
         return None
+    size = f"{width}x{height}" + (f" x {frames} frames" if frames > 1 else "")
     return (
-        f"{width}x{height} = {width * height / 1e6:.1f} Mpx, above the limit of {max_pixels:,} pixels "
+        f"{size} = {n / 1e6:.1f} Mpx, above the limit of {max_pixels:,} pixels "
         f"(a decompression bomb?); raise it with --max-pixels N or data.max_pixels=N, 0 for no limit"
     )
 
@@ -195,6 +221,62 @@ def _pil_rgb(im) -> torch.Tensor:  # a PIL.Image.Image, imported lazily
     return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
 
 
+def _open_checked(data: bytes, name: str, max_pixels: int, count_frames: bool) -> tuple[ImageHeader, Any]:
+    """The header read and checked, and the lazily opened PIL image (nothing decoded yet; the caller closes
+    it). Raises :class:`ImageError`: empty, not an image, unreadable header, above ``max_pixels``."""
+    from PIL import Image
+
+    if not data:
+        raise ImageError(name, "empty file", EMPTY)
+    kind = sniff_image(data[:16])
+    if kind is None:
+        raise ImageError(name, "not an image", NOT_IMAGE)
+    with _our_pixel_limit():  # PIL's global lifted only around PIL's own calls
+        try:
+            im = Image.open(io.BytesIO(data))  # lazy: parses the header, decodes no pixel
+            animated = kind in ("png", "webp") and getattr(im, "is_animated", False)
+            frames = int(getattr(im, "n_frames", 1) or 1) if count_frames else 1  # from frame headers
+        except Exception:
+            raise ImageError(name, "truncated or corrupt", CORRUPT) from None
+    header = ImageHeader(kind, *im.size, frames=frames, animated=animated)
+    why = pixel_limit_why(header.width, header.height, max_pixels, frames)
+    if why is not None:
+        im.close()
+        raise ImageError(name, why, TOO_LARGE, header)
+    return header, im
+
+
+def read_header(
+    data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, name: str = "<bytes>", count_frames: bool = False
+) -> ImageHeader:
+    """Format and size from the header alone, refusing what must not be decoded (see :func:`load_image`).
+
+    ``count_frames``: the limit covers every frame of an animation (a server that must not be made to parse
+    thousands of frames); otherwise only the first frame, the one that is decoded."""
+    header, im = _open_checked(data, name, max_pixels, count_frames)
+    im.close()
+    return header
+
+
+def decode_image_bytes(
+    data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, name: str = "<bytes>", count_frames: bool = False
+) -> torch.Tensor:
+    """:func:`load_image` for bytes already in memory (an upload); ``name`` is what errors call them."""
+    header, im = _open_checked(data, name, max_pixels, count_frames)
+    with im:
+        if header.kind in ("jpeg", "png", "webp") and not header.animated:
+            try:
+                buf = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+                return _uint8_rgb(decode_image(buf, mode=ImageReadMode.RGB))
+            except RuntimeError:
+                pass  # PIL below: a second opinion on odd files
+        try:
+            with _our_pixel_limit():
+                return _pil_rgb(im)
+        except Exception:
+            raise ImageError(name, "truncated or corrupt", CORRUPT, header) from None
+
+
 def load_image(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> torch.Tensor:
     """uint8 (3, H, W) RGB, whatever the file holds: 8/16-bit grey or RGB, grey+alpha, RGBA, palette (with
     or without transparency), CMYK, 16/32-bit integer or float TIFF, the first frame of an animated
@@ -205,40 +287,13 @@ def load_image(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS)
     torchvision.io (libjpeg-turbo, ~2x faster than PIL), the rest with PIL. Raises :class:`ImageError`
     (a ValueError) naming the file when it cannot be used.
     """
-    from PIL import Image
-
     path = str(path)
     try:
         with open(path, "rb") as f:
             data = f.read()
     except OSError as e:
-        raise ImageError(path, f"unreadable: {e.strerror or e}") from None
-    if not data:
-        raise ImageError(path, "empty file")
-    kind = sniff_image(data[:16])
-    if kind is None:
-        raise ImageError(path, "not an image")
-    with _our_pixel_limit():  # PIL's global lifted only around PIL's own calls
-        try:
-            im = Image.open(io.BytesIO(data))
-            animated = kind in ("png", "webp") and getattr(im, "is_animated", False)
-        except Exception:
-            raise ImageError(path, "truncated or corrupt") from None
-    with im:
-        why = pixel_limit_why(*im.size, max_pixels)
-        if why is not None:
-            raise ImageError(path, why)
-        if kind in ("jpeg", "png", "webp") and not animated:
-            try:
-                buf = torch.frombuffer(bytearray(data), dtype=torch.uint8)
-                return _uint8_rgb(decode_image(buf, mode=ImageReadMode.RGB))
-            except RuntimeError:
-                pass  # PIL below: a second opinion on odd files
-        try:
-            with _our_pixel_limit():
-                return _pil_rgb(im)
-        except Exception:
-            raise ImageError(path, "truncated or corrupt") from None
+        raise ImageError(path, f"unreadable: {e.strerror or e}", UNREADABLE) from None
+    return decode_image_bytes(data, max_pixels=max_pixels, name=path)
 
 
 def strict_error(path: str | Path, reason: str) -> UserError:

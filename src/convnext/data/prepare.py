@@ -160,7 +160,7 @@ def _read_files(
 ) -> tuple[dict[str, list[tuple[str, str]]], list[str], list[tuple[str, str]], list[str]]:
     """Every split's (file, class) after the layout's checks, the class list, the files left out (not
     images) and the layout's notes. Reads and checks only."""
-    from .datasets import scan_files
+    from .file_datasets import scan_files
 
     plan: dict[str, list[tuple[str, str]]] = {}
     classes: list[str] = []
@@ -189,7 +189,7 @@ def _read_files(
 
 def _read_arrays(dataset: str, src: Path) -> tuple[dict[str, tuple[np.ndarray, list[int]]], list[str]]:
     """Every split's (images (N, H, W[, 3]) uint8, targets) and the class names. Reads and checks only."""
-    from .datasets import cifar_arrays, mnist_arrays
+    from .array_datasets import cifar_arrays, mnist_arrays
 
     plan = {}
     classes: list[str] = [str(i) for i in range(10)]

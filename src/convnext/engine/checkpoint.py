@@ -32,13 +32,10 @@ import numpy as np
 import torch
 
 from ..errors import UserError
+from ..weights.containers import TRAIN_FORMAT, TRAIN_VERSION
 
-FORMAT = "convnext-train"
-# 1: the lr schedule's position was a LambdaLR state under "scheduler" (still read: the lr is now a function
-#    of "step" alone, so that entry is simply ignored).
-# 2: no "scheduler"; adds "epoch_end", "best_epoch" and "epoch_partial" (a mid-epoch checkpoint's running
-#    sums, so that a resumed epoch logs the same train loss as an uninterrupted one).
-VERSION = 2
+# The schema's name and version, defined where every container is read (their history: weights/containers.py).
+FORMAT, VERSION = TRAIN_FORMAT, TRAIN_VERSION
 
 # kill -9 tests need the process to stop at an exact point of a checkpoint write. Only tests set this:
 # CONVNEXT_TEST_PAUSE_AT=<point>@<n> makes the process print "convnext-test: paused at <point>@<n>" to stderr

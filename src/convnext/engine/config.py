@@ -715,3 +715,25 @@ def to_dict(cfg: Any) -> dict:
 
 def dump_yaml(cfg: TrainConfig, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+def resolve_config(
+    config: str | None, overrides: list[str] | None = None, resume: str | Path | None = None
+) -> TrainConfig:
+    """The run's config: the recipe ``config`` (a bundled name or a file) with ``overrides``, else the
+    resolved recipe ``resume``'s checkpoint carries (``convnext train --resume last.pth`` needs no more).
+
+    Here, not in train.py, so that ``convnext train --dry-run`` resolves a recipe without importing torch
+    (only a resume reads a checkpoint, and imports it then)."""
+    if config:
+        return load_config(config, overrides or [])
+    if resume is None:
+        raise UserError(
+            "pass --config NAME (a bundled recipe, `convnext recipes` lists them, or a YAML file), or "
+            "--resume PATH to continue a run"
+        )
+    from .checkpoint import load_train_checkpoint
+
+    cfg = config_from_dict(apply_overrides(load_train_checkpoint(resume)["config"], overrides or []))
+    validate(cfg)
+    return cfg

@@ -15,7 +15,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from ..data.datasets import explain_unreadable, split_unreadable
+from ..data.file_datasets import explain_unreadable, split_unreadable
 from ..errors import UserError
 from .metrics import correct_topk, hard_targets, topk_indices
 

@@ -757,22 +757,6 @@ def end_epoch(run: Run) -> None:
 # main
 
 
-def resolve_config(
-    config: str | None, overrides: list[str] | None = None, resume: str | Path | None = None
-) -> TrainConfig:
-    """The run's config: the recipe ``config`` (a bundled name or a file) with ``overrides``, else the
-    resolved recipe ``resume``'s checkpoint carries (``convnext train --resume last.pth`` needs no more)."""
-    from .config import apply_overrides, config_from_dict, load_config, validate
-
-    if config:
-        return load_config(config, overrides or [])
-    if resume is None:
-        raise UserError("pass --config configs/<recipe>.yaml (or --resume PATH to continue a run)")
-    cfg = config_from_dict(apply_overrides(load_train_checkpoint(resume)["config"], overrides or []))
-    validate(cfg)
-    return cfg
-
-
 def train(cfg: TrainConfig, *, resume: str | Path | None = None, fresh: bool = False) -> TrainResult:
     """Train ``cfg``; resume ``resume`` (or the run folder's newest intact checkpoint unless ``fresh``)."""
     run_dir = Path(cfg.run.dir).expanduser()

@@ -45,6 +45,7 @@ from ..inference.backends import (
     relative_diff,
     require,
 )
+from ..weights.containers import TRAIN_FORMAT
 from .calibration import DEFAULT_SIZE, Calibration, load_calibration
 
 FORMATS = {"onnx": ".onnx", "openvino": ".xml", "pt2": ".pt2"}
@@ -340,7 +341,7 @@ def export_model(
     loaded = load_for_inference(weights, model_name, ema=ema, img_size=img_size)
     if getattr(loaded.model, "exported", False):
         raise UserError(f"{weights} is already an exported file; export from PyTorch weights or a run folder")
-    from_run = loaded.run_dir is not None or loaded.info.format == "convnext-train"
+    from_run = loaded.run_dir is not None or loaded.info.format == TRAIN_FORMAT
     meta = ExportMeta(
         arch=loaded.arch,
         num_classes=loaded.num_classes,

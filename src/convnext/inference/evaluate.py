@@ -105,7 +105,7 @@ def _labelled(ds: Any, loaded: Loaded, cfg: DataConfig) -> Any:
 def _dropped(ds: Any, res: dict[str, Any]) -> tuple[list[tuple[str, str]], int]:
     """Every file left out (scan time and load time) as sorted (file, why), and the number of classes
     that still have a counted image."""
-    from ..data.datasets import find_file_dataset
+    from ..data.file_datasets import find_file_dataset
 
     load_time = list(res.get("dropped_files", []))
     files = sorted({*[(str(p), str(w)) for p, w in getattr(ds, "skipped", [])], *load_time})

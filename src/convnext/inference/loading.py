@@ -73,6 +73,7 @@ def load_for_inference(
 
         return load_exported(str(weights), img_size=img_size, crop_pct=crop_pct)
     from ..models import build_model, get_variant
+    from ..weights.containers import TRAIN_FORMAT
     from ..weights.load import load_checkpoint, prepare, read_checkpoint
     from ..weights.presets import to_data_config
 
@@ -87,9 +88,9 @@ def load_for_inference(
     src = info.path
     run_dir = Path(info.run_dir) if info.run_dir else None
     train_cfg = None
-    if info.format == "convnext-train" or run_dir is not None:
+    if info.format == TRAIN_FORMAT or run_dir is not None:
         # its config: the model options and the eval transform it was trained with
-        train_cfg = _run_config(run_dir, read_checkpoint(src) if info.format == "convnext-train" else None)
+        train_cfg = _run_config(run_dir, read_checkpoint(src) if info.format == TRAIN_FORMAT else None)
 
     held = (train_cfg.model.name.partition(".")[0] if train_cfg else None) or info.arch
     if arch is not None and held is not None and arch != held:

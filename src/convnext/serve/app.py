@@ -298,7 +298,11 @@ def create_app(
         topk = _topk(request.query_params.get("topk"), settings.default_topk, runner.num_classes)
         want_cam = _flag(request.query_params.get("cam"), "cam")
         if want_cam and not runner.supports_cam:
-            raise ApiError(400, f"cam=true needs the torch backend; this server runs {runner.backend}")
+            raise ApiError(
+                400,
+                "cam=true needs PyTorch weights (Grad-CAM takes gradients); this server runs an exported "
+                f"{runner.backend} file",
+            )
         if state.in_flight >= settings.max_queue:
             raise ApiError(
                 503, f"the server is busy ({state.in_flight} requests in flight)", {"Retry-After": "1"}

@@ -1,29 +1,21 @@
 """Uploaded bytes -> uint8 RGB tensor, refusing what must not be decoded.
 
-The server gets bytes, not files; ``convnext.data.images.load_image`` reads a path. ``decode_image_bytes``
-makes the same decoder choice as ``load_image`` (torchvision.io for JPEG/PNG/GIF/WebP, PIL for the rest),
-so that a photo gives the server the same pixels, hence the same probabilities, as ``convnext predict``;
-the parity test in tests/test_serve.py holds the two together. ``check_image_header`` is the one place that
-refuses an image from its header alone (a decompression bomb: a small file that declares a huge canvas or
-thousands of frames); swap it for a data.images helper when one lands.
+The decoding and the header check are ``convnext.data.images``' own (:func:`decode_image_bytes`, the bytes
+entry point of ``load_image``), so a photo gives the server the same pixels, hence the same probabilities,
+as ``convnext predict`` (the parity test in tests/test_serve.py holds them together). This module only
+turns :class:`~convnext.data.images.ImageError` into an HTTP status and a sentence addressed to a client.
+The pixel limit covers every frame of an animation: a small upload must not make the server parse
+thousands of frames.
 """
 
 from __future__ import annotations
 
-import io
-import warnings
-
 import torch
 
-from ..data.images import sniff_image
+from ..data.config import DEFAULT_MAX_PIXELS
+from ..data.images import CORRUPT, EMPTY, NOT_IMAGE, TOO_LARGE, ImageError, decode_image_bytes, read_header
 
-try:  # Pillow's own ceiling (~89 megapixels): the ecosystem's default for "too big to decode safely"
-    from PIL import Image
-
-    MAX_PIXELS = int(Image.MAX_IMAGE_PIXELS or 89_478_485)
-except ImportError:  # pragma: no cover - pillow is a dependency
-    MAX_PIXELS = 89_478_485
-
+MAX_PIXELS = DEFAULT_MAX_PIXELS  # Pillow's ceiling (~89 megapixels): the ecosystem's "too big to decode"
 FORMATS = "JPEG, PNG, GIF, WebP, BMP, TIFF or PNM"
 
 
@@ -35,56 +27,37 @@ class BadImage(ValueError):
         self.status = status
 
 
+def _bad(e: ImageError, max_pixels: int) -> BadImage:
+    """The client's sentence and status for an image data.images refused."""
+    kind = (e.header.kind if e.header else "image").upper()
+    if e.cause == EMPTY:
+        return BadImage("the upload is empty; send an image file")
+    if e.cause == NOT_IMAGE:
+        return BadImage(f"the upload is not an image ({FORMATS} expected)", 415)
+    if e.cause == TOO_LARGE and e.header is not None:
+        h = e.header
+        what = f"{h.width}x{h.height} pixels" + (f" x {h.frames} frames" if h.frames > 1 else "")
+        limit = f"over the {max_pixels:,}-pixel limit; refused before decoding"
+        return BadImage(f"the image is {what}, {limit}", 413)
+    if e.cause == CORRUPT and e.header is None:
+        return BadImage(f"the {kind} image is truncated or corrupt (unreadable header)")
+    return BadImage(f"the {kind} image is truncated or corrupt")
+
+
 def check_image_header(data: bytes, max_pixels: int = MAX_PIXELS) -> tuple[str, int, int]:
     """(format, width, height) from the header only; raises BadImage for a non-image, an unreadable
     header, or more than ``max_pixels`` pixels over all frames (checked before anything is decoded)."""
-    if not data:
-        raise BadImage("the upload is empty; send an image file")
-    kind = sniff_image(data[:16])
-    if kind is None:
-        raise BadImage(f"the upload is not an image ({FORMATS} expected)", 415)
-    from PIL import Image
-
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as im:  # lazy: parses the header, decodes no pixel
-                width, height = im.size
-                frames = int(getattr(im, "n_frames", 1) or 1)  # GIF/WebP/TIFF: counted from frame headers
-    except Image.DecompressionBombError:
-        raise BadImage(f"the image has over {max_pixels:,} pixels; refused before decoding", 413) from None
-    except Exception:
-        raise BadImage(f"the {kind.upper()} image is truncated or corrupt (unreadable header)") from None
-    if width * height * frames > max_pixels:
-        what = f"{width}x{height} pixels" + (f" x {frames} frames" if frames > 1 else "")
-        raise BadImage(
-            f"the image is {what}, over the {max_pixels:,}-pixel limit; refused before decoding", 413
-        )
-    return kind, width, height
-
-
-def decode_image_bytes(data: bytes) -> torch.Tensor:
-    """uint8 (3, H, W) RGB, decoded exactly as ``convnext.data.images.load_image`` decodes a file."""
-    from torchvision.io import ImageReadMode, decode_image
-
-    kind = sniff_image(data[:16])
-    if kind in ("jpeg", "png", "gif", "webp"):
-        try:
-            img = decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
-            return img[0] if img.ndim == 4 else img  # an animated GIF: its first frame
-        except RuntimeError:
-            pass  # PIL below: a second opinion on odd files, as load_image
-    try:
-        from PIL import Image
-        from torchvision.transforms.v2.functional import pil_to_tensor
-
-        with Image.open(io.BytesIO(data)) as im:
-            return pil_to_tensor(im.convert("RGB"))
-    except Exception:
-        raise BadImage(f"the {(kind or 'image').upper()} image is truncated or corrupt") from None
+        h = read_header(data, max_pixels=max_pixels, name="the upload", count_frames=True)
+    except ImageError as e:
+        raise _bad(e, max_pixels) from None
+    return h.kind, h.width, h.height
 
 
 def read_upload(data: bytes, max_pixels: int = MAX_PIXELS) -> torch.Tensor:
-    """Header check, then decode: what the server runs (in a worker thread) for every upload."""
-    check_image_header(data, max_pixels)
-    return decode_image_bytes(data)
+    """Header check, then decode, exactly as ``load_image`` reads a file: what the server runs (in a worker
+    thread) for every upload."""
+    try:
+        return decode_image_bytes(data, max_pixels=max_pixels, name="the upload", count_frames=True)
+    except ImageError as e:
+        raise _bad(e, max_pixels) from None

@@ -1,8 +1,9 @@
 """What the server runs: a Runner turns one decoded image into a model input and a batch into logits.
 
-The server only knows this interface (preprocess -> batch -> logits, optionally Grad-CAM), so an
-onnxruntime or OpenVINO model plugs in as a ``CallableRunner`` around the backend's logits function, with
-the same preprocessing and class names as the torch model it was exported from.
+The server only knows this interface (preprocess -> batch -> logits, optionally Grad-CAM), so a file
+written by ``convnext export`` (.onnx, .xml, .pt2) plugs in as a ``CallableRunner`` around the runner that
+``convnext.inference.backends.load_backend`` opens, with the preprocessing and class names stored in the
+file. Grad-CAM needs PyTorch weights (gradients): only ``TorchRunner`` offers it.
 """
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ from ..data.config import DataConfig
 from ..data.transforms import build_eval_transform
 from ..errors import UserError
 
-BACKENDS = ("auto", "torch", "onnxruntime", "openvino")
+BACKENDS = ("auto", "torch", "onnxruntime", "openvino", "pt2")
+_BY_SUFFIX = {".onnx": "onnxruntime", ".xml": "openvino", ".pt2": "pt2"}
+_RUNTIME = {"onnxruntime": "onnxruntime", "openvino": "openvino"}  # backend -> the package it needs
 
 
 class Runner:
@@ -53,7 +56,7 @@ class Runner:
         raise NotImplementedError
 
     def cam(self, x: Tensor, classes: Tensor) -> Tensor:
-        raise UserError(f"Grad-CAM needs the torch backend; this server runs {self.backend}")
+        raise UserError(f"Grad-CAM needs PyTorch weights; this server runs an exported {self.backend} file")
 
     def describe(self) -> dict[str, Any]:
         d = self.data
@@ -99,6 +102,7 @@ class TorchRunner(Runner):
     ) -> None:
         self.torch_device = torch.device(device)
         self.model = model.eval().to(self.torch_device)
+        self.supports_cam = not getattr(model, "exported", False)  # an exported file has no gradients
         self.amp_dtype = amp_dtype
         precision = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}.get(amp_dtype, "fp32")
         num_classes = int(getattr(model, "num_classes", 0) or len(labels))
@@ -142,13 +146,16 @@ class CallableRunner(Runner):
 
 
 def resolve_backend(backend: str, weights: str) -> str:
-    """``auto``: onnxruntime for a .onnx file, openvino for a .xml file, torch otherwise."""
+    """``auto``: onnxruntime for .onnx, openvino for .xml, pt2 for .pt2, torch otherwise. ``torch`` with an
+    exported file is one sentence (it runs in its own runtime, and has no gradients for Grad-CAM)."""
     if backend not in BACKENDS:
         raise UserError(f"--backend {backend!r} must be one of {', '.join(BACKENDS)}")
-    if backend != "auto":
-        return backend
-    suffix = Path(str(weights)).suffix.lower()
-    return {".onnx": "onnxruntime", ".xml": "openvino"}.get(suffix, "torch")
+    exported = _BY_SUFFIX.get(Path(str(weights)).suffix.lower())
+    if backend == "auto":
+        return exported or "torch"
+    if backend == "torch" and exported:
+        raise UserError(f"--backend torch runs PyTorch weights; {weights} is an exported {exported} file")
+    return backend
 
 
 def load_runner(
@@ -166,7 +173,13 @@ def load_runner(
     """The runner for what ``convnext predict`` accepts as --weights (tag, file, URL, HF folder, run)."""
     backend = resolve_backend(backend, weights)
     if backend != "torch":
-        return _exported_runner(weights, backend, class_names, img_size=img_size, crop_pct=crop_pct)
+        if amp:
+            from ..device import note
+
+            note(f"--amp does not reach into {backend}: {weights} runs as exported")
+        return _exported_runner(
+            weights, backend, class_names, device=device, img_size=img_size, crop_pct=crop_pct
+        )
     from ..device import amp_dtype, resolve_device
     from ..inference.loading import display_names, load_for_inference
 
@@ -188,46 +201,42 @@ def load_runner(
     )
 
 
-def backends_module(backend: str) -> Any:
-    """``convnext.inference.backends`` (the export work), or one sentence saying it is not there yet."""
-    try:
-        from ..inference import backends  # type: ignore[attr-defined]
-    except ImportError:
-        raise UserError(
-            f"--backend {backend} needs the export work (convnext.inference.backends), which this install "
-            "does not have yet; use --backend torch"
-        ) from None
-    if not hasattr(backends, "load_backend"):
-        raise UserError(f"convnext.inference.backends has no load_backend(); --backend {backend} is unwired")
-    return backends
-
-
 def check_backend(backend: str, weights: str) -> str:
-    """The resolved backend name; fails at once (before a socket opens) when it cannot run here."""
+    """The resolved backend name; fails at once (before a socket opens) when its runtime is missing."""
     name = resolve_backend(backend, weights)
-    if name != "torch":
-        backends_module(name)
+    if name in _RUNTIME:
+        from ..inference.backends import require
+
+        require(_RUNTIME[name], f"--backend {name}")
     return name
 
 
-def _exported_runner(weights: str, backend: str, names: list[str] | None, **options: Any) -> Runner:
-    """onnxruntime / OpenVINO through ``convnext.inference.backends`` (the export work). Expected there:
-    ``load_backend(weights, backend, **options)`` returning an object with ``forward(x) -> logits`` and
-    the metadata the export stored (``arch``, ``num_classes``, ``class_names``, ``data``: DataConfig,
-    ``precision``). The lead wires the real signature at merge time."""
-    options = {k: v for k, v in options.items() if v is not None}
-    b = backends_module(backend).load_backend(weights, backend, **options)
+def _where(b: Any) -> str:
+    """The device an exported runner computes on (onnxruntime: its first execution provider)."""
+    if getattr(b, "providers", None):
+        return "cuda" if b.providers[0] == "CUDAExecutionProvider" else "cpu"
+    return str(getattr(b, "device", "cpu")).lower()
+
+
+def _exported_runner(
+    weights: str, backend: str, names: list[str] | None, *, device: str = "cpu", **options: Any
+) -> Runner:
+    """A file written by ``convnext export``, opened by ``inference.backends.load_backend`` (which checks
+    that it is a ``backend`` file and applies ``img_size``/``crop_pct``); its metadata gives the
+    architecture, classes and preprocessing."""
+    from ..inference.backends import load_backend
     from ..inference.loading import display_names
 
-    num_classes = int(b.num_classes)
-    labels = display_names(names or b.class_names, num_classes)
+    b = load_backend(weights, backend, device=device, **options)
+    labels = display_names(names or b.class_names, b.num_classes)
     return CallableRunner(
         b.forward,
-        backend,
+        b.backend,
         b.arch,
-        num_classes,
+        b.num_classes,
         labels,
         b.data,
-        precision=getattr(b, "precision", "fp32"),
+        precision=b.precision,
+        device=_where(b),
         weights=str(weights),
     )

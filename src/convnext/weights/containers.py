@@ -13,6 +13,15 @@ from torch import Tensor
 from ..errors import UserError
 from .formats import StateDict, family_of
 
+# Our training checkpoints (engine/checkpoint.py writes them with train_state; named here, in the layer that
+# reads every container, so that weights/ and inference/ recognise them without importing the engine).
+TRAIN_FORMAT = "convnext-train"
+# 1: the lr schedule's position was a LambdaLR state under "scheduler" (still read: the lr is now a function
+#    of "step" alone, so that entry is simply ignored).
+# 2: no "scheduler"; adds "epoch_end", "best_epoch" and "epoch_partial" (a mid-epoch checkpoint's running
+#    sums, so that a resumed epoch logs the same train loss as an uninterrupted one).
+TRAIN_VERSION = 2
+
 
 def strip_prefixes(sd: StateDict) -> StateDict:
     """Drop wrapper prefixes every key shares: DDP/DataParallel ``module.``, torch.compile ``_orig_mod.``,
@@ -51,8 +60,8 @@ def unwrap(obj: Any, where: str, ema: bool = False) -> tuple[StateDict, dict[str
         if key in obj:
             v = obj[key]
             meta[key] = v.item() if isinstance(v, Tensor) and v.numel() == 1 else v
-    if obj.get("format") == "convnext-train":
-        meta["container"] = "convnext-train"
+    if obj.get("format") == TRAIN_FORMAT:
+        meta["container"] = TRAIN_FORMAT
         config = obj.get("config")
         for section in ("data", "model"):  # the run's eval geometry and the model options it was built with
             if isinstance(config, dict) and isinstance(config.get(section), dict):
