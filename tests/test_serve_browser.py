@@ -20,11 +20,11 @@ import pytest
 pytest.importorskip("fastapi")
 pytest.importorskip("httpx")
 
-from test_serve import predict_json, train_digits, wait_ready  # noqa: E402
+from test_serve import predict_json, train_digits, wait_ready
 
-from convnext.serve.app import ServeSettings, create_app  # noqa: E402
-from convnext.serve.runners import load_runner  # noqa: E402
-from convnext.serve.server import ThreadedServer  # noqa: E402
+from convnext.serve.app import ServeSettings, create_app
+from convnext.serve.runners import load_runner
+from convnext.serve.server import ThreadedServer
 
 CHROMIUM = os.environ.get("CONVNEXT_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
 # The network is closed in CI: no Playwright browser download, no Google services, no GPU.

@@ -462,7 +462,7 @@ def _meta_model(arch: str, m: ModelConfig) -> Any:
     try:
         with torch.device("meta"):
             return build_model(arch, num_classes=m.num_classes or 2, **kwargs)
-    except Exception as e:  # noqa: BLE001 - any constructor failure is a bad option value
+    except Exception as e:  # any constructor failure is a bad option value
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise UserError(
             f"config key model.options: {arch} cannot be built with {m.options}: {first}"

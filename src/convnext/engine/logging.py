@@ -46,7 +46,7 @@ class MetricsLogger:
         for t in list(self.trackers):
             try:
                 call(t)
-            except Exception as e:  # noqa: BLE001  a tracker never stops training
+            except Exception as e:  # a tracker never stops training
                 self.trackers.remove(t)
                 msg = str(e).strip().splitlines()
                 self.say(

@@ -183,7 +183,7 @@ class TensorBoardTracker(Tracker):
                 img = np.asarray(im.convert("RGB"))
             self.writer.add_image("curves", img, step, dataformats="HWC")
 
-    def close(self, status: str) -> None:  # noqa: ARG002
+    def close(self, status: str) -> None:
         try:
             self.writer.close()
         except OSError:  # a full disk: the checkpoint and metrics.jsonl matter, the event file does not
@@ -255,7 +255,7 @@ class MLflowTracker(Tracker):
             {"tracking_uri": uri, "experiment_id": self.experiment_id, "run_id": self.run_id},
         )
 
-    def _experiment_id(self, MlflowException: type) -> str:  # noqa: N803
+    def _experiment_id(self, MlflowException: type) -> str:
         if os.environ.get("MLFLOW_EXPERIMENT_ID"):
             return os.environ["MLFLOW_EXPERIMENT_ID"]
         name = os.environ.get("MLFLOW_EXPERIMENT_NAME") or "convnext"
@@ -291,7 +291,7 @@ class MLflowTracker(Tracker):
         metrics = [Metric(f"{kind}/{k}", float(v), now, x) for k, v in scalars.items()]
         self.client.log_batch(self.run_id, metrics=metrics)
 
-    def log_files(self, files: dict[str, Path], step: int) -> None:  # noqa: ARG002
+    def log_files(self, files: dict[str, Path], step: int) -> None:
         for path in files.values():
             self.client.log_artifact(self.run_id, str(path))
 
@@ -381,7 +381,7 @@ def open_trackers(
         for t in opened:
             try:
                 t.close("failed")
-            except Exception:  # noqa: BLE001  the sentence being raised is what matters
+            except Exception:  # the sentence being raised is what matters
                 pass
         raise
     return opened

@@ -179,7 +179,7 @@ def create_app(
             size = runner.data.img_size
             state.model_thread.submit(runner.forward, torch.zeros(1, 3, size, size)).result()
             state.threads = state.model_thread.submit(torch.get_num_threads).result()
-        except BaseException as e:  # noqa: BLE001 - reported on /healthz and to the CLI
+        except BaseException as e:  # reported on /healthz and to the CLI
             msg = str(e) if isinstance(e, UserError) else f"{type(e).__name__}: {e}"
             log.error("convnext serve: cannot load the model: %s", msg)
             loop.call_soon_threadsafe(_failed, e, msg)
@@ -213,7 +213,7 @@ def create_app(
         m.model_loaded.set(1)
 
     @asynccontextmanager
-    async def lifespan(app: FastAPI):  # noqa: ANN202
+    async def lifespan(app: FastAPI):
         loop = asyncio.get_running_loop()
         threading.Thread(target=_load, args=(loop,), name="convnext-load", daemon=True).start()
         yield
