@@ -95,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
     check_backend(args.backend, weights)  # an unusable backend fails here, before the socket opens
     names = read_names_file(args.classes) if args.classes else None
 
-    def load() -> None:  # runs in the server's loading thread
+    def load():  # runs in the server's loading thread
         return load_runner(
             weights,
             args.model,
