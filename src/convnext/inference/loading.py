@@ -105,7 +105,8 @@ def load_for_inference(
         raise UserError(f"{src} holds a backbone without classifier; it cannot classify (fine-tune it first)")
     from ..weights.containers import model_options_of, run_model_options
 
-    opts = model_options_of(prepared.state_dict)  # e.g. no layer scale in the weights: none in the model
+    # e.g. no layer scale in the weights: none in the model; a run's own depths and widths: those
+    opts = model_options_of(prepared.state_dict, arch)
     if train_cfg is not None:
         opts.update(run_model_options(dataclasses.asdict(train_cfg.model), arch))
     try:

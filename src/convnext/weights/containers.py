@@ -108,17 +108,30 @@ def check_tensors(sd: StateDict, where: str) -> None:
                 )
 
 
-def model_options_of(sd: StateDict) -> dict[str, Any]:
+def model_options_of(sd: StateDict, arch: str | None = None) -> dict[str, Any]:
     """Constructor options the weights themselves imply (our names): V1 weights without layer scale
     (``layer_scale_init_value=0`` when trained) need a model without it, isotropic ones with it one
-    that has it (its default is none)."""
+    that has it (its default is none). With ``arch`` (the architecture about to be built), weights of its
+    family whose depths and widths match no named variant (a run trained with ``model.options``, written
+    out by ``convert`` or to a peer's layout) also give those shapes, so they load back as they were."""
+    from ..models.factory import get_variant
+    from .formats import infer_arch, shape_options
+
     family = family_of(sd)
     has_gamma = any(k.endswith(".gamma") for k in sd)
+    opts: dict[str, Any] = {}
     if family == "v1" and not has_gamma and any(k.startswith("stages.") for k in sd):
-        return {"layer_scale_init_value": 0.0}
+        opts["layer_scale_init_value"] = 0.0
     if family == "isotropic" and has_gamma:
-        return {"layer_scale_init_value": 1e-6}
-    return {}
+        opts["layer_scale_init_value"] = 1e-6
+    if arch is not None and infer_arch(sd) is None:
+        try:
+            same_family = get_variant(arch.partition(".")[0]).family == family
+        except ValueError:
+            same_family = False
+        if same_family:
+            opts.update(shape_options(sd))
+    return opts
 
 
 def run_model_options(model_section: dict[str, Any] | None, arch: str) -> dict[str, Any]:
@@ -126,9 +139,16 @@ def run_model_options(model_section: dict[str, Any] | None, arch: str) -> dict[s
     from its config's ``model:`` section, for rebuilding that model; drop path is a training-only knob."""
     if not model_section:
         return {}
+    from ..models.factory import get_variant
+
     opts = dict(model_section.get("options") or {})
     ls = model_section.get("layer_scale_init_value")
-    if ls is not None and (not arch.startswith("convnext_isotropic") or ls):  # as engine/train.py builds it
+    try:
+        family = get_variant(arch.partition(".")[0]).family
+    except ValueError:
+        family = None
+    # as engine/train.py builds it: the key (default 1e-6) is V1's; V2 has none (GRN), isotropic only if set
+    if ls is not None and (family == "v1" or (family == "isotropic" and ls)):
         opts.setdefault("layer_scale_init_value", ls)
     opts.pop("drop_path_rate", None)
     return opts

@@ -178,19 +178,17 @@ def load_checkpoint(
         sd = {k: v for k, v in sd.items() if not k.startswith(("head.", "norm."))}
     has_head, model_head = "head.weight" in sd, "head.weight" in target
     allowed_missing: set[str] = set()
-    if has_head and (not model_head or sd["head.weight"].shape != target["head.weight"].shape):
+    # said only once the weights are known to fit: a classifier of another width is a wrong architecture
+    notes: list[tuple[str, tuple]] = []
+    if has_head and (not model_head or sd["head.weight"].shape[0] != target["head.weight"].shape[0]):
         n_ckpt = sd["head.weight"].shape[0]
         if model_head:
             n_model = target["head.weight"].shape[0]
-            log.warning(
-                "%s has a %d-class classifier, the model %d classes: the classifier starts fresh",
-                where,
-                n_ckpt,
-                n_model,
-            )
+            msg = "%s has a %d-class classifier, the model %d classes: the classifier starts fresh"
+            notes.append((msg, (where, n_ckpt, n_model)))
         else:
-            log.warning(
-                "%s has a %d-class classifier, the model none: the classifier is not used", where, n_ckpt
+            notes.append(
+                ("%s has a %d-class classifier, the model none: the classifier is not used", (where, n_ckpt))
             )
         sd = {k: v for k, v in sd.items() if not k.startswith("head.")}
         info.dropped_classifier, info.class_names = True, None
@@ -198,13 +196,12 @@ def load_checkpoint(
     elif not has_head and not getattr(model, "features_only", False):
         fresh = {k for k in target if k.startswith(("head.", "norm.")) and k not in sd}
         if fresh:
-            log.warning(
-                "%s holds a backbone without classifier: %s start fresh",
-                where,
+            what = (
                 "the classifier and final norm"
                 if any(k.startswith("norm.") for k in fresh)
-                else "the classifier",
+                else "the classifier"
             )
+            notes.append(("%s holds a backbone without classifier: %s start fresh", (where, what)))
         allowed_missing |= fresh
         info.class_names = None
     if getattr(model, "features_only", False):
@@ -240,6 +237,8 @@ def load_checkpoint(
             f"{where} ({info.format}, {shape}) does not fit {model_arch or type(model).__name__}: "
             + "; ".join(problems)
         )
+    for msg, args in notes:
+        log.warning(msg, *args)
     sd = {k: v for k, v in sd.items() if k not in mismatched and k not in unexpected}
     model.load_state_dict(sd, strict=False, assign=assign)
     info.missing, info.unexpected, info.mismatched = missing, unexpected, mismatched

@@ -1,0 +1,178 @@
+"""Regression tests from the hostile pass over issue #14 (trust): weights go back in as they went out, and a
+checkpoint that does not fit is one sentence, never a silently fresh classifier.
+
+Every model here has random values everywhere (layer scale and GRN too), so a dropped or mismatched tensor
+shows in the logits.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import convnext
+from convnext.cli.main import main
+from convnext.engine.checkpoint import train_state
+from convnext.engine.config import TrainConfig, dump_yaml, to_dict
+from convnext.errors import UserError
+
+CLASSES = ["ant", "bee", "cat"]
+
+
+@torch.no_grad()
+def randomize_(model: nn.Module, seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    for name, p in model.named_parameters():
+        fan_in = math.prod(p.shape[1:])
+        if p.ndim >= 2 and p.shape[0] > 1 and fan_in > 1:
+            p.uniform_(-math.sqrt(3 / fan_in), math.sqrt(3 / fan_in))
+        elif name.endswith("weight") and p.ndim == 1:
+            p.uniform_(0.8, 1.2)
+        else:  # biases, layer scale, GRN gamma/beta
+            p.uniform_(-0.3, 0.3)
+    return model.eval()
+
+
+def _image_folder(root: Path, classes: list[str], per_class: int = 2) -> list[Path]:
+    from torchvision.io import write_png
+
+    g = torch.Generator().manual_seed(0)
+    files = []
+    for c in classes:
+        (root / c).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            img = torch.randint(0, 256, (3, 40, 48), dtype=torch.uint8, generator=g)
+            write_png(img, str(root / c / f"{i}.png"))
+            files.append(root / c / f"{i}.png")
+    return files
+
+
+# ------------------------------------------------------------- a run trained with custom depths and widths
+CUSTOM = [
+    ("convnext_atto", {"depths": [1, 1, 2, 1], "dims": [8, 16, 32, 48]}),
+    ("convnextv2_atto", {"depths": [1, 2, 1, 1], "dims": [8, 16, 24, 32]}),
+    ("convnext_isotropic_small", {"depth": 2, "dim": 32}),
+]
+
+
+def _custom_run(tmp_path: Path, arch: str, options: dict) -> tuple[Path, nn.Module]:
+    """The run folder ``convnext train`` leaves for a recipe with ``model.options`` (depths and widths no
+    named variant has), written with the engine's own checkpoint schema."""
+    cfg = TrainConfig()
+    cfg.model.name = arch
+    cfg.model.options = dict(options)
+    cfg.model.layer_scale_init_value = 1e-6  # the key's default; V2 has none, isotropic one when set
+    cfg.data.img_size, cfg.data.crop_pct, cfg.data.interpolation = 32, 1.0, "bilinear"
+    from convnext.engine.train import _build_model
+
+    model = randomize_(_build_model(cfg, len(CLASSES)))  # the model `convnext train` builds
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    dump_yaml(cfg, run / "config.yaml")
+    ckpt = train_state(
+        arch=arch, model=model.state_dict(), config=to_dict(cfg), class_names=CLASSES, epoch=1, step=3
+    )
+    torch.save(ckpt, run / "checkpoints" / "last.pth")
+    return run, model
+
+
+@torch.no_grad()
+def _same_logits(a: nn.Module, b: nn.Module) -> None:
+    x = torch.randn(2, 3, 64, 80)
+    diff = (a.eval()(x) - b.eval()(x)).abs().max().item()
+    assert diff <= 1e-5, f"max |logit difference| {diff:.2e}"
+
+
+def _predict_json(img: Path, weights: Path, capsys: pytest.CaptureFixture, *extra: str) -> dict:
+    assert main(["predict", str(img), "--weights", str(weights), "--json", "--device", "cpu", *extra]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+@pytest.mark.parametrize(("arch", "options"), CUSTOM, ids=[a for a, _ in CUSTOM])
+def test_custom_shape_run_loads_back_from_every_converted_file(
+    arch: str, options: dict, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """A run trained with ``model.options`` converted to a file (which records only the arch name) loads
+    back with its own depths and widths in create_model, predict, evaluate and a second convert: the same
+    logits, the same probabilities and accuracy as the run folder itself."""
+    run, trained = _custom_run(tmp_path, arch, options)
+    _same_logits(convnext.create_model(arch, pretrained=str(run)), trained)
+
+    ours = tmp_path / "ours.safetensors"
+    assert main(["convert", str(run), str(ours)]) == 0
+    _same_logits(convnext.create_model(arch, pretrained=str(ours)), trained)
+    official = tmp_path / "official.pth"  # converting the converted file: the shapes must survive twice
+    assert main(["convert", str(ours), str(official), "--to", "official"]) == 0
+    _same_logits(convnext.create_model(arch, pretrained=str(official)), trained)
+    if arch != "convnext_isotropic_small":  # timm's layout holds V1 and V2 (isotropic: official only)
+        timm_file = tmp_path / "timm.pth"
+        assert main(["convert", str(run), str(timm_file), "--to", "timm"]) == 0
+        _same_logits(convnext.create_model(arch, pretrained=str(timm_file)), trained)
+    capsys.readouterr()
+
+    data = tmp_path / "data"
+    files = _image_folder(data / "val", CLASSES)
+    by_run = _predict_json(files[0], run, capsys)
+    by_file = _predict_json(files[0], ours, capsys)
+    assert by_file["top"] == by_run["top"]
+
+    results = []
+    for weights in (run, ours):
+        js = tmp_path / f"{weights.name}.json"
+        argv = ["evaluate", "--weights", str(weights), "--data", str(data), "--workers", "0"]
+        argv += ["--json", str(js)]
+        assert main(argv) == 0, capsys.readouterr().err
+        m = json.loads(js.read_text())
+        results.append((m["n"], m["top1"], round(m["loss"], 5)))
+    assert results[0] == results[1] and results[0][0] == len(files)
+
+
+# ------------------------------------------------------------- a classifier of another input width
+def test_classifier_of_another_input_width_is_one_sentence_not_a_fresh_head(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """head.weight (3, 64) for a model whose head reads 320 features: the same class count, so not a
+    fine-tune's fresh classifier but weights of another architecture. predict and create_model refuse it
+    in one line naming the file and the tensor (before: a warning, then predictions by a random head)."""
+    model = randomize_(convnext.create_model("convnext_atto", num_classes=3))
+    sd = model.state_dict()
+    sd["head.weight"] = torch.randn(3, 64)
+    bad = tmp_path / "bad.pth"
+    torch.save({"model": sd, "arch": "convnext_atto", "class_names": CLASSES}, bad)
+    img = _image_folder(tmp_path / "img", ["x"], per_class=1)[0]
+
+    assert main(["predict", str(img), "--weights", str(bad)]) == 2
+    out = capsys.readouterr()
+    err = out.err.strip().splitlines()
+    assert len(err) == 1 and str(bad) in err[0] and "head.weight" in err[0], out.err
+    assert out.out == ""
+    with pytest.raises(UserError, match="head.weight: checkpoint \\(3, 64\\) vs model \\(3, 320\\)"):
+        convnext.create_model("convnext_atto", pretrained=str(bad))
+    assert main(["convert", str(bad), str(tmp_path / "o.safetensors")]) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
+    assert not (tmp_path / "o.safetensors").exists()
+
+
+def test_wrong_architecture_for_a_fine_tune_warns_nothing_before_the_error(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Fine-tuning (another class count) from weights of another width: the error alone, no "the
+    classifier starts fresh" warning first (said only once the rest of the weights fit)."""
+    femto = convnext.create_model("convnext_femto", num_classes=5)
+    src = tmp_path / "femto.pth"
+    torch.save({"model": femto.state_dict()}, src)
+    with caplog.at_level("WARNING", logger="convnext"), pytest.raises(UserError, match="convnext_femto"):
+        convnext.create_model("convnext_atto", pretrained=str(src), num_classes=3)
+    assert not [r for r in caplog.records if "starts fresh" in r.getMessage()]
+    # and when the weights do fit, the fresh classifier is still said
+    atto = tmp_path / "atto.pth"
+    torch.save({"model": convnext.create_model("convnext_atto", num_classes=5).state_dict()}, atto)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="convnext"):
+        convnext.create_model("convnext_atto", pretrained=str(atto), num_classes=3)
+    assert [r for r in caplog.records if "starts fresh" in r.getMessage()]
