@@ -176,3 +176,67 @@ def test_wrong_architecture_for_a_fine_tune_warns_nothing_before_the_error(
     with caplog.at_level("WARNING", logger="convnext"):
         convnext.create_model("convnext_atto", pretrained=str(atto), num_classes=3)
     assert [r for r in caplog.records if "starts fresh" in r.getMessage()]
+
+
+# ------------------------------------------------------------- a training checkpoint that inflates
+def _pickle_bomb(path: Path, inflated_mib: int = 128) -> None:
+    """A torch.save archive whose data.pkl inflates to ``inflated_mib`` MiB from ~100 KB on disk (above the
+    64 MiB cap on a checkpoint's pickle)."""
+    import struct
+    import zipfile
+    import zlib
+
+    base = path.with_name("base.pth")
+    torch.save({"w": torch.zeros(3)}, base)
+    chunk = bytes(16 << 20)
+    z = zlib.compressobj(9, zlib.DEFLATED, -15)
+    segment = z.compress(chunk) + z.flush(zlib.Z_FULL_FLUSH)  # independent segments: n copies inflate n times
+    n = inflated_mib // 16
+    deflated, crc = segment * n + z.flush(), 0
+    for _ in range(n):
+        crc = zlib.crc32(chunk, crc)
+    out, central = bytearray(), bytearray()
+    with zipfile.ZipFile(base) as zin:
+        infos = zin.infolist()
+        for info in infos:
+            if info.filename.endswith("data.pkl"):
+                method, data, c, size = zipfile.ZIP_DEFLATED, deflated, crc, len(chunk) * n
+            else:
+                method, data, c, size = zipfile.ZIP_STORED, zin.read(info), info.CRC, info.file_size
+            name = info.filename.encode()
+            central += struct.pack("<IHHHHHHIIIHHHHHII", 0x02014B50, 20, 20, 0, method, 0, 0, c, len(data),
+                                   size, len(name), 0, 0, 0, 0, 0, len(out)) + name  # fmt: skip
+            out += struct.pack(
+                "<IHHHHHIIIHH", 0x04034B50, 20, 0, method, 0, 0, c, len(data), size, len(name), 0
+            )
+            out += name + data
+    end = struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, len(infos), len(infos), len(central), len(out), 0)
+    path.write_bytes(bytes(out + central + end))
+    base.unlink()
+
+
+def test_resume_refuses_an_inflating_last_pth_from_the_zip_directory(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """A last.pth whose pickle inflates far beyond any checkpoint's: the resume check refuses it from the zip
+    directory in one line (before: torch inflated all of it, 2.8 GB RSS for a 1 GiB pickle, then failed),
+    and the file is kept."""
+    ckpts = tmp_path / "run" / "checkpoints"
+    ckpts.mkdir(parents=True)
+    _pickle_bomb(ckpts / "last.pth")
+    before = (ckpts / "last.pth").read_bytes()
+    quick = Path(__file__).resolve().parents[1] / "configs" / "quickstart_digits.yaml"
+    argv = [
+        "train",
+        "--config",
+        str(quick),
+        "epochs=1",
+        "train.progress=false",
+        f"run.dir={tmp_path / 'run'}",
+    ]
+    argv.append("model.options={depths: [1, 1, 1, 1], dims: [8, 16, 32, 64]}")
+    assert main(argv) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"convnext train: error: checkpoint {ckpts / 'last.pth'} cannot be read (refused ")
+    assert "inflates to 128 MiB" in line and "no intact checkpoint is left" in line, line
+    assert (ckpts / "last.pth").read_bytes() == before
