@@ -240,3 +240,38 @@ def test_resume_refuses_an_inflating_last_pth_from_the_zip_directory(
     assert line.startswith(f"convnext train: error: checkpoint {ckpts / 'last.pth'} cannot be read (refused ")
     assert "inflates to 128 MiB" in line and "no intact checkpoint is left" in line, line
     assert (ckpts / "last.pth").read_bytes() == before
+
+
+# ------------------------------------------------------------- a full disk while converting
+@pytest.fixture
+def tiny_disk(tmp_path: Path):
+    """A 64 KiB tmpfs: too small for any converted model (root only)."""
+    import os
+    import shutil
+    import subprocess
+
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("mounting a small tmpfs needs root")
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)]).returncode != 0:
+        pytest.skip("this machine does not let us mount a tmpfs")
+    yield mnt
+    subprocess.run(["umount", str(mnt)], check=False)
+
+
+@pytest.mark.parametrize(
+    ("to", "name"),
+    [("ours", "x.safetensors"), ("ours", "x.pth"), ("official", "x.pth"), ("timm", "x.pth"), ("hf", "hf")],
+)
+def test_convert_onto_a_full_disk_is_one_line_and_leaves_nothing(
+    tiny_disk: Path, to: str, name: str, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """Before: a traceback (torch's "iostream error" / "unexpected pos", safetensors' "os error 28")."""
+    src = tmp_path / "atto.pth"
+    torch.save({"model": convnext.create_model("convnext_atto", num_classes=3).state_dict()}, src)
+    dst = tiny_disk / name
+    assert main(["convert", str(src), str(dst), "--to", to]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line == f"convnext convert: error: no space left on the device writing {dst}; nothing was written"
+    assert list(tiny_disk.iterdir()) == []
