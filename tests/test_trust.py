@@ -257,7 +257,7 @@ def tiny_disk(tmp_path: Path):
     if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)]).returncode != 0:
         pytest.skip("this machine does not let us mount a tmpfs")
     yield mnt
-    subprocess.run(["umount", str(mnt)], check=False)
+    subprocess.run(["umount", "-l", str(mnt)], check=False)  # lazy: a leaked descriptor must not pin it
 
 
 @pytest.mark.parametrize(
@@ -275,3 +275,26 @@ def test_convert_onto_a_full_disk_is_one_line_and_leaves_nothing(
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert line == f"convnext convert: error: no space left on the device writing {dst}; nothing was written"
     assert list(tiny_disk.iterdir()) == []
+
+
+# ------------------------------------------------------------- config values that crash later
+@pytest.mark.parametrize("fraction", ["0.0001", "0.999"])
+def test_digits_val_fraction_that_cannot_split_is_refused_before_any_work(
+    fraction: str, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """data.val_fraction in (0, 1) that leaves a class without a validation (or training) image: before, it
+    passed --dry-run, created the run folder and ended in scikit-learn's ValueError traceback."""
+    run_dir = tmp_path / "run"
+    argv = ["train", "--config", "quickstart_digits", f"run.dir={run_dir}", f"data.val_fraction={fraction}"]
+    for extra in (["--dry-run"], []):
+        assert main(argv + extra) == 2
+        (line,) = capsys.readouterr().err.strip().splitlines()
+        assert line.startswith(f"convnext train: error: config key data.val_fraction={fraction} gives "), line
+        assert "at least one of each of the 10 classes" in line
+        assert not run_dir.exists()
+    from convnext.data import build_dataset
+    from convnext.data.config import DataConfig
+
+    with pytest.raises(UserError, match="config key data.val_fraction"):  # the library path too
+        build_dataset(DataConfig(dataset="digits", val_fraction=float(fraction)), "train")
+    assert len(build_dataset(DataConfig(dataset="digits", val_fraction=0.0056), "val")) == 11
