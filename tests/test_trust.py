@@ -298,3 +298,42 @@ def test_digits_val_fraction_that_cannot_split_is_refused_before_any_work(
     with pytest.raises(UserError, match="config key data.val_fraction"):  # the library path too
         build_dataset(DataConfig(dataset="digits", val_fraction=float(fraction)), "train")
     assert len(build_dataset(DataConfig(dataset="digits", val_fraction=0.0056), "val")) == 11
+
+
+def test_outputs_onto_a_full_disk_are_one_line_and_leave_nothing(
+    tiny_disk: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """predict --json, evaluate --json / --per-class, export: a full disk is one line, exit 2, and no empty
+    or half-written file (before: tracebacks, and an empty per-class CSV)."""
+    run, _ = _custom_run(tmp_path, *CUSTOM[0])
+    data = tmp_path / "data"
+    img = _image_folder(data / "val", CLASSES)[0]
+    filler = tiny_disk / "filler"
+    with open(filler, "wb", buffering=0) as f:  # fill the disk
+        try:
+            while True:
+                f.write(bytes(4096))
+        except OSError:
+            pass
+    evaluate = ["evaluate", "--weights", str(run), "--data", str(data), "--workers", "0"]
+    for argv, named in (
+        (["predict", str(img), "--weights", str(run), "--json", str(tiny_disk / "p.jsonl")], None),
+        ([*evaluate, "--json", str(tiny_disk / "m.json")], tiny_disk / "m.json"),
+        ([*evaluate, "--per-class", str(tiny_disk / "pc.csv")], tiny_disk / "pc.csv"),
+        (["export", "--weights", str(run), "--out", str(tiny_disk / "m.onnx")], None),
+    ):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err.strip().splitlines()
+        line, verb = err[-1], argv[0]
+        assert not [ln for ln in err[:-1] if "error" in ln.lower() or "Traceback" in ln], (
+            err
+        )  # export: progress
+        if named is None:
+            assert line.startswith(f"convnext {verb}: error: no space left on the device"), line
+        else:
+            assert (
+                line
+                == f"convnext {verb}: error: cannot write {named} (no space left on the device); nothing "
+                "was written"
+            )
+        assert sorted(p.name for p in tiny_disk.iterdir()) == ["filler"], argv
