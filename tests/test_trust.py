@@ -337,3 +337,32 @@ def test_outputs_onto_a_full_disk_are_one_line_and_leave_nothing(
                 "was written"
             )
         assert sorted(p.name for p in tiny_disk.iterdir()) == ["filler"], argv
+
+
+# ------------------------------------------------------------- prepare into a folder prepared before
+def test_prepare_refuses_a_destination_prepared_with_another_split(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """The same Caltech source prepared again into the same folder with another --seed: before, the second
+    run added its split to the first (an image in both train and val, 6 train / 4 val on disk while it
+    printed 4 / 2). Now one sentence and nothing written; the same settings again still add nothing."""
+    from torchvision.io import write_jpeg
+
+    src = tmp_path / "caltech"
+    for c in ("cat", "dog"):
+        (src / "101_ObjectCategories" / c).mkdir(parents=True)
+        for i in range(3):
+            img = torch.full((3, 40, 48), 40 * i + (c == "dog") * 100, dtype=torch.uint8)
+            write_jpeg(img, str(src / "101_ObjectCategories" / c / f"image_{i:04d}.jpg"))
+    dst = tmp_path / "prepared"
+    argv = ["prepare", "caltech101", str(src), str(dst), "--no-progress"]
+    assert main(argv) == 0
+    first = sorted(p.relative_to(dst) for p in dst.rglob("*") if p.is_file())
+    assert main(argv) == 0  # a re-run of the same preparation (e.g. after a kill) is fine
+    capsys.readouterr()
+    assert main([*argv, "--seed", "5"]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"convnext prepare: error: destination {dst} already holds ") and "--seed" in line
+    assert sorted(p.relative_to(dst) for p in dst.rglob("*") if p.is_file()) == first
+    names = [p.name for p in (dst / "train").rglob("*.jpg")] + [p.name for p in (dst / "val").rglob("*.jpg")]
+    assert len(names) == 6
