@@ -366,3 +366,48 @@ def test_prepare_refuses_a_destination_prepared_with_another_split(
     assert sorted(p.relative_to(dst) for p in dst.rglob("*") if p.is_file()) == first
     names = [p.name for p in (dst / "train").rglob("*.jpg")] + [p.name for p in (dst / "val").rglob("*.jpg")]
     assert len(names) == 6
+
+
+# ------------------------------------------------------------- a run that ranked its best by the EMA
+def test_run_ranked_by_ema_evaluates_to_its_printed_best(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """checkpoint.best_by=ema (every ImageNet recipe): the summary prints the EMA's top-1 for best.pth, so
+    evaluate/predict/convert/create_model on the run folder take the EMA weights by default (before: the
+    model's, whose top-1 is another number); --no-ema gives the model's, as metrics.jsonl records it."""
+    from convnext.engine.checkpoint import load_train_checkpoint
+
+    run = tmp_path / "run"
+    quick = Path(__file__).resolve().parents[1] / "configs" / "quickstart_digits.yaml"
+    argv = ["train", "--config", str(quick), "epochs=2", "train.progress=false", "run.export_samples=1",
+            "model.options={depths: [1, 1, 1, 1], dims: [8, 16, 32, 64]}", "ema.enabled=true",
+            "ema.decay=0.9", "checkpoint.best_by=ema", f"run.dir={run}"]  # fmt: skip
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    metrics = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
+    best = max(metrics, key=lambda m: (m["ema_val_top1"], -m["epoch"]))
+    assert f"best top-1 {best['ema_val_top1']:.2f}% (epoch {best['epoch']}" in out
+    assert best["ema_val_top1"] != best["val_top1"]  # the test can tell the two apart
+
+    def top1(*flags: str) -> float:
+        js = tmp_path / "m.json"
+        assert main(["evaluate", "--weights", str(run), "--workers", "0", "--json", str(js), *flags]) == 0
+        return json.loads(js.read_text())
+
+    by_default = top1()
+    assert by_default["top1"] == pytest.approx(best["ema_val_top1"]) and by_default["ema"] is True
+    assert top1("--ema")["top1"] == by_default["top1"]
+    model = top1("--no-ema")
+    assert model["top1"] == pytest.approx(best["val_top1"]) and model["ema"] is False
+
+    ckpt = load_train_checkpoint(run / "checkpoints" / "best.pth")
+    loaded = convnext.create_model("convnext_atto", pretrained=str(run)).state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in ckpt["model_ema"].items())
+    dst = tmp_path / "best.safetensors"
+    assert main(["convert", str(run), str(dst)]) == 0
+    again = convnext.create_model("convnext_atto", pretrained=str(dst)).state_dict()
+    assert all(torch.equal(again[k], v) for k, v in ckpt["model_ema"].items())
+    capsys.readouterr()
+    (sample,) = (run / "samples").iterdir()
+    assert _predict_json(sample, run, capsys) == _predict_json(sample, run, capsys, "--ema")
+    assert _predict_json(sample, run, capsys) != _predict_json(sample, run, capsys, "--no-ema")

@@ -165,7 +165,13 @@ def add_weights(
         "weights)",
     )
     p.add_argument("--model", metavar="ARCH", help="architecture (default: from the checkpoint or run)")
-    p.add_argument("--ema", action="store_true", help=ema)
+    p.add_argument(
+        "--ema",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help=f"{ema}; --no-ema the model's; default: the weights a training run ranked its best by "
+        "(checkpoint.best_by, EMA in the ImageNet recipes), else the model's",
+    )
 
 
 def weights_source(weights: str | None, model: str | None) -> str:

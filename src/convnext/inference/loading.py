@@ -53,7 +53,7 @@ def load_for_inference(
     weights: str,
     model_name: str | None = None,
     *,
-    ema: bool = False,
+    ema: bool | None = None,
     img_size: int | None = None,
     crop_pct: float | None = None,
 ) -> Loaded:

@@ -47,12 +47,34 @@ def is_state_dict(obj: Any) -> bool:
     return isinstance(obj, dict) and bool(obj) and all(isinstance(v, Tensor) for v in obj.values())
 
 
-def unwrap(obj: Any, where: str, ema: bool = False) -> tuple[StateDict, dict[str, Any]]:
+def ranked_by_ema(obj: Any) -> bool:
+    """Whether a training checkpoint of ours holds EMA weights and ranked its best by them
+    (``checkpoint.best_by: ema``, or ``auto`` with the EMA evaluated, as every ImageNet recipe does): then
+    the accuracy its summary, metrics.jsonl and best.pth stand for is the EMA's."""
+    if not isinstance(obj, dict) or obj.get("format") != TRAIN_FORMAT:
+        return False
+    if not is_state_dict(obj.get("model_ema")):
+        return False
+    config = obj.get("config")
+    if not isinstance(config, dict) or not isinstance(config.get("checkpoint"), dict):
+        return False  # not written by `convnext train` (which records the whole config): no guess
+    best_by = config["checkpoint"].get("best_by", "auto")
+    ema_cfg = config.get("ema") if isinstance(config.get("ema"), dict) else {}
+    return best_by == "ema" or (
+        best_by == "auto" and bool(ema_cfg.get("enabled", True)) and bool(ema_cfg.get("eval", True))
+    )
+
+
+def unwrap(obj: Any, where: str, ema: bool | None = False) -> tuple[StateDict, dict[str, Any]]:
     """The state dict inside a checkpoint container, and what the container says about it (arch, class
-    names, epoch, best accuracy, a training run's eval settings)."""
+    names, epoch, best accuracy, a training run's eval settings). ``ema=None``: the EMA weights when the
+    checkpoint is a training run's that ranked its best by them (:func:`ranked_by_ema`), else the model's;
+    ``meta["ema"]`` says which were taken."""
     if not isinstance(obj, dict):
         raise UserError(f"{where} holds a {type(obj).__name__}, not a state dict")
-    meta: dict[str, Any] = {}
+    if ema is None:
+        ema = ranked_by_ema(obj)
+    meta: dict[str, Any] = {"ema": bool(ema)}
     for key in ("arch", "class_names", "data_config"):  # what `convnext convert` records
         if key in obj and not isinstance(obj[key], Tensor):
             meta[key] = obj[key]

@@ -31,7 +31,7 @@ def convert(
     to: str = "ours",
     *,
     model: str | None = None,
-    ema: bool = False,
+    ema: bool | None = None,
     force: bool = False,
 ) -> Converted:
     """Read ``src`` (file, URL, tag, HF folder, run folder), check it builds ``model`` (default: what its

@@ -73,11 +73,13 @@ def read_checkpoint(src: str | Path) -> dict:
     return obj
 
 
-def prepare(src: str | Path | dict, *, ema: bool = False) -> Prepared:
+def prepare(src: str | Path | dict, *, ema: bool | None = None) -> Prepared:
     """Read, check and rename a checkpoint, without a model: what ``create_model`` needs to size the
     classifier. ``src`` may also be an in-memory checkpoint or state dict (``timm_model.state_dict()``).
     NaN/inf or non-float weights are refused here, so every path (predict, evaluate, convert, fine-tuning)
-    refuses them before anything is built or written."""
+    refuses them before anything is built or written. ``ema``: True the EMA weights, False the model's,
+    None (default) the ones a training run ranked its best by (the EMA for ``checkpoint.best_by: ema``, so
+    a run folder gives the accuracy its summary printed); ``info.ema`` says which."""
     from .presets import checkpoint_data_config
 
     class_names: list[str] | None = None
@@ -95,6 +97,7 @@ def prepare(src: str | Path | dict, *, ema: bool = False) -> Prepared:
             path = hf_weights(path)
         obj, st_meta = read_file(path)
     sd, meta = containers.unwrap(obj, str(path), ema)
+    ema = meta.pop("ema")
     sd = containers.strip_prefixes(sd)
     containers.check_tensors(sd, str(path))
     try:
@@ -159,7 +162,7 @@ def load_checkpoint(
     model: nn.Module,
     src: str | Path | dict | Prepared,
     *,
-    ema: bool = False,
+    ema: bool | None = None,
     strict: bool = True,
     assign: bool = False,
 ) -> CheckpointInfo:
