@@ -411,3 +411,43 @@ def test_run_ranked_by_ema_evaluates_to_its_printed_best(
     (sample,) = (run / "samples").iterdir()
     assert _predict_json(sample, run, capsys) == _predict_json(sample, run, capsys, "--ema")
     assert _predict_json(sample, run, capsys) != _predict_json(sample, run, capsys, "--no-ema")
+
+
+# ------------------------------------------------------------- a Hugging Face folder's preprocessing
+def test_hf_folder_keeps_its_preprocessing(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """384 px weights written as a Hugging Face folder (preprocessor_config.json: shortest_edge 384, which
+    transformers warps to 384x384) and read back: predict gives the squash transform's probabilities, as
+    from the file they came from (before: the folder's preprocessor was ignored, 224 px centre crop)."""
+    from convnext.inference import load_for_inference
+
+    squash = {"input_size": [3, 384, 384], "interpolation": "bicubic", "mean": [0.485, 0.456, 0.406],
+              "std": [0.229, 0.224, 0.225], "crop_pct": 1.0, "crop_mode": "squash"}  # fmt: skip
+    model = randomize_(convnext.create_model("convnext_atto", num_classes=3, layer_scale_init_value=1.0))
+    src = tmp_path / "atto384.pth"
+    torch.save({"model": model.state_dict(), "arch": "convnext_atto", "data_config": squash}, src)
+    hf = tmp_path / "hf"
+    assert main(["convert", str(src), str(hf), "--to", "hf"]) == 0
+    d = load_for_inference(str(hf)).data
+    assert (d.img_size, d.crop_pct, d.crop_mode, d.interpolation) == (384, 1.0, "squash", "bicubic")
+    from torchvision.io import write_png
+
+    img = tmp_path / "wide.png"
+    g = torch.Generator().manual_seed(1)
+    write_png(torch.randint(0, 256, (3, 200, 480), dtype=torch.uint8, generator=g), str(img))
+    capsys.readouterr()
+    assert _predict_json(img, hf, capsys)["top"] == _predict_json(img, src, capsys)["top"]
+    # a 224 px folder as transformers' hub has them: shortest_edge 224, its crop_pct, bilinear
+    (hf / "preprocessor_config.json").write_text(
+        json.dumps(
+            {
+                "size": {"shortest_edge": 224},
+                "crop_pct": 0.9,
+                "resample": 2,
+                "image_mean": [0.5] * 3,
+                "image_std": [0.5] * 3,
+            }
+        )  # fmt: skip
+    )
+    d = load_for_inference(str(hf)).data
+    assert (d.img_size, d.crop_pct, d.crop_mode, d.interpolation) == (224, 0.9, "center", "bilinear")
+    assert tuple(d.mean) == (0.5, 0.5, 0.5)

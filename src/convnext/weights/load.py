@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from ..errors import UserError
 from . import containers, formats
 from .fetch import fetch, is_run_dir, resolve, run_checkpoint
-from .files import hf_class_names, hf_weights, read_file
+from .files import hf_class_names, hf_data_config, hf_weights, read_file
 from .registry import WeightEntry, find_file
 
 log = logging.getLogger("convnext.weights")
@@ -86,6 +86,7 @@ def prepare(src: str | Path | dict, *, ema: bool | None = None) -> Prepared:
     entry: WeightEntry | None = None
     st_meta: dict[str, str] = {}
     run_dir: Path | None = None
+    hf_eval: dict[str, Any] | None = None  # a Hugging Face folder's preprocessor_config.json
     if isinstance(src, dict):
         obj, path, src = src, Path("<state dict>"), "<state dict>"
     else:
@@ -94,6 +95,7 @@ def prepare(src: str | Path | dict, *, ema: bool | None = None) -> Prepared:
             run_dir, path = path, run_checkpoint(path)
         elif path.is_dir():
             class_names = hf_class_names(path)
+            hf_eval = hf_data_config(path)
             path = hf_weights(path)
         obj, st_meta = read_file(path)
     sd, meta = containers.unwrap(obj, str(path), ema)
@@ -111,6 +113,8 @@ def prepare(src: str | Path | dict, *, ema: bool | None = None) -> Prepared:
                 meta.setdefault(key, json.loads(st_meta[key]))
             except ValueError:
                 pass
+    if hf_eval is not None:
+        meta.setdefault("data_config", hf_eval)
     class_names = meta.get("class_names") or class_names
     num_classes = formats.num_classes_of(ours)
     shapes_arch = formats.infer_arch(ours)
