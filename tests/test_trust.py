@@ -451,3 +451,20 @@ def test_hf_folder_keeps_its_preprocessing(tmp_path: Path, capsys: pytest.Captur
     d = load_for_inference(str(hf)).data
     assert (d.img_size, d.crop_pct, d.crop_mode, d.interpolation) == (224, 0.9, "center", "bilinear")
     assert tuple(d.mean) == (0.5, 0.5, 0.5)
+
+
+# ------------------------------------------------------------- an input size below the model's stride
+def test_img_size_below_the_stride_is_one_sentence(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """predict/evaluate --img-size 8 on a 32x-downsampling model: before, torch's RuntimeError traceback
+    ("Kernel size can't be greater than actual input size") on the first image."""
+    run, _ = _custom_run(tmp_path, *CUSTOM[0])
+    data = tmp_path / "data"
+    img = _image_folder(data / "val", CLASSES)[0]
+    for argv in (
+        ["predict", str(img), "--weights", str(run), "--img-size", "8"],
+        ["evaluate", "--weights", str(run), "--data", str(data), "--workers", "0", "--img-size", "16"],
+    ):
+        assert main(argv) == 2, argv
+        (line,) = capsys.readouterr().err.strip().splitlines()
+        assert "is below the 32 px convnext_atto needs (it downsamples 32x)" in line, line
+    assert main(["predict", str(img), "--weights", str(run), "--img-size", "32"]) == 0
