@@ -223,6 +223,7 @@ def test_run_folder_class_names_define_the_order(tmp_path: Path, capsys) -> None
     cfg = TrainConfig()
     cfg.model.name = "convnext_atto"
     cfg.data.img_size, cfg.data.crop_pct = 32, 1.0
+    cfg.checkpoint.best_by = "model"  # the run ranked by the model: its weights unless --ema
     model = convnext.create_model("convnext_atto", num_classes=3)
     ema = convnext.create_model("convnext_atto", num_classes=3)
     with torch.no_grad():  # the model's head says "zebra" for everything, the EMA's "mango"

@@ -384,7 +384,7 @@ def test_a_failed_prepare_removes_what_it_wrote_and_only_that(tmp_path: Path, mo
     dst = tmp_path / "out"
     (dst / "train" / "accordion").mkdir(parents=True)
     (dst / "mine.txt").write_text("the user's")
-    (dst / "train" / "accordion" / "old.jpg").write_bytes(b"x")
+    (dst / "train" / "accordion" / ".DS_Store").write_bytes(b"x")  # not an image a split would count
     before = sorted(str(p.relative_to(dst)) for p in dst.rglob("*"))
     place, calls = prep._Writer.place, []
 

@@ -69,7 +69,7 @@ def create_model(
         from .weights.containers import model_options_of, run_model_options
 
         implied = {
-            **model_options_of(prepared.state_dict),
+            **model_options_of(prepared.state_dict, arch),
             **run_model_options(prepared.info.metadata.get("model"), arch),
         }
         options = {**implied, **options}

@@ -16,6 +16,7 @@ parser without it.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import sys
@@ -79,15 +80,22 @@ def json_output(target: str) -> Iterator[TextIO]:
         sys.stdout.flush()
         return
     path = Path(target).expanduser()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    tmp, in_body = None, False
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
         with os.fdopen(fd, "w", encoding="utf-8") as f:
+            in_body = True
             yield f
+            in_body = False  # the buffered text reaches the disk as the file closes, below
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; follow the umask as every other file
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as e:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError) and not in_body:  # this file's own write: a full disk, a read-only folder
+            why = "no space left on the device" if e.errno in (errno.ENOSPC, errno.EDQUOT) else e.strerror
+            raise UserError(f"cannot write {path} ({why or e}); nothing was written") from None
         raise
 
 
@@ -157,7 +165,13 @@ def add_weights(
         "weights)",
     )
     p.add_argument("--model", metavar="ARCH", help="architecture (default: from the checkpoint or run)")
-    p.add_argument("--ema", action="store_true", help=ema)
+    p.add_argument(
+        "--ema",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help=f"{ema}; --no-ema the model's; default: the weights a training run ranked its best by "
+        "(checkpoint.best_by, EMA in the ImageNet recipes), else the model's",
+    )
 
 
 def weights_source(weights: str | None, model: str | None) -> str:

@@ -41,9 +41,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--ema",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
+        default=None,
         help="take the EMA weights of a training checkpoint "
-        "('model_ema', 'ema_state_dict', 'state_dict_ema')",
+        "('model_ema', 'ema_state_dict', 'state_dict_ema'); --no-ema the model's; default: the weights a "
+        "training run ranked its best by (checkpoint.best_by), else the model's",
     )
     p.add_argument("--force", action="store_true", help="overwrite DST if it exists")
     p.set_defaults(func=run)

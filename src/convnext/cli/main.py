@@ -9,6 +9,7 @@ exit 2, Ctrl-C is exit 130, and a closed pipe (``convnext models | head -2``) en
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import os
 import sys
@@ -76,6 +77,14 @@ def main(argv: list[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 141  # 128 + SIGPIPE, what a shell reports for a process a closed pipe stopped
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        # a full disk under a writer that does not name it (an exporter, an image writer): still one line;
+        # every writer of ours writes to a temporary name first, so nothing half-written is left
+        where = f" writing {e.filename}" if e.filename else ""
+        print(f"convnext {args.verb}: error: no space left on the device{where}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

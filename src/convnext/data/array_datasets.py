@@ -48,6 +48,23 @@ class ArrayDataset(Dataset):
 
 # ------------------------------------------------------------------------------------------------ digits
 DIGITS_SIZE = 32  # 8x8 upscaled once at load (bilinear): the transforms then work at a useful size
+DIGITS_N, DIGITS_CLASSES = 1797, 10
+
+
+def digits_val_fraction_problem(val_fraction: float) -> str | None:
+    """Why ``data.val_fraction`` cannot split the digits (stratified: scikit-learn puts ceil(fraction x 1797)
+    images in val and needs at least one of each of the 10 classes on both sides), or None."""
+    import math
+
+    n_val = math.ceil(val_fraction * DIGITS_N)
+    if DIGITS_CLASSES <= n_val <= DIGITS_N - DIGITS_CLASSES:
+        return None
+    lo, hi = (DIGITS_CLASSES - 1) / DIGITS_N, (DIGITS_N - DIGITS_CLASSES) / DIGITS_N
+    return (
+        f"gives {n_val} validation and {DIGITS_N - n_val} training images of the digits' {DIGITS_N}; the "
+        f"stratified split needs at least one of each of the {DIGITS_CLASSES} classes on both sides "
+        f"(a fraction above {lo:.4f} and at most {hi:.4f})"
+    )
 
 
 def digits(
@@ -58,6 +75,9 @@ def digits(
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
+    why = digits_val_fraction_problem(cfg.val_fraction)
+    if why is not None:
+        raise UserError(f"config key data.val_fraction={cfg.val_fraction:g} {why}")
     d = load_digits()
     x = torch.from_numpy(d.images).float().mul_(255.0 / 16.0).unsqueeze(1)  # N,1,8,8 in 0..255
     x = torch.nn.functional.interpolate(

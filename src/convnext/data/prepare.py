@@ -145,6 +145,30 @@ def _check_dst(src: Path, dst: Path) -> None:
         raise UserError(f"destination {dst} is a file, not a folder")
 
 
+def _check_no_foreign_files(dst: Path, planned: dict[str, set[str]]) -> None:
+    """Refuse split folders holding files this run would not write (a preparation with another seed,
+    val fraction or dataset): a second run only adds what is missing, so they would stay, counted in the
+    splits (an image in both train and val, classes mixed) while the summary counts only this run's.
+    ``planned``: per split, the files this run writes as ``<class>/<file>`` (strings: ImageNet has 1.3M)."""
+    foreign: list[str] = []
+    for split, files_of_split in sorted(planned.items()):
+        top = os.path.join(dst, split)
+        for folder, dirs, files in os.walk(top):
+            dirs.sort()
+            rel = os.path.relpath(folder, top)
+            foreign += [
+                os.path.join(folder, n)
+                for n in sorted(files)
+                if not n.startswith(".") and os.path.join(rel, n) not in files_of_split
+            ]
+    if foreign:
+        raise UserError(
+            f"destination {dst} already holds {len(foreign)} file(s) this preparation does not write (e.g. "
+            f"{foreign[0]}): it was prepared from another source or with another --seed/--val-fraction; "
+            "remove it or choose another folder"
+        )
+
+
 def _files_layout(dataset: str, src: Path, split: str, val_fraction: float, seed: int) -> layouts.RawSplit:
     if dataset == "imagenet":
         return layouts.imagenet(src, split)
@@ -228,6 +252,13 @@ def prepare(
     if dataset in _ARRAYS:
         arrays, classes = _read_arrays(dataset, src)
         names = [_safe(c) for c in classes]
+        _check_no_foreign_files(
+            dst,
+            {
+                split: {os.path.join(names[t], f"{i:05d}.png") for i, t in enumerate(targets)}
+                for split, (_, targets) in arrays.items()
+            },
+        )
         try:
             counts = {}
             for split, (images, targets) in arrays.items():
@@ -244,6 +275,13 @@ def prepare(
             raise
         return counts
     plan, classes, skipped, notes = _read_files(dataset, src, val_fraction, seed)
+    _check_no_foreign_files(
+        dst,
+        {
+            split: {os.path.join(_safe(c), os.path.basename(p)) for p, c in samples}
+            for split, samples in plan.items()
+        },
+    )
     for note in notes:
         print(f"convnext prepare: {note}", file=sys.stderr)
     if skipped:

@@ -18,12 +18,14 @@ from __future__ import annotations
 
 import errno
 import os
+import pickle
 import random
 import re
 import secrets
 import shutil
 import sys
 import time
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -282,10 +284,21 @@ def load_train_checkpoint(path: str | Path, *, mmap: bool = False) -> dict:
         raise UserError(f"checkpoint {path} does not exist")
     if path.stat().st_size == 0:
         raise UserError(f"checkpoint {path} cannot be read (it is empty: 0 bytes)")
+    if zipfile.is_zipfile(path):
+        # sizes from the zip directory before torch inflates anything: a pickle that inflates to gigabytes
+        # (or a storage record that lies) is refused here, not after it filled the memory
+        from ..weights.files import check_archive
+
+        try:
+            check_archive(path)
+        except UserError as e:
+            raise UserError(f"checkpoint {path} cannot be read ({e})") from None
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as e:  # any unreadable file is the user's file, one sentence
         first = (str(e).strip().splitlines() or [""])[0]
+        if isinstance(e, pickle.UnpicklingError):  # torch's first line is a paragraph about weights_only
+            first = "its pickle is corrupt or not plain data"
         raise UserError(
             f"checkpoint {path} cannot be read ({type(e).__name__}: {first or 'no detail'})"
         ) from None

@@ -514,6 +514,12 @@ def _validate_data(cfg: TrainConfig, check_paths: bool, model: Any) -> None:
         "must be in (0, 1)",
         d.val_fraction,
     )
+    if name == "digits" and _in(d.val_fraction, 0, 1, lo_open=True, hi_open=True):
+        from ..data.array_datasets import digits_val_fraction_problem
+
+        why = digits_val_fraction_problem(d.val_fraction)
+        if why is not None:
+            raise UserError(f"config key data.val_fraction={d.val_fraction:g} {why}")
     _check(0 <= d.split_seed < 2**63, "data.split_seed", "must be in [0, 2**63)", d.split_seed)
     hierarchical = hasattr(model, "stages")
     smallest = 32 if hierarchical else 16  # the model's total stride: 4 x 2 x 2 x 2, or the 16 px patch stem

@@ -317,7 +317,7 @@ def export_model(
     calibration_size: int = DEFAULT_SIZE,
     img_size: int | None = None,
     model_name: str | None = None,
-    ema: bool = False,
+    ema: bool | None = None,
     force: bool = False,
     opset: int = DEFAULT_OPSET,
     int8_float: tuple[str, ...] = (),

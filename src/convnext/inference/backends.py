@@ -493,7 +493,7 @@ def open_runner(
     device: str | torch.device = "cpu",
     amp: str | None = None,
     fuse: bool = False,
-    ema: bool = False,
+    ema: bool | None = None,
     threads: int | None = None,
 ) -> Runner:
     """A runner for anything ``predict`` takes: an exported file, or PyTorch weights (file, URL, tag, HF

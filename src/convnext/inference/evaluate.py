@@ -123,7 +123,7 @@ def evaluate_weights(
     data: str | None = None,
     dataset: str | None = None,
     split: str | None = None,
-    ema: bool = False,
+    ema: bool | None = None,
     img_size: int | None = None,
     crop_pct: float | None = None,
     batch_size: int = 64,
@@ -178,4 +178,4 @@ def evaluate_weights(
         if D.is_dist():
             D.cleanup()
     dropped, present = _dropped(ds, res)
-    return Evaluation(loaded, cfg, dev, res, dropped, present, ema, main)
+    return Evaluation(loaded, cfg, dev, res, dropped, present, bool(getattr(loaded.info, "ema", ema)), main)

@@ -53,7 +53,7 @@ def load_for_inference(
     weights: str,
     model_name: str | None = None,
     *,
-    ema: bool = False,
+    ema: bool | None = None,
     img_size: int | None = None,
     crop_pct: float | None = None,
 ) -> Loaded:
@@ -105,7 +105,8 @@ def load_for_inference(
         raise UserError(f"{src} holds a backbone without classifier; it cannot classify (fine-tune it first)")
     from ..weights.containers import model_options_of, run_model_options
 
-    opts = model_options_of(prepared.state_dict)  # e.g. no layer scale in the weights: none in the model
+    # e.g. no layer scale in the weights: none in the model; a run's own depths and widths: those
+    opts = model_options_of(prepared.state_dict, arch)
     if train_cfg is not None:
         opts.update(run_model_options(dataclasses.asdict(train_cfg.model), arch))
     try:
@@ -124,6 +125,10 @@ def load_for_inference(
         data.img_size = int(img_size)
     if crop_pct is not None:
         data.crop_pct = float(crop_pct)
+    smallest = 32 if hasattr(model, "stages") else 16  # the total stride: 4 x 2 x 2 x 2, or the 16 px patches
+    if data.img_size < smallest:  # the convolutions would fail deep inside, on the first image
+        what = f"--img-size {data.img_size}" if img_size is not None else f"image size {data.img_size}"
+        raise UserError(f"{what} is below the {smallest} px {arch} needs (it downsamples {smallest}x)")
     names = list(info.class_names) if info.class_names else None
     return Loaded(model, arch, int(info.num_classes), names, data, info.path, run_dir, info)
 

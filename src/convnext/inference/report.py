@@ -4,6 +4,8 @@ confused pairs (in the figure beyond MAX_LABELED classes, and always as a CSV be
 from __future__ import annotations
 
 import csv
+import errno
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -37,12 +39,28 @@ def per_class_rows(predictions: torch.Tensor, targets: torch.Tensor, names: list
     return rows
 
 
+def _write_csv(path: Path, fields: list[str], rows: list[dict]) -> None:
+    """A CSV written to a temporary name and renamed: a full disk leaves no empty or half file behind,
+    and is one sentence naming the file."""
+    from ..errors import UserError
+
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
+            w = csv.DictWriter(f, fieldnames=fields)
+            w.writeheader()
+            w.writerows(rows)
+        os.replace(tmp, path)
+    except OSError as e:
+        why = "no space left on the device" if e.errno in (errno.ENOSPC, errno.EDQUOT) else e.strerror
+        raise UserError(f"cannot write {path} ({why or e}); nothing was written") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def write_per_class_csv(path: str | Path, rows: list[dict]) -> None:
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        w = csv.DictWriter(f, fieldnames=["index", "class", "n", "top1", "top5"])
-        w.writeheader()
-        w.writerows(rows)
+    _write_csv(Path(path), ["index", "class", "n", "top1", "top5"], rows)
 
 
 def confusion_counts(top1: torch.Tensor, targets: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -82,13 +100,7 @@ def most_confused_pairs(
 
 def write_pairs_csv(path: str | Path, pairs: list[dict]) -> Path:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        w = csv.DictWriter(
-            f, fieldnames=["true", "predicted", "true_class", "predicted_class", "count", "percent"]
-        )
-        w.writeheader()
-        w.writerows(pairs)
+    _write_csv(path, ["true", "predicted", "true_class", "predicted_class", "count", "percent"], pairs)
     return path
 
 

@@ -165,7 +165,7 @@ def load_runner(
     backend: str = "auto",
     device: str = "auto",
     amp: str | None = None,
-    ema: bool = False,
+    ema: bool | None = None,
     img_size: int | None = None,
     crop_pct: float | None = None,
     class_names: list[str] | None = None,

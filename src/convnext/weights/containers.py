@@ -47,12 +47,34 @@ def is_state_dict(obj: Any) -> bool:
     return isinstance(obj, dict) and bool(obj) and all(isinstance(v, Tensor) for v in obj.values())
 
 
-def unwrap(obj: Any, where: str, ema: bool = False) -> tuple[StateDict, dict[str, Any]]:
+def ranked_by_ema(obj: Any) -> bool:
+    """Whether a training checkpoint of ours holds EMA weights and ranked its best by them
+    (``checkpoint.best_by: ema``, or ``auto`` with the EMA evaluated, as every ImageNet recipe does): then
+    the accuracy its summary, metrics.jsonl and best.pth stand for is the EMA's."""
+    if not isinstance(obj, dict) or obj.get("format") != TRAIN_FORMAT:
+        return False
+    if not is_state_dict(obj.get("model_ema")):
+        return False
+    config = obj.get("config")
+    if not isinstance(config, dict) or not isinstance(config.get("checkpoint"), dict):
+        return False  # not written by `convnext train` (which records the whole config): no guess
+    best_by = config["checkpoint"].get("best_by", "auto")
+    ema_cfg = config.get("ema") if isinstance(config.get("ema"), dict) else {}
+    return best_by == "ema" or (
+        best_by == "auto" and bool(ema_cfg.get("enabled", True)) and bool(ema_cfg.get("eval", True))
+    )
+
+
+def unwrap(obj: Any, where: str, ema: bool | None = False) -> tuple[StateDict, dict[str, Any]]:
     """The state dict inside a checkpoint container, and what the container says about it (arch, class
-    names, epoch, best accuracy, a training run's eval settings)."""
+    names, epoch, best accuracy, a training run's eval settings). ``ema=None``: the EMA weights when the
+    checkpoint is a training run's that ranked its best by them (:func:`ranked_by_ema`), else the model's;
+    ``meta["ema"]`` says which were taken."""
     if not isinstance(obj, dict):
         raise UserError(f"{where} holds a {type(obj).__name__}, not a state dict")
-    meta: dict[str, Any] = {}
+    if ema is None:
+        ema = ranked_by_ema(obj)
+    meta: dict[str, Any] = {"ema": bool(ema)}
     for key in ("arch", "class_names", "data_config"):  # what `convnext convert` records
         if key in obj and not isinstance(obj[key], Tensor):
             meta[key] = obj[key]
@@ -108,17 +130,30 @@ def check_tensors(sd: StateDict, where: str) -> None:
                 )
 
 
-def model_options_of(sd: StateDict) -> dict[str, Any]:
+def model_options_of(sd: StateDict, arch: str | None = None) -> dict[str, Any]:
     """Constructor options the weights themselves imply (our names): V1 weights without layer scale
     (``layer_scale_init_value=0`` when trained) need a model without it, isotropic ones with it one
-    that has it (its default is none)."""
+    that has it (its default is none). With ``arch`` (the architecture about to be built), weights of its
+    family whose depths and widths match no named variant (a run trained with ``model.options``, written
+    out by ``convert`` or to a peer's layout) also give those shapes, so they load back as they were."""
+    from ..models.factory import get_variant
+    from .formats import infer_arch, shape_options
+
     family = family_of(sd)
     has_gamma = any(k.endswith(".gamma") for k in sd)
+    opts: dict[str, Any] = {}
     if family == "v1" and not has_gamma and any(k.startswith("stages.") for k in sd):
-        return {"layer_scale_init_value": 0.0}
+        opts["layer_scale_init_value"] = 0.0
     if family == "isotropic" and has_gamma:
-        return {"layer_scale_init_value": 1e-6}
-    return {}
+        opts["layer_scale_init_value"] = 1e-6
+    if arch is not None and infer_arch(sd) is None:
+        try:
+            same_family = get_variant(arch.partition(".")[0]).family == family
+        except ValueError:
+            same_family = False
+        if same_family:
+            opts.update(shape_options(sd))
+    return opts
 
 
 def run_model_options(model_section: dict[str, Any] | None, arch: str) -> dict[str, Any]:
@@ -126,9 +161,16 @@ def run_model_options(model_section: dict[str, Any] | None, arch: str) -> dict[s
     from its config's ``model:`` section, for rebuilding that model; drop path is a training-only knob."""
     if not model_section:
         return {}
+    from ..models.factory import get_variant
+
     opts = dict(model_section.get("options") or {})
     ls = model_section.get("layer_scale_init_value")
-    if ls is not None and (not arch.startswith("convnext_isotropic") or ls):  # as engine/train.py builds it
+    try:
+        family = get_variant(arch.partition(".")[0]).family
+    except ValueError:
+        family = None
+    # as engine/train.py builds it: the key (default 1e-6) is V1's; V2 has none (GRN), isotropic only if set
+    if ls is not None and (family == "v1" or (family == "isotropic" and ls)):
         opts.setdefault("layer_scale_init_value", ls)
     opts.pop("drop_path_rate", None)
     return opts

@@ -31,7 +31,7 @@ def convert(
     to: str = "ours",
     *,
     model: str | None = None,
-    ema: bool = False,
+    ema: bool | None = None,
     force: bool = False,
 ) -> Converted:
     """Read ``src`` (file, URL, tag, HF folder, run folder), check it builds ``model`` (default: what its
@@ -59,7 +59,7 @@ def convert(
         shape = formats.describe_shape(prepared.state_dict)
         raise UserError(f"cannot tell which architecture {src} holds ({shape}); pass --model ARCH")
     opts = {
-        **containers.model_options_of(prepared.state_dict),
+        **containers.model_options_of(prepared.state_dict, arch),
         **containers.run_model_options(info.metadata.get("model"), arch),
     }
     with torch.device("meta"):  # shapes only: verifies the weights without allocating a second copy

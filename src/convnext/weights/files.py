@@ -252,6 +252,36 @@ def hf_weights(folder: Path) -> Path:
     )
 
 
+def hf_data_config(folder: Path) -> dict[str, Any] | None:
+    """The eval settings of a Hugging Face folder's ``preprocessor_config.json`` (ConvNextImageProcessor),
+    in timm's layout; None when it has none we can read. transformers' rule: below 384 px the shorter side
+    goes to size / crop_pct and the centre size x size is cropped; from 384 px the image is warped to
+    size x size whatever crop_pct says (squash, the official 384 evaluation)."""
+    path = folder / "preprocessor_config.json"
+    if not path.is_file():
+        return None
+    try:
+        cfg = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise UserError(f"{path} is not valid JSON ({e})") from None
+    size = cfg.get("size") if isinstance(cfg, dict) else None
+    if isinstance(size, dict):
+        size = size.get("shortest_edge") or size.get("height")
+    interpolation = {0: "nearest", 2: "bilinear", 3: "bicubic"}.get(cfg.get("resample", 3))
+    if not isinstance(size, int) or size <= 0 or interpolation is None:
+        return None
+    squash = size >= 384
+    mean, std = cfg.get("image_mean", (0.485, 0.456, 0.406)), cfg.get("image_std", (0.229, 0.224, 0.225))
+    return {
+        "input_size": (3, size, size),
+        "interpolation": interpolation,
+        "mean": tuple(float(m) for m in mean),
+        "std": tuple(float(s) for s in std),
+        "crop_pct": 1.0 if squash else float(cfg.get("crop_pct") or 224 / 256),
+        "crop_mode": "squash" if squash else "center",
+    }
+
+
 def hf_class_names(folder: Path) -> list[str] | None:
     """The class names of config.json's id2label, or None when absent or transformers' LABEL_i defaults."""
     cfg_path = folder / "config.json"

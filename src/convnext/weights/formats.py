@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import re
+from typing import Any
 
 from torch import Tensor
 
@@ -352,6 +353,22 @@ def infer_arch(sd: StateDict) -> str | None:
     return None
 
 
+def shape_options(sd: StateDict) -> dict[str, Any]:
+    """The depths and widths of these weights (our names) as constructor options (``depths``/``dims``, or
+    ``depth``/``dim`` for the isotropic family): what rebuilds a model whose shapes no named variant has
+    (a run trained with ``model.options``); empty when the weights do not show them all."""
+    if "stem.weight" in sd:
+        depth = len({k.split(".")[1] for k in sd if k.startswith("blocks.")})
+        return {"depth": depth, "dim": int(sd["stem.weight"].shape[0])} if depth else {}
+    names = ["downsample_layers.0.0.weight", *(f"downsample_layers.{i}.1.weight" for i in (1, 2, 3))]
+    if not all(n in sd for n in names):
+        return {}
+    depths = [len({k.split(".")[2] for k in sd if k.startswith(f"stages.{i}.")}) for i in range(4)]
+    if not all(depths):
+        return {}
+    return {"depths": depths, "dims": [int(sd[n].shape[0]) for n in names]}
+
+
 def describe_shape(sd: StateDict) -> str:
     """Depths and widths in words, for an error message about weights that fit no architecture."""
     if "stem.weight" in sd:
@@ -369,5 +386,6 @@ __all__ = [
     "describe_shape",
     "infer_arch",
     "num_classes_of",
+    "shape_options",
     "to_ours",
 ]

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from ..errors import UserError
 from . import containers, formats
 from .fetch import fetch, is_run_dir, resolve, run_checkpoint
-from .files import hf_class_names, hf_weights, read_file
+from .files import hf_class_names, hf_data_config, hf_weights, read_file
 from .registry import WeightEntry, find_file
 
 log = logging.getLogger("convnext.weights")
@@ -73,17 +73,20 @@ def read_checkpoint(src: str | Path) -> dict:
     return obj
 
 
-def prepare(src: str | Path | dict, *, ema: bool = False) -> Prepared:
+def prepare(src: str | Path | dict, *, ema: bool | None = None) -> Prepared:
     """Read, check and rename a checkpoint, without a model: what ``create_model`` needs to size the
     classifier. ``src`` may also be an in-memory checkpoint or state dict (``timm_model.state_dict()``).
     NaN/inf or non-float weights are refused here, so every path (predict, evaluate, convert, fine-tuning)
-    refuses them before anything is built or written."""
+    refuses them before anything is built or written. ``ema``: True the EMA weights, False the model's,
+    None (default) the ones a training run ranked its best by (the EMA for ``checkpoint.best_by: ema``, so
+    a run folder gives the accuracy its summary printed); ``info.ema`` says which."""
     from .presets import checkpoint_data_config
 
     class_names: list[str] | None = None
     entry: WeightEntry | None = None
     st_meta: dict[str, str] = {}
     run_dir: Path | None = None
+    hf_eval: dict[str, Any] | None = None  # a Hugging Face folder's preprocessor_config.json
     if isinstance(src, dict):
         obj, path, src = src, Path("<state dict>"), "<state dict>"
     else:
@@ -92,9 +95,11 @@ def prepare(src: str | Path | dict, *, ema: bool = False) -> Prepared:
             run_dir, path = path, run_checkpoint(path)
         elif path.is_dir():
             class_names = hf_class_names(path)
+            hf_eval = hf_data_config(path)
             path = hf_weights(path)
         obj, st_meta = read_file(path)
     sd, meta = containers.unwrap(obj, str(path), ema)
+    ema = meta.pop("ema")
     sd = containers.strip_prefixes(sd)
     containers.check_tensors(sd, str(path))
     try:
@@ -108,6 +113,8 @@ def prepare(src: str | Path | dict, *, ema: bool = False) -> Prepared:
                 meta.setdefault(key, json.loads(st_meta[key]))
             except ValueError:
                 pass
+    if hf_eval is not None:
+        meta.setdefault("data_config", hf_eval)
     class_names = meta.get("class_names") or class_names
     num_classes = formats.num_classes_of(ours)
     shapes_arch = formats.infer_arch(ours)
@@ -159,7 +166,7 @@ def load_checkpoint(
     model: nn.Module,
     src: str | Path | dict | Prepared,
     *,
-    ema: bool = False,
+    ema: bool | None = None,
     strict: bool = True,
     assign: bool = False,
 ) -> CheckpointInfo:
@@ -178,19 +185,17 @@ def load_checkpoint(
         sd = {k: v for k, v in sd.items() if not k.startswith(("head.", "norm."))}
     has_head, model_head = "head.weight" in sd, "head.weight" in target
     allowed_missing: set[str] = set()
-    if has_head and (not model_head or sd["head.weight"].shape != target["head.weight"].shape):
+    # said only once the weights are known to fit: a classifier of another width is a wrong architecture
+    notes: list[tuple[str, tuple]] = []
+    if has_head and (not model_head or sd["head.weight"].shape[0] != target["head.weight"].shape[0]):
         n_ckpt = sd["head.weight"].shape[0]
         if model_head:
             n_model = target["head.weight"].shape[0]
-            log.warning(
-                "%s has a %d-class classifier, the model %d classes: the classifier starts fresh",
-                where,
-                n_ckpt,
-                n_model,
-            )
+            msg = "%s has a %d-class classifier, the model %d classes: the classifier starts fresh"
+            notes.append((msg, (where, n_ckpt, n_model)))
         else:
-            log.warning(
-                "%s has a %d-class classifier, the model none: the classifier is not used", where, n_ckpt
+            notes.append(
+                ("%s has a %d-class classifier, the model none: the classifier is not used", (where, n_ckpt))
             )
         sd = {k: v for k, v in sd.items() if not k.startswith("head.")}
         info.dropped_classifier, info.class_names = True, None
@@ -198,13 +203,12 @@ def load_checkpoint(
     elif not has_head and not getattr(model, "features_only", False):
         fresh = {k for k in target if k.startswith(("head.", "norm.")) and k not in sd}
         if fresh:
-            log.warning(
-                "%s holds a backbone without classifier: %s start fresh",
-                where,
+            what = (
                 "the classifier and final norm"
                 if any(k.startswith("norm.") for k in fresh)
-                else "the classifier",
+                else "the classifier"
             )
+            notes.append(("%s holds a backbone without classifier: %s start fresh", (where, what)))
         allowed_missing |= fresh
         info.class_names = None
     if getattr(model, "features_only", False):
@@ -240,6 +244,8 @@ def load_checkpoint(
             f"{where} ({info.format}, {shape}) does not fit {model_arch or type(model).__name__}: "
             + "; ".join(problems)
         )
+    for msg, args in notes:
+        log.warning(msg, *args)
     sd = {k: v for k, v in sd.items() if k not in mismatched and k not in unexpected}
     model.load_state_dict(sd, strict=False, assign=assign)
     info.missing, info.unexpected, info.mismatched = missing, unexpected, mismatched

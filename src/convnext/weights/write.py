@@ -11,6 +11,7 @@ Every file is written to a temporary name and renamed, so a failure leaves nothi
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -50,14 +51,43 @@ def check_destination(dst: Path, target: str, force: bool) -> None:
         raise UserError(f"{dst} already exists; pass --force to overwrite it")
 
 
+def _write_failed(e: BaseException, dst: Path) -> UserError | None:
+    """One sentence for a write the disk refused (full, quota, read-only, no permission), or None when ``e``
+    is something else. torch.save wraps the OSError in a RuntimeError and safetensors raises its own error
+    carrying only the OS message, so the chain and the text are both searched."""
+    seen: set[int] = set()
+    cur: BaseException | None = e
+    while cur is not None and id(cur) not in seen:
+        text = str(cur)
+        if (isinstance(cur, OSError) and cur.errno in (errno.ENOSPC, errno.EDQUOT)) or "os error 28" in text:
+            return UserError(f"no space left on the device writing {dst}; nothing was written")
+        if isinstance(cur, OSError) and cur.strerror:
+            return UserError(f"cannot write {dst} ({cur.strerror}); nothing was written")
+        seen.add(id(cur))
+        cur = cur.__cause__ or cur.__context__
+    return None
+
+
 def _atomic_file(dst: Path, write: Any) -> None:
-    dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = dst.with_name(f".{dst.name}.tmp")
     try:
+        dst.parent.mkdir(parents=True, exist_ok=True)
         write(tmp)
         os.replace(tmp, dst)
+    except Exception as e:
+        failed = _write_failed(e, dst)
+        if failed is None:
+            raise
+        raise failed from None
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _torch_save(obj: Any, tmp: Path) -> None:
+    """torch.save through a Python file: a full disk then raises an OSError naming ENOSPC (given a path,
+    torch's C++ writer says only "iostream error")."""
+    with open(tmp, "wb") as f:
+        torch.save(obj, f)
 
 
 def _save(sd: dict[str, Tensor], dst: Path, metadata: dict[str, str] | None = None) -> None:
@@ -67,7 +97,7 @@ def _save(sd: dict[str, Tensor], dst: Path, metadata: dict[str, str] | None = No
 
             save_file(sd, str(tmp), metadata=metadata)
         else:
-            torch.save(sd, tmp)
+            _torch_save(sd, tmp)
 
     _atomic_file(dst, write)
 
@@ -101,9 +131,9 @@ def write(
                 "class_names": class_names,
                 "data_config": data_config,
             }
-            _atomic_file(dst, lambda tmp: torch.save(obj, tmp))
+            _atomic_file(dst, lambda tmp: _torch_save(obj, tmp))
     elif target == "official":
-        _atomic_file(dst, lambda tmp: torch.save({"model": formats.from_ours(sd, formats.OFFICIAL)}, tmp))
+        _atomic_file(dst, lambda tmp: _torch_save({"model": formats.from_ours(sd, formats.OFFICIAL)}, tmp))
     elif target in ("timm", "torchvision"):
         out = formats.from_ours(sd, target, arch)
         _save({k: v.contiguous() for k, v in out.items()}, dst, {"format": "pt"})
@@ -188,10 +218,28 @@ def write_hf(
     data_config: dict[str, Any] | None,
 ) -> None:
     """A Hugging Face model folder, written beside ``dst`` and renamed into place."""
-    from safetensors.torch import save_file
-
     out = formats.from_ours(sd, formats.hf_format(sd), arch)
     size = int(data_config["input_size"][-1]) if data_config else 224
+    try:
+        _write_hf(out, sd, dst, arch, class_names, data_config, size)
+    except Exception as e:
+        failed = _write_failed(e, dst)
+        if failed is None:
+            raise
+        raise failed from None
+
+
+def _write_hf(
+    out: dict[str, Tensor],
+    sd: dict[str, Tensor],
+    dst: Path,
+    arch: str,
+    class_names: list[str] | None,
+    data_config: dict[str, Any] | None,
+    size: int,
+) -> None:
+    from safetensors.torch import save_file
+
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent))
     try:
