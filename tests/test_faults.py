@@ -60,8 +60,9 @@ def run_cli(run_dir: Path, *extra: str) -> subprocess.CompletedProcess:
     )
 
 
-def start_paused(run_dir: Path, point: str, *extra: str) -> subprocess.Popen:
-    """A training that stops at ``point`` (see convnext.engine.checkpoint.TEST_PAUSE_ENV) and waits there."""
+def start_paused(run_dir: Path, point: str, *extra: str, own_group: bool = False) -> subprocess.Popen:
+    """A training that stops at ``point`` (see convnext.engine.checkpoint.TEST_PAUSE_ENV) and waits there;
+    ``own_group``: in a process group of its own, as a terminal's foreground job (for a Ctrl-C)."""
     proc = subprocess.Popen(
         _cmd(run_dir, *extra),
         cwd=ROOT,
@@ -69,6 +70,7 @@ def start_paused(run_dir: Path, point: str, *extra: str) -> subprocess.Popen:
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        start_new_session=own_group,
     )
     seen = []
     deadline = time.monotonic() + 240
@@ -186,6 +188,25 @@ def test_sigterm_then_resume_logs_the_epoch_as_if_uninterrupted(ref: Path, tmp_p
     r = run_cli(tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "train loss 0.0000" not in r.stderr
+    assert_nothing_lost(tmp_path, ref, r.stdout)
+
+
+def test_ctrl_c_saves_at_the_next_step_and_resumes_exactly(ref: Path, tmp_path: Path) -> None:
+    """Ctrl-C in a terminal (SIGINT to the whole process group, loader workers included) mid-epoch 2: the
+    run checkpoints at that step and exits 130 (so `train && evaluate` stops), and the next run ends as the
+    uninterrupted one. Before, a Ctrl-C lost every step since the last epoch's checkpoint."""
+    workers = "data.workers=2"  # the workers get the SIGINT too and must keep serving batches
+    proc = start_paused(tmp_path, f"step@{SPE + 8}", workers, own_group=True)
+    os.killpg(proc.pid, signal.SIGINT)
+    out = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 130, out[-2000:]
+    assert "Ctrl-C: saving a checkpoint at the next step" in out, out[-2000:]
+    assert "SIGINT received; saved" in out, out[-2000:]
+    assert "Traceback" not in out, out[-3000:]
+    stopped = load_train_checkpoint(tmp_path / "checkpoints" / "last.pth")
+    assert stopped["step"] == SPE + 8 and not stopped["epoch_end"]
+    r = run_cli(tmp_path, workers)
+    assert r.returncode == 0, r.stderr[-3000:]
     assert_nothing_lost(tmp_path, ref, r.stdout)
 
 

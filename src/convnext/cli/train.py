@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
 
     result = train(cfg, resume=args.resume, fresh=args.fresh)
     if result.stopped_early or not result.main:  # under torchrun, rank 0 reports
-        return 0
+        return 130 if result.stopped_by == "SIGINT" else 0  # Ctrl-C: the shell's code, `&& next` does not run
     epochs = f"{result.epoch} epoch" + ("" if result.epoch == 1 else "s")
     best = ""
     if result.best_top1 is not None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 import random
+import signal
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -148,6 +149,9 @@ def seed_worker(worker_id: int) -> None:
     s = torch.initial_seed() % 2**32
     np.random.seed(s)
     random.seed(s)
+    # Ctrl-C reaches the whole process group; the main process decides (training checkpoints first and
+    # needs the batches meanwhile) and shuts the workers down itself.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def build_loader(

@@ -49,7 +49,7 @@ from .rundir import RunFolder, check_run_dir
 from .schedule import LrSchedule, peak_lrs
 from .trackers import check_loggers
 
-STOP_SIGNALS = ("SIGTERM", "SIGUSR1")
+STOP_SIGNALS = ("SIGTERM", "SIGUSR1", "SIGINT")
 
 
 class TrainingDiverged(UserError):
@@ -61,11 +61,12 @@ class TrainResult:
     run_dir: Path
     epoch: int  # completed epochs
     step: int  # optimizer steps done
-    stopped_early: bool  # True when a SIGTERM/SIGUSR1 ended the run after a checkpoint
+    stopped_early: bool  # True when a SIGTERM/SIGUSR1/SIGINT ended the run after a checkpoint
     metrics: list[dict[str, Any]]
     best_top1: float | None
     best_epoch: int | None = None
     main: bool = True  # this process reports (rank 0; every other rank of a torchrun job returns quietly)
+    stopped_by: str | None = None  # the signal that stopped it ("SIGINT": Ctrl-C, the CLI exits 130)
 
 
 @dataclass
@@ -139,10 +140,14 @@ class Progress:
 
 
 class _StopFlag:
-    """SIGTERM / SIGUSR1 (cluster pre-emption) set a flag; the loop checkpoints at the next step and exits."""
+    """SIGTERM / SIGUSR1 (cluster pre-emption) and a first Ctrl-C set a flag; the loop checkpoints at the next
+    step and exits. A second Ctrl-C stops at once (KeyboardInterrupt), losing only the steps since the last
+    checkpoint: a user who presses it twice means it. Loader workers ignore Ctrl-C (``seed_worker``), so
+    the batches still come while the checkpoint is taken."""
 
-    def __init__(self) -> None:
+    def __init__(self, announce: bool = True) -> None:
         self.signal: str | None = None
+        self.announce = announce
         self._old: dict[int, Any] = {}
 
     def install(self) -> None:
@@ -155,6 +160,16 @@ class _StopFlag:
                     pass
 
     def _handle(self, signum: int, frame: Any) -> None:
+        if signum == signal.SIGINT:
+            if self.signal == "SIGINT":
+                raise KeyboardInterrupt
+            if self.announce:
+                print(
+                    "\nconvnext train: Ctrl-C: saving a checkpoint at the next step (Ctrl-C again stops at "
+                    "once, losing the steps since the last checkpoint)",
+                    file=sys.stderr,
+                    flush=True,
+                )
         self.signal = signal.Signals(signum).name
 
     def restore(self) -> None:
@@ -836,7 +851,7 @@ def _train(
         ckpts=ckpts,
         logger=open_logger(cfg, proc, run_dir, resumed_step=prog.step if path is not None else None),
         window=_LossWindow(prog.step, ckpts.last),
-        stop=_StopFlag(),
+        stop=_StopFlag(announce=proc.main),
     )
     run.stop.install()
     stopped = False
@@ -858,7 +873,15 @@ def _train(
         raise
     finally:
         run.stop.restore()
-    return _finish(run_dir, proc, prog, stopped=stopped, curves=curve_options, logger=run.logger)
+    return _finish(
+        run_dir,
+        proc,
+        prog,
+        stopped=stopped,
+        curves=curve_options,
+        logger=run.logger,
+        stop_signal=run.stop.signal if stopped else None,
+    )
 
 
 def open_logger(cfg: TrainConfig, proc: Process, run_dir: Path, resumed_step: int | None) -> MetricsLogger:
@@ -891,6 +914,7 @@ def _finish(
     stopped: bool,
     curves: dict[str, Any] | None = None,
     logger: MetricsLogger | None = None,
+    stop_signal: str | None = None,
 ) -> TrainResult:
     metrics: list[dict[str, Any]] = []
     try:
@@ -916,4 +940,5 @@ def _finish(
         best_top1=prog.best_top1,
         best_epoch=prog.best_epoch,
         main=proc.main,
+        stopped_by=stop_signal,
     )
