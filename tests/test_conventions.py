@@ -260,3 +260,18 @@ def test_cli_hides_the_decoder_deprecation(capsys: pytest.CaptureFixture[str]) -
         assert main(["models", "convnext_atto", "--json"]) == 0
         decode_image(encode_png(torch.zeros(3, 4, 4, dtype=torch.uint8)))
     assert not [w for w in seen if "decoding and encoding capabilities" in str(w.message)]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["evaluate", "--weights", "w", "--workers", "-1"], "argument --workers: must be 0 or more, got -1"),
+        (["predict", "x.png", "--weights", "w", "--topk", "0"], "argument --topk: must be at least 1, got 0"),
+    ],
+)
+def test_counts_out_of_range_are_one_line_naming_the_flag(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as e:
+        build_parser().parse_args(argv)
+    assert e.value.code == 2 and message in capsys.readouterr().err

@@ -44,6 +44,17 @@ def positive_int(value: str) -> int:
     return n
 
 
+def nonneg_int(value: str) -> int:
+    """argparse type: an integer >= 0 (``--workers -1`` is an argparse error naming the flag)."""
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {n}")
+    return n
+
+
 def _json_target(value: str) -> str:
     if value == STDOUT or value.lower().endswith(JSON_SUFFIXES):
         return value

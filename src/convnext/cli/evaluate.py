@@ -23,6 +23,7 @@ from .common import (
     add_progress,
     add_weights,
     json_only,
+    nonneg_int,
     positive_int,
     show_progress,
     weights_source,
@@ -53,7 +54,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_img_size(p)
     p.add_argument(
         "--workers",
-        type=int,
+        type=nonneg_int,
         default=min(4, os.cpu_count() or 1),
         help="data loading processes (default: 4, or the number of cores when fewer)",
     )
