@@ -266,3 +266,23 @@ def test_model_options_that_fit_the_family_pass(tmp_path: Path) -> None:
     assert cfg.model.options == {"depth": 2, "dim": 32}
     cfg = load_config("quickstart_digits", ["model.name=convnextv2_atto", "model.options={in_chans: 3}"])
     assert cfg.model.options == {"in_chans": 3}
+
+
+@pytest.mark.parametrize(
+    ("overrides", "mode"),
+    [
+        ([], "center"),
+        (["data.img_size=384"], "squash"),  # the official build_transform warps at 384 and up
+        (["data.img_size=512"], "squash"),
+        (["data.img_size=384", "data.crop_mode=center"], "center"),  # said explicitly: kept
+        (["data.crop_mode=squash"], "squash"),
+    ],
+)
+def test_crop_mode_left_unset_follows_the_official_rule(
+    overrides: list[str], mode: str, tmp_path: Path
+) -> None:
+    """A fine-tune at 384 px from finetune_folder evaluates as the official code does (whole image, no crop),
+    and the run folder records it, so predict/evaluate on the run use the same transform."""
+    cfg = load_config("finetune_folder", [f"data.root={tmp_path}", *overrides], check_paths=False)
+    assert cfg.data.crop_mode == mode
+    assert config_from_dict(to_dict(cfg)).data.crop_mode == mode

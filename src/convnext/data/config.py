@@ -46,7 +46,8 @@ class DataConfig:
     img_size: int = 224
     crop_pct: float = 0.875
     # eval crop: "center" (resize the shorter side to floor(img_size / crop_pct), centre crop img_size) or
-    # "squash" (resize the whole image to img_size x img_size, no crop: the official 384/512 evaluation)
+    # "squash" (resize the whole image to img_size x img_size, no crop: the official 384/512 evaluation);
+    # a recipe that leaves it unset gets "squash" at img_size >= 384, as the official code (load_config)
     crop_mode: str = "center"
     interpolation: str = "bicubic"
     mean: tuple[float, float, float] = IMAGENET_MEAN

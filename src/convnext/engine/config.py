@@ -693,6 +693,10 @@ def load_config(
     raw = read_yaml(path) if path is not None else {}
     raw = apply_overrides(raw, list(overrides))
     cfg = _build(TrainConfig, raw, "")
+    data_raw = raw.get("data")
+    if not (isinstance(data_raw, dict) and "crop_mode" in data_raw) and cfg.data.img_size >= 384:
+        # unset: the official evaluation, which warps the whole image at 384 px and up (build_transform)
+        cfg.data.crop_mode = "squash"
     validate(cfg, check_paths=check_paths)
     return cfg
 
