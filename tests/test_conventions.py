@@ -265,7 +265,7 @@ def test_cli_hides_the_decoder_deprecation(capsys: pytest.CaptureFixture[str]) -
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["evaluate", "--weights", "w", "--workers", "-1"], "argument --workers: must be 0 or more, got -1"),
+        (["evaluate", "--weights", "w", "--workers", "-1"], "argument --workers: must be at least 0, got -1"),
         (["predict", "x.png", "--weights", "w", "--topk", "0"], "argument --topk: must be at least 1, got 0"),
     ],
 )

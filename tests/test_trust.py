@@ -8,11 +8,11 @@ shows in the logits.
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import pytest
 import torch
+from test_convert import randomize_
 from torch import nn
 
 import convnext
@@ -22,20 +22,6 @@ from convnext.engine.config import TrainConfig, dump_yaml, to_dict
 from convnext.errors import UserError
 
 CLASSES = ["ant", "bee", "cat"]
-
-
-@torch.no_grad()
-def randomize_(model: nn.Module, seed: int = 0) -> nn.Module:
-    torch.manual_seed(seed)
-    for name, p in model.named_parameters():
-        fan_in = math.prod(p.shape[1:])
-        if p.ndim >= 2 and p.shape[0] > 1 and fan_in > 1:
-            p.uniform_(-math.sqrt(3 / fan_in), math.sqrt(3 / fan_in))
-        elif name.endswith("weight") and p.ndim == 1:
-            p.uniform_(0.8, 1.2)
-        else:  # biases, layer scale, GRN gamma/beta
-            p.uniform_(-0.3, 0.3)
-    return model.eval()
 
 
 def _image_folder(root: Path, classes: list[str], per_class: int = 2) -> list[Path]:

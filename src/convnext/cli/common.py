@@ -33,26 +33,24 @@ STDOUT = "-"
 
 
 # ------------------------------------------------------------------------------------------------ types
-def positive_int(value: str) -> int:
-    """argparse type: an integer >= 1 (``--batch-size 0`` is an argparse error naming the flag)."""
+def _int_at_least(lo: int, value: str) -> int:
     try:
         n = int(value)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
+    if n < lo:
+        raise argparse.ArgumentTypeError(f"must be at least {lo}, got {n}")
     return n
+
+
+def positive_int(value: str) -> int:
+    """argparse type: an integer >= 1 (``--batch-size 0`` is an argparse error naming the flag)."""
+    return _int_at_least(1, value)
 
 
 def nonneg_int(value: str) -> int:
     """argparse type: an integer >= 0 (``--workers -1`` is an argparse error naming the flag)."""
-    try:
-        n = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
-    if n < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {n}")
-    return n
+    return _int_at_least(0, value)
 
 
 def _json_target(value: str) -> str:
