@@ -15,7 +15,6 @@ import argparse
 import os
 from typing import TYPE_CHECKING
 
-from ..errors import UserError
 from .common import (
     add_device,
     add_img_size,
@@ -62,7 +61,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--channels-last", action="store_true", help="channels_last input memory format")
     p.add_argument(
         "--max-pixels",
-        type=int,
+        type=nonneg_int,
         metavar="N",
         help="refuse (drop) images whose header declares more pixels (default: the weights' data.max_pixels, "
         "89478485 as PIL's; 0: no limit)",
@@ -77,8 +76,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..inference.evaluate import evaluate_weights
 
-    if args.max_pixels is not None and args.max_pixels < 0:
-        raise UserError(f"--max-pixels must be 0 (no limit) or a number of pixels, got {args.max_pixels}")
     ev = evaluate_weights(
         weights_source(args.weights, args.model),
         model=args.model,

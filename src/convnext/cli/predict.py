@@ -24,6 +24,7 @@ from .common import (
     add_weights,
     json_only,
     json_output,
+    nonneg_int,
     positive_int,
     read_names_file,
     show_progress,
@@ -56,7 +57,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_device(p)
     p.add_argument(
         "--max-pixels",
-        type=int,
+        type=nonneg_int,
         metavar="N",
         help="refuse images whose header declares more pixels (default 89478485, as PIL's; 0: no limit)",
     )
@@ -69,8 +70,6 @@ def run(args: argparse.Namespace) -> int:
     from ..inference.loading import display_names, load_for_inference
     from ..inference.predict import expand_inputs, predict_paths
 
-    if args.max_pixels is not None and args.max_pixels < 0:
-        raise UserError(f"--max-pixels must be 0 (no limit) or a number of pixels, got {args.max_pixels}")
     device = resolve_device(args.device)
     dtype = amp_dtype(args.amp, device)
     loaded = load_for_inference(
