@@ -5,7 +5,8 @@
     .venv/bin/python benchmarks/bf16_paths.py model --batch-sizes 1 32 --rounds 7 # ConvNeXt-T, whole model
     .venv/bin/python benchmarks/bf16_paths.py model --mode train --batch-sizes 32 --rounds 5
 
-``block``: a block of width C on a (1, C, 1, rows) channels_last map under CPU bf16 autocast, as the plain
+``block``: a block of width C on an (N, C, S, S) channels_last map, S its stage's side in ConvNeXt at 224 px
+(56, 28, 14, 7 for C = 96, 192, 384, 768), rows = N S^2, under CPU bf16 autocast, as the plain
 ``Block`` (what autocast does to the reference), as ``ChunkedBlock`` forced onto its bf16 loop (per-call
 weight casts, as in ``create_model``'s model) and as ``FusedBlock`` (weights cast once,
 ``fuse_for_inference(dtype=torch.bfloat16)``); ratio = autocast time / contestant time (> 1: faster).
@@ -73,16 +74,18 @@ def block(args: argparse.Namespace) -> None:
     print(
         f"mode {args.mode}, {torch.get_num_threads()} threads; ratio = autocast plain time / contestant time"
     )
-    print(f"{'C':>5} {'rows':>7} {'autocast ms':>12} {'ours x':>7} {'fused x':>8}")
+    print(f"{'C':>5} {'N':>4} {'rows':>7} {'autocast ms':>12} {'ours x':>7} {'fused x':>8}")
     for dim in args.dims:
         plain = Block(dim, layer_scale_init_value=0.5)
         ours = set_chunked_mlp(copy.deepcopy(plain), True)
         fused = copy.deepcopy(ours).requires_grad_(False)
         fused.__class__ = FusedBlock
-        for rows in args.rows:
+        side = {96: 56, 192: 28, 384: 14, 768: 7}.get(dim, 14)
+        for n in args.batches:
+            rows = n * side * side
             if rows * dim > args.max_elements:
                 continue
-            x = torch.randn(1, dim, 1, rows).contiguous(memory_format=torch.channels_last)
+            x = torch.randn(n, dim, side, side).contiguous(memory_format=torch.channels_last)
             g = torch.randn_like(x)
 
             def run(b: nn.Module, x: torch.Tensor = x, g: torch.Tensor = g) -> None:
@@ -100,7 +103,7 @@ def block(args: argparse.Namespace) -> None:
             times = _interleave(steps, args.rounds)
             fx = f"{_ratio(times, 'autocast', 'fused'):8.2f}" if "fused" in times else f"{'-':>8}"
             print(
-                f"{dim:>5} {rows:>7} {statistics.median(times['autocast']) * 1e3:>12.2f} "
+                f"{dim:>5} {n:>4} {rows:>7} {statistics.median(times['autocast']) * 1e3:>12.2f} "
                 f"{_ratio(times, 'autocast', 'ours'):>7.2f} {fx}",
                 flush=True,
             )
@@ -111,7 +114,7 @@ def model(args: argparse.Namespace) -> None:
     import torchvision
 
     from convnext import create_model
-    from convnext.benchmark import to_peer_state_dict
+    from convnext.bench.peers import to_peer_state_dict
 
     torch.manual_seed(0)
     plain = create_model(args.model, chunked_mlp=False)
@@ -197,8 +200,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--size", type=int, default=2048, help="peak: the GEMM's n")
     p.add_argument("--dims", type=int, nargs="+", default=[96, 192, 384, 768])
-    p.add_argument("--rows", type=int, nargs="+", default=[49, 196, 784, 1568, 3136, 6272, 12544, 25088])
-    p.add_argument("--max-elements", type=float, default=5e6, help="block: skip shapes above rows x C")
+    p.add_argument("--batches", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32], help="block: N")
+    p.add_argument("--max-elements", type=float, default=1e7, help="block: skip shapes above rows x C")
     p.add_argument("--model", default="convnext_tiny")
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 32])
     p.add_argument("--img-size", type=int, default=224)

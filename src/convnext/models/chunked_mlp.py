@@ -294,8 +294,10 @@ class _ChannelMLPBf16(torch.autograd.Function):
 
     ``y`` is the bf16 output of the depthwise conv, the parameters fp32 (cast once per call, as autocast
     does per op); returns the branch in fp32, as the plain block's ``gamma * x`` gives it under autocast.
-    Saved: ``y``, the bf16 pre-GELU hidden and LN's statistics. Weight gradients accumulate in fp32 across
-    chunks (each chunk's GEMM rounded once to bf16, where autocast rounds the whole batch's once).
+    Saved: ``y``, LN's statistics and the bf16 hidden before and after GELU (as much memory as the fp32
+    path's one fp32 hidden; recomputing GELU, an erf per element, would cost ~5% of the step). Weight and
+    bias gradients accumulate in fp32 across chunks (each chunk's GEMM or sum rounded once to bf16, where
+    autocast rounds the whole batch's once).
     """
 
     @staticmethod
@@ -316,23 +318,23 @@ class _ChannelMLPBf16(torch.autograd.Function):
         hidden = w1.shape[0]
         w2g, b2g = _fold_layer_scale(w2, b2, gamma)
         w1b, b1b, w2b, b2b = w1.to(bf16), b1.to(bf16), w2g.to(bf16), b2g.to(bf16)
-        a = y.new_empty(rows, hidden)
+        a, h = y.new_empty(rows, hidden), y.new_empty(rows, hidden)
         mean, rstd = y.new_empty(rows, 1, dtype=torch.float32), y.new_empty(rows, 1, dtype=torch.float32)
         out = y.new_empty(rows, dim, dtype=torch.float32)
         step = bf16_chunk_rows(hidden)
         for s in range(0, rows, step):
             e = min(s + step, rows)
             xn, mean[s:e], rstd[s:e] = torch.ops.aten.native_layer_norm(y[s:e], [dim], ln_w, ln_b, eps)
-            ac = a[s:e]
+            ac, hc = a[s:e], h[s:e]
             ac.copy_(linear_bf16(xn, w1b, b1b))
-            out[s:e].copy_(linear_bf16(torch.ops.aten.gelu(ac), w2b, b2b))
-        ctx.save_for_backward(y, a, mean, rstd, ln_w, ln_b, w1b, w2b, w2, b2, gamma)
+            out[s:e].copy_(linear_bf16(torch.ops.aten.gelu.out(ac, out=hc), w2b, b2b))
+        ctx.save_for_backward(y, a, h, mean, rstd, ln_w, ln_b, w1b, w2b, w2, b2, gamma)
         ctx.eps = eps
         return out
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
-        y, a, mean, rstd, ln_w, ln_b, w1b, w2b, w2, b2, gamma = ctx.saved_tensors
+        y, a, h, mean, rstd, ln_w, ln_b, w1b, w2b, w2, b2, gamma = ctx.saved_tensors
         bf16, f32 = torch.bfloat16, torch.float32
         rows, dim = y.shape
         hidden = w1b.shape[0]
@@ -345,9 +347,9 @@ class _ChannelMLPBf16(torch.autograd.Function):
         for s in range(0, rows, step):
             e = min(s + step, rows)
             yc, ac, gc = y[s:e], a[s:e], grad[s:e].to(bf16)
-            g_w2g += torch.mm(gc.t(), torch.ops.aten.gelu(ac)).float()
+            g_w2g += torch.mm(gc.t(), h[s:e]).float()
             gh = torch.ops.aten.gelu_backward(torch.mm(gc, w2b), ac)  # grad of a
-            g_b1 += gh.sum(0, dtype=f32)
+            g_b1 += gh.sum(0).float()  # fp32 accumulation inside; sum(dtype=f32) would convert gh first
             xn = torch.ops.aten.native_layer_norm(yc, [dim], ln_w, ln_b, ctx.eps)[0]
             g_w1 += torch.mm(gh.t(), xn).float()
             gy[s:e], dw, db = torch.ops.aten.native_layer_norm_backward(
