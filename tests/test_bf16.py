@@ -171,6 +171,20 @@ def test_fused_bf16_backbone_returns_float32_feature_maps() -> None:
     assert all(f.dtype == torch.float32 for f in feats)
 
 
+@pytest.mark.parametrize("dtype", [None, BF16], ids=["fp32", "bf16"])
+def test_a_model_fused_under_inference_mode_runs(dtype: torch.dtype | None) -> None:
+    """``convnext benchmark`` fuses inside ``torch.inference_mode``: the copy's parameters are inference
+    tensors, which have no version counter for the kept weights' key."""
+    model = trained_like(build_model("convnext_atto", num_classes=10)).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.inference_mode():
+        fused = fuse_for_inference(model, dtype=dtype)
+        assert all(p.is_inference() for p in fused.parameters())
+        got, ref = fused(x), model(x)
+    tol = 2e-2 if fused.compute_dtype == BF16 else 1e-5
+    assert got.dtype == torch.float32 and rel(got, ref) <= tol
+
+
 # -------------------------------------------------------------------------- CPUs without native bf16
 
 

@@ -38,11 +38,12 @@ T = TypeVar("T")
 class FusedBlock(ChunkedBlock):
     """A :class:`ChunkedBlock` of a model prepared by :func:`fuse_for_inference` (eval, frozen): its folded
     fp32 and bf16 weights are made once and kept, rebuilt only if a parameter is replaced or written in
-    place under autograd's eye (``load_state_dict``, ``copy_``); writes through ``.data`` are not seen, so
-    fuse again after changing the weights that way."""
+    place under autograd's eye (``load_state_dict``, ``copy_``); writes through ``.data`` are not seen, nor
+    writes to inference tensors (a model fused under ``torch.inference_mode``, which keeps no version
+    counter: only a replaced parameter is seen there), so fuse again after changing the weights that way."""
 
     def _kept(self, kind: str, build: Callable[[], T]) -> T:
-        key = tuple((p.data_ptr(), p._version) for p in self.parameters())
+        key = tuple((p.data_ptr(), -1 if p.is_inference() else p._version) for p in self.parameters())
         kept = self.__dict__.setdefault("_prepared", {})
         if kind not in kept or kept[kind][0] != key:
             kept[kind] = (key, build())
