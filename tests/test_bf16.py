@@ -266,3 +266,16 @@ def test_training_step_under_bf16_autocast_matches_the_plain_model(small_chunks:
     torch.optim.SGD(model.parameters(), lr=0.1).step()  # the step itself, and the model still runs
     with torch.autocast("cpu", dtype=BF16):
         assert torch.isfinite(model(x)).all()
+
+
+@pytest.mark.parametrize("mode", ["infer", "train"])
+def test_benchmark_says_the_blocks_run_their_bf16_loop_under_amp(mode: str) -> None:
+    from convnext.bench import CHUNKED_NOTE, SMALL_NOTE
+    from convnext.bench.models import run_benchmark
+
+    report = run_benchmark(
+        "convnext_atto", batch_size=2, img_size=32, mode=mode, amp="bf16", repeats=1, latency=False
+    )
+    # Any size takes the bf16 loop where bf16 is native; elsewhere the fp32 rule (too small to chunk).
+    note = CHUNKED_NOTE if chunked_mlp.native_bf16() else SMALL_NOTE
+    assert report["results"][0]["note"].startswith(note)
