@@ -145,7 +145,7 @@ def model(args: argparse.Namespace) -> None:
     names = [n for n in args.contestants if n in models]
     threads = torch.get_num_threads()
     print(f"{args.model} {args.mode}, {args.img_size} px, {threads} threads, {args.rounds} rounds")
-    print(f"ms per call (median); x {args.ref} = median of per-round ratios {args.ref} / contestant")
+    print(f"ms per call (median); x {args.ref} = median [range] of per-round ratios {args.ref} / contestant")
     for bs in args.batch_sizes:
         x = torch.randn(bs, 3, args.img_size, args.img_size).contiguous(memory_format=torch.channels_last)
         y = torch.randint(0, plain.num_classes, (bs,))
@@ -186,7 +186,10 @@ def model(args: argparse.Namespace) -> None:
         for n in names:
             med = statistics.median(times[n])
             line = f"  {n:15s} {med * 1e3:9.1f} ms {bs / med:8.2f} img/s"
-            line += f"  x {args.ref} {_ratio(times, args.ref, n):5.2f}" if args.ref in times else ""
+            if args.ref in times:
+                per_round = sorted(a / b for a, b in zip(times[args.ref], times[n], strict=True))
+                spread = f"[{per_round[0]:.2f}-{per_round[-1]:.2f}]"
+                line += f"  x {args.ref} {_ratio(times, args.ref, n):5.2f} {spread}"
             line += f"  x fp32 {_ratio(times, 'fp32', n):5.2f}" if "fp32" in times else ""
             line += f"  rel diff {diffs[n]:.1e}" if args.mode == "infer" else ""
             print(line, flush=True)
