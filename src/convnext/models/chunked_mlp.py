@@ -19,10 +19,12 @@ the plain ops it replaces (the thresholds are measured, BENCHMARKS.md "Per-shape
   ``dgamma_c = sum_j dW'_cj W_cj + db'_c b_c``. Weight gradients accumulate chunk by chunk with ``addmm_``.
 * inference (no grad): the same loop; the projection accumulates straight into ``shortcut + b`` (no separate
   bias, scale or add pass).
-* anything else (GPU, not float32, CPU autocast, tracing, export, compile, a dispatch mode such as fake
-  tensors or the FLOP counter, small batches): the reference ``Block.forward``. A graph must not keep one
-  batch's chunk bounds or an in-place write into a view; inductor fuses elementwise ops itself; on GPU the
-  loop would only add launches; dtype handling belongs to autocast.
+* under CPU bf16 autocast, where the CPU has native bf16: the same loops with bf16 GEMMs
+  (:class:`_ChannelMLPBf16`, :func:`mlp_chunks_bf16`), at any size; without native bf16, the fp32 paths.
+* anything else (GPU, other dtypes and autocast dtypes, tracing, export, compile, a dispatch mode such as
+  fake tensors or the FLOP counter, small batches): the reference ``Block.forward``. A graph must not keep
+  one batch's chunk bounds or an in-place write into a view; inductor fuses elementwise ops itself; on GPU
+  the loop would only add launches.
 
 GRN (V2) blocks are never swapped: GRN needs the whole feature map between the two GEMMs.
 """
