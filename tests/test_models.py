@@ -314,8 +314,8 @@ def test_each_call_takes_the_chunked_path_only_where_it_is_faster() -> None:
     big = torch.empty(32, *stage1)
     assert not use_chunked_mlp(big.double()) and not use_chunked_mlp(big.bfloat16())
     assert not use_chunked_mlp(torch.empty(32, *stage1, device="meta"))
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        assert not use_chunked_mlp(big)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # the bf16 loop (tests/test_bf16.py), or fp32 without
+        assert chunked_mlp.chunked_path(big) == ("bf16" if chunked_mlp.native_bf16() else "fp32")
     with torch.utils.flop_counter.FlopCounterMode(display=False):
         assert not use_chunked_mlp(big)
 

@@ -131,12 +131,10 @@ def chunked_in_step(spec: Spec, ours: nn.Module, variant: Any, x: Tensor) -> boo
     stride = 16 if variant.family == "isotropic" else 4
     size = spec.img_size // stride
     block_in = x.new_empty(1).expand(spec.batch_size, 1, size, size)
-    return (
-        spec.amp is None
-        and not spec.compile
-        and use_chunked_mlp(block_in, grad=spec.mode == "train")
-        and any(getattr(m, "chunked", False) for m in ours.modules())
-    )
+    if spec.compile or not any(getattr(m, "chunked", False) for m in ours.modules()):
+        return False
+    with autocast(x.device, AMP_DTYPES.get(spec.amp or "none")):  # CPU bf16: the blocks' bf16 loop
+        return use_chunked_mlp(block_in, grad=spec.mode == "train")
 
 
 def _entries(

@@ -19,19 +19,23 @@ the plain ops it replaces (the thresholds are measured, BENCHMARKS.md "Per-shape
   ``dgamma_c = sum_j dW'_cj W_cj + db'_c b_c``. Weight gradients accumulate chunk by chunk with ``addmm_``.
 * inference (no grad): the same loop; the projection accumulates straight into ``shortcut + b`` (no separate
   bias, scale or add pass).
-* anything else (GPU, not float32, CPU autocast, tracing, export, compile, a dispatch mode such as fake
-  tensors or the FLOP counter, small batches): the reference ``Block.forward``. A graph must not keep one
-  batch's chunk bounds or an in-place write into a view; inductor fuses elementwise ops itself; on GPU the
-  loop would only add launches; dtype handling belongs to autocast.
+* under CPU bf16 autocast, where the CPU has native bf16: the same loops with bf16 GEMMs
+  (:class:`_ChannelMLPBf16`, :func:`mlp_chunks_bf16`), at any size; without native bf16, the fp32 paths.
+* anything else (GPU, other dtypes and autocast dtypes, tracing, export, compile, a dispatch mode such as
+  fake tensors or the FLOP counter, small batches): the reference ``Block.forward``. A graph must not keep
+  one batch's chunk bounds or an in-place write into a view; inductor fuses elementwise ops itself; on GPU
+  the loop would only add launches.
 
 GRN (V2) blocks are never swapped: GRN needs the whole feature map between the two GEMMs.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Any, ClassVar
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .convnext import Block
@@ -47,6 +51,12 @@ CHUNK_ELEMENTS = 16384 * 384
 # benchmarks/block_paths.py: BENCHMARKS.md, "Per-shape rule"). Batch 1 at 224 px runs the plain ops.
 MIN_ROWS_TRAIN = 6144
 MIN_ROWS_INFER = 4096
+# The same under CPU bf16 autocast (native bf16 only), where the path is the bf16 loop below; a fused block
+# (weights cast once, ``fuse.py``) takes it at any size (``prepared``).
+MIN_ROWS_BF16_TRAIN = 0
+MIN_ROWS_BF16_INFER = 0
+# Hidden elements per chunk in bf16.
+CHUNK_ELEMENTS_BF16 = 32768 * 384
 
 
 def chunk_rows(hidden: int) -> int:
@@ -58,6 +68,33 @@ def _cpu_autocast() -> bool:
         return torch.is_autocast_enabled("cpu")
     except TypeError:  # torch < 2.4 spelling
         return torch.is_autocast_cpu_enabled()
+
+
+def _cpu_autocast_dtype() -> torch.dtype:
+    try:
+        return torch.get_autocast_dtype("cpu")
+    except (AttributeError, TypeError):  # torch < 2.4 spelling
+        return torch.get_autocast_cpu_dtype()
+
+
+@functools.cache
+def native_bf16() -> bool:
+    """This CPU has bf16 dot products (AVX512-BF16, AMX or Arm BF16): bf16 GEMMs beat fp32 here. Without
+    them bf16 is emulated and slower than fp32, so bf16 blocks compute in fp32 instead (never slower)."""
+    from ..device import cpu_has_native_bf16  # a leaf utility (reads /proc/cpuinfo), no upward import
+
+    return cpu_has_native_bf16()
+
+
+@functools.cache
+def _onednn_bf16() -> bool:
+    """oneDNN's linear with the bias and GELU fused in (``mkldnn._linear_pointwise``, what inductor emits on
+    CPU) runs bf16. Measured on the four stages' chunk shapes: 1.3-2x ``addmm`` in bf16, whose bias
+    broadcast pass costs as much as a small GEMM (BENCHMARKS.md, "bf16 on CPU")."""
+    try:
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # pragma: no cover - a build without oneDNN
+        return False
 
 
 def _capturing() -> bool:
@@ -72,17 +109,40 @@ def _capturing() -> bool:
     return _get_current_dispatch_mode() is not None
 
 
-def use_chunked_mlp(x: Tensor, grad: bool | None = None) -> bool:
-    """Whether a fast block takes the chunked path for its input ``x`` (N, C, H, W).
+def chunked_path(x: Tensor, grad: bool | None = None, prepared: bool = False) -> str | None:
+    """The path a fast block takes for its input ``x`` (N, C, H, W): ``"fp32"``, ``"bf16"`` or None (the
+    reference ``Block.forward``).
 
-    CPU float32 outside autocast and graph capture, with at least ``MIN_ROWS_TRAIN`` (with ``grad``; default:
-    the grad mode) or ``MIN_ROWS_INFER`` pixels.
+    Only on CPU, for a float32 input, outside graph capture. Outside autocast: ``"fp32"`` with at least
+    ``MIN_ROWS_TRAIN`` (with ``grad``; default: the grad mode) or ``MIN_ROWS_INFER`` pixels. Under CPU bf16
+    autocast where the CPU has native bf16: ``"bf16"`` with at least ``MIN_ROWS_BF16_TRAIN`` /
+    ``MIN_ROWS_BF16_INFER`` pixels (any, no grad, for a block whose bf16 weights are ``prepared``). Where it
+    has not (see :func:`bf16_as_fp32`), the fp32 rule.
     """
-    if x.device.type != "cpu" or x.dtype != torch.float32 or _cpu_autocast() or _capturing():
-        return False
+    if x.device.type != "cpu" or _capturing():
+        return None
     grad = torch.is_grad_enabled() if grad is None else grad
     rows = x.numel() // x.shape[1] if x.dim() == 4 else x.numel() // max(x.shape[-1], 1)
-    return rows >= (MIN_ROWS_TRAIN if grad else MIN_ROWS_INFER)
+    if _cpu_autocast() and not bf16_as_fp32():
+        # bf16 input: the first block of a stage, after autocast's downsampling conv.
+        if _cpu_autocast_dtype() != torch.bfloat16 or x.dtype not in (torch.float32, torch.bfloat16):
+            return None
+        least = MIN_ROWS_BF16_TRAIN if grad else 0 if prepared else MIN_ROWS_BF16_INFER
+        return "bf16" if rows >= least else None
+    if x.dtype != torch.float32 and not (bf16_as_fp32() and x.dtype == torch.bfloat16):
+        return None
+    return "fp32" if rows >= (MIN_ROWS_TRAIN if grad else MIN_ROWS_INFER) else None
+
+
+def bf16_as_fp32() -> bool:
+    """Under CPU bf16 autocast on a CPU without native bf16, a fast block computes in fp32 (autocast off):
+    emulated bf16 is slower than fp32 there, and fp32 is the more exact of the two."""
+    return _cpu_autocast() and _cpu_autocast_dtype() == torch.bfloat16 and not native_bf16()
+
+
+def use_chunked_mlp(x: Tensor, grad: bool | None = None) -> bool:
+    """Whether a fast block leaves the reference ops for its input ``x`` (see :func:`chunked_path`)."""
+    return chunked_path(x, grad) is not None
 
 
 def mlp_chunks(
@@ -118,6 +178,52 @@ def mlp_chunks(
             out[s:e].addmm_(hc, w2t)
         else:
             torch.addmm(b2, hc, w2t, out=out[s:e])
+    return out
+
+
+def linear_bf16(x: Tensor, w: Tensor, b: Tensor | None, gelu: bool = False) -> Tensor:
+    """``x w^T + b`` (then exact GELU) in bf16, ``w`` as ``nn.Linear`` holds it: oneDNN's fused linear where
+    it runs bf16, else ``addmm`` (same math, rounded once to bf16 as autocast's linear is)."""
+    if _onednn_bf16():
+        attr, algorithm = ("gelu", "none") if gelu else ("none", "")  # "none": exact (erf) GELU
+        return torch.ops.mkldnn._linear_pointwise(x, w, b, attr, [], algorithm)
+    y = torch.addmm(b, x, w.t()) if b is not None else torch.mm(x, w.t())
+    return torch.ops.aten.gelu_(y) if gelu else y
+
+
+def mlp_chunks_bf16(
+    y: Tensor,
+    norm: tuple[Tensor, Tensor, float],
+    w1: Tensor,
+    b1: Tensor,
+    w2: Tensor,
+    b2: Tensor,
+    gamma: Tensor | None,
+    shortcut: Tensor | None,
+    out: Tensor,
+    step: int,
+) -> Tensor:
+    """The bf16 forward loop: ``out = shortcut + gamma * (GELU(LN(y) w1^T + b1) w2^T + b2)`` over row chunks.
+
+    ``y`` (rows, C) is bf16 (the depthwise conv's output), the weights bf16 as ``nn.Linear`` holds them,
+    ``out`` float32, ``gamma`` float32 (None: folded into ``w2`` and ``b2`` already), ``shortcut`` float32 or
+    bf16 (None: no residual). As autocast computes the plain
+    block: LayerNorm on bf16 with fp32 statistics and affine, the GEMMs in bf16 with fp32 accumulation, each
+    rounded once to bf16; the residual stream stays fp32. The projection is widened into ``out`` chunk by
+    chunk (a mixed bf16 + fp32 add is an unvectorised loop in ATen: ~4x slower than a conversion and an
+    fp32 add).
+    """
+    rows, dim = y.shape
+    ln_w, ln_b, eps = norm
+    for s in range(0, rows, step):
+        e = min(s + step, rows)
+        xn = torch.ops.aten.native_layer_norm(y[s:e], [dim], ln_w, ln_b, eps)[0]
+        o = out[s:e]
+        o.copy_(linear_bf16(linear_bf16(xn, w1, b1, gelu=True), w2, b2))
+        if gamma is not None:
+            o.mul_(gamma)
+        if shortcut is not None:
+            o.add_(shortcut[s:e].to(o.dtype))  # bf16 in a stage's first block (autocast's downsampling)
     return out
 
 
@@ -185,18 +291,112 @@ class _ChannelMLP(torch.autograd.Function):
         return gx, g_lnw, g_lnb, g_w1, g_b1, g_w2g * gamma[:, None], g_b2g * gamma, g_gamma, None
 
 
+class _ChannelMLPBf16(torch.autograd.Function):
+    """The training path under CPU bf16 autocast: :class:`_ChannelMLP`'s loop with the GEMMs in bf16.
+
+    ``y`` is the bf16 output of the depthwise conv, the parameters fp32 (cast once per call, as autocast
+    does per op); returns the branch in fp32, as the plain block's ``gamma * x`` gives it under autocast.
+    Saved: ``y``, LN's statistics and the bf16 hidden before and after GELU (as much memory as the fp32
+    path's one fp32 hidden; recomputing GELU, an erf per element, would cost ~5% of the step). Weight and
+    bias gradients accumulate in fp32 across chunks (each chunk's GEMM or sum rounded once to bf16, where
+    autocast rounds the whole batch's once).
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any,
+        y: Tensor,
+        ln_w: Tensor,
+        ln_b: Tensor,
+        w1: Tensor,
+        b1: Tensor,
+        w2: Tensor,
+        b2: Tensor,
+        gamma: Tensor | None,
+        eps: float,
+    ) -> Tensor:
+        bf16 = torch.bfloat16
+        rows, dim = y.shape
+        hidden = w1.shape[0]
+        w2g, b2g = _fold_layer_scale(w2, b2, gamma)
+        w1b, b1b, w2b, b2b = w1.to(bf16), b1.to(bf16), w2g.to(bf16), b2g.to(bf16)
+        a, h = y.new_empty(rows, hidden), y.new_empty(rows, hidden)
+        mean, rstd = y.new_empty(rows, 1, dtype=torch.float32), y.new_empty(rows, 1, dtype=torch.float32)
+        out = y.new_empty(rows, dim, dtype=torch.float32)
+        step = bf16_chunk_rows(hidden)
+        for s in range(0, rows, step):
+            e = min(s + step, rows)
+            xn, mean[s:e], rstd[s:e] = torch.ops.aten.native_layer_norm(y[s:e], [dim], ln_w, ln_b, eps)
+            ac, hc = a[s:e], h[s:e]
+            ac.copy_(linear_bf16(xn, w1b, b1b))
+            out[s:e].copy_(linear_bf16(torch.ops.aten.gelu.out(ac, out=hc), w2b, b2b))
+        ctx.save_for_backward(y, a, h, mean, rstd, ln_w, ln_b, w1b, w2b, w2, b2, gamma)
+        ctx.eps = eps
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        y, a, h, mean, rstd, ln_w, ln_b, w1b, w2b, w2, b2, gamma = ctx.saved_tensors
+        bf16, f32 = torch.bfloat16, torch.float32
+        rows, dim = y.shape
+        hidden = w1b.shape[0]
+        step = bf16_chunk_rows(hidden)
+        grad = grad.contiguous()
+        gy = torch.empty_like(y)
+        g_lnw, g_lnb = torch.zeros_like(ln_w), torch.zeros_like(ln_b)
+        g_w1, g_b1 = w1b.new_zeros(hidden, dim, dtype=f32), w1b.new_zeros(hidden, dtype=f32)
+        g_w2g = w1b.new_zeros(dim, hidden, dtype=f32)
+        for s in range(0, rows, step):
+            e = min(s + step, rows)
+            yc, ac, gc = y[s:e], a[s:e], grad[s:e].to(bf16)
+            g_w2g += torch.mm(gc.t(), h[s:e]).float()
+            gh = torch.ops.aten.gelu_backward(torch.mm(gc, w2b), ac)  # grad of a
+            g_b1 += gh.sum(0).float()  # fp32 accumulation inside; sum(dtype=f32) would convert gh first
+            xn = torch.ops.aten.native_layer_norm(yc, [dim], ln_w, ln_b, ctx.eps)[0]
+            g_w1 += torch.mm(gh.t(), xn).float()
+            gy[s:e], dw, db = torch.ops.aten.native_layer_norm_backward(
+                torch.mm(gh, w1b), yc, [dim], mean[s:e], rstd[s:e], ln_w, ln_b, [True, True, True]
+            )
+            g_lnw += dw
+            g_lnb += db
+        g_b2g = grad.sum(0)
+        if gamma is None:
+            return gy, g_lnw, g_lnb, g_w1, g_b1, g_w2g, g_b2g, None, None
+        g_gamma = (g_w2g * w2).sum(1) + g_b2g * b2
+        return gy, g_lnw, g_lnb, g_w1, g_b1, g_w2g * gamma[:, None], g_b2g * gamma, g_gamma, None
+
+
+def bf16_chunk_rows(hidden: int) -> int:
+    return max(256, CHUNK_ELEMENTS_BF16 // hidden)
+
+
+# dwconv weight and bias, w1, b1, w2, b2 in bf16, and the fp32 layer scale (None when folded into w2, b2).
+BF16Weights = tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor | None]
+
+
 class ChunkedBlock(Block):
-    """A V1 block (no GRN) that runs its MLP in row chunks on CPU where that is faster; same parameters."""
+    """A V1 block (no GRN) that runs its MLP in row chunks on CPU where that is faster; same parameters.
+
+    Under CPU bf16 autocast it runs the bf16 loop (the GEMMs in bf16, oneDNN's fused linear + GELU, the
+    residual in fp32); on a CPU without native bf16 it computes in fp32 instead (emulated bf16 is slower).
+    """
 
     chunked: ClassVar[bool] = True
-    rows_per_chunk: int | None = None  # None: CHUNK_ELEMENTS // hidden
+    prepared: ClassVar[bool] = False  # weights prepared ahead (fuse.FusedBlock): no per-call cast to repay
+    rows_per_chunk: int | None = None  # None: CHUNK_ELEMENTS // hidden (CHUNK_ELEMENTS_BF16 in bf16)
 
     def forward(self, x: Tensor) -> Tensor:
+        if x.device.type == "cpu" and bf16_as_fp32() and not _capturing():
+            with torch.autocast("cpu", enabled=False):
+                return self.forward(x.float())  # bf16 after autocast's downsampling conv
         grad = torch.is_grad_enabled() and (
             x.requires_grad or any(p.requires_grad for p in self.parameters())
         )
-        if not use_chunked_mlp(x, grad):
+        path = chunked_path(x, grad, prepared=self.prepared)
+        if path is None:
             return super().forward(x)
+        if path == "bf16":
+            return self._forward_bf16(x, grad)
         n, c, h, w = x.shape
         y = self.dwconv(x).permute(0, 2, 3, 1).reshape(-1, c)  # a view when x is channels_last
         if grad:
@@ -215,6 +415,45 @@ class ChunkedBlock(Block):
         out = torch.add(x.permute(0, 2, 3, 1), b2).contiguous()
         mlp_chunks(y, norm, w1t, self.pwconv1.bias, w2t, None, out.view(-1, c), step)
         return out.permute(0, 3, 1, 2)  # (N, C, H, W) view of channels_last memory
+
+    def _forward_bf16(self, x: Tensor, grad: bool) -> Tensor:
+        n, c, h, w = x.shape
+        norm = (self.norm.weight, self.norm.bias, self.norm.eps)
+        if grad:
+            y = self.dwconv(x).permute(0, 2, 3, 1).reshape(-1, c)  # bf16 (autocast), a view in channels_last
+            out = _ChannelMLPBf16.apply(
+                y, *norm[:2], self.pwconv1.weight, self.pwconv1.bias, self.pwconv2.weight, self.pwconv2.bias,
+                self.gamma, self.norm.eps,
+            )  # fmt: skip
+            return x + self.drop_path(out.view(n, h, w, c).permute(0, 3, 1, 2))
+        wdw, bdw, w1, b1, w2, b2, gamma = self._bf16_weights()
+        y = F.conv2d(x.to(torch.bfloat16), wdw, bdw, self.dwconv.stride, self.dwconv.padding, 1, c)
+        y = y.permute(0, 2, 3, 1).reshape(-1, c)
+        step = self.rows_per_chunk or bf16_chunk_rows(w1.shape[0])
+        f32 = torch.float32
+        if self.training and self.drop_path.p > 0:
+            out = mlp_chunks_bf16(y, norm, w1, b1, w2, b2, gamma, None, y.new_empty(y.shape, dtype=f32), step)
+            return x + self.drop_path(out.view(n, h, w, c).permute(0, 3, 1, 2))
+        out = torch.empty_like(x, dtype=f32, memory_format=torch.channels_last)
+        shortcut = x.permute(0, 2, 3, 1).reshape(-1, c)  # a view when x is channels_last
+        mlp_chunks_bf16(y, norm, w1, b1, w2, b2, gamma, shortcut, out.permute(0, 2, 3, 1).view(-1, c), step)
+        return out
+
+    def _bf16_weights(self) -> BF16Weights:
+        """The depthwise conv and the two linears in bf16, cast per call as autocast casts its weights (never
+        cached, as :meth:`_inference_weights`); layer scale stays apart (folding it would be one more pass
+        over ``w2`` per call, which costs more than scaling the output at small inputs)."""
+        with torch.no_grad():
+            ws = (self.dwconv.weight, self.dwconv.bias, self.pwconv1.weight, self.pwconv1.bias)
+            ws += (self.pwconv2.weight, self.pwconv2.bias)
+            return (*(t.to(torch.bfloat16) for t in ws), self.gamma)  # type: ignore[return-value]
+
+    def _folded_bf16_weights(self) -> BF16Weights:
+        """As :meth:`_bf16_weights`, layer scale folded into ``w2`` and ``b2`` (for weights cast once)."""
+        with torch.no_grad():
+            w2, b2 = _fold_layer_scale(self.pwconv2.weight, self.pwconv2.bias, self.gamma)
+            ws = (self.dwconv.weight, self.dwconv.bias, self.pwconv1.weight, self.pwconv1.bias, w2, b2)
+            return (*(t.to(torch.bfloat16) for t in ws), None)  # type: ignore[return-value]
 
     def _inference_weights(self) -> tuple[Tensor, Tensor, Tensor]:
         """``w1^T``, ``(gamma w2)^T`` (contiguous: MKL's faster orientation) and ``gamma b2``.
