@@ -18,8 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from convnext import device
-from convnext.models import Block, build_model, chunked_mlp, fuse_for_inference, set_chunked_mlp
+from convnext.models import Block, build_model, chunked_mlp, cpu, fuse_for_inference, set_chunked_mlp
 
 BF16 = torch.bfloat16
 needs_native_bf16 = pytest.mark.skipif(
@@ -191,20 +190,20 @@ def test_a_model_fused_under_inference_mode_runs(dtype: torch.dtype | None) -> N
 @pytest.fixture
 def no_native_bf16(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """This CPU as one without AVX512-BF16 or AMX, as a user emulates it: ONEDNN_MAX_CPU_ISA capped below
-    AVX512_CORE_BF16 (which ``device.cpu_flags`` honours); the cached detections are re-read on both sides."""
+    AVX512_CORE_BF16 (which ``models.cpu.cpu_flags`` honours); cached detections are re-read on both sides."""
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_VNNI")
-    device.cpu_flags.cache_clear()
+    cpu.cpu_flags.cache_clear()
     chunked_mlp.native_bf16.cache_clear()
     yield
     monkeypatch.undo()
-    device.cpu_flags.cache_clear()
+    cpu.cpu_flags.cache_clear()
     chunked_mlp.native_bf16.cache_clear()
 
 
 def test_native_bf16_detection_reads_the_flags() -> None:
-    assert not device.cpu_has_native_bf16(frozenset({"avx2", "avx512f", "avx512_vnni"}))
-    assert device.cpu_has_native_bf16(frozenset({"avx512f", "avx512_bf16"}))
-    assert device.cpu_has_native_bf16(frozenset({"amx_tile", "amx_bf16"}))
+    assert not cpu.cpu_has_native_bf16(frozenset({"avx2", "avx512f", "avx512_vnni"}))
+    assert cpu.cpu_has_native_bf16(frozenset({"avx512f", "avx512_bf16"}))
+    assert cpu.cpu_has_native_bf16(frozenset({"amx_tile", "amx_bf16"}))
 
 
 def test_without_native_bf16_the_fast_blocks_compute_in_fp32(no_native_bf16: None) -> None:

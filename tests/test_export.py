@@ -338,20 +338,19 @@ def test_a_foreign_onnx_file_runs_with_default_preprocessing(
 
 def test_bf16_on_a_cpu_without_native_bf16_is_noted_once(monkeypatch, capsys) -> None:
     import convnext.device as device
+    from convnext.models import cpu
 
-    assert device.cpu_features(frozenset({"avx2", "avx512f", "avx512_vnni"})) == {
+    assert cpu.cpu_features(frozenset({"avx2", "avx512f", "avx512_vnni"})) == {
         "AVX2": True, "AVX-512": True, "VNNI": True, "BF16": False, "AMX": False,
     }  # fmt: skip
-    assert device.cpu_has_native_bf16(frozenset({"amx_bf16"})) and device.cpu_has_int8_dot(
-        frozenset({"amx_int8"})
-    )
+    assert cpu.cpu_has_native_bf16(frozenset({"amx_bf16"})) and cpu.cpu_has_int8_dot(frozenset({"amx_int8"}))
     assert device.bf16_cpu_note(flags=frozenset({"avx512_bf16"})) is None
     # ONEDNN_MAX_CPU_ISA caps what oneDNN (PyTorch, OpenVINO) may use: the reports follow it
     full = frozenset({"fma", "avx2", "avx512f", "avx512_vnni", "avx512_bf16"})
-    assert device._cap_flags(full, "AVX2") == {"fma", "avx2"}
-    assert device._cap_flags(full, "avx512_core_vnni") == full - {"avx512_bf16"}
-    assert device._cap_flags(full, "ALL") == device._cap_flags(full, None) == full
-    monkeypatch.setattr(device, "cpu_flags", lambda: frozenset({"avx2", "fma"}))
+    assert cpu._cap_flags(full, "AVX2") == {"fma", "avx2"}
+    assert cpu._cap_flags(full, "avx512_core_vnni") == full - {"avx512_bf16"}
+    assert cpu._cap_flags(full, "ALL") == cpu._cap_flags(full, None) == full
+    monkeypatch.setattr(cpu, "cpu_flags", lambda: frozenset({"avx2", "fma"}))
     monkeypatch.setattr(device, "_noted", set())
     for _ in range(2):
         assert device.amp_dtype("bf16", torch.device("cpu")) is torch.bfloat16

@@ -1,8 +1,9 @@
 """The package's layering, read from its own imports (every ``import``, also inside functions).
 
-cli/ -> (inference/, engine/, bench/, export/, serve/, hub) -> (weights/, data/) -> models/; ``errors`` and
-``device`` are utilities below everything. A module may import its own layer or lower ones, never a higher
-one, and the top-level packages may not import each other in a cycle. ARCHITECTURE.md explains why.
+cli/ -> (inference/, engine/, bench/, export/, serve/, hub) -> (weights/, data/, device) -> models/;
+``errors`` is a utility below everything (``device`` re-exports ``models.cpu``, so it sits beside weights
+and data). A module may import its own layer or lower ones, never a higher one, and the top-level packages
+may not import each other in a cycle. ARCHITECTURE.md explains why.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ PKG = Path(__file__).resolve().parents[1] / "src" / "convnext"
 
 LAYERS: dict[str, int] = {
     "errors": 0,
-    "device": 0,
+    "device": 2,
     "models": 1,
     "weights": 2,
     "data": 2,

@@ -172,7 +172,7 @@ def _results(
 
 
 def _cpu_notes(chosen: tuple[str, ...]) -> list[str]:
-    from ..device import cpu_has_int8_dot, cpu_has_native_bf16
+    from ..models.cpu import cpu_has_int8_dot, cpu_has_native_bf16
 
     notes = []
     if any(b.startswith("openvino-int8") for b in chosen) and not cpu_has_int8_dot():
@@ -201,9 +201,9 @@ def run_backend_benchmark(
     else on random inputs (the timing holds; the accuracy of such a file means nothing). ``precision`` in
     each result is what the backend really ran.
     """
-    from ..device import cpu_features, cpu_features_line
     from ..export.core import check_packages, plain_copy
     from ..inference.backends import relative_diff
+    from ..models.cpu import cpu_features, cpu_features_line
 
     say = progress or (lambda _msg: None)
     chosen = parse_backends(backends)

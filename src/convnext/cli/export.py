@@ -86,8 +86,8 @@ def _size(n: int) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..device import cpu_features_line
     from ..export import export_model
+    from ..models.cpu import cpu_features_line
 
     if args.img_size is not None and args.img_size < 32:
         raise UserError(f"--img-size must be at least 32, got {args.img_size}")

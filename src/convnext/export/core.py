@@ -31,7 +31,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..device import cpu_features_line, cpu_has_int8_dot
 from ..errors import UserError
 from ..inference.backends import (
     INPUT_NAME,
@@ -45,6 +44,7 @@ from ..inference.backends import (
     relative_diff,
     require,
 )
+from ..models.cpu import cpu_features_line, cpu_has_int8_dot
 from ..weights.containers import TRAIN_FORMAT
 from .calibration import DEFAULT_SIZE, Calibration, load_calibration
 

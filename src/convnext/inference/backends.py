@@ -32,8 +32,9 @@ import torch
 from torch import Tensor, nn
 
 from ..data.config import DataConfig
-from ..device import autocast, cpu_has_int8_dot, cpu_has_native_bf16, note
+from ..device import autocast, note
 from ..errors import UserError
+from ..models.cpu import cpu_has_int8_dot, cpu_has_native_bf16
 
 EXPORT_SUFFIXES = (".onnx", ".xml", ".pt2")
 META_KEY = "convnext"  # ONNX metadata_props key, OpenVINO rt_info key; pt2 extra file META_KEY + ".json"

@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .convnext import Block
+from .cpu import cpu_has_native_bf16
 
 # Hidden elements per chunk (rows x 4C): 16384 rows at C=96, 4096 at C=384. Large enough that few short
 # parallel regions are issued (each waits for its slowest thread, which costs most on a shared CPU), small
@@ -81,8 +82,6 @@ def _cpu_autocast_dtype() -> torch.dtype:
 def native_bf16() -> bool:
     """This CPU has bf16 dot products (AVX512-BF16, AMX or Arm BF16): bf16 GEMMs beat fp32 here. Without
     them bf16 is emulated and slower than fp32, so bf16 blocks compute in fp32 instead (never slower)."""
-    from ..device import cpu_has_native_bf16  # a leaf utility (reads /proc/cpuinfo), no upward import
-
     return cpu_has_native_bf16()
 
 
