@@ -2,7 +2,8 @@
 /proc/cpuinfo and capped as oneDNN is (ONEDNN_MAX_CPU_ISA).
 
 Here, in models/, because the blocks' fast paths choose by it (bf16 chunks only where bf16 GEMMs are native)
-and models/ imports nothing of the package but itself; ``convnext.device`` re-exports it for every report.
+and models/ imports nothing of the package but itself; the verbs' reports (export, benchmark, the --amp
+note) read it too.
 """
 
 from __future__ import annotations
