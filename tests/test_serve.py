@@ -526,3 +526,33 @@ def test_sigterm_finishes_in_flight_requests_and_exits_0(digits_run: Path, sampl
             proc.wait()
         out = proc.stdout.read().decode()
     assert "Traceback" not in out, out
+
+
+def test_accepted_connections_send_without_nagle_delay() -> None:
+    """Every response goes out as two small writes (headers, body). On a socket without TCP_NODELAY the
+    second waits for the client's delayed ACK: each response took ~40 ms longer (/healthz 44 ms, 0.4 ms
+    with it). asyncio (what uvicorn serves through) sets it only on sockets that say they are TCP."""
+    import asyncio
+
+    from convnext.serve.server import bind
+
+    listener = bind("127.0.0.1", 0)
+    port = listener.getsockname()[1]
+
+    async def accept_one() -> int:
+        got: asyncio.Future = asyncio.get_running_loop().create_future()
+
+        class Probe(asyncio.Protocol):
+            def connection_made(self, transport: asyncio.BaseTransport) -> None:
+                s = transport.get_extra_info("socket")
+                got.set_result(s.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+                transport.close()
+
+        server = await asyncio.get_running_loop().create_server(Probe, sock=listener)
+        async with server:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            nodelay = await asyncio.wait_for(got, 10)
+            writer.close()
+        return nodelay
+
+    assert asyncio.run(accept_one()) != 0
