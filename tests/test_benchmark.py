@@ -167,7 +167,12 @@ def test_backend_benchmark_times_the_same_weights_in_each_runtime(tmp_path, caps
     report = json.loads(capsys.readouterr().out)
     torch_, bf16, int8 = report["results"]
     assert [r["backend"] for r in report["results"]] == ["torch", "torch-bf16", "openvino-int8"]
-    assert torch_["precision"] == "fp32 (fused)" and bf16["precision"] == "bf16 autocast"
+    from convnext.models.cpu import cpu_has_native_bf16
+
+    assert torch_["precision"] == "fp32 (fused)"  # torch-bf16 is our fused bf16 model, as fast as ours gets
+    assert bf16["precision"] == (
+        "bf16 autocast (fused)" if cpu_has_native_bf16() else "fp32 (fused; this CPU has no native bf16)"
+    )
     assert re.fullmatch(r"int8 \(other layers (bf16|fp32)\)", int8["precision"])  # what OpenVINO really ran
     assert torch_["max_rel_diff_vs_torch"] <= 1e-5 and bf16["max_rel_diff_vs_torch"] <= 0.05
     assert all(r["images_per_s"] > 0 and r["latency_ms"] > 0 and r["speedup_vs_torch"] > 0 for r in

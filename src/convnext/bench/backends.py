@@ -1,8 +1,8 @@
 """Deployment backends: the same weights in PyTorch, onnxruntime and OpenVINO, timed interleaved on CPU.
 
 ``torch`` is our fastest fp32 PyTorch (``fuse_for_inference``), the reference of every ratio; ``torch-bf16``
-the plain model under bf16 autocast; the others run files exported (and verified) by ``convnext export``
-into a temporary folder.
+our fastest bf16 PyTorch (``fuse_for_inference(dtype=torch.bfloat16)``, under autocast); the others run
+files exported (and verified) by ``convnext export`` into a temporary folder.
 """
 
 from __future__ import annotations
@@ -120,7 +120,9 @@ def _runners(
         if b == "torch":
             runners[b] = TorchRunner(net, data, arch=arch, class_names=names, fuse=True, source=source)
         elif b == "torch-bf16":
-            runners[b] = TorchRunner(plain, data, arch=arch, class_names=names, amp=torch.bfloat16)
+            runners[b] = TorchRunner(
+                net, data, arch=arch, class_names=names, amp=torch.bfloat16, fuse=True, source=source
+            )
         else:
             fmt, precision = BACKEND_EXPORT[b]
             say(f"exporting for {b}")

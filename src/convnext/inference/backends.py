@@ -236,7 +236,7 @@ def _threads(threads: int | None) -> int:
 
 class TorchRunner(Runner):
     """A PyTorch model, in fp32 or under bf16/fp16 autocast. ``fuse`` runs ``fuse_for_inference``'s copy
-    (fp32 CPU only: its GEMMs write fp32 buffers)."""
+    (fp32, or bf16 with its weights cast once; fp16 runs the model as it is)."""
 
     def __init__(
         self,
@@ -253,17 +253,20 @@ class TorchRunner(Runner):
         self.device = torch.device(device)
         self.amp = amp
         model = model.eval().to(self.device)
-        if fuse and amp is None:
+        fuse = fuse and amp in (None, torch.bfloat16)
+        if fuse:
             from ..models import fuse_for_inference
 
-            model = fuse_for_inference(model)
+            model = fuse_for_inference(model, dtype=amp)
         self.model = model
         self.data, self.arch, self.class_names, self.source = data, arch, class_names, source
         self.num_classes = int(getattr(model, "num_classes", 0) or 0)
         self.backend = "torch" if amp is None else f"torch-{_dtype_name(amp)}"
         self.precision = "fp32" if amp is None else f"{_dtype_name(amp)} autocast"
-        if fuse and amp is None:
+        if fuse:
             self.precision += " (fused)"
+            if amp is not None and getattr(model, "compute_dtype", amp) == torch.float32:
+                self.precision = "fp32 (fused; this CPU has no native bf16)"
 
     def __call__(self, x: Tensor) -> Tensor:
         with torch.inference_mode(), autocast(self.device, self.amp):
