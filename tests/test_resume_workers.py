@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from test_resume import _tensors
 
 from convnext.data.loader import EpochSampler, SeededSamples, build_loader, epoch_iterator
 from convnext.engine.checkpoint import load_train_checkpoint
@@ -62,19 +63,6 @@ def _run(args: list[str]) -> None:
         [sys.executable, *args], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300
     )
     assert r.returncode == 0, r.stderr[-3000:]
-
-
-def _tensors(obj: object, prefix: str = "") -> dict[str, torch.Tensor]:
-    out: dict[str, torch.Tensor] = {}
-    if isinstance(obj, torch.Tensor):
-        out[prefix] = obj
-    elif isinstance(obj, dict):
-        for k, v in obj.items():
-            out.update(_tensors(v, f"{prefix}.{k}"))
-    elif isinstance(obj, (list, tuple)):
-        for i, v in enumerate(obj):
-            out.update(_tensors(v, f"{prefix}.{i}"))
-    return out
 
 
 def assert_same_run(a: Path, b: Path) -> None:
