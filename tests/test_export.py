@@ -7,6 +7,7 @@ quickstart's accuracy gates are in tests/test_export_slow.py (marked slow).
 
 from __future__ import annotations
 
+import collections
 import json
 import re
 import shutil
@@ -75,8 +76,32 @@ def test_onnx_and_openvino_compute_pytorchs_function(family: str, tmp_path: Path
     graph = onnx.load(str(tmp_path / "m.onnx"))
     ops = [n.op_type for n in graph.graph.node]
     assert ops.count("LayerNormalization") == count_modules(model)["LayerNormalization"]  # one per norm
+    # OpenVINO gets the channels-first form (export/openvino_form.py): the block's Linear layers are 1x1
+    # convolutions and no Transpose is left (the layout moves that made its int8 model 1.8x slower); every
+    # norm is still one op (MVN), so nothing was dropped.
+    ir = collections.Counter(op.get_type_name() for op in ov.Core().read_model(tmp_path / "m.xml").get_ops())
+    linears = sum(isinstance(m, torch.nn.Linear) for m in model.modules())
+    assert ir["Transpose"] == 0 and ir["MatMul"] == 1, ir  # the head
+    assert ir["Convolution"] + ir["GroupConvolution"] == count_modules(model)["Conv"] + linears - 1, ir
+    assert ir["MVN"] == count_modules(model)["LayerNormalization"], ir
     assert max(o.version for o in graph.opset_import if o.domain in ("", "ai.onnx")) >= 18
     assert graph.graph.input[0].type.tensor_type.shape.dim[0].dim_param  # a named, dynamic batch
+
+
+def test_int8_float_keeps_the_named_parts_out_of_int8(tmp_path: Path) -> None:
+    model = plain_copy(randomise(FAMILIES["v1"]()))
+    meta = _meta("convnext_atto", "openvino", "int8")
+    meta.extra["int8_float"] = ["dwconv", "stem", "head"]
+    write_verified(model, meta, tmp_path / "q.xml", images=torch.randn(8, 3, SIZE, SIZE))
+    ops = [
+        o
+        for o in ov.Core().read_model(tmp_path / "q.xml").get_ordered_ops()
+        if o.get_type_name() in ("Convolution", "GroupConvolution", "MatMul")
+    ]
+    fed_by = [(o.get_type_name(), o.input_value(0).get_node().get_type_name()) for o in ops]
+    float_parts = [fed_by[0], fed_by[-1]] + [f for f in fed_by if f[0] == "GroupConvolution"]
+    assert all(src != "FakeQuantize" for _, src in float_parts), fed_by
+    assert ("Convolution", "FakeQuantize") in fed_by  # the 1x1 convolutions are still int8
 
 
 def test_pt2_is_an_exported_program_with_a_dynamic_batch(tmp_path: Path) -> None:
