@@ -507,8 +507,8 @@ def _export_openvino(
         ov.save_model(q, str(target), compress_to_fp16=False)
         if not cpu_has_int8_dot():
             notes.append(
-                f"this CPU has no int8 dot-product instructions ({cpu_features_line()}): int8 runs about as "
-                "fast as fp32 here; compare with convnext benchmark --backend torch,openvino,openvino-int8"
+                f"this CPU has no int8 dot-product instructions ({cpu_features_line()}): int8 may gain "
+                "little over fp32 here; compare: convnext benchmark --backend torch,openvino,openvino-int8"
             )
     for p in (fp32_path, fp32_path.with_suffix(".bin")):
         p.unlink()

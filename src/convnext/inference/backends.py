@@ -364,8 +364,8 @@ class OpenVINORunner(Runner):
         self.backend = "openvino-int8" if quantized else "openvino"
         if quantized and not cpu_has_int8_dot():
             note(
-                f"this CPU has no int8 dot-product instructions (VNNI or AMX): {path} runs about as fast as "
-                "an fp32 export here (measured 0.9x at batch 32, 1.3x at batch 1 on AVX2), not 3-4x"
+                f"this CPU has no int8 dot-product instructions (VNNI or AMX): {path} may gain little over "
+                "an fp32 export here; compare with convnext benchmark --backend torch,openvino,openvino-int8"
             )
 
     def __call__(self, x: Tensor) -> Tensor:
