@@ -174,7 +174,7 @@ def test_fused_bf16_backbone_returns_float32_feature_maps() -> None:
 def test_a_model_fused_under_inference_mode_runs(dtype: torch.dtype | None) -> None:
     """``convnext benchmark`` fuses inside ``torch.inference_mode``: the copy's parameters are inference
     tensors, which have no version counter for the kept weights' key."""
-    model = trained_like(build_model("convnext_atto", num_classes=10)).eval()
+    model = trained_like(build_model("convnext_atto", num_classes=10), layer_scale=None).eval()
     x = torch.randn(2, 3, 64, 64)
     with torch.inference_mode():
         fused = fuse_for_inference(model, dtype=dtype)
@@ -278,3 +278,35 @@ def test_benchmark_says_the_blocks_run_their_bf16_loop_under_amp(mode: str) -> N
     # Any size takes the bf16 loop where bf16 is native; elsewhere the fp32 rule (too small to chunk).
     note = CHUNKED_NOTE if chunked_mlp.native_bf16() else SMALL_NOTE
     assert report["results"][0]["note"].startswith(note)
+
+
+@needs_native_bf16
+def test_predict_amp_bf16_runs_the_fused_bf16_model(imagenet_sample, tmp_path, capsys) -> None:
+    """``--amp bf16`` on a CPU runs ``fuse_for_inference``'s bf16 copy (weights cast once: 1.12x at batch 1)
+    rather than autocast around the fp32 model: predict's probabilities are the fused model's. Its layer
+    scale (not 1) is folded into the projection before the cast, so it rounds apart from autocast and the
+    two are told apart."""
+    import json
+
+    from convnext import load_for_inference
+    from convnext.cli.main import main
+    from convnext.data import build_eval_transform, load_image
+
+    torch.manual_seed(0)
+    model = trained_like(build_model("convnext_atto", num_classes=10), layer_scale=None).eval()
+    path = tmp_path / "w.pth"
+    torch.save(model.state_dict(), path)
+    files = [str(p) for p in sorted(imagenet_sample.glob("*/*"))[:4]]
+    argv = ["predict", *files, "--weights", str(path), "--model", "convnext_atto", "--img-size", "64"]
+    assert main([*argv, "--amp", "bf16", "--json", "--topk", "3", "--device", "cpu"]) == 0
+    got = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    tf = build_eval_transform(load_for_inference(str(path), "convnext_atto", img_size=64).data)
+    x = torch.stack([tf(load_image(f)) for f in files])
+    with torch.inference_mode(), torch.autocast("cpu", dtype=BF16):
+        fused = fuse_for_inference(model, dtype=BF16)(x).float().softmax(1)
+        autocast = model(x).float().softmax(1)
+    assert (fused - autocast).abs().max() > 1e-4  # the two differ: the check below tells them apart
+    for obj, p in zip(got, fused, strict=True):
+        assert [t["prob"] for t in obj["top"]] == pytest.approx(
+            p[[t["index"] for t in obj["top"]]].tolist(), abs=2e-6
+        )

@@ -67,7 +67,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..device import amp_dtype, resolve_device
-    from ..inference.loading import display_names, load_for_inference
+    from ..inference.loading import display_names, for_bf16_inference, load_for_inference
     from ..inference.predict import expand_inputs, predict_paths
 
     device = resolve_device(args.device)
@@ -101,8 +101,9 @@ def run(args: argparse.Namespace) -> int:
     paths = expand_inputs(args.inputs)
     if not paths:
         raise UserError(f"no images found in {' '.join(args.inputs)}")
+    model = loaded.model if args.cam else for_bf16_inference(loaded.model, device, dtype)  # CAM: gradients
     preds = predict_paths(
-        loaded.model,
+        model,
         paths,
         loaded.data,
         device=device,

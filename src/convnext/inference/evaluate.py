@@ -146,7 +146,7 @@ def evaluate_weights(
     from ..device import amp_dtype, resolve_device
     from ..engine import distributed as D
     from ..engine.evaluate import evaluate
-    from .loading import load_for_inference
+    from .loading import for_bf16_inference, load_for_inference
 
     want = resolve_device(device)
     _, world, local_rank = D.init_distributed(want.type)
@@ -161,7 +161,7 @@ def evaluate_weights(
             ds = build_dataset(cfg, cfg.val_split, build_eval_transform(cfg), on_error="drop")
         ds = _labelled(ds, loaded, cfg)
         loader = build_loader(ds, batch_size, train=False, cfg=cfg, seed=0, distributed=D.is_dist())
-        net = loaded.model.to(dev)
+        net = for_bf16_inference(loaded.model.to(dev), dev, dtype)
         if channels_last:
             net = net.to(memory_format=torch.channels_last)
         res = evaluate(

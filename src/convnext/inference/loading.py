@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from ..data.config import DataConfig
@@ -131,6 +132,18 @@ def load_for_inference(
         raise UserError(f"{what} is below the {smallest} px {arch} needs (it downsamples {smallest}x)")
     names = list(info.class_names) if info.class_names else None
     return Loaded(model, arch, int(info.num_classes), names, data, info.path, run_dir, info)
+
+
+def for_bf16_inference(model: nn.Module, device: torch.device, amp: torch.dtype | None) -> nn.Module:
+    """The model ``predict`` / ``evaluate`` run: under bf16 on a CPU, ``fuse_for_inference``'s bf16 copy
+    (weights cast to bf16 once instead of by autocast on every call: 1.12x at batch 1, 1.02x at batch 32 on
+    ConvNeXt-T, 2-core AVX512-BF16 EPYC), else ``model`` itself; fp32 keeps the ops that training evaluated
+    with, so ``evaluate`` repeats the run's own top-1 exactly. Exported files pass through."""
+    if amp != torch.bfloat16 or device.type != "cpu" or getattr(model, "runner", None) is not None:
+        return model
+    from ..models import fuse_for_inference
+
+    return fuse_for_inference(model, dtype=torch.bfloat16)
 
 
 def imagenet_wnid_names(names: list[str] | None, num_classes: int) -> list[str] | None:
