@@ -88,20 +88,31 @@ def test_onnx_and_openvino_compute_pytorchs_function(family: str, tmp_path: Path
     assert graph.graph.input[0].type.tensor_type.shape.dim[0].dim_param  # a named, dynamic batch
 
 
-def test_int8_float_keeps_the_named_parts_out_of_int8(tmp_path: Path) -> None:
+def _fed_by(path: Path) -> list[tuple[str, str]]:
+    """(op, the op feeding its input) for every convolution and MatMul of an IR, in graph order."""
+    kinds = ("Convolution", "GroupConvolution", "MatMul")
+    ops = [o for o in ov.Core().read_model(path).get_ordered_ops() if o.get_type_name() in kinds]
+    return [(o.get_type_name(), o.input_value(0).get_node().get_type_name()) for o in ops]
+
+
+@pytest.mark.parametrize("parts", [None, ("dwconv", "stem", "head"), ()])
+def test_int8_float_keeps_the_named_parts_out_of_int8(parts: tuple[str, ...] | None, tmp_path: Path) -> None:
+    """The depthwise convs stay float by default (faster: no quantize pass on the residual stream);
+    ``--int8-float`` names what stays float, ``none`` quantizes them too."""
     model = plain_copy(randomise(FAMILIES["v1"]()))
     meta = _meta("convnext_atto", "openvino", "int8")
-    meta.extra["int8_float"] = ["dwconv", "stem", "head"]
+    if parts is not None:
+        meta.extra["int8_float"] = list(parts)
     write_verified(model, meta, tmp_path / "q.xml", images=torch.randn(8, 3, SIZE, SIZE))
-    ops = [
-        o
-        for o in ov.Core().read_model(tmp_path / "q.xml").get_ordered_ops()
-        if o.get_type_name() in ("Convolution", "GroupConvolution", "MatMul")
-    ]
-    fed_by = [(o.get_type_name(), o.input_value(0).get_node().get_type_name()) for o in ops]
-    float_parts = [fed_by[0], fed_by[-1]] + [f for f in fed_by if f[0] == "GroupConvolution"]
-    assert all(src != "FakeQuantize" for _, src in float_parts), fed_by
-    assert ("Convolution", "FakeQuantize") in fed_by  # the 1x1 convolutions are still int8
+    fed_by = _fed_by(tmp_path / "q.xml")
+    dw = [src for op, src in fed_by if op == "GroupConvolution"]
+    if parts == ():
+        assert all(src == "FakeQuantize" for src in dw), fed_by
+    else:
+        assert dw and all(src != "FakeQuantize" for src in dw), fed_by
+    if parts:
+        assert fed_by[0][1] != "FakeQuantize" and fed_by[-1][1] != "FakeQuantize", fed_by  # stem, head
+    assert ("Convolution", "FakeQuantize") in fed_by  # the 1x1 convolutions are int8 in every case
 
 
 def test_pt2_is_an_exported_program_with_a_dynamic_batch(tmp_path: Path) -> None:
@@ -290,7 +301,7 @@ def test_bad_requests_are_one_line_and_leave_nothing(run_dir: Path, tmp_path: Pa
         (["--weights", str(weights), "--precision", "int8", "--calibration", "nope", "--out", "c.xml"],
          "calibration folder nope does not exist"),
         (["--weights", str(weights), "--precision", "int8", "--int8-float", "attn", "--out", "c.xml"],
-         "--int8-float 'attn' is not one of dwconv, stem, head"),
+         "--int8-float 'attn' is not one of dwconv, stem, head or none"),
         (["--weights", str(weights), "--int8-float", "dwconv", "--out", "c.xml"],
          "--int8-float goes with --precision int8"),
     ]  # fmt: skip

@@ -42,9 +42,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--int8-float",
         metavar="PARTS",
-        default="",
-        help="int8: keep these in float, comma-separated: dwconv (depthwise convs), stem, head (default: "
-        "none; LayerNorm, GELU and the residual adds are always float)",
+        default=None,
+        help="int8: keep these in float, comma-separated: dwconv (depthwise convs), stem, head, or none "
+        "(default: dwconv, faster so; LayerNorm, GELU and the residual adds are always float)",
     )
     add_img_size(p, crop=False, help="input resolution baked into the graph (default: the weights' own)")
     p.add_argument("--opset", type=int, default=20, help="ONNX opset (>= 18; default 20)")
@@ -103,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
         ema=args.ema,
         force=args.force,
         opset=args.opset,
-        int8_float=tuple(p.strip() for p in args.int8_float.split(",") if p.strip()),
+        int8_float=_parts(args.int8_float),
         progress=lambda msg: print(f"[export] {msg}", file=sys.stderr, flush=True),
     )
     if args.json:
@@ -141,3 +141,11 @@ def run(args: argparse.Namespace) -> int:
     for n in res.notes:
         print(f"note       {n}")
     return 0
+
+
+def _parts(value: str | None) -> tuple[str, ...] | None:
+    """``--int8-float``: None when not given (the default parts), ``()`` for ``none``."""
+    if value is None:
+        return None
+    parts = tuple(p.strip() for p in value.split(",") if p.strip())
+    return () if parts == ("none",) else parts
