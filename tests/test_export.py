@@ -256,6 +256,12 @@ def test_int8_calibrates_on_the_runs_training_data(run_dir: Path, tmp_path: Path
     assert rep["runs_as"].startswith("int8") and 0 <= rep["agreement_top1"] <= 1
     shutil.rmtree(js.parent)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["q.bin", "q.xml"]
+    assert runner.meta.extra["int8_float"] == ["dwconv"]  # the default, recorded in the file
+    argv += ["--calibration-size", "8", "--force", "--out", str(out)]
+    assert main([*argv, "--int8-float", "none"]) == 0 and open_exported(out).meta.extra["int8_float"] == []
+    assert main([*argv, "--int8-float", "stem,head"]) == 0
+    assert open_exported(out).meta.extra["int8_float"] == ["stem", "head"]
+    assert [src for op, src in _fed_by(out) if op == "GroupConvolution"][0] == "FakeQuantize"
 
 
 def test_calibration_folder_with_broken_images_names_them(imagenet_sample: Path, tmp_path: Path) -> None:
