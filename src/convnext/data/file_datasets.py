@@ -300,10 +300,7 @@ def image_folder(
         )
     classes = resolve_class_list(default_class_list(cfg, root), folders)
     index = {c: i for i, c in enumerate(classes)}
-    files = _class_files(split_dir, folders, index)
-    good, bad = scan_files(
-        files, strict=cfg.strict, check_headers=cfg.check_headers, max_pixels=cfg.max_pixels
-    )
+    good, bad = _scan(_class_files(split_dir, folders, index), cfg)
     present = {t for _, t in good}
     empty = [c for c in folders if index[c] not in present]
     if empty:
@@ -312,13 +309,30 @@ def image_folder(
             f"({len(empty)} class folder(s) are empty)"
         )
     _warn_skipped(bad, str(split_dir))
+    return _file_dataset(good, bad, classes, transform, cfg, split_dir, on_error)
+
+
+def _scan(files: list[tuple[str, int]], cfg: DataConfig) -> tuple[list, list]:
+    """:func:`scan_files` with the config's strictness, header check and pixel cap."""
+    return scan_files(files, strict=cfg.strict, check_headers=cfg.check_headers, max_pixels=cfg.max_pixels)
+
+
+def _file_dataset(
+    good: list,
+    bad: list,
+    classes: list[str],
+    transform: Transform,
+    cfg: DataConfig,
+    root: Path,
+    on_error: str,
+) -> FileDataset:
     return FileDataset(
         good,
         classes,
         transform,
         strict=cfg.strict,
         skipped=bad,
-        root=str(split_dir),
+        root=str(root),
         max_pixels=cfg.max_pixels,
         on_error=on_error,
     )
@@ -355,20 +369,9 @@ def raw_layout(
             raise UserError(
                 f"{cfg.dataset}: {missing[0]} is listed but does not exist ({len(missing)} missing)"
             )
-        good, bad = scan_files(
-            files, strict=cfg.strict, check_headers=cfg.check_headers, max_pixels=cfg.max_pixels
-        )
+        good, bad = _scan(files, cfg)
         _warn_skipped(bad, f"{cfg.dataset} {split}")
-        return FileDataset(
-            good,
-            classes,
-            transform,
-            strict=cfg.strict,
-            skipped=bad,
-            root=str(root),
-            max_pixels=cfg.max_pixels,
-            on_error=on_error,
-        )
+        return _file_dataset(good, bad, classes, transform, cfg, root, on_error)
 
     return build
 
