@@ -113,17 +113,13 @@ def model(args: argparse.Namespace) -> None:
     import timm
     import torchvision
 
-    from convnext import create_model
+    from convnext.bench.models import build_ours
     from convnext.bench.peers import to_peer_state_dict
+    from convnext.models import get_variant
 
     torch.manual_seed(0)
-    plain = create_model(args.model, chunked_mlp=False)
-    with torch.no_grad():
-        for name, prm in plain.named_parameters():
-            if name.endswith(("gamma", "bias")):
-                prm.uniform_(-0.5, 0.5)
-    ours = create_model(args.model)
-    ours.load_state_dict(plain.state_dict())
+    ours = build_ours(args.model, get_variant(args.model), torch.device("cpu"))  # off-init gains, biases
+    plain = set_chunked_mlp(copy.deepcopy(ours), False)
     models: dict[str, nn.Module] = {"ac-plain": plain, "ac-ours": ours}
     if "ac-timm" in args.contestants:
         models["ac-timm"] = timm.create_model(args.model, num_classes=plain.num_classes)

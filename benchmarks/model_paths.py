@@ -15,6 +15,7 @@ call each per round; printed: median ms per call and the median of the per-round
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 import time
 from collections.abc import Callable
@@ -24,8 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import convnext.models.chunked_mlp as cm
-from convnext import create_model
-from convnext.models import fuse_for_inference
+from convnext.models import fuse_for_inference, get_variant, set_chunked_mlp
 
 
 class AlwaysChunked(nn.Module):
@@ -59,15 +59,11 @@ def main() -> None:
     import timm
 
     from convnext.bench import to_peer_state_dict
+    from convnext.bench.models import build_ours
 
     torch.manual_seed(0)
-    plain = create_model(args.model, chunked_mlp=False)
-    with torch.no_grad():
-        for name, prm in plain.named_parameters():
-            if name.endswith(("gamma", "bias")):
-                prm.uniform_(-0.5, 0.5)
-    default = create_model(args.model)
-    default.load_state_dict(plain.state_dict())
+    default = build_ours(args.model, get_variant(args.model), torch.device("cpu"))  # off-init gains, biases
+    plain = set_chunked_mlp(copy.deepcopy(default), False)
     peer = timm.create_model(args.model, num_classes=plain.num_classes)
     peer.load_state_dict(to_peer_state_dict(plain.state_dict(), "timm", peer), strict=True)
     models: dict[str, nn.Module] = {"default": default, "plain": plain, "chunked": AlwaysChunked(default)}
