@@ -42,6 +42,41 @@ def test_a_path_wins_over_a_bundled_name(tmp_path: Path, monkeypatch: pytest.Mon
     assert load_config("quickstart_digits", check_paths=False).epochs == 4  # unless a file has that name
 
 
+def test_readme_configs_path_finds_the_bundled_recipe_from_any_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`--config configs/NAME.yaml` (the checkout's path) outside the checkout is the bundled recipe; it
+    failed there, naming the recipe it could not find as the one it suggested."""
+    monkeypatch.chdir(tmp_path)
+    for ref in ("configs/finetune_folder.yaml", "./configs/finetune_folder.yml", "configs/finetune_folder"):
+        assert find_recipe(ref) == RECIPES_DIR / "finetune_folder.yaml", ref
+    argv = ["train", "--config", "configs/finetune_folder.yaml", f"data.root={tmp_path}", "--dry-run"]
+    assert main(argv) == 0
+    (tmp_path / "configs").mkdir()  # an existing file still wins
+    (tmp_path / "configs" / "quickstart_digits.yaml").write_text("inherit: quickstart_digits\nepochs: 3\n")
+    assert load_config("configs/quickstart_digits.yaml").epochs == 3
+    assert load_config("configs/quickstart_digits").epochs == 10
+    mine = tmp_path / "mine.yaml"  # inherit: a configs/ path finds the bundled recipe too
+    mine.write_text("inherit: configs/convnext_tiny_in1k.yaml\nepochs: 5\nschedule: {warmup_epochs: 1}\n")
+    assert load_config(mine, [f"data.root={tmp_path}"]).optim.lr == 4e-3
+
+
+@pytest.mark.parametrize("name", PUBLIC)
+def test_missing_path_never_suggests_the_name_it_failed_on(name: str, tmp_path: Path) -> None:
+    """A missing file elsewhere is not guessed into a bundled recipe, and the sentence points at the bundled
+    one by the name that works instead of suggesting the very name that failed."""
+    ref = tmp_path / "nowhere" / f"{name}.yaml"
+    with pytest.raises(UserError) as e:
+        find_recipe(ref)
+    msg = str(e.value)
+    assert f"did you mean {name}?" not in msg and "no bundled recipe is called" not in msg
+    assert (
+        msg == f"config file {ref} does not exist; for the bundled recipe of that name pass --config {name}"
+    )
+    with pytest.raises(UserError, match=r"did you mean finetune_folder\?"):
+        find_recipe("configs/finetune_foldr.yaml")
+
+
 def test_unknown_recipe_is_one_sentence_with_a_suggestion(capsys: pytest.CaptureFixture) -> None:
     assert main(["train", "--config", "finetune_fold"]) == 2
     err = capsys.readouterr().err.strip()

@@ -150,7 +150,11 @@ def recipe_summary(path: Path) -> str:
 
 def find_recipe(ref: str | Path, relative_to: Path | None = None) -> Path:
     """The recipe file ``ref`` names: an existing path (relative to ``relative_to`` when given, else to the
-    working folder), else a bundled recipe by name, with or without ``.yaml``."""
+    working folder), else a bundled recipe by name, with or without ``.yaml``.
+
+    ``configs/NAME.yaml`` that does not exist also means the bundled recipe: it is the checkout's own path to
+    it (``configs/`` links to the package's recipes), so a command copied from the README or run in another
+    folder finds the same file. Any other missing path is an error, never a guess."""
     raw = Path(ref).expanduser()
     path = relative_to / raw if relative_to is not None and not raw.is_absolute() else raw
     if path.is_file():
@@ -159,8 +163,13 @@ def find_recipe(ref: str | Path, relative_to: Path | None = None) -> Path:
         raise UserError(f"config file {path} is a folder, not a recipe file")
     name = raw.name[: -len(raw.suffix)] if raw.suffix in (".yaml", ".yml") else raw.name
     bundled = bundled_recipes()
-    if raw.parent == Path(".") and name in bundled:
+    in_configs = not raw.is_absolute() and raw.parent.parts in ((), ("configs",))
+    if in_configs and name in bundled:
         return bundled[name]
+    if name in bundled:  # a path elsewhere that happens to carry a bundled recipe's name
+        raise UserError(
+            f"config file {path} does not exist; for the bundled recipe of that name pass --config {name}"
+        )
     public = [n for n in bundled if not n.startswith("_")]
     close = difflib.get_close_matches(name, public, n=1, cutoff=0.6)
     hint = f"; did you mean {close[0]}?" if close else ""
