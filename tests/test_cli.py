@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -76,3 +78,74 @@ def test_engine_switches_train_together(tmp_path: Path) -> None:
     (record,) = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert record["step"] == 1437 // 64  # 64 = 32 per micro-batch x 2 accumulation steps
     assert record["val_top1"] > 50 and record["ema_val_top1"] > 20
+
+
+# ------------------------------------------------------------------------------- convnext models: the table
+def _shipped_sizes() -> dict:
+    from convnext.models.profile import SIZES_PATH
+
+    return json.loads(SIZES_PATH.read_text())
+
+
+def test_sizes_table_lists_every_variant_as_the_counter_measures_it() -> None:
+    """The shipped table has every architecture, and the small ones equal a fresh count (the slow test below
+    counts them all); `python -m convnext.models.profile` regenerates it after a model change."""
+    from convnext.models import VARIANTS
+    from convnext.models.profile import model_stats
+
+    table = _shipped_sizes()["models"]
+    assert list(table) == list(VARIANTS)
+    for name in ("convnext_atto", "convnextv2_atto", "convnext_isotropic_small"):
+        fresh = model_stats(name)
+        row = table[name]
+        assert (row["params"], row["macs"]) == (round(fresh["params_m"] * 1e6), round(fresh["gflops"] * 1e9))
+        assert (row["family"], row["input_size"]) == (fresh["family"], fresh["input_size"])
+
+
+@pytest.mark.slow
+def test_sizes_table_equals_a_fresh_count_of_every_variant() -> None:
+    from convnext.models.profile import sizes_table
+
+    assert sizes_table() == _shipped_sizes()
+
+
+def test_models_reads_the_table_and_builds_no_model(tmp_path: Path) -> None:
+    """`convnext models` answers from the shipped table: torch is never imported (it built and counted all
+    twenty models on each call); --img-size, a size the table does not hold, still measures."""
+    code = (
+        "import sys\n"
+        "from convnext.cli.main import main\n"
+        "rc = main(['models', '--json'])\n"
+        "rc += main(['models', 'convnext_t*'])\n"
+        "assert 'torch' not in sys.modules, 'convnext models imported torch'\n"
+        "sys.exit(rc)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    rows = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+    table = _shipped_sizes()["models"]
+    assert [r["model"] for r in rows] == list(table)
+    tiny = next(r for r in rows if r["model"] == "convnext_tiny")
+    assert (round(tiny["params_m"], 1), round(tiny["gflops"], 1), tiny["input_size"]) == (28.6, 4.5, 224)
+    assert "convnext_tiny " in out.stdout and "convnext_isotropic_small" in out.stdout
+
+
+def test_models_at_another_size_measures(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["models", "convnext_atto", "--img-size", "112", "--json"]) == 0
+    (row,) = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    table = _shipped_sizes()["models"]["convnext_atto"]
+    assert row["input_size"] == 112 and row["params_m"] * 1e6 == table["params"]
+    assert abs(row["gflops"] * 1e9 - table["macs"] / 4) / table["macs"] < 0.02  # a quarter of the pixels
+    assert main(["models", "--family", "v2", "--json"]) == 0
+    assert {json.loads(r)["family"] for r in capsys.readouterr().out.splitlines()} == {"v2"}
+
+
+def test_package_data_ships_the_sizes_table() -> None:
+    import fnmatch
+
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    root = Path(__file__).resolve().parents[1]
+    patterns = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    assert any(fnmatch.fnmatch("models/sizes.json", p) for p in patterns["convnext"])

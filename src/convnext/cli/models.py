@@ -1,5 +1,5 @@
-"""``convnext models [PATTERN]``: the table of every architecture, measured from the modules themselves, or
-(``--weights``) of every released weights tag."""
+"""``convnext models [PATTERN]``: the table of every architecture, measured from the modules themselves (once,
+by ``python -m convnext.models.profile``, and shipped), or (``--weights``) of every released weights tag."""
 
 from __future__ import annotations
 
@@ -47,13 +47,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _architectures(args: argparse.Namespace) -> tuple[list[dict], list[str]]:
-    from ..models import list_models
-    from ..models.profile import model_stats
-
-    names = list_models(args.pattern or "", family=args.family)
-    if not names:
+    rows = _measured(args) if args.img_size else _from_table(args)
+    if not rows:
         raise UserError(_no_match("architecture", args))
-    rows = [model_stats(n, args.img_size) for n in names]
     table = [f"{'model':<28}{'family':<11}{'params (M)':>11}{'GFLOPs':>9}{'input':>7}"]
     table += [
         f"{r['model']:<28}{r['family']:<11}{r['params_m']:>11.1f}{r['gflops']:>9.1f}{r['input_size']:>7}"
@@ -61,6 +57,42 @@ def _architectures(args: argparse.Namespace) -> tuple[list[dict], list[str]]:
     ]
     table.append("GFLOPs are multiply-adds (the paper's convention) at the input size shown, 1000 classes.")
     return rows, table
+
+
+def _from_table(args: argparse.Namespace) -> list[dict]:
+    """The shipped table (models/sizes.json, written by ``python -m convnext.models.profile``): read, not
+    measured, so the answer needs no torch and no model built."""
+    from fnmatch import fnmatchcase
+    from importlib.resources import files
+
+    table = json.loads(files("convnext").joinpath("models", "sizes.json").read_text(encoding="utf-8"))
+    pattern, family = args.pattern, args.family
+    if pattern in FAMILIES and family is None:  # as list_models: a family name given as the pattern
+        pattern, family = None, pattern
+    return [
+        {
+            "model": name,
+            "family": m["family"],
+            "params_m": m["params"] / 1e6,
+            "gflops": m["macs"] / 1e9,
+            "input_size": m["input_size"],
+        }
+        for name, m in table["models"].items()
+        if (family is None or m["family"] == family) and (not pattern or fnmatchcase(name, pattern))
+    ]
+
+
+def _measured(args: argparse.Namespace) -> list[dict]:
+    """At another resolution than the table's: build each model on the meta device and count."""
+    import warnings
+
+    from ..models import list_models
+    from ..models.profile import model_stats
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # a family name as the pattern, as above
+        names = list_models(args.pattern or "", family=args.family)
+    return [model_stats(n, args.img_size) for n in names]
 
 
 def _weights(args: argparse.Namespace) -> tuple[list[dict], list[str]]:

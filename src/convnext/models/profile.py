@@ -1,6 +1,14 @@
-"""Parameter and FLOP counts measured on the real modules (nothing hard-coded)."""
+"""Parameter and FLOP counts measured on the real modules (nothing hard-coded).
+
+``python -m convnext.models.profile`` writes ``sizes.json`` beside this file: the same counts for every
+variant, which ``convnext models`` reads instead of building twenty models on each call.
+"""
 
 from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -42,3 +50,41 @@ def model_stats(
         "gflops": count_macs(model, size) / 1e9,
         "input_size": size,
     }
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The table `convnext models` prints: measured once here and shipped, because building and counting every
+# variant costs seconds per call. tests/test_cli.py checks it against the counter above.
+
+SIZES_PATH = Path(__file__).with_name("sizes.json")
+
+
+def sizes_table(num_classes: int = 1000) -> dict[str, Any]:
+    """Every variant's parameters and multiply-adds at its default input size, as ``sizes.json`` holds."""
+    from .factory import VARIANTS
+
+    models = {}
+    for name, variant in VARIANTS.items():
+        with torch.device("meta"):
+            model = variant(num_classes=num_classes).eval()
+        models[name] = {
+            "family": variant.family,
+            "params": count_params(model),
+            "macs": count_macs(model, variant.input_size),
+            "input_size": variant.input_size,
+        }
+    return {
+        "about": "params and multiply-adds (the paper's FLOPs) of every architecture, measured by "
+        "convnext.models.profile; regenerate with: python -m convnext.models.profile",
+        "num_classes": num_classes,
+        "models": models,
+    }
+
+
+def write_sizes_table(path: Path = SIZES_PATH) -> None:
+    path.write_text(json.dumps(sizes_table(), indent=1) + "\n", encoding="utf-8")
+
+
+if __name__ == "__main__":
+    write_sizes_table()
+    print(f"wrote {SIZES_PATH}")
