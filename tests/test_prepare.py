@@ -131,7 +131,7 @@ def test_caltech_seeded_split(tmp_path: Path) -> None:
     assert sorted(_prepared(dst, "train")) == ["accordion", "airplanes"]
 
 
-def test_mini_imagenet_pools_disjoint_fewshot_splits(tmp_path: Path) -> None:
+def test_mini_imagenet_pools_disjoint_fewshot_splits(tmp_path: Path, capsys) -> None:
     src = tmp_path / "mini"
     rows = {"train": ["n01532829", "n01558993"], "val": ["n01855672"], "test": ["n01930112"]}
     k = 0
@@ -147,8 +147,18 @@ def test_mini_imagenet_pools_disjoint_fewshot_splits(tmp_path: Path) -> None:
     with pytest.warns(UserWarning, match="disjoint classes"):
         tr = build_dataset(DataConfig(dataset="mini-imagenet", root=str(src)), "train", None)
     assert len(tr.classes) == 4 and len(tr) == 16
+    import warnings
+
+    with warnings.catch_warnings(record=True) as again:  # `convnext train` builds val, train, val: said once
+        warnings.simplefilter("always")
+        for split in ("val", "train", "val"):
+            build_dataset(DataConfig(dataset="mini-imagenet", root=str(src)), split, None)
+    assert not [w for w in again if "disjoint classes" in str(w.message)]
     dst = tmp_path / "out"
     assert prepare("mini-imagenet", src, dst, progress=False) == {"train": 16, "val": 4}
+    capsys.readouterr()
+    assert cli(["prepare", "mini-imagenet", str(src), str(tmp_path / "o2"), "--no-progress"]) == 0
+    assert capsys.readouterr().err.count("disjoint classes") == 1
 
 
 def _idx(path: Path, arr: np.ndarray) -> None:
@@ -413,3 +423,270 @@ def test_a_failed_prepare_removes_what_it_wrote_and_only_that(tmp_path: Path, mo
     assert cli(["prepare", "caltech101", str(src), str(tmp_path / "copy"), "--mode", "copy"]) == 0
     assert "--mode is deprecated; use --link copy" in capsys.readouterr().err
     assert not any(p.is_symlink() for p in (tmp_path / "copy").rglob("*"))
+
+
+# ------------------------------------------------------------------------------- ImageNet as downloaded
+def _tar(path: Path, members: dict[str, bytes], mode: str = "w") -> Path:
+    import io
+    import tarfile
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(path, mode) as tf:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    return path
+
+
+def _devkit(path: Path, id_to_wnid: dict[int, str], truth: list[int]) -> Path:
+    """ILSVRC2012_devkit_t12.tar.gz as downloaded: meta.mat (leaf synsets plus a parent, as the real one
+    has 1860 synsets of which 1000 leaves) and the ground truth, under ILSVRC2012_devkit_t12/data/."""
+    import io
+
+    from scipy.io import savemat
+
+    fields = [("ILSVRC2012_ID", "O"), ("WNID", "O"), ("words", "O"), ("num_children", "O")]
+    rec = np.zeros(len(id_to_wnid) + 1, dtype=fields)
+    for k, (i, w) in enumerate(id_to_wnid.items()):
+        rec[k] = (i, w, "words", 0)
+    rec[-1] = (1001, "n00001740", "entity", 3)  # not a class: torchvision keeps num_children == 0 only
+    buf = io.BytesIO()
+    savemat(buf, {"synsets": rec})
+    top = "ILSVRC2012_devkit_t12/data/"
+    return _tar(
+        path,
+        {
+            f"{top}meta.mat": buf.getvalue(),
+            f"{top}ILSVRC2012_validation_ground_truth.txt": "".join(f"{t}\n" for t in truth).encode(),
+        },
+        "w:gz",
+    )
+
+
+def _imagenet_downloads(src: Path, sample: Path) -> tuple[list[str], dict[str, bytes]]:
+    """The three archives as image-net.org serves them, with real photos: 3 classes of 2 train images
+    (one class also holding a file that is not an image) and 4 val images."""
+    wnids = sorted(d.name for d in sample.iterdir())[:3]
+    photos = {w: next((sample / w).iterdir()).read_bytes() for w in wnids}
+    inner = {}
+    for w in wnids:
+        files = {f"{w}_{10 + i}.JPEG": photos[w] for i in range(2)}
+        if w == wnids[1]:
+            files[f"{w}_99.JPEG"] = b"<html>not found</html>"
+        inner[f"{w}.tar"] = _tar(src / "inner" / f"{w}.tar", files).read_bytes()
+    _tar(src / "ILSVRC2012_img_train.tar", inner)
+    # devkit ids are not the sorted-wnid order: id 1 -> wnids[2], id 2 -> wnids[0], id 3 -> wnids[1]
+    truth = [2, 3, 1, 2]
+    id_to_wnid = {1: wnids[2], 2: wnids[0], 3: wnids[1]}
+    by_id = {i: photos[w] for i, w in id_to_wnid.items()}
+    _tar(
+        src / "ILSVRC2012_img_val.tar",
+        {f"ILSVRC2012_val_{k + 1:08d}.JPEG": by_id[t] for k, t in enumerate(truth)},
+    )
+    _devkit(src / "ILSVRC2012_devkit_t12.tar.gz", id_to_wnid, truth)
+    import shutil
+
+    shutil.rmtree(src / "inner")
+    return wnids, photos
+
+
+def test_imagenet_from_the_archives_as_downloaded(tmp_path: Path, imagenet_sample: Path, capsys) -> None:
+    src, dst = tmp_path / "downloads", tmp_path / "imagenet"
+    wnids, photos = _imagenet_downloads(src, imagenet_sample)
+    capsys.readouterr()
+    assert cli(["prepare", "imagenet", str(src), str(dst), "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert "left out 1 file(s) that are not images" in err and f"{wnids[1]}/{wnids[1]}_99.JPEG" in err
+    assert _prepared(dst, "train") == {w: [f"{w}_10.JPEG", f"{w}_11.JPEG"] for w in wnids}
+    assert _prepared(dst, "val") == {
+        wnids[0]: ["ILSVRC2012_val_00000001.JPEG", "ILSVRC2012_val_00000004.JPEG"],
+        wnids[1]: ["ILSVRC2012_val_00000002.JPEG"],
+        wnids[2]: ["ILSVRC2012_val_00000003.JPEG"],
+    }
+    assert (dst / "val" / wnids[2] / "ILSVRC2012_val_00000003.JPEG").read_bytes() == photos[wnids[2]]
+    assert sorted(p.name for p in src.iterdir()) == [  # nothing extracted next to the archives
+        "ILSVRC2012_devkit_t12.tar.gz",
+        "ILSVRC2012_img_train.tar",
+        "ILSVRC2012_img_val.tar",
+    ]
+    index = {w: i for i, w in enumerate(imagenet1k_wnids())}
+    ds = build_dataset(DataConfig(root=str(dst)), "val", None)
+    assert len(ds.classes) == 1000
+    assert sorted(t for _, t in ds.samples) == sorted(index[w] for w in (wnids[0], wnids[0], *wnids[1:]))
+    assert len(build_dataset(DataConfig(root=str(dst)), "train", None)) == 6
+
+    # a second run adds only what is missing: kept files are not rewritten
+    kept = dst / "train" / wnids[0] / f"{wnids[0]}_10.JPEG"
+    inode = kept.stat().st_ino
+    (dst / "val" / wnids[1] / "ILSVRC2012_val_00000002.JPEG").unlink()
+    assert prepare("imagenet", src, dst, progress=False) == {"train": 6, "val": 4}
+    assert kept.stat().st_ino == inode
+    assert (dst / "val" / wnids[1] / "ILSVRC2012_val_00000002.JPEG").read_bytes() == photos[wnids[1]]
+
+
+def test_imagenet_archive_failures_leave_nothing(
+    tmp_path: Path, imagenet_sample: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from convnext.data import prepare as prep
+
+    src, dst = tmp_path / "downloads", tmp_path / "out"
+    wnids, _ = _imagenet_downloads(src, imagenet_sample)
+    val = src / "ILSVRC2012_img_val.tar"
+    whole = val.read_bytes()
+    val.write_bytes(whole[: len(whole) // 2])  # a download cut short: refused before anything is written
+    with pytest.raises(UserError, match=r"ILSVRC2012_img_val.tar cannot be read .*incomplete download"):
+        prepare("imagenet", src, dst, progress=False)
+    assert not dst.exists()
+    val.write_bytes(whole)
+
+    (src / "ILSVRC2012_devkit_t12.tar.gz").rename(tmp_path / "devkit.tar.gz")
+    with pytest.raises(UserError, match=r"ILSVRC2012_img_val.tar needs its labels: put ILSVRC2012_devkit"):
+        prepare("imagenet", src, dst, progress=False)
+    (tmp_path / "devkit.tar.gz").rename(src / "ILSVRC2012_devkit_t12.tar.gz")
+
+    import shutil
+    from collections import namedtuple
+
+    usage = namedtuple("usage", "total used free")
+    with monkeypatch.context() as m:  # a file system too small for the images: refused before writing
+        m.setattr(shutil, "disk_usage", lambda p: usage(10**6, 10**6 - 1000, 1000))
+        with pytest.raises(UserError, match=r"needs about 0.0 GB .* 0.0 GB free"):
+            prepare("imagenet", src, dst, progress=False)
+    assert not dst.exists()
+
+    # the disk fills while the train archive streams: what this run wrote is removed, nothing else
+    (dst / "train").mkdir(parents=True)
+    (dst / "notes.txt").write_text("the user's")
+    write, calls = prep._Writer.write_stream, []
+
+    def disk_full(self, *args):
+        calls.append(args)
+        if len(calls) == 4:
+            raise OSError(28, "No space left on device")
+        return write(self, *args)
+
+    monkeypatch.setattr(prep._Writer, "write_stream", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        prepare("imagenet", src, dst, progress=False)
+    assert sorted(str(p.relative_to(dst)) for p in dst.rglob("*")) == ["notes.txt", "train"]
+    monkeypatch.setattr(prep._Writer, "write_stream", write)
+
+    # the train archive holds something other than class archives: refused up front
+    _tar(src / "ILSVRC2012_img_train.tar", {"n01440764_1.JPEG": b"x", "n01440764.tar": b""})
+    with pytest.raises(UserError, match=r"holds n01440764_1.JPEG, not a <wnid>.tar of an ImageNet-1k class"):
+        prepare("imagenet", src, dst, progress=False)
+    assert sorted(str(p.relative_to(dst)) for p in dst.rglob("*")) == ["notes.txt", "train"]
+    # build_dataset does not read archives: it says how to get a folder
+    with pytest.raises(
+        UserError, match=r"holds ILSVRC2012_img_val.tar, not an extracted val/ .*convnext prepare"
+    ):
+        build_dataset(DataConfig(dataset="imagenet", root=str(src)), "val", None)
+
+
+def test_imagenet_folders_named_as_the_archives(tmp_path: Path, imagenet_sample: Path) -> None:
+    """The seed project's layout: ILSVRC2012_img_train/ (class archives unpacked or not yet) and
+    ILSVRC2012_img_val/ (flat) beside the devkit archive."""
+    import tarfile
+
+    dl = tmp_path / "downloads"
+    wnids, photos = _imagenet_downloads(dl, imagenet_sample)
+    src = tmp_path / "ILSVRC2012"
+    with tarfile.open(dl / "ILSVRC2012_img_train.tar") as tf:
+        tf.extractall(src / "ILSVRC2012_img_train", filter="data")  # the outer archive only
+    with tarfile.open(src / "ILSVRC2012_img_train" / f"{wnids[0]}.tar") as tf:  # one class unpacked
+        tf.extractall(src / "ILSVRC2012_img_train" / wnids[0], filter="data")
+    (src / "ILSVRC2012_img_train" / f"{wnids[0]}.tar").unlink()
+    with tarfile.open(dl / "ILSVRC2012_img_val.tar") as tf:
+        tf.extractall(src / "ILSVRC2012_img_val", filter="data")
+    (dl / "ILSVRC2012_devkit_t12.tar.gz").rename(src / "ILSVRC2012_devkit_t12.tar.gz")
+
+    ds = build_dataset(DataConfig(dataset="imagenet", root=str(src)), "val", None)
+    index = {w: i for i, w in enumerate(imagenet1k_wnids())}
+    assert [t for _, t in ds.samples] == [index[w] for w in (wnids[0], wnids[1], wnids[2], wnids[0])]
+    with pytest.raises(UserError, match=r"holds the per-class archives .*convnext prepare imagenet"):
+        build_dataset(DataConfig(dataset="imagenet", root=str(src)), "train", None)
+
+    dst = tmp_path / "out"
+    assert prepare("imagenet", src, dst, progress=False) == {"train": 6, "val": 4}
+    assert _prepared(dst, "train") == {w: [f"{w}_10.JPEG", f"{w}_11.JPEG"] for w in wnids}
+    assert (dst / "val" / wnids[0] / "ILSVRC2012_val_00000004.JPEG").stat().st_ino == (
+        src / "ILSVRC2012_img_val" / "ILSVRC2012_val_00000004.JPEG"
+    ).stat().st_ino  # extracted files are hard-linked, as before
+
+
+# -------------------------------------------------------------- mini-ImageNet's other layouts, plain folders
+def _mini_csvs(csv_dir: Path, images: Path, nested: bool, val_name: str = "valid.csv") -> None:
+    rows = {"train.csv": ["n01532829", "n01558993"], val_name: ["n01855672"], "test.csv": ["n01930112"]}
+    k = 0
+    for csv_name, classes in rows.items():
+        lines = ["filename,label"]
+        for c in classes:
+            for i in range(5):
+                name = f"{c}{i:08d}.jpg"
+                _jpeg(images / c / name if nested else images / name, k)
+                k += 1
+                lines.append(f"{name},{c}")
+        csv_dir.mkdir(parents=True, exist_ok=True)
+        (csv_dir / csv_name).write_text("\n".join(lines) + "\n")
+
+
+@pytest.mark.parametrize("nested", [False, True])
+def test_mini_imagenet_valid_csv_under_mini_imagenet(tmp_path: Path, nested: bool, capsys) -> None:
+    """train.csv/valid.csv/test.csv with mini_imagenet/images (flat, or one folder per wnid as mmfewshot
+    has it); the pooling note is said once, by prepare and by training's three builds of the splits."""
+    src = tmp_path / "mini"
+    _mini_csvs(src, src / "mini_imagenet" / "images", nested)
+    capsys.readouterr()
+    assert cli(["prepare", "mini-imagenet", str(src), str(tmp_path / "out"), "--no-progress"]) == 0
+    assert capsys.readouterr().err.count("disjoint classes") == 1
+    assert sum(len(v) for v in _prepared(tmp_path / "out", "val").values()) == 4
+    cfg = DataConfig(dataset="mini-imagenet", root=str(src))
+    import warnings
+
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        sizes = [len(build_dataset(cfg, s, None)) for s in ("val", "train", "val")]  # as `convnext train`
+    assert sizes == [4, 16, 4]
+    assert sum("disjoint classes" in str(w.message) for w in said) == 1
+
+
+def test_mini_imagenet_classification_csvs_and_class_folders(tmp_path: Path) -> None:
+    src = tmp_path / "mini"
+    for c in ("n01532829", "n01558993"):
+        for i in range(3):
+            _jpeg(src / "images" / f"{c}_{i}.jpg", i)
+    (src / "train.csv").write_text("filename,label\nn01532829_0.jpg,n01532829\nn01558993_0.jpg,n01558993\n")
+    (src / "valid.csv").write_text("filename,label\nn01532829_1.jpg,n01532829\nn01558993_1.jpg,n01558993\n")
+    assert prepare("mini-imagenet", src, tmp_path / "out", progress=False) == {"train": 2, "val": 2}
+    # no csv at all (Kaggle's mini-ImageNet): one folder per class, split per class with the seed
+    kag = tmp_path / "kaggle"
+    for c in ("n01532829", "n01558993"):
+        for i in range(5):
+            _jpeg(kag / c / f"{c}_{i}.jpg", i)
+    assert prepare("mini-imagenet", kag, tmp_path / "k", progress=False) == {"train": 8, "val": 2}
+
+
+def test_plain_class_folders_get_a_seeded_split(tmp_path: Path, capsys) -> None:
+    src = tmp_path / "photos"
+    for c, n in (("cats", 10), ("dogs", 5)):
+        for i in range(n):
+            _jpeg(src / c / f"{i}.jpg", i)
+    dst = tmp_path / "out"
+    args = ["prepare", "folders", str(src), str(dst), "--val-fraction", "0.4", "--seed", "3", "--no-progress"]
+    assert cli(args) == 0
+    assert {c: len(f) for c, f in _prepared(dst, "val").items()} == {"cats": 4, "dogs": 2}
+    tr, va = _prepared(dst, "train"), _prepared(dst, "val")
+    assert all(
+        not set(tr[c]) & set(va[c]) and len(tr[c]) + len(va[c]) == n for c, n in (("cats", 10), ("dogs", 5))
+    )
+    cfg = DataConfig(dataset="folders", root=str(src), val_fraction=0.4, split_seed=3)
+    va = build_dataset(cfg, "val", None)
+    assert sorted(Path(p).name for p, _ in va.samples) == sorted(
+        f for fs in _prepared(dst, "val").values() for f in fs
+    )  # training on the folders directly gives the same split
+    assert cli(args) == 0  # a second run with the same seed: nothing foreign, nothing added
+    assert cli([*args[:-2], "4", "--no-progress"]) == 2  # another seed would mix the splits
+    assert "another --seed/--val-fraction" in capsys.readouterr().err
+    with pytest.raises(UserError, match=r"is already split .*train.*data.root"):
+        prepare("folders", dst, tmp_path / "again", progress=False)

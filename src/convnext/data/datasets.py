@@ -1,6 +1,7 @@
 """Datasets by name: ``build_dataset(cfg, split)`` for an ImageFolder layout, scikit-learn's digits,
-MNIST/CIFAR and the raw layouts of Tiny-ImageNet-200, mini-ImageNet, ImageNet-1k and Caltech-101/256
-(file_datasets.py, array_datasets.py), and :func:`relabel` (targets in a model's class order).
+MNIST/CIFAR, the raw layouts of Tiny-ImageNet-200, mini-ImageNet, ImageNet-1k and Caltech-101/256, and
+"folders" (root/<class>/<image> with no split: a seeded per-class split) (file_datasets.py,
+array_datasets.py), and :func:`relabel` (targets in a model's class order).
 
 Every dataset yields ``(image, target)`` with image a uint8 (3, H, W) RGB tensor before the transform, and
 has ``.classes`` (class names in index order) and ``.skipped`` (list of (file, reason) left out at scan).
@@ -58,6 +59,23 @@ def relabel(ds: Dataset, names: list[str], source: str) -> Dataset:
 
 # -------------------------------------------------------------------------------------------- registry
 Builder = Callable[..., Dataset]  # (cfg, split, transform, on_error)
+_SAID: set[str] = set()
+
+
+def _notes_once(layout: Callable[..., layouts.RawSplit]) -> Callable[..., layouts.RawSplit]:
+    """The layout with each of its notes given once per process: training builds a split up to three
+    times (the class list, train, val), and the same note (e.g. mini-ImageNet's pooling) three times is
+    noise."""
+
+    def once(*args: Any, **kwargs: Any) -> layouts.RawSplit:
+        raw = layout(*args, **kwargs)
+        fresh = [n for n in raw.notes if n not in _SAID]
+        _SAID.update(fresh)
+        return layouts.RawSplit(raw.samples, raw.classes, fresh)
+
+    return once
+
+
 DATASETS: dict[str, Builder] = {
     "imagefolder": image_folder,
     "digits": digits,
@@ -65,10 +83,11 @@ DATASETS: dict[str, Builder] = {
     "cifar10": cifar10,
     "cifar100": cifar100,
     "tiny-imagenet": raw_layout(layouts.tiny_imagenet),
-    "mini-imagenet": raw_layout(layouts.mini_imagenet, needs_split=True),
+    "mini-imagenet": raw_layout(_notes_once(layouts.mini_imagenet), needs_split=True),
     "imagenet": raw_layout(layouts.imagenet),
     "caltech101": raw_layout(layouts.caltech, needs_split=True, version=101),
     "caltech256": raw_layout(layouts.caltech, needs_split=True, version=256),
+    "folders": raw_layout(layouts.class_folders, needs_split=True),  # root/<class>/<image>, no split
 }
 
 
@@ -82,6 +101,7 @@ _ALIASES = {
     "caltech-256": "caltech256",
     "cifar-10": "cifar10",
     "cifar-100": "cifar100",
+    "class-folders": "folders",
 }
 
 

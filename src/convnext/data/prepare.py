@@ -19,12 +19,16 @@ import os
 import shutil
 import sys
 from pathlib import Path
+from typing import IO, TYPE_CHECKING
 
 import numpy as np
 from tqdm import tqdm
 
 from ..errors import UserError
 from . import layouts
+
+if TYPE_CHECKING:
+    from .imagenet_archives import Source
 
 PREPARABLE = (
     "imagenet",
@@ -35,8 +39,10 @@ PREPARABLE = (
     "mnist",
     "cifar10",
     "cifar100",
+    "folders",
 )
 ALIASES = {
+    "class-folders": "folders",
     "caltech-101": "caltech101",
     "caltech-256": "caltech256",
     "tinyimagenet": "tiny-imagenet",
@@ -105,6 +111,31 @@ class _Writer:
             return
         shutil.copy2(src, dst)
 
+    def write_stream(self, data: IO[bytes], size: int, dst: Path) -> str | None:
+        """An image read from an archive, written under a temporary name and renamed (a kill never leaves
+        a torn file that a later run would keep as done). None when written or already there from an
+        earlier run (same size: the stream is not read); else why it is left out ("not an image")."""
+        if dst.is_file() and not dst.is_symlink() and dst.stat().st_size == size:
+            return None
+        from .images import sniff_image
+
+        head = data.read(32)
+        if not head:
+            return "empty file"
+        if sniff_image(head) is None:
+            return "not an image"
+        tmp = dst.with_name(f".{dst.name}.tmp")
+        if not (dst.exists() or dst.is_symlink()):
+            self.files.append(dst)
+        try:
+            with open(tmp, "wb") as f:
+                f.write(head)
+                shutil.copyfileobj(data, f, 1 << 20)
+            os.replace(tmp, dst)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return None
+
     def write_png(self, arr: np.ndarray, dst: Path) -> None:
         """Atomically (a temporary name, then a rename): a kill never leaves a torn PNG that a later run
         would keep as done."""
@@ -169,9 +200,13 @@ def _check_no_foreign_files(dst: Path, planned: dict[str, set[str]]) -> None:
         )
 
 
-def _files_layout(dataset: str, src: Path, split: str, val_fraction: float, seed: int) -> layouts.RawSplit:
+def _files_layout(
+    dataset: str, src: Path, split: str, val_fraction: float, seed: int, streamed: frozenset[str]
+) -> layouts.RawSplit:
     if dataset == "imagenet":
-        return layouts.imagenet(src, split)
+        return layouts.imagenet(src, split, streamed=streamed)
+    if dataset == "folders":
+        return layouts.class_folders(src, split, val_fraction=val_fraction, seed=seed)
     if dataset == "tiny-imagenet":
         return layouts.tiny_imagenet(src, split)
     if dataset == "mini-imagenet":
@@ -180,20 +215,26 @@ def _files_layout(dataset: str, src: Path, split: str, val_fraction: float, seed
 
 
 def _read_files(
-    dataset: str, src: Path, val_fraction: float, seed: int
+    dataset: str, src: Path, val_fraction: float, seed: int, streams: dict[str, Source] | None = None
 ) -> tuple[dict[str, list[tuple[str, str]]], list[str], list[tuple[str, str]], list[str]]:
     """Every split's (file, class) after the layout's checks, the class list, the files left out (not
-    images) and the layout's notes. Reads and checks only."""
+    images) and the layout's notes (each once). Reads and checks only. ``streams``: the ImageNet splits
+    read from archives (a split wholly from its archive is left out here)."""
     from .file_datasets import scan_files
 
+    streams = streams or {}
     plan: dict[str, list[tuple[str, str]]] = {}
     classes: list[str] = []
     notes: list[str] = []
     for split in ("train", "val"):
+        if dataset == "imagenet" and split in streams and streams[split].kind != "classes":
+            classes = layouts.imagenet1k_wnids()
+            continue
         if dataset == "imagenet" and split == "train" and layouts._imagenet_dir(src, "train") is None:
             continue  # val only is fine (evaluation)
-        raw = _files_layout(dataset, src, split, val_fraction, seed)
-        notes += raw.notes
+        streamed = frozenset(streams[split].wnids) if split in streams else frozenset()
+        raw = _files_layout(dataset, src, split, val_fraction, seed, streamed)
+        notes += [n for n in raw.notes if n not in notes]
         classes = raw.classes
         missing = [p for p, _ in raw.samples if not os.path.exists(p)]
         if missing:
@@ -209,6 +250,91 @@ def _read_files(
         plan[split] = [(p, c) for p, c in samples if p in keep]
         skipped += bad
     return plan, classes, skipped, notes
+
+
+class _ClassPrefix:
+    """The files a class archive may write, known only once it is read: ``<wnid>/<wnid>_*`` (ImageNet's
+    train naming) for its wnids; plus an exact set (the folders read as files beside them)."""
+
+    def __init__(self, wnids: list[str], exact: set[str]) -> None:
+        self.wnids, self.exact = set(wnids), exact
+
+    def __contains__(self, rel: object) -> bool:
+        w, _, name = str(rel).partition(os.sep)
+        return rel in self.exact or (w in self.wnids and name.startswith(f"{w}_"))
+
+
+def _imagenet_streams(src: Path) -> dict[str, Source]:
+    """The ImageNet splits read from archives, headers checked (nothing written): ILSVRC2012_img_train.tar
+    when there is no extracted train folder, a train folder of <wnid>.tar files (the outer archive
+    extracted, the classes not yet), ILSVRC2012_img_val.tar (with the devkit or LOC labels) when there is
+    no extracted val folder."""
+    from . import imagenet_archives as ia
+
+    if (src / "wnids.txt").is_file():
+        return {}  # Tiny-ImageNet: layouts.imagenet names it
+    out: dict[str, Source] = {}
+    folder = layouts._imagenet_dir(src, "train")
+    archive = layouts.imagenet_archive(src, "train")
+    if folder is not None:
+        tars = ia.scan_class_tars(folder)
+        if tars is not None:
+            out["train"] = tars
+    elif archive is not None:
+        out["train"] = ia.scan_train_archive(archive)
+    archive = layouts.imagenet_archive(src, "val")
+    if layouts._imagenet_dir(src, "val") is None and archive is not None:
+        found = layouts.imagenet_val_labels(src)
+        if found is None:
+            raise UserError(
+                f"ImageNet: {archive} needs its labels: put ILSVRC2012_devkit_t12.tar.gz (as downloaded) or "
+                f"Kaggle's LOC_val_solution.csv in {src}"
+            )
+        out["val"] = ia.scan_val_archive(archive, *found)
+    return out
+
+
+def _check_space(dst: Path, streams: dict[str, Source]) -> None:
+    """Refuse before writing when DST's file system cannot take the archives' images (less what an earlier
+    run wrote): a full disk two hours into ImageNet would remove it all again."""
+    need = sum(s.nbytes for s in streams.values())
+    for split, s in streams.items():
+        for w in s.wnids:
+            folder = dst / split / w
+            if folder.is_dir():
+                need -= sum(e.stat().st_size for e in os.scandir(folder) if e.is_file(follow_symlinks=False))
+    base = dst
+    while not base.exists():
+        base = base.parent
+    free = shutil.disk_usage(base).free
+    if need > free:
+        raise UserError(
+            f"destination {dst} needs about {need / 1e9:.1f} GB for the images in the archives, and its "
+            f"file system has {free / 1e9:.1f} GB free"
+        )
+
+
+def _write_streams(
+    w: _Writer, dst: Path, split: str, source: Source, progress: bool, skipped: list[tuple[str, str]]
+) -> int:
+    """Every image of ``source`` into DST/<split>/<wnid>/, the archive read once; the number of images."""
+    from . import imagenet_archives as ia
+
+    n = 0
+    with tqdm(
+        total=source.nbytes, unit="B", unit_scale=True, desc=f"imagenet {split}", disable=not progress
+    ) as bar:
+        for wnid, name, size, data in ia.images(source, bar.update):
+            if not name or name.startswith("."):
+                continue
+            folder = dst / split / wnid
+            w.mkdir(folder)
+            why = w.write_stream(data, size, folder / name)
+            if why is None:
+                n += 1
+            else:
+                skipped.append((f"{source.path}:{wnid}/{name}", why))
+    return n
 
 
 def _read_arrays(dataset: str, src: Path) -> tuple[dict[str, tuple[np.ndarray, list[int]]], list[str]]:
@@ -274,32 +400,48 @@ def prepare(
             w.undo()
             raise
         return counts
-    plan, classes, skipped, notes = _read_files(dataset, src, val_fraction, seed)
-    _check_no_foreign_files(
-        dst,
-        {
-            split: {os.path.join(_safe(c), os.path.basename(p)) for p, c in samples}
-            for split, samples in plan.items()
-        },
-    )
+    streams = _imagenet_streams(src) if dataset == "imagenet" else {}
+    plan, classes, skipped, notes = _read_files(dataset, src, val_fraction, seed, streams)
+    planned: dict[str, set[str] | _ClassPrefix] = {
+        split: {os.path.join(_safe(c), os.path.basename(p)) for p, c in samples}
+        for split, samples in plan.items()
+    }
+    for split, source in streams.items():
+        exact = planned.get(split, set())
+        planned[split] = source.names if source.names is not None else _ClassPrefix(source.wnids, exact)  # type: ignore[arg-type]
+    _check_no_foreign_files(dst, planned)  # type: ignore[arg-type]
+    if streams:
+        _check_space(dst, streams)
     for note in notes:
         print(f"convnext prepare: {note}", file=sys.stderr)
-    if skipped:
-        shown = ", ".join(p for p, _ in skipped[:5]) + (", ..." if len(skipped) > 5 else "")
-        print(
-            f"convnext prepare: left out {len(skipped)} file(s) that are not images: {shown}", file=sys.stderr
-        )
+    _say_skipped(skipped)
+    skipped = []
     try:
         counts = {}
-        for split, samples in plan.items():
+        for split in ("train", "val"):
+            samples = plan.get(split, [])
             for path, c in tqdm(samples, desc=f"{dataset} {split}", unit="img", disable=not progress):
                 folder = dst / split / _safe(c)
                 w.mkdir(folder)
                 w.place(path, folder / os.path.basename(path), link)
-            counts[split] = len(samples)
+            if split in plan:
+                counts[split] = len(samples)
+            if split in streams:
+                counts[split] = len(samples) + _write_streams(
+                    w, dst, split, streams[split], progress, skipped
+                )
         w.mkdir(dst)
         w.write_text(dst / "classes.txt", "".join(f"{c}\n" for c in classes))
     except BaseException:
         w.undo()
         raise
+    _say_skipped(skipped)
     return counts
+
+
+def _say_skipped(skipped: list[tuple[str, str]]) -> None:
+    if skipped:
+        shown = ", ".join(p for p, _ in skipped[:5]) + (", ..." if len(skipped) > 5 else "")
+        print(
+            f"convnext prepare: left out {len(skipped)} file(s) that are not images: {shown}", file=sys.stderr
+        )

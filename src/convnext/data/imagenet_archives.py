@@ -1,0 +1,250 @@
+"""ImageNet-1k as downloaded: ``ILSVRC2012_img_train.tar`` (one ``<wnid>.tar`` per class, each holding
+``<wnid>_<n>.JPEG``), ``ILSVRC2012_img_val.tar`` (50,000 flat ``ILSVRC2012_val_<n>.JPEG``) and
+``ILSVRC2012_devkit_t12.tar.gz`` (the val labels), read as streams.
+
+torchvision's ImageNet (``parse_train_archive``/``parse_val_archive``) extracts each archive next to itself
+and then unpacks or moves the files: the dataset twice on disk (~150 GB more) and a half-extracted source
+folder when it is interrupted; its ``parse_devkit_archive`` extracts to a temporary folder and writes a
+pickle-free but torch-saved ``meta.bin`` into the source folder. None of it fits a read-only source, so
+here each archive is read once, front to back (tarfile's streaming mode ``'r|'``, the inner tars as
+streams of the outer one) and every image goes straight to its class folder; nothing is extracted
+anywhere else. The devkit keeps torchvision's semantics: meta.mat's leaf synsets (``num_children == 0``)
+map the ILSVRC2012_ID on line n of the ground truth (image ``ILSVRC2012_val_<n>``) to its wnid, whose
+order is NOT the sorted-wnid class index of every checkpoint.
+
+Before anything is written, the outer archives' headers are read (seeking over the data: 1000 headers for
+train, 50,000 for val), so a truncated download, a member that is not a class archive, or a val image
+without a label is refused up front.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import tarfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+from ..errors import UserError
+from .classes import is_imagenet_wnid
+
+TRAIN_TAR = "ILSVRC2012_img_train.tar"
+VAL_TAR = "ILSVRC2012_img_val.tar"
+DEVKIT_TAR = "ILSVRC2012_devkit_t12.tar.gz"
+_META = "data/meta.mat"
+_TRUTH = "data/ILSVRC2012_validation_ground_truth.txt"
+_MAX_DEVKIT_FILE = 64 << 20  # the real meta.mat is ~2 MB, the ground truth ~200 KB
+_END = 2 * tarfile.BLOCKSIZE  # every complete tar ends with two zero blocks
+_VAL_NUMBER = re.compile(r"_(\d+)\.\w+$")
+
+
+def val_number(name: str) -> int | None:
+    """The image number of ``ILSVRC2012_val_00000042.JPEG`` (42): line 42 of the ground truth."""
+    m = _VAL_NUMBER.search(os.path.basename(name))
+    return int(m.group(1)) if m else None
+
+
+# ------------------------------------------------------------------------------------------------ devkit
+def parse_meta_mat(data: bytes | str | os.PathLike, source: str) -> dict[int, str]:
+    """ILSVRC2012_ID -> wnid of the 1000 leaf synsets of the devkit's meta.mat (scipy.io, as torchvision)."""
+    try:
+        from scipy.io import loadmat
+    except ImportError:
+        raise UserError("ImageNet: reading the devkit's meta.mat needs scipy (pip install scipy)") from None
+    try:
+        f = io.BytesIO(data) if isinstance(data, bytes) else os.fspath(data)
+        syn = loadmat(f, squeeze_me=True)["synsets"]
+        fields = syn.dtype.names or ()
+        if "ILSVRC2012_ID" not in fields or "WNID" not in fields:
+            raise ValueError("no ILSVRC2012_ID/WNID fields in its synsets")
+        rows = syn.reshape(-1)
+        leaves = [r for r in rows if "num_children" not in fields or int(r["num_children"]) == 0]
+        out = {int(r["ILSVRC2012_ID"]): str(r["WNID"]) for r in leaves}
+    except UserError:
+        raise
+    except Exception as e:  # a damaged or foreign .mat: scipy raises many kinds
+        raise UserError(
+            f"ImageNet: {source} is not the devkit's meta.mat ({type(e).__name__}: {e})"
+        ) from None
+    return out
+
+
+def parse_ground_truth(text: str, source: str, id_to_wnid: dict[int, str]) -> dict[int, str]:
+    """Validation image number -> wnid: line n of the ground truth is the ILSVRC2012_ID of image n."""
+    labels = {}
+    for n, token in enumerate(text.split(), start=1):
+        try:
+            i = int(token)
+        except ValueError:
+            raise UserError(f"ImageNet: line {n} of {source} is {token!r}, not a class id") from None
+        if i not in id_to_wnid:
+            raise UserError(f"ImageNet: line {n} of {source} has class id {i}, which meta.mat does not list")
+        labels[n] = id_to_wnid[i]
+    if not labels:
+        raise UserError(f"ImageNet: {source} lists no labels")
+    return labels
+
+
+def devkit_archive_labels(path: Path) -> dict[int, str]:
+    """The val labels from ``ILSVRC2012_devkit_t12.tar.gz`` as downloaded: its two data files are read
+    into memory (size checked first), nothing is extracted."""
+    found: dict[str, bytes] = {}
+    try:
+        with tarfile.open(path, "r:gz") as tf:
+            for m in tf:
+                name = m.name.replace("\\", "/")
+                for key in (_META, _TRUTH):
+                    if m.isreg() and (name == key or name.endswith("/" + key)):
+                        if m.size > _MAX_DEVKIT_FILE:
+                            raise UserError(f"ImageNet: {path}: {m.name} is {m.size} bytes, not the devkit's")
+                        found[key] = tf.extractfile(m).read()  # type: ignore[union-attr]
+    except (tarfile.TarError, EOFError, OSError) as e:
+        raise UserError(f"ImageNet: {path} cannot be read ({e}): a damaged or incomplete download?") from None
+    for key in (_META, _TRUTH):
+        if key not in found:
+            raise UserError(f"ImageNet: {path} has no {key} (is it ILSVRC2012_devkit_t12.tar.gz?)")
+    ids = parse_meta_mat(found[_META], f"{path}:{_META}")
+    return parse_ground_truth(found[_TRUTH].decode("utf-8", "replace"), f"{path}:{_TRUTH}", ids)
+
+
+# ------------------------------------------------------------------------------------------ the archives
+def class_tar_wnid(name: str) -> str | None:
+    """``n01440764.tar`` (a member of the train archive, or a file of its extracted folder) -> its wnid."""
+    base = os.path.basename(name)
+    stem, ext = os.path.splitext(base)
+    return stem if ext == ".tar" and is_imagenet_wnid(stem) else None
+
+
+def _damaged(path: object, e: object) -> UserError:
+    return UserError(f"ImageNet: {path} cannot be read ({e}): a damaged or incomplete download?")
+
+
+def _headers(path: Path) -> list[tarfile.TarInfo]:
+    """The regular members of ``path`` from its headers only (tarfile seeks over the data); a download
+    cut short (no end-of-archive blocks, a cut header or member) is refused here."""
+    try:
+        with tarfile.open(path, "r:") as tf:
+            members = tf.getmembers()
+            end = tf.offset
+    except (tarfile.TarError, EOFError, OSError) as e:
+        raise _damaged(path, e) from None
+    if end + _END > path.stat().st_size:
+        raise _damaged(path, "it ends without the end-of-archive blocks")
+    return [m for m in members if m.isreg()]
+
+
+@dataclass
+class Source:
+    """One split's images to stream: ``kind`` "train" (the archive of class tars), "classes" (a folder of
+    class tars: the train archive extracted once) or "val"; ``wnids`` the classes present; ``names`` the
+    files it writes as ``<wnid>/<file>`` when known before reading (val), else None; ``nbytes`` its size."""
+
+    split: str
+    kind: str
+    path: Path
+    wnids: list[str]
+    nbytes: int
+    names: set[str] | None = None
+    labels: dict[int, str] | None = None
+    tars: list[Path] | None = None
+
+
+def scan_train_archive(path: Path) -> Source:
+    members = _headers(path)
+    odd = [m.name for m in members if class_tar_wnid(m.name) is None]
+    if odd:
+        raise UserError(
+            f"ImageNet: {path} holds {odd[0]}, not a <wnid>.tar of an ImageNet-1k class "
+            f"({len(odd)} such member(s)): is it ILSVRC2012_img_train.tar?"
+        )
+    if not members:
+        raise UserError(f"ImageNet: {path} holds no class archives")
+    wnids = [class_tar_wnid(m.name) for m in members]
+    return Source("train", "train", path, sorted(set(wnids)), sum(m.size for m in members))  # type: ignore
+
+
+def scan_class_tars(folder: Path) -> Source | None:
+    """A folder of ``<wnid>.tar`` files (the train archive extracted once, not yet unpacked per class);
+    None when it holds none."""
+    tars = sorted(folder / e.name for e in os.scandir(folder) if e.is_file() and class_tar_wnid(e.name))
+    if not tars:
+        return None
+    wnids = [class_tar_wnid(p.name) for p in tars]
+    return Source("train", "classes", folder, wnids, sum(p.stat().st_size for p in tars), tars=tars)  # type: ignore
+
+
+def scan_val_archive(path: Path, labels: dict[int, str], source: str) -> Source:
+    names: set[str] = set()
+    nbytes = 0
+    for m in _headers(path):
+        n = val_number(m.name)
+        if n is None or n not in labels:
+            raise UserError(f"ImageNet: image {m.name} of {path} has no label in {source}")
+        w = labels[n]
+        if not is_imagenet_wnid(w):
+            raise UserError(f"ImageNet: {source} labels {m.name} with {w}, which is not an ImageNet-1k class")
+        names.add(f"{w}/{os.path.basename(m.name)}")
+        nbytes += m.size
+    if not names:
+        raise UserError(f"ImageNet: {path} holds no images")
+    wnids = sorted({n.split("/")[0] for n in names})
+    return Source("val", "val", path, wnids, nbytes, names=names, labels=labels)
+
+
+# ------------------------------------------------------------------------------------------- streaming
+class _Counted(io.RawIOBase):
+    """A file read front to back that reports each read's size (the progress bar)."""
+
+    def __init__(self, f: IO[bytes], tick: Callable[[int], object]) -> None:
+        self.f, self.tick = f, tick
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:  # type: ignore[no-untyped-def]
+        n = self.f.readinto(b)  # type: ignore[attr-defined]
+        self.tick(n or 0)
+        return n or 0
+
+
+def _stream(fileobj: IO[bytes], size: int, where: object) -> Iterator[tuple[tarfile.TarInfo, IO[bytes]]]:
+    """The regular members of a tar read as a stream (mode 'r|'), each with its data as a stream; a tar cut
+    short is refused (the data of each member is checked by tarfile, the end blocks here)."""
+    try:
+        with tarfile.open(fileobj=fileobj, mode="r|") as tf:
+            for m in tf:
+                if m.isreg():
+                    yield m, tf.extractfile(m)  # type: ignore[misc]
+            end = tf.offset
+    except (tarfile.TarError, EOFError) as e:
+        raise _damaged(where, e) from None
+    if end + _END > size:
+        raise _damaged(where, "it ends without the end-of-archive blocks")
+
+
+def images(src: Source, tick: Callable[[int], object]) -> Iterator[tuple[str, str, int, IO[bytes]]]:
+    """(wnid, file name, size, data stream) of every image of ``src``, in archive order. Each stream must
+    be read (or left) before the next item: the archive is read once, front to back."""
+    if src.kind == "classes":
+        for p in src.tars or []:
+            with open(p, "rb") as f:
+                wnid = class_tar_wnid(p.name)
+                raw = io.BufferedReader(_Counted(f, tick), 1 << 20)
+                for m, data in _stream(raw, p.stat().st_size, p):  # type: ignore[arg-type]
+                    yield wnid, os.path.basename(m.name), m.size, data  # type: ignore[misc]
+        return
+    with open(src.path, "rb") as f:
+        raw = io.BufferedReader(_Counted(f, tick), 1 << 20)
+        for m, data in _stream(raw, src.path.stat().st_size, src.path):  # type: ignore[arg-type]
+            if src.kind == "val":
+                w = src.labels[val_number(m.name)]  # type: ignore[index]  # checked by scan_val_archive
+                yield w, os.path.basename(m.name), m.size, data
+                continue
+            wnid = class_tar_wnid(m.name)
+            if wnid is None:  # not there when scanned: the archive changed since
+                raise UserError(f"ImageNet: {src.path} changed while it was read ({m.name})")
+            for inner, img in _stream(data, m.size, f"{src.path}:{m.name}"):
+                yield wnid, os.path.basename(inner.name), inner.size, img
