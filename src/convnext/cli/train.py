@@ -38,6 +38,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def stop_exit_code(stopped_by: str | None) -> int:
+    """128 + the signal's number after a signal-triggered checkpoint (SIGTERM 143, SIGUSR1 138 on Linux,
+    Ctrl-C 130), as a shell reports a process that signal ended: `train && evaluate` does not evaluate a
+    half-trained model, and a Slurm script can tell pre-emption (requeue) from success or an error (exit 2).
+    0 when no signal stopped this process (a finished run, or another rank of a torchrun job)."""
+    import signal
+
+    sig = getattr(signal, stopped_by, None) if stopped_by else None
+    return 128 + int(sig) if sig is not None else 0
+
+
 def run(args: argparse.Namespace) -> int:
     from ..engine.config import resolve_config
 
@@ -56,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
 
     result = train(cfg, resume=args.resume, fresh=args.fresh)
     if result.stopped_early or not result.main:  # under torchrun, rank 0 reports
-        return 130 if result.stopped_by == "SIGINT" else 0  # Ctrl-C: the shell's code, `&& next` does not run
+        return stop_exit_code(result.stopped_by)
     epochs = f"{result.epoch} epoch" + ("" if result.epoch == 1 else "s")
     best = ""
     if result.best_top1 is not None:
