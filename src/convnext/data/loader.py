@@ -149,9 +149,14 @@ def seed_worker(worker_id: int) -> None:
     s = torch.initial_seed() % 2**32
     np.random.seed(s)
     random.seed(s)
-    # Ctrl-C reaches the whole process group; the main process decides (training checkpoints first and
-    # needs the batches meanwhile) and shuts the workers down itself.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # Ctrl-C, and the SIGTERM / SIGUSR1 of a scheduler (`timeout`, Slurm, Kubernetes signal the whole process
+    # group), reach the workers too; the main process decides (training checkpoints first and needs the
+    # batches meanwhile) and shuts the workers down itself. A worker whose main process died exits by
+    # itself (torch's watchdog), so ignoring them never leaves one behind.
+    for name in ("SIGINT", "SIGTERM", "SIGUSR1"):
+        sig = getattr(signal, name, None)  # no SIGUSR1 on Windows
+        if sig is not None:
+            signal.signal(sig, signal.SIG_IGN)
 
 
 def build_loader(
