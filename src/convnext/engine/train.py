@@ -141,9 +141,11 @@ class Progress:
 
 class _StopFlag:
     """SIGTERM / SIGUSR1 (cluster pre-emption) and a first Ctrl-C set a flag; the loop checkpoints at the next
-    step and exits. A second Ctrl-C stops at once (KeyboardInterrupt), losing only the steps since the last
-    checkpoint: a user who presses it twice means it. Loader workers ignore Ctrl-C (``seed_worker``), so
-    the batches still come while the checkpoint is taken."""
+    step and exits (the CLI with 128 + the signal's number). A second Ctrl-C stops at once
+    (KeyboardInterrupt), losing only the steps since the last checkpoint: a user who presses it twice means
+    it; during a checkpoint write it waits until the files are complete (``checkpoint.signals_held``).
+    Loader workers ignore all three (``seed_worker``): schedulers signal the whole process group, and the
+    batches must still come while the checkpoint is taken."""
 
     def __init__(self, announce: bool = True) -> None:
         self.signal: str | None = None
@@ -669,6 +671,7 @@ def train_one_epoch(run: Run, saved_rng: dict | None) -> bool:
         dynamic_ncols=True,
         file=sys.stderr,
     )
+    plain = run.proc.main and bar.disable  # no bar (a pipe, a log file, --no-progress): a line per log_every
     world = run.proc.world
     check_every = 1 if world == 1 else min(cfg.train.log_every, 10)  # the cross-rank check costs a sync
     t0 = time.perf_counter() - prog.elapsed
@@ -687,6 +690,8 @@ def train_one_epoch(run: Run, saved_rng: dict | None) -> bool:
                 run.logger.log_step(
                     prog.step, {"loss": sum(vals) / len(vals), "lr": lr, "images_per_s": rate}
                 )
+                if plain:
+                    _print(_step_line(run, sum(vals) / len(vals), lr, rate, time.perf_counter() - t0))
             in_epoch = prog.step - prog.epoch * spe
             if prog.step % check_every == 0 and D.any_rank(run.stop.signal is not None, run.proc.device):
                 prog.elapsed = time.perf_counter() - t0
@@ -705,6 +710,24 @@ def train_one_epoch(run: Run, saved_rng: dict | None) -> bool:
         bar.close()
     prog.elapsed = time.perf_counter() - t0
     return False
+
+
+def _hms(seconds: float) -> str:
+    m, s = divmod(int(seconds + 0.5), 60)
+    return f"{m // 60}:{m % 60:02d}:{s:02d}"
+
+
+def _step_line(run: Run, loss: float, lr: float, rate: float, elapsed: float) -> str:
+    """Progress where there is no terminal (Slurm, nohup, CI): one plain line, the bar's numbers and the time
+    left (from this epoch's pace; evaluation not counted)."""
+    prog, spe, epochs = run.prog, run.data.steps_per_epoch, run.cfg.epochs
+    in_epoch = prog.step - prog.epoch * spe
+    per_step = elapsed / max(prog.loss_steps, 1)
+    return (
+        f"epoch {prog.epoch + 1}/{epochs}, step {in_epoch}/{spe}: loss {loss:.4f}, lr {lr:.3g}, "
+        f"{rate:.0f} img/s, ETA {_hms(per_step * (spe - in_epoch))} epoch, "
+        f"{_hms(per_step * (epochs * spe - prog.step))} run"
+    )
 
 
 def evaluate_epoch(run: Run) -> dict[str, float]:
@@ -756,12 +779,14 @@ def end_epoch(run: Run) -> None:
         score = record.get("ema_val_top1" if best_by == "ema" else "val_top1")
         if score is not None and (prog.best_top1 is None or score > prog.best_top1):
             prog.best_top1, prog.best_epoch, is_best = score, prog.epoch, True
-        _print(
-            f"epoch {prog.epoch}/{cfg.epochs}: train loss {record['train_loss']:.4f}, val top-1 "
-            f"{record['val_top1']:.2f}%"
-            + (f", EMA top-1 {record['ema_val_top1']:.2f}%" if "ema_val_top1" in record else "")
-            + f", {record['images_per_s']:.0f} img/s"
-        )
+    val = ""
+    if "val_top1" in record:
+        val = f", val loss {record['val_loss']:.4f}, val top-1 {record['val_top1']:.2f}%"
+        val += f", EMA top-1 {record['ema_val_top1']:.2f}%" if "ema_val_top1" in record else ""
+    _print(
+        f"epoch {prog.epoch}/{cfg.epochs} done: train loss {record['train_loss']:.4f}{val}, "
+        f"{record['images_per_s']:.0f} img/s, epoch time {_hms(record['epoch_time_s'])}"
+    )
     save(run, epoch_end=True, is_best=is_best, record=record)
     with _writing(run.logger.path, run.ckpts.last):
         run.logger.log_epoch(record)
@@ -810,6 +835,7 @@ def _repair(run_dir: Path, ckpts: CheckpointManager, ckpt: dict, path: Path) -> 
             int(ckpt["epoch"]),
             ckpt.get("metrics") if own and is_epoch_end(ckpt) else None,
             warn=_say,
+            record_of=ckpts.epoch_record if own else None,
         )
 
 
