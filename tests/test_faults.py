@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -137,12 +138,37 @@ def assert_nothing_lost(run_dir: Path, ref: Path, stdout: str | None = None) -> 
 def ref(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The uninterrupted run."""
     run_dir = tmp_path_factory.mktemp("ref")
-    r = run_cli(run_dir)
+    r = run_cli(run_dir, "train.log_every=10")  # a progress line every 10 steps (numbers unchanged)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "convnext_atto (depths=[1, 1, 1, 1], dims=[8, 16, 32, 64]; " in r.stderr  # the model as built
     assert "done, 2 epochs in" in r.stdout
     (run_dir / "stdout.txt").write_text(r.stdout)
+    (run_dir / "stderr.txt").write_text(r.stderr)
     return run_dir
+
+
+def test_plain_progress_lines_where_there_is_no_terminal(ref: Path) -> None:
+    """stderr to a pipe (Slurm, nohup, CI): no bar, but a plain line every train.log_every steps with the
+    epoch, step, loss, lr, speed and time left, and an epoch line with the validation loss and the time."""
+    err = (ref / "stderr.txt").read_text()
+    assert "\r" not in err and "it/s]" not in err  # no progress bar
+    steps = [ln for ln in err.splitlines() if re.match(r"epoch \d/2, step ", ln)]
+    assert [ln.split(":")[0] for ln in steps] == [
+        f"epoch {1 + s // SPE}/2, step {s - s // SPE * SPE}/{SPE}" for s in (10, 20, 30, 40)
+    ], err[-3000:]
+    number, hms = r"\d+\.\d{4}", r"\d+:\d\d:\d\d"
+    for ln in steps:
+        tail = rf": loss {number}, lr [\d.e+-]+, \d+ img/s, ETA {hms} epoch, {hms} run"
+        assert re.fullmatch(".*" + tail, ln), ln
+    records = _metrics(ref)
+    ends = [ln for ln in err.splitlines() if " done: train loss" in ln]
+    assert len(ends) == 2
+    for ln, rec in zip(ends, records):
+        assert ln.startswith(
+            f"epoch {rec['epoch']}/2 done: train loss {rec['train_loss']:.4f}, "
+            f"val loss {rec['val_loss']:.4f}, val top-1 {rec['val_top1']:.2f}%, "
+        ), ln
+        assert re.fullmatch(rf".*, \d+ img/s, epoch time {hms}", ln), ln
 
 
 def test_uninterrupted_run_writes_independent_files_with_the_umask(ref: Path) -> None:
@@ -175,14 +201,24 @@ def test_kill_9_during_a_checkpoint_write_loses_nothing(ref: Path, tmp_path: Pat
     assert_nothing_lost(tmp_path, ref, r.stdout)
 
 
-@pytest.mark.parametrize("step", [SPE, pytest.param(SPE + 8, marks=pytest.mark.slow)])
-def test_sigterm_then_resume_logs_the_epoch_as_if_uninterrupted(ref: Path, tmp_path: Path, step: int) -> None:
+@pytest.mark.parametrize(
+    ("step", "sig"),
+    [
+        (SPE, signal.SIGTERM),
+        pytest.param(SPE + 8, signal.SIGTERM, marks=pytest.mark.slow),
+        pytest.param(SPE, signal.SIGUSR1, marks=pytest.mark.slow),
+    ],
+)
+def test_sigterm_then_resume_logs_the_epoch_as_if_uninterrupted(
+    ref: Path, tmp_path: Path, step: int, sig: signal.Signals
+) -> None:
     """SIGTERM at an epoch's last step (or mid-epoch): the resumed epoch's line has the same train loss as the
-    straight run's (the partial sums travel in the checkpoint), never "train loss 0.0000, 0 img/s"."""
+    straight run's (the partial sums travel in the checkpoint), never "train loss 0.0000, 0 img/s". The exit
+    code is the shell's for that signal (143, SIGUSR1 138), so `train && evaluate` stops there."""
     proc = start_paused(tmp_path, f"step@{step}")
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(sig)
     out = proc.communicate(timeout=120)[0]
-    assert proc.returncode == 0 and "SIGTERM received" in out, out[-2000:]
+    assert proc.returncode == 128 + sig and f"{sig.name} received" in out, out[-2000:]
     stopped = load_train_checkpoint(tmp_path / "checkpoints" / "last.pth")
     assert stopped["step"] == step and not stopped["epoch_end"] and stopped["epoch_partial"]["loss_steps"] > 0
     r = run_cli(tmp_path)
@@ -208,6 +244,96 @@ def test_ctrl_c_saves_at_the_next_step_and_resumes_exactly(ref: Path, tmp_path: 
     r = run_cli(tmp_path, workers)
     assert r.returncode == 0, r.stderr[-3000:]
     assert_nothing_lost(tmp_path, ref, r.stdout)
+
+
+def test_sigterm_to_the_process_group_with_workers_saves_and_exits_143(ref: Path, tmp_path: Path) -> None:
+    """What `timeout`, Slurm (a job step) and Kubernetes send: SIGTERM to the whole process group, loader
+    workers included. Before, the workers died of it ("DataLoader worker ... killed by signal: Terminated",
+    a traceback, no checkpoint) and a stop exited 0; now the workers ignore it, the run saves at the next
+    step, says so in one line and exits 143 (128 + SIGTERM); the same command resumes it exactly."""
+    workers = "data.workers=2"
+    proc = start_paused(tmp_path, f"step@{SPE + 8}", workers, own_group=True)
+    os.killpg(proc.pid, signal.SIGTERM)
+    out = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 143, out[-3000:]
+    assert "Traceback" not in out and "killed by signal" not in out, out[-3000:]
+    (line,) = [ln for ln in out.splitlines() if "SIGTERM" in ln]
+    last = tmp_path / "checkpoints" / "last.pth"
+    assert line == (
+        f"convnext train: SIGTERM received; saved {last} at step {SPE + 8} (epoch 2, batch 8/{SPE}); resume "
+        f"with: convnext train --resume {last}"
+    )
+    stopped = load_train_checkpoint(last)
+    assert stopped["step"] == SPE + 8 and not stopped["epoch_end"]
+    r = run_cli(tmp_path, workers)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert_nothing_lost(tmp_path, ref, r.stdout)
+
+
+def test_double_ctrl_c_during_a_checkpoint_write_finishes_the_write(ref: Path, tmp_path: Path) -> None:
+    """Ctrl-C twice while last.pth is being written (the test hook stops the write after 4 KiB): before, the
+    second one raised KeyboardInterrupt inside torch.save (a traceback, exit 1); now both wait until every
+    file of the checkpoint is complete, then the run stops with 130 and no traceback, and resumes exactly."""
+    proc = start_paused(tmp_path, "last.tmp@1", own_group=True)
+    os.killpg(proc.pid, signal.SIGINT)
+    time.sleep(0.5)  # two signals, not one coalesced by the kernel
+    os.killpg(proc.pid, signal.SIGINT)
+    out = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 130, out[-3000:]
+    assert "Traceback" not in out, out[-3000:]
+    assert out.strip().splitlines()[-1] == "convnext train: interrupted", out[-3000:]
+    ckpts = tmp_path / "checkpoints"
+    assert sorted(p.name for p in ckpts.iterdir()) == ["best.pth", "epoch_0001.pth", "last.pth"]
+    assert load_train_checkpoint(ckpts / "last.pth")["epoch"] == 1
+    r = run_cli(tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert_nothing_lost(tmp_path, ref, r.stdout)
+
+
+def test_random_bytes_in_last_pth_are_named_as_not_a_checkpoint(ref: Path, tmp_path: Path) -> None:
+    """A last.pth of random bytes: one warning saying it is not a checkpoint, not torch's advice about mmap
+    and torch.save's zip format."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(ref, run_dir)
+    last = run_dir / "checkpoints" / "last.pth"
+    last.write_bytes(bytes(range(256)) * 64)
+    r = run_cli(run_dir)
+    assert r.returncode == 0, r.stderr[-3000:]
+    warnings = [ln for ln in r.stderr.splitlines() if "warning" in ln]
+    assert warnings == [
+        f"convnext train: warning: checkpoint {last} cannot be read (not a checkpoint: corrupt or truncated, "
+        "it is not the zip archive torch.save writes); resuming from the newest intact checkpoint "
+        f"{run_dir / 'checkpoints' / 'epoch_0002.pth'} (epoch 2)"
+    ], r.stderr[-3000:]
+
+
+@pytest.mark.parametrize("kept", [True, False], ids=["rebuilt", "lost"])
+def test_torn_metrics_line_before_a_later_checkpoint_is_rebuilt_or_named(
+    ref: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], kept: bool
+) -> None:
+    """metrics.jsonl ends in epoch 1's torn line, but last.pth is at epoch 2: epoch 1's record comes back
+    from epoch_0001.pth, which carries it (before, it was dropped without a word); with that checkpoint gone
+    one warning says the record is lost."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(ref, run_dir)
+    metrics = run_dir / "metrics.jsonl"
+    first = metrics.read_text().splitlines()[0]
+    metrics.write_text(first[:30])
+    if not kept:
+        (run_dir / "checkpoints" / "epoch_0001.pth").unlink()
+    assert main(["train", "--config", str(QUICK), *TINY, f"run.dir={run_dir}"]) == 0
+    err = capsys.readouterr().err
+    got = [r["epoch"] for r in _metrics(run_dir)]
+    if kept:
+        assert got == [1, 2] and _metrics(run_dir) == _metrics(ref)
+        assert f"rebuilt the record of epoch 1 from {run_dir / 'checkpoints' / 'epoch_0001.pth'}" in err, err
+    else:
+        assert got == [2]
+        lost = [ln for ln in err.splitlines() if "lost" in ln]
+        assert lost == [
+            f"convnext train: warning: {metrics}: the record of epoch 1 is lost (its line is missing or "
+            "torn, and no checkpoint of that epoch is kept)"
+        ], err
 
 
 def test_second_training_on_a_folder_is_refused_and_kill_9_leaves_no_stale_lock(

@@ -16,6 +16,7 @@ writing ``last.pth`` and ``best.pth`` is repaired on the next start (:meth:`Chec
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import pickle
@@ -23,10 +24,12 @@ import random
 import re
 import secrets
 import shutil
+import signal
 import sys
+import threading
 import time
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +48,11 @@ FORMAT, VERSION = TRAIN_FORMAT, TRAIN_VERSION
 # Points, in the order of an epoch's end: last.tmp (last.pth's temporary file half written), last (last.pth
 # replaced), epoch (epoch_XXXX.pth copied), best (best.pth copied), metrics (metrics.jsonl appended); and
 # step (after optimizer step <n>: there a SIGTERM/SIGUSR1 also ends the pause, and the run stops as usual).
+# At last.tmp, two signals held back by the write (a double Ctrl-C, see signals_held) end the pause too.
 TEST_PAUSE_ENV = "CONVNEXT_TEST_PAUSE_AT"
+# The signals a checkpoint write holds back until its files are complete (signals_held).
+HELD_SIGNALS = ("SIGINT", "SIGTERM", "SIGUSR1")
+_held_now: list[int] | None = None  # the signals held by the write under way
 
 
 def pause_for_test(point: str, n: int, until: Callable[[], bool] | None = None) -> None:
@@ -173,8 +180,41 @@ def _write_atomically(path: Path, write: Callable[[Any], None]) -> None:
     _fsync_dir(path.parent)
 
 
+@contextlib.contextmanager
+def signals_held() -> Iterator[list[int]]:
+    """Hold SIGINT, SIGTERM and SIGUSR1 back while the checkpoint files are written, then deliver them to the
+    handlers they were meant for, in order. A second Ctrl-C during a multi-gigabyte write would otherwise
+    raise KeyboardInterrupt inside torch.save (a traceback, exit 1, a temporary file to clean up); held, the
+    write completes and the Ctrl-C stops the run right after it. A no-op outside the main thread (Python
+    delivers signals only there)."""
+    global _held_now
+    held: list[int] = []
+    if threading.current_thread() is not threading.main_thread() or _held_now is not None:
+        yield held
+        return
+    old: dict[int, Any] = {}
+    for name in HELD_SIGNALS:
+        sig = getattr(signal, name, None)
+        if sig is not None:
+            old[sig] = signal.signal(sig, lambda signum, frame: held.append(signum))
+    _held_now = held
+    try:
+        yield held
+    finally:
+        _held_now = None
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+        for sig in held:  # as if each had come now: a KeyboardInterrupt stops the delivery of the rest
+            handler = old[sig]
+            if callable(handler):
+                handler(sig, None)
+            elif handler == signal.SIG_DFL:
+                signal.raise_signal(sig)
+
+
 class _PausingWriter:
-    """Test hook ``last.tmp@<epoch>``: stops the process after the first 4 KiB of a checkpoint are written."""
+    """Test hook ``last.tmp@<epoch>``: stops the process after the first 4 KiB of a checkpoint are written,
+    until it is killed or two signals are held back (see :func:`signals_held`)."""
 
     def __init__(self, f: Any, epoch: int) -> None:
         self.f, self.epoch, self.n = f, epoch, 0
@@ -184,7 +224,7 @@ class _PausingWriter:
         self.n += len(b)
         if self.n >= 4096:
             self.f.flush()
-            pause_for_test("last.tmp", self.epoch)
+            pause_for_test("last.tmp", self.epoch, until=lambda: len(_held_now or ()) >= 2)
         return out
 
     def flush(self) -> None:
@@ -293,6 +333,18 @@ def load_train_checkpoint(path: str | Path, *, mmap: bool = False) -> dict:
             check_archive(path)
         except UserError as e:
             raise UserError(f"checkpoint {path} cannot be read ({e})") from None
+    else:
+        with path.open("rb") as f:
+            head = f.read(2)
+        # torch.save writes a zip archive; only files of torch < 1.6 are a bare pickle (b"\x80" + protocol).
+        # Anything else (random bytes, a truncated zip, an HTML page) is named as such, not with torch's
+        # advice about mmap or weights_only.
+        if head[:1] != b"\x80" or head[1:2] not in (b"\x02", b"\x03", b"\x04", b"\x05"):
+            raise UserError(
+                f"checkpoint {path} cannot be read (not a checkpoint: corrupt or truncated, it is not the "
+                "zip archive torch.save writes)"
+            )
+        mmap = False  # torch maps only zip archives
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as e:  # any unreadable file is the user's file, one sentence
@@ -351,6 +403,10 @@ class CheckpointManager:
         the next start. A full disk is one sentence naming the file and the checkpoint that is intact.
         """
         self.folder.mkdir(parents=True, exist_ok=True)
+        with signals_held():  # a Ctrl-C (or SIGTERM) now acts once every file is complete
+            return self._save(state, epoch_end=epoch_end, is_best=is_best)
+
+    def _save(self, state: dict, *, epoch_end: bool, is_best: bool) -> Path:
         epoch = int(state["epoch"])
         had_last = self.last.exists()
         try:
@@ -429,6 +485,22 @@ class CheckpointManager:
         epoch, p = min(found, key=lambda t: (-t[0], t[1] == self.best))  # newest; epoch_XXXX before best
         warn(f"warning: {damaged[0]}; resuming from the newest intact checkpoint {p} (epoch {epoch})")
         return p
+
+    def epoch_record(self, epoch: int) -> tuple[dict, Path] | None:
+        """The metrics.jsonl record of ``epoch`` as an end-of-epoch checkpoint of this folder carries it, and
+        that file (epoch_XXXX.pth, else best.pth or last.pth when they hold that epoch); None when none does.
+        Read from the header only (``mmap``): the record is in the pickle, the weights stay on disk."""
+        for p in (self.epoch_file(epoch), self.best, self.last):
+            if not p.is_file():
+                continue
+            try:
+                ckpt = load_train_checkpoint(p, mmap=True)
+            except UserError:
+                continue
+            record = ckpt.get("metrics") or {}
+            if int(ckpt["epoch"]) == epoch and is_epoch_end(ckpt) and record.get("epoch") == epoch:
+                return dict(record), p
+        return None
 
     def repair_best(self, ckpt: dict, source: Path, warn: Callable[[str], None]) -> None:
         """Make best.pth the epoch ``ckpt`` names as the best (a kill may have come between writing last.pth

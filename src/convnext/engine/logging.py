@@ -89,15 +89,36 @@ def repair_metrics(
     epoch: int,
     last_record: dict[str, Any] | None = None,
     warn: Callable[[str], None] | None = None,
+    record_of: Callable[[int], tuple[dict[str, Any], Path] | None] | None = None,
 ) -> None:
     """Make metrics.jsonl hold epochs up to ``epoch`` once each, as the checkpoint resumed from says: drop
     records of epochs the checkpoint does not contain (a run killed after logging) and a torn last line
     (killed while appending); put back ``last_record`` (the checkpoint's own record of ``epoch``) when a kill
-    came between the checkpoint and its line. Rewritten atomically."""
+    came between the checkpoint and its line. An earlier epoch whose line is missing (torn) is rebuilt from
+    ``record_of(epoch)`` (the record an end-of-epoch checkpoint of the run folder carries, and that file),
+    else named as lost in one warning. Rewritten atomically."""
+    say = warn or (lambda m: warnings.warn(m, stacklevel=3))
     records = read_metrics(path, warn=warn) if path.exists() else []
     by_epoch = {r["epoch"]: r for r in records if r["epoch"] <= epoch}  # a repeated epoch: the later line
     if last_record and last_record.get("epoch") == epoch:
         by_epoch.setdefault(epoch, last_record)
+    lost = []
+    if record_of is not None and (records or path.exists()):
+        for e in range(1, epoch + 1):
+            if e in by_epoch:
+                continue
+            found = record_of(e)
+            if found is None:
+                lost.append(e)
+                continue
+            by_epoch[e] = found[0]
+            say(f"{path}: rebuilt the record of epoch {e} from {found[1]}")
+    if lost:
+        which = ", ".join(map(str, lost))
+        say(
+            f"warning: {path}: the record of epoch{'s' if len(lost) > 1 else ''} {which} is lost (its line "
+            "is missing or torn, and no checkpoint of that epoch is kept)"
+        )
     keep = [by_epoch[e] for e in sorted(by_epoch)]
     if not path.exists() and not keep:
         return
