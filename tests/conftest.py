@@ -6,6 +6,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from convnext.telemetry import disable_telemetry
+
+disable_telemetry()  # the suite opens no connection either (OpenVINO reports usage on import)
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 IMAGENET_SAMPLE = SHARED / "data" / "imagenet-sample" / "val"

@@ -398,3 +398,56 @@ def test_bf16_on_a_cpu_without_native_bf16_is_noted_once(monkeypatch, capsys) ->
         assert device.amp_dtype("bf16", torch.device("cpu")) is torch.bfloat16
     err = _lines(capsys.readouterr().err)
     assert len(err) == 1 and "no native bf16" in err[0] and "--amp bf16" in err[0]
+
+
+_NO_PHONING_HOME = """
+import json, os, sys
+
+log = os.environ["CONNECT_LOG"]
+LOCAL = {"127.0.0.1", "::1", "localhost", None}
+
+
+def hook(event, args):
+    host = None
+    if event == "socket.connect" and isinstance(args[1], tuple):
+        host = args[1][0]
+    elif event == "socket.getaddrinfo":
+        host = args[0].decode() if isinstance(args[0], bytes) else args[0]
+    else:
+        return
+    if host not in LOCAL:
+        with open(log, "a") as f:  # a telemetry thread swallows exceptions: the file tells
+            f.write(json.dumps([event, str(host)]) + "\\n")
+        raise ConnectionRefusedError(f"test: {event} to {host}")
+
+
+sys.addaudithook(hook)
+from convnext.cli.main import main
+
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_export_opens_no_connection_and_writes_nothing_home(run_dir: Path, tmp_path: Path) -> None:
+    """OpenVINO reports usage to Google Analytics on import and on every conversion (NNCF on quantize) and
+    keeps a client id in ~/intel, unless switched off: an export must open no connection it was not asked
+    for. Run as a user runs it: a fresh process, a HOME of its own, no CI variables."""
+    import os
+    import subprocess
+
+    pytest.importorskip("nncf")
+    home, log = tmp_path / "home", tmp_path / "connects.log"
+    home.mkdir()
+    env = {k: v for k, v in os.environ.items() if k not in ("CI", "TF_BUILD", "JENKINS_URL", "NNCF_CI")}
+    env.update(HOME=str(home), CONNECT_LOG=str(log))
+    for key in ("DO_NOT_TRACK", "HF_HUB_DISABLE_TELEMETRY", "MLFLOW_DISABLE_TELEMETRY"):
+        env.pop(key, None)
+    argv = ["export", "--weights", str(run_dir), "--precision", "int8", "--calibration-size", "8"]
+    proc = subprocess.run(
+        [sys.executable, "-c", _NO_PHONING_HOME, *argv, "--out", str(tmp_path / "q.xml")],
+        env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert not log.exists(), log.read_text()
+    assert not (home / "intel" / "openvino_ga_cid").exists()
+    assert not (home / "intel").exists()

@@ -17,6 +17,7 @@ import warnings
 from collections.abc import Sequence
 
 from ..errors import UserError
+from ..telemetry import disable_telemetry
 
 # verb -> module in convnext.cli; each module has ``register(subparsers)`` which sets ``func``.
 # fmt: off
@@ -51,6 +52,7 @@ def _verb_of(argv: Sequence[str]) -> str | None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    disable_telemetry()  # no dependency reports usage from a verb: convnext/telemetry.py
     verb = _verb_of(argv)
     parser = build_parser((verb,) if verb else VERBS)
     args, extra = parser.parse_known_args(argv)

@@ -51,7 +51,11 @@ OV_HINTS = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
 
 
 def require(module: str, purpose: str) -> Any:
-    """Import an optional package, or fail in one sentence naming the extra that installs it."""
+    """Import an optional package, or fail in one sentence naming the extra that installs it. Their usage
+    reporting is switched off first (``convnext.telemetry``): importing OpenVINO would report it."""
+    from ..telemetry import disable_telemetry
+
+    disable_telemetry()
     if module == "nncf":  # its import pulls in torch.utils.cpp_extension, which warns "no CUDA runtime"
         import logging
 
