@@ -167,7 +167,7 @@ def test_backend_benchmark_times_the_same_weights_in_each_runtime(tmp_path, caps
     report = json.loads(capsys.readouterr().out)
     torch_, bf16, int8 = report["results"]
     assert [r["backend"] for r in report["results"]] == ["torch", "torch-bf16", "openvino-int8"]
-    from convnext.models.cpu import cpu_has_native_bf16
+    from convnext.models.cpu import cpu_has_int8_dot, cpu_has_native_bf16
 
     assert torch_["precision"] == "fp32 (fused)"  # torch-bf16 is our fused bf16 model, as fast as ours gets
     assert bf16["precision"] == (
@@ -178,9 +178,14 @@ def test_backend_benchmark_times_the_same_weights_in_each_runtime(tmp_path, caps
     assert all(r["images_per_s"] > 0 and r["latency_ms"] > 0 and r["speedup_vs_torch"] > 0 for r in
                report["results"])  # fmt: skip
     assert report["img_size"] == 32 and report["model"] == "convnext_atto"
-    assert set(report["cpu_features"]) == {"AVX2", "AVX-512", "VNNI", "BF16", "AMX"}
+    assert set(report["cpu_features"]) == {"AVX2", "AVX-512", "VNNI", "BF16", "AMX"}  # yes or no each
     assert "openvino" in report["versions"]
-    assert report["notes"] == ["int8 calibrated on 300 images"]  # the checkpoint's own training data
+    # The checkpoint's own training data, then what this CPU lacks (AVX2-only, AVX-512, AMX hosts alike)
+    assert report["notes"][0] == "int8 calibrated on 300 images"
+    lacks = report["notes"][1:]
+    assert any(n.startswith("no VNNI/AMX") for n in lacks) == (not cpu_has_int8_dot())
+    assert any(n.startswith("no native bf16") for n in lacks) == (not cpu_has_native_bf16())
+    assert len(lacks) == (not cpu_has_int8_dot()) + (not cpu_has_native_bf16())
     table = format_backend_report(report)
     assert "ran as" in table and "CPU: AVX2" in table and "openvino-int8" in table
 

@@ -310,3 +310,29 @@ def test_predict_amp_bf16_runs_the_fused_bf16_model(imagenet_sample, tmp_path, c
         assert [t["prob"] for t in obj["top"]] == pytest.approx(
             p[[t["index"] for t in obj["top"]]].tolist(), abs=2e-6
         )
+
+
+def test_benchmark_torch_bf16_without_native_bf16_runs_what_it_reports(tmp_path) -> None:
+    """``benchmark --backend torch-bf16`` on a CPU without native bf16 (any CPU, capped to AVX2 as oneDNN
+    is by ONEDNN_MAX_CPU_ISA) says fp32 ran, and fp32 is what ran: its logits are the fp32 model's, not those
+    of a model half in emulated bf16 (the stem, downsampling and head under autocast: ~4e-3 off)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
+    out = tmp_path / "b.json"
+    argv = ["benchmark", "--backend", "torch-bf16", "--model", "convnext_atto", "--img-size", "32"]
+    argv += ["--batch-size", "2", "--repeats", "1", "--json", str(out)]
+    proc = subprocess.run(
+        [sys.executable, "-m", "convnext", *argv], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert not report["cpu_features"]["BF16"] and not report["cpu_features"]["AMX"]
+    torch_, bf16 = report["results"]
+    assert bf16["precision"] == "fp32 (fused; this CPU has no native bf16)"
+    assert bf16["max_rel_diff_vs_torch"] <= 1e-5 and torch_["max_rel_diff_vs_torch"] <= 1e-5
+    assert "torch-bf16 ran our fp32 model" in " ".join(report["notes"])
+    assert "fp32 (fused; this CPU has no native bf16)" in proc.stdout  # the table says it too

@@ -1,8 +1,9 @@
 """Deployment backends: the same weights in PyTorch, onnxruntime and OpenVINO, timed interleaved on CPU.
 
 ``torch`` is our fastest fp32 PyTorch (``fuse_for_inference``), the reference of every ratio; ``torch-bf16``
-our fastest bf16 PyTorch (``fuse_for_inference(dtype=torch.bfloat16)``, under autocast); the others run
-files exported (and verified) by ``convnext export`` into a temporary folder.
+our fastest bf16 PyTorch (``fuse_for_inference(dtype=torch.bfloat16)``), which on a CPU without native bf16
+is the fp32 model and is run, and reported, as fp32; the others run files exported (and verified) by
+``convnext export`` into a temporary folder.
 """
 
 from __future__ import annotations
@@ -120,9 +121,14 @@ def _runners(
         if b == "torch":
             runners[b] = TorchRunner(net, data, arch=arch, class_names=names, fuse=True, source=source)
         elif b == "torch-bf16":
-            runners[b] = TorchRunner(
+            r = TorchRunner(
                 net, data, arch=arch, class_names=names, amp=torch.bfloat16, fuse=True, source=source
             )
+            if r.model.compute_dtype == torch.float32:
+                # No native bf16: fuse_for_inference gave the fp32 model, and it runs as it is; autocast
+                # around it would run its stem, downsampling and head in emulated bf16, neither fp32 nor bf16.
+                r.amp = None
+            runners[b] = r
         else:
             fmt, precision = BACKEND_EXPORT[b]
             say(f"exporting for {b}")
@@ -180,7 +186,7 @@ def _cpu_notes(chosen: tuple[str, ...]) -> list[str]:
     if any(b.startswith("openvino-int8") for b in chosen) and not cpu_has_int8_dot():
         notes.append("no VNNI/AMX on this CPU: int8 runs without int8 dot-product instructions")
     if "torch-bf16" in chosen and not cpu_has_native_bf16():
-        notes.append("no native bf16 on this CPU: bf16 is emulated (slower than fp32)")
+        notes.append("no native bf16 on this CPU: torch-bf16 ran our fp32 model (emulated bf16 is slower)")
     return notes
 
 
