@@ -269,3 +269,33 @@ def test_evaluate_errors_are_one_line(tmp_path: Path, atto_ckpt: Path, capsys) -
         err = capsys.readouterr().err.strip().splitlines()
         assert rc == 2, argv
         assert len(err) == 1 and err[0].startswith("convnext evaluate: error: ") and needle in err[0], err
+
+
+# ------------------------------------------------------------------------- small custom datasets
+TINY_NAMES = ["apple", "banana", "cherry"]
+
+
+def tiny_run(root: Path, names: list[str] = TINY_NAMES, seed: int = 0) -> Path:
+    """A training run folder of a seeded random convnext_atto with ``names`` (32 px, crop 1.0): the
+    cheapest real weights a verb accepts, with class names."""
+    import convnext
+    from convnext.engine.checkpoint import train_state
+    from convnext.engine.config import TrainConfig, to_dict
+
+    cfg = TrainConfig()
+    cfg.model.name = "convnext_atto"
+    cfg.data.img_size, cfg.data.crop_pct = 32, 1.0
+    torch.manual_seed(seed)
+    model = convnext.create_model("convnext_atto", num_classes=len(names))
+    run = root / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    ckpt = train_state(
+        arch="convnext_atto",
+        model=model.state_dict(),
+        epoch=1,
+        step=1,
+        config=to_dict(cfg),
+        class_names=names,
+    )
+    torch.save(ckpt, run / "checkpoints" / "last.pth")
+    return run

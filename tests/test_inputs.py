@@ -11,6 +11,7 @@ import re
 import struct
 import zlib
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -337,3 +338,85 @@ def test_predict_names_each_file_once(trained_run, capsys) -> None:
         "--max-pixels N or data.max_pixels=N, 0 for no limit"
     )
     assert rc == 1 and out == [f"{p}: error: cannot read image ({why})" for p in good["a"][:2]]
+
+
+# ------------------------------------------------------------------- FIFOs, devices, hard links
+def _within(seconds: float, fn: Any, *args: Any) -> Any:
+    """fn(*args) in a daemon thread: a read that blocks (a FIFO) fails the test instead of hanging it."""
+    import threading
+
+    box: dict = {}
+
+    def call() -> None:
+        try:
+            box["value"] = fn(*args)
+        except BaseException as e:  # handed back to the test
+            box["error"] = e
+
+    t = threading.Thread(target=call, daemon=True)
+    t.start()
+    t.join(seconds)
+    assert not t.is_alive(), f"{fn.__name__} still running after {seconds} s (blocked reading?)"
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
+def test_fifo_and_device_are_refused_without_reading(tmp_path: Path) -> None:
+    os.mkfifo(tmp_path / "pipe.jpg")
+    os.symlink("/dev/zero", tmp_path / "zero.png")
+    for name, what in (("pipe.jpg", "a named pipe"), ("zero.png", "a character device")):
+        assert _within(20, check_file, tmp_path / name) == f"not a regular file: {what}"
+        with pytest.raises(ImageError) as e:
+            _within(20, load_image, tmp_path / name)
+        assert e.value.why == f"not a regular file: {what}" and e.value.cause == "unreadable"
+
+
+def test_evaluate_names_special_files_and_counts_hard_links_once(tmp_path: Path) -> None:
+    """A FIFO and a link to /dev/zero in a class folder are named as dropped (unread); a hard link to an
+    image, in its own class folder or in another one, counts once, as a symlink always did. In a
+    subprocess with a timeout, so that a hang fails the test."""
+    import subprocess
+    import sys
+
+    from test_evaluate import TINY_NAMES, tiny_run
+
+    run = tiny_run(tmp_path)
+    data = tmp_path / "data"
+    for k, c in enumerate(TINY_NAMES):
+        (data / c).mkdir(parents=True)
+        for i in range(2):
+            Image.fromarray(_rgb(10 * k + i)).save(data / c / f"{i}.png")
+    os.link(data / "apple" / "0.png", data / "apple" / "0_again.png")
+    os.link(data / "apple" / "1.png", data / "cherry" / "apple_1.png")  # the same file, another class
+    os.mkfifo(data / "banana" / "pipe.png")
+    os.symlink("/dev/zero", data / "cherry" / "zero.png")
+    js = tmp_path / "m.json"
+    cmd = [sys.executable, "-m", "convnext.cli.main", "evaluate", "--weights", str(run), "--data", str(data),
+           "--workers", "0", "--json", str(js), "--per-class", str(tmp_path / "pc.csv")]  # fmt: skip
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    m = json.loads(js.read_text())
+    assert m["n"] == 6  # two files per class: the hard links add nothing
+    assert m["dropped_files"] == [
+        {"path": str(data / "banana" / "pipe.png"), "reason": "not a regular file: a named pipe"},
+        {"path": str(data / "cherry" / "zero.png"), "reason": "not a regular file: a character device"},
+    ]
+    rows = (tmp_path / "pc.csv").read_text().splitlines()[1:]
+    assert [int(r.split(",")[2]) for r in rows] == [2, 2, 2]  # apple_1.png counts in apple, where it is first
+    assert f"  {data / 'banana' / 'pipe.png'} (not a regular file: a named pipe)" in r.stdout.splitlines()
+
+
+def test_unique_files_by_inode_keeps_the_file_before_its_links(tmp_path: Path) -> None:
+    from convnext.data.images import unique_files, walk_files
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "x.png").write_bytes(b"x")
+    os.symlink(tmp_path / "b" / "x.png", tmp_path / "a" / "link.png")  # walked first, a symlink
+    os.link(tmp_path / "b" / "x.png", tmp_path / "b" / "y.png")
+    os.symlink(tmp_path / "gone.png", tmp_path / "a" / "broken.png")
+    (tmp_path / "b" / "z.png").write_bytes(b"z")
+    entries = list(walk_files(tmp_path, set()))
+    kept = [Path(entries[i][0]).relative_to(tmp_path).as_posix() for i in unique_files(entries)]
+    assert kept == ["a/broken.png", "b/x.png", "b/z.png"]

@@ -280,3 +280,109 @@ def test_expand_inputs_lists_each_real_file_once(tmp_path: Path) -> None:
         str(d / "sub" / "c.jpeg"),
         str(tmp_path / "absent.jpg"),
     ]
+
+
+# ------------------------------------------------------------------------------ --cam-class, hostile names
+def test_class_index_by_name_synonym_case_or_index_and_close_names() -> None:
+    from convnext.errors import UserError
+    from convnext.inference.predict import class_index
+
+    names = ["tench, Tinca tinca", "crane", "crane", "goldfish, Carassius auratus", "7"]
+    assert class_index("tench, Tinca tinca", names) == 0
+    assert class_index("Tinca tinca", names) == class_index("TENCH", names) == 0  # a synonym, any case
+    assert class_index("3", names) == 3 and class_index("7", names) == 4  # a name before an index
+    with pytest.raises(UserError, match=r"'crane' names 2 classes of the model: 1 \('crane'\), 2"):
+        class_index("crane", names)
+    with pytest.raises(UserError) as e:
+        class_index("goldfsh", names, "w.pth")
+    assert str(e.value) == (
+        "class 'goldfsh' is not one of the 5 classes of w.pth (close names: 'goldfish, Carassius auratus'; "
+        "or pass an index 0-4)"
+    )
+    with pytest.raises(UserError, match="no class name is close"):
+        class_index("zebra", names)
+
+
+def test_cli_cam_class_draws_the_chosen_class(tmp_path: Path, capsys) -> None:
+    from test_evaluate import tiny_run
+    from torchvision.io import write_png
+
+    run = tiny_run(tmp_path)
+    img = tmp_path / "x.png"
+    write_png(torch.randint(0, 256, (3, 40, 48), dtype=torch.uint8), str(img))
+    out, js = tmp_path / "cams", tmp_path / "p.jsonl"
+    base = ["predict", str(img), "--weights", str(run), "--topk", "3"]
+    assert main([*base, "--json"]) == 0
+    top = json.loads(capsys.readouterr().out)["top"]
+    last = top[-1]  # the least likely class: not the top-1
+    for spec in (last["class"].upper(), str(last["index"])):
+        assert main([*base, "--cam", str(out), "--cam-class", spec, "--json", str(js)]) == 0
+        obj = json.loads(js.read_text())
+        assert obj["cam_class"] == {"index": last["index"], "class": last["class"], "prob": last["prob"]}
+        assert obj["top"] == top and obj["cam"] == str(out / f"x_cam_{last['class']}.png")
+        text = capsys.readouterr().out.splitlines()
+        assert text[-1] == f"Grad-CAM of {last['class']} ({last['prob'] * 100:.2f}%): {obj['cam']}"
+    for argv, needle in (
+        ([*base, "--cam", str(out), "--cam-class", "banan"], "class 'banan' is not one of the 3 classes of"),
+        ([*base, "--cam-class", "banana"], "--cam-class needs --cam"),
+    ):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and needle in err[0], err
+
+
+def test_fifo_and_device_link_are_refused_unread(tmp_path: Path) -> None:
+    """A FIFO blocked predict until a writer came, a link to /dev/zero read until memory ran out: both are
+    one error line, unread, and the other images are predicted (exit 1). In a subprocess with a timeout,
+    so that a hang fails the test instead of stalling the suite."""
+    import os
+    import subprocess
+    import sys
+
+    from test_evaluate import tiny_run
+    from torchvision.io import write_png
+
+    run = tiny_run(tmp_path)
+    d = tmp_path / "imgs"
+    d.mkdir()
+    write_png(torch.randint(0, 256, (3, 40, 48), dtype=torch.uint8), str(d / "good.png"))
+    os.mkfifo(d / "pipe.jpg")
+    os.symlink("/dev/zero", d / "zero.jpg")
+    cmd = [sys.executable, "-m", "convnext.cli.main", "predict", str(d), str(d / "pipe.jpg"), "--weights",
+           str(run), "--json", "--no-progress"]  # fmt: skip
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1, r.stderr[-2000:]
+    lines = {json.loads(ln)["path"]: json.loads(ln) for ln in r.stdout.splitlines()}
+    assert sorted(lines) == [str(d / n) for n in ("good.png", "pipe.jpg", "zero.jpg")]  # the FIFO once
+    assert "top" in lines[str(d / "good.png")]
+    assert lines[str(d / "pipe.jpg")]["error"] == "cannot read image (not a regular file: a named pipe)"
+    assert lines[str(d / "zero.jpg")]["error"] == "cannot read image (not a regular file: a character device)"
+    assert "2 of 3 image(s) could not be read" in r.stderr
+
+
+def test_control_characters_in_names_are_quoted_in_text_exact_in_json(tmp_path: Path, capsys) -> None:
+    from test_evaluate import tiny_run
+    from torchvision.io import write_png
+
+    run = tiny_run(tmp_path)
+    d = tmp_path / "imgs"
+    d.mkdir()
+    names = ["new\nline.png", "tab\there.png", "esc\x1b[31mred.png", "plain name.png"]
+    for n in names:
+        write_png(torch.randint(0, 256, (3, 40, 48), dtype=torch.uint8), str(d / n))
+    (d / "broken\nfile.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 30)
+    out = tmp_path / "cams"
+    assert main(["predict", str(d), "--weights", str(run), "--topk", "1", "--cam", str(out)]) == 1
+    text = capsys.readouterr().out.splitlines()
+    broken = str(d / "broken\nfile.png")
+    assert f"{broken!r}: error: cannot read image (truncated or corrupt)" in text
+    for n in names[:3]:
+        assert repr(str(d / n)) in text  # one line, quoted and escaped
+    assert str(d / "plain name.png") in text  # printable names as they are
+    assert not any(ln.startswith(("line.png", "here.png", "file.png")) for ln in text)
+    assert all(ln.isprintable() for ln in text)
+    cams = [p.name for p in out.iterdir()]  # the figures' own names have no control characters
+    assert len(cams) == 4 and all(n.isprintable() for n in cams), cams
+    assert main(["predict", str(d), "--weights", str(run), "--topk", "1", "--json"]) == 1
+    got = [json.loads(ln)["path"] for ln in capsys.readouterr().out.splitlines()]
+    assert sorted(got) == sorted(str(d / n) for n in [*names, "broken\nfile.png"])

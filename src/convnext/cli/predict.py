@@ -4,7 +4,10 @@ Output per image: the path, then one line per class in the original project's fo
 (``f"{name:<75} ({prob:.2f}%)"``); ``--json``: one JSON object per line per image, on stdout instead
 of the text (``--json``, ``--json -``) or written to a ``.json``/``.jsonl`` file with the text kept. An
 unreadable image prints ``<path>: error: cannot read image (<why>)`` (stdout, in place), the rest are
-still predicted, and the exit code is 1.
+still predicted, and the exit code is 1; so does anything but a regular file (a FIFO, a link to
+/dev/zero), refused unread. A file name with a newline or another control character is printed quoted
+(Python's repr) in the text, exactly in the JSON. ``--cam-class NAME`` draws the Grad-CAM of that class
+(name or index) instead of the top-1's.
 """
 
 from __future__ import annotations
@@ -46,6 +49,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_json(p, "one object per image, one per line,")
     p.add_argument(
         "--cam", metavar="OUTDIR", help="write a Grad-CAM overlay PNG of the top-1 class per image"
+    )
+    p.add_argument(
+        "--cam-class",
+        metavar="NAME",
+        help="with --cam: the Grad-CAM of this class (a name, e.g. the true class of a mistake, or an index) "
+        "instead of the top-1",
     )
     p.add_argument(
         "--classes",
@@ -94,6 +103,13 @@ def run(args: argparse.Namespace) -> int:
             f"{runner.backend} file"
         )
     shown = display_names(names, loaded.num_classes)
+    cam_class = None
+    if args.cam_class is not None:
+        if not args.cam:
+            raise UserError("--cam-class needs --cam OUTDIR (where the Grad-CAM figures go)")
+        from ..inference.predict import class_index
+
+        cam_class = class_index(args.cam_class, shown, loaded.checkpoint)
     if args.max_pixels is not None:
         import dataclasses
 
@@ -113,43 +129,58 @@ def run(args: argparse.Namespace) -> int:
         amp_dtype=dtype,
         progress=len(paths) > args.batch_size and show_progress(args),
         class_names=shown,
+        cam_class=cam_class,
     )
-    failed = _print_predictions(preds, shown, args.json, text=not json_only(args))
+    failed = _print_predictions(preds, shown, args.json, text=not json_only(args), cam_class=cam_class)
     if failed:
         print(f"convnext predict: {failed} of {len(paths)} image(s) could not be read", file=sys.stderr)
         return 1
     return 0
 
 
-def prediction_json(pred: Any, shown: list[str]) -> dict[str, Any]:
-    """One image's ``--json`` object: its path and top-k (index, class, prob), or its error."""
+def prediction_json(pred: Any, shown: list[str], cam_class: int | None = None) -> dict[str, Any]:
+    """One image's ``--json`` object: its path and top-k (index, class, prob), or its error; with
+    ``--cam-class`` also the CAM's class and its probability."""
     if pred.error is not None:
         return {"path": pred.path, "error": pred.error}
     top = [{"index": i, "class": shown[i], "prob": round(p, 6)} for i, p in zip(pred.indices, pred.probs)]
     obj: dict[str, Any] = {"path": pred.path, "top": top}
     if pred.cam_path:
         obj["cam"] = pred.cam_path
+        if cam_class is not None and pred.cam_prob is not None:
+            obj["cam_class"] = {
+                "index": cam_class,
+                "class": shown[cam_class],
+                "prob": round(pred.cam_prob, 6),
+            }
     return obj
 
 
-def _print_predictions(preds: Any, shown: list[str], json_target: str | None, *, text: bool) -> int:
-    """Each prediction as it comes: JSON lines (stdout or FILE) and/or the text. Returns the failures."""
+def _print_predictions(
+    preds: Any, shown: list[str], json_target: str | None, *, text: bool, cam_class: int | None = None
+) -> int:
+    """Each prediction as it comes: JSON lines (stdout or FILE) and/or the text. Returns the failures.
+    A file name with a newline or another control character is quoted in the text (``shown_path``), so
+    that one image is one block of lines; the JSON has it exactly."""
+    from ..inference.report import shown_path
+
     failed = 0
     with json_output(json_target) if json_target else nullcontext(None) as jf:
         for pred in preds:
             failed += pred.error is not None
             if jf is not None:
-                jf.write(json.dumps(prediction_json(pred, shown)) + "\n")
+                jf.write(json.dumps(prediction_json(pred, shown, cam_class)) + "\n")
                 jf.flush()
             if not text:
                 continue
             if pred.error is not None:
-                print(f"{pred.path}: error: {pred.error}")
+                print(f"{shown_path(pred.path)}: error: {pred.error}")
             else:
-                print(pred.path)
+                print(shown_path(pred.path))
                 for i, p in zip(pred.indices, pred.probs):
                     print(f"{shown[i]:<75} ({p * 100:.2f}%)")
                 if pred.cam_path:
-                    print(f"Grad-CAM: {pred.cam_path}")
+                    of = "" if cam_class is None else f" of {shown[cam_class]} ({pred.cam_prob * 100:.2f}%)"
+                    print(f"Grad-CAM{of}: {shown_path(pred.cam_path)}")
             sys.stdout.flush()
     return failed

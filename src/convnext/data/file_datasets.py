@@ -220,11 +220,12 @@ def _class_files(split_dir: Path, folders: list[str], index: dict[str, int]) -> 
     """(file, class index) under each class folder, each real folder walked once and each real file
     counted once: a link loop (``cat/loop -> ..``) or a link into another class folder adds nothing (the
     split folder and every class folder are claimed before the walk), a second link to the same file
-    neither. A class folder that is a link to another class folder gets no files."""
+    neither, symbolic or hard (the first in walk order counts, in its class). A class folder that is a link
+    to another class folder gets no files. FIFOs and devices are listed, for the scan to name them."""
     keys = {c: dir_key(split_dir / c) for c in folders}
     seen = {dir_key(split_dir), *keys.values()}
     walked: set[tuple[int, int]] = set()
-    entries: list[tuple[str, str, bool]] = []
+    entries: list[tuple[str, str, bool, tuple[int, int, int] | None]] = []
     targets: list[int] = []
     for c in folders:
         if keys[c] in walked:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import io
 import os
+import stat
 import struct
 import threading
 from collections.abc import Iterator
@@ -128,14 +129,33 @@ def pixel_limit_why(width: int, height: int, max_pixels: int, frames: int = 1) -
     )
 
 
+_NOT_REGULAR = (
+    (stat.S_ISFIFO, "a named pipe"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISDIR, "a folder"),
+)
+
+
+def not_regular_why(mode: int) -> str:
+    """The cause for a path that is not a regular file: reading a FIFO blocks until a writer comes, a
+    character device such as /dev/zero or /dev/urandom never ends, so neither is opened for reading."""
+    what = next((name for test, name in _NOT_REGULAR if test(mode)), "a special file")
+    return f"not a regular file: {what}"
+
+
 def check_file(
     path: str | os.PathLike, *, headers: bool = True, max_pixels: int = DEFAULT_MAX_PIXELS
 ) -> str | None:
-    """Why ``path`` is not a usable image ("empty file", "not an image", "... above the limit ..."), or
-    None when it looks fine. Reads at most 32 bytes."""
+    """Why ``path`` is not a usable image ("empty file", "not an image", "... above the limit ...", "not a
+    regular file: a named pipe"), or None when it looks fine. Reads at most 32 bytes, and none from
+    anything but a regular file (a FIFO would block, /dev/zero never ends)."""
     try:
-        size = os.path.getsize(path)
-        if size == 0:
+        st = os.stat(path)  # follows links: a link to /dev/zero is a device
+        if not stat.S_ISREG(st.st_mode):
+            return not_regular_why(st.st_mode)
+        if st.st_size == 0:
             return "empty file"
         if headers:
             with open(path, "rb") as f:
@@ -289,7 +309,13 @@ def load_image(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS)
     """
     path = str(path)
     try:
-        with open(path, "rb") as f:
+        # O_NONBLOCK: opening a FIFO returns at once instead of waiting for a writer; fstat on what was
+        # opened (not a stat before the open) decides, so the file cannot be swapped in between
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+        with os.fdopen(fd, "rb") as f:
+            mode = os.fstat(f.fileno()).st_mode
+            if not stat.S_ISREG(mode):
+                raise ImageError(path, not_regular_why(mode), UNREADABLE)
             data = f.read()
     except OSError as e:
         raise ImageError(path, f"unreadable: {e.strerror or e}", UNREADABLE) from None
@@ -306,12 +332,20 @@ def dir_key(path: str | os.PathLike) -> tuple[int, int]:
     return st.st_dev, st.st_ino
 
 
-def walk_files(top: str | os.PathLike, seen_dirs: set[tuple[int, int]]) -> Iterator[tuple[str, str, bool]]:
-    """Every non-hidden file under ``top`` as (path, real path, is a symlink), following directory links
-    but entering each real directory once: a link loop (``loop -> ..``) or a second link to a folder
+FileKey = tuple[int, int, int]  # (st_dev, st_ino, st_nlink) of what a path leads to
+
+
+def walk_files(
+    top: str | os.PathLike, seen_dirs: set[tuple[int, int]]
+) -> Iterator[tuple[str, str, bool, FileKey | None]]:
+    """Every non-hidden file under ``top`` as (path, real path, is a symlink, key), following directory
+    links but entering each real directory once: a link loop (``loop -> ..``) or a second link to a folder
     already walked (its (st_dev, st_ino) in ``seen_dirs``, which this updates) adds nothing. ``top`` itself
     is walked even when it is in ``seen_dirs``. Sorted, files of a folder before its sub-folders (the order
-    of ``os.walk``); broken links are listed (so they can be reported), FIFOs and devices are not.
+    of ``os.walk``). Broken links, FIFOs, devices and links to them are listed too, so that they can be
+    reported (:func:`check_file` names them without opening them). ``key`` is (st_dev, st_ino, st_nlink)
+    of the file a path leads to (None for a broken link): :func:`unique_files` counts each file once by it,
+    whatever the number of hard or symbolic links to it.
 
     Hand-written because ``os.walk(followlinks=True)`` recurses through loops until the path is too long.
     """
@@ -338,25 +372,44 @@ def walk_files(top: str | os.PathLike, seen_dirs: set[tuple[int, int]]) -> Itera
                         subdirs.append((e.path, sub_real))
                     continue
                 link = e.is_symlink()
-                if e.is_file(follow_symlinks=False) or (link and (e.is_file() or not os.path.exists(e.path))):
-                    yield e.path, (os.path.realpath(e.path) if link else os.path.join(real, e.name)), link
+                try:
+                    st = e.stat()  # the target's (one lstat for a plain file; cached by the DirEntry)
+                    file_key: FileKey | None = (st.st_dev, st.st_ino, st.st_nlink)
+                except OSError:  # a broken link, a link loop: listed, to be named
+                    if not link:
+                        raise
+                    file_key = None
+                yield (
+                    e.path,
+                    (os.path.realpath(e.path) if link else os.path.join(real, e.name)),
+                    link,
+                    file_key,
+                )
             except OSError:
                 continue
         stack.extend(reversed(subdirs))
 
 
-def unique_files(entries: list[tuple[str, str, bool]]) -> list[int]:
-    """Indices of ``entries`` (from :func:`walk_files`) to keep so that each real file counts once:
-    regular files first (each real folder was walked once, so they are distinct), then links whose target
-    is not already there. Builds a set only when there are links (1.28M paths cost ~200 MB)."""
-    if not any(link for _, _, link in entries):
-        return list(range(len(entries)))
-    have = {real for _, real, link in entries if not link}
-    keep = []
-    for i, (_, real, link) in enumerate(entries):
-        if link:
-            if real in have:
-                continue
-            have.add(real)
-        keep.append(i)
-    return keep
+def unique_files(entries: list[tuple[str, str, bool, FileKey | None]]) -> list[int]:
+    """Indices of ``entries`` (from :func:`walk_files`) to keep so that each file counts once, however many
+    hard or symbolic links lead to it: by its (st_dev, st_ino), the file itself before a symlink to it,
+    else the first in walk order. Broken links are all kept (to be reported).
+
+    Nothing to compare in the common case (no symlinks, no file with a second hard link); otherwise numpy
+    arrays, not a set of tuples: a folder made by ``convnext prepare`` is hard links throughout, and 1.28M
+    Python tuples would cost ~200 MB where the arrays take 40 MB."""
+    n = len(entries)
+    if not any(link or (key is not None and key[2] > 1) for _, _, link, key in entries):
+        return list(range(n))
+    known = [i for i, e in enumerate(entries) if e[3] is not None]
+    dev = np.fromiter((entries[i][3][0] for i in known), dtype=np.uint64, count=len(known))  # type: ignore[index]
+    ino = np.fromiter((entries[i][3][1] for i in known), dtype=np.uint64, count=len(known))  # type: ignore[index]
+    link = np.fromiter((entries[i][2] for i in known), dtype=np.uint8, count=len(known))
+    pos = np.asarray(known, dtype=np.int64)
+    order = np.lexsort((pos, link, ino, dev))  # by file, then the file itself before links, then walk order
+    first = np.ones(len(order), dtype=bool)
+    first[1:] = (dev[order][1:] != dev[order][:-1]) | (ino[order][1:] != ino[order][:-1])
+    keep = np.zeros(n, dtype=bool)
+    keep[pos[order[first]]] = True
+    keep[[i for i, e in enumerate(entries) if e[3] is None]] = True
+    return np.flatnonzero(keep).tolist()

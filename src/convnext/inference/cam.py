@@ -179,13 +179,16 @@ def cam_figure(
     title: str = "",
     layer: str = "",
     alpha: float = 0.45,
+    top1: tuple[str, float] | None = None,
 ) -> Figure:
     """The original (left) and the Grad-CAM overlay (right) side by side, a colour bar for the heat map,
     and the predicted class with its probability on top.
 
     ``image``: uint8 (3, H, W), the ORIGINAL image; ``cam``: the map over the center crop ``box`` the
     model saw (``crop_box``); ``title``: a second line (e.g. the file name); ``layer``: which feature map
-    the CAM comes from. Images below PANEL_MIN pixels are enlarged by a whole factor, above PANEL_MAX
+    the CAM comes from; ``top1``: (class, probability) of the top-1 when the CAM is of another class
+    (``label``, e.g. the true one of a mistake), said beside the title. Images below PANEL_MIN pixels are
+    enlarged by a whole factor, above PANEL_MAX
     reduced (``display_scale``); both panels are drawn pixel for pixel (no resampling by matplotlib).
     """
     from matplotlib import colormaps
@@ -239,10 +242,13 @@ def cam_figure(
 
     chars = max(12, int((width - 2 * _M) / 10.5))  # ~10 px per character at 15 pt bold
     p = f" ({prob * 100:.1f}%)"
-    head = f"top-1: {label}{p}"
+    kind = "top-1: " if top1 is None else "class: "
+    head = f"{kind}{label}{p}"
     if len(head) > chars:
-        head = f"top-1: {label[: chars - len(p) - 8].rstrip()}…{p}"
+        head = f"{kind}{label[: chars - len(p) - 8].rstrip()}…{p}"
     fig.text(_M / width, 1 - 8 / height, head, fontsize=15, weight="bold", va="top", ha="left")
+    if top1 is not None:
+        title = f"top-1: {top1[0]} ({top1[1] * 100:.1f}%)" + (f" | {title}" if title else "")
     if title:
         sub = title if len(title) <= int(chars * 1.6) else "…" + title[-int(chars * 1.6) + 1 :]
         fig.text(_M / width, 1 - 34 / height, sub, fontsize=9, color="0.35", va="top", ha="left")
@@ -256,8 +262,9 @@ def cam_figure(
     fig.text(_M / width, y_cap, f"input {w}x{h} px{shown}", fontsize=8, color="0.3", va="top")
     where = f"{layer}, " if layer else ""
     outside = ", outside the crop dimmed" if ax_img.patches else ""
+    of = "top-1 class" if top1 is None else "the class above"
     fig.text(
-        (_M + pw + _GAP) / width, y_cap, f"Grad-CAM ({where}top-1 class{outside})", fontsize=8, color="0.3",
+        (_M + pw + _GAP) / width, y_cap, f"Grad-CAM ({where}{of}{outside})", fontsize=8, color="0.3",
         va="top",
     )  # fmt: skip
     return fig

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import glob
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,31 +25,79 @@ class Prediction:
     probs: list[float] = field(default_factory=list)  # softmax probabilities in [0, 1]
     error: str | None = None  # why the image could not be read
     cam_path: str | None = None
+    cam_prob: float | None = None  # the probability of --cam-class's class, when one is chosen
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _label(names: list[str] | None, c: int) -> str:
+    return names[c] if names and c < len(names) else f"class {c}"
+
+
+def class_index(spec: str, names: list[str], where: str = "the model") -> int:
+    """The class ``spec`` names (``predict --cam-class``): a class name as the checkpoint spells it, one
+    of the comma-separated names of an ImageNet description ("tench" of "tench, Tinca tinca"), any case,
+    or an index. A name no class has is one sentence listing the closest ones (difflib)."""
+    from ..errors import UserError
+
+    exact = [i for i, n in enumerate(names) if n == spec]
+    if len(exact) == 1:
+        return exact[0]
+    want = spec.strip().casefold()
+    hits = [
+        i
+        for i, n in enumerate(names)
+        if want in {n.casefold(), *(x.strip().casefold() for x in n.split(","))}
+    ]
+    hits = exact or hits
+    if len(hits) == 1:
+        return hits[0]
+    if hits:
+        shown = ", ".join(f"{i} ({names[i]!r})" for i in hits)
+        raise UserError(f"class {spec!r} names {len(hits)} classes of {where}: {shown}; pass the index")
+    if spec.strip().isdigit() and int(spec) < len(names):
+        return int(spec)
+    import difflib
+
+    first = {n.split(",")[0].strip(): n for n in names}
+    close = difflib.get_close_matches(spec, [*names, *first], n=5, cutoff=0.6)
+    close = list(dict.fromkeys(first.get(c, c) for c in close))
+    hint = f"close names: {', '.join(repr(c) for c in close)}" if close else "no class name is close"
+    raise UserError(
+        f"class {spec!r} is not one of the {len(names)} classes of {where} ({hint}; or pass an index "
+        f"0-{len(names) - 1})"
+    )
 
 
 def expand_inputs(inputs: list[str]) -> list[str]:
     """Files as given, folders searched recursively for images, globs expanded; sorted within each input.
-    Each real file once, each real folder walked once (a link loop such as ``loop -> ..`` or a folder
-    given twice adds nothing). A name that matches nothing is kept, so that it gets its own error line."""
+    Each file once (by (st_dev, st_ino): a symbolic or hard link to a file already listed adds nothing),
+    each real folder walked once (a link loop such as ``loop -> ..`` or a folder given twice adds nothing).
+    A name that matches nothing, a broken link, a FIFO or a device is kept, so that it gets its own error
+    line (:func:`~convnext.data.images.load_image` refuses the last two without reading them)."""
     out: list[str] = []
     seen_dirs: set[tuple[int, int]] = set()
-    seen_files: set[str] = set()
+    seen_files: set[tuple[int, int]] = set()
 
-    def add(path: str, real: str) -> None:
-        if real not in seen_files:
-            seen_files.add(real)
+    def add(path: str, key: tuple[int, ...] | None) -> None:
+        if key is None:
+            out.append(path)
+        elif key[:2] not in seen_files:
+            seen_files.add(key[:2])  # type: ignore[arg-type]
             out.append(path)
 
     def expand(p: Path, shown: str) -> None:
         if p.is_dir():
             if dir_key(p) in seen_dirs:
                 return
-            for path, real, _ in walk_files(p, seen_dirs):
+            for path, _, _, key in walk_files(p, seen_dirs):
                 name = os.path.basename(path)
                 if name.lower().endswith(IMG_EXTENSIONS):
-                    add(path, real)
+                    add(path, key)
         elif p.exists():
-            add(shown, os.path.realpath(p))
+            st = os.stat(p)
+            add(shown, (st.st_dev, st.st_ino))
         else:
             out.append(shown)
 
@@ -77,6 +126,7 @@ def predict_paths(
     amp_dtype: torch.dtype | None = None,
     progress: bool = False,
     class_names: list[str] | None = None,
+    cam_class: int | None = None,
 ) -> Iterator[Prediction]:
     """Yield one Prediction per path, in order; unreadable files (including images above
     ``data.max_pixels``, refused from their header before decoding) yield an error and do not stop the
@@ -85,7 +135,9 @@ def predict_paths(
     Images are decoded with torchvision.io (PIL fallback), transformed exactly as in evaluation, and run
     ``batch_size`` at a time. With ``cam_dir``, a Grad-CAM figure of the top-1 class is written per image
     as ``<cam_dir>/<stem>_cam_<class>.png`` (``cam.cam_figure``: the original and the overlay side by side,
-    class and probability on top; ``class_names`` name the classes, "class N" otherwise).
+    class and probability on top; ``class_names`` name the classes, "class N" otherwise). ``cam_class``
+    (an index, see :func:`class_index`): the Grad-CAM of that class instead of the top-1, the evidence
+    the model saw for the class it should have chosen.
     """
     from tqdm import tqdm
 
@@ -118,20 +170,34 @@ def predict_paths(
         if cam is not None:
             from .cam import cam_filename, crop_box, write_cam_png
 
-            maps, _ = cam(x, idx[:, 0])
+            chosen = idx[:, 0] if cam_class is None else torch.full_like(idx[:, 0], cam_class)
+            maps, _ = cam(x, chosen)
             where = f"{cam.layer_name}, {cam.map_size[0]}x{cam.map_size[1]} map" if cam.map_size else ""
-            for pred, (p, orig, _), m in zip(preds, batch, maps):
-                c = pred.indices[0]
-                label = class_names[c] if class_names and c < len(class_names) else f"class {c}"
-                stem, j = Path(p).stem, 1
+            for i, (pred, (p, orig, _), m) in enumerate(zip(preds, batch, maps)):
+                c = int(chosen[i])
+                label, prob = _label(class_names, c), float(probs[i, c])
+                top1 = None if cam_class is None else (_label(class_names, pred.indices[0]), pred.probs[0])
+                stem, j = _CONTROL.sub("_", Path(p).stem), 1  # no newline in a file name of ours
                 name = cam_filename(stem, label)
                 while name in used_names:  # same file name in two folders
                     name, j = cam_filename(f"{stem}_{j}", label), j + 1
                 used_names.add(name)
                 box = crop_box(orig.shape[1], orig.shape[2], data.img_size, data.crop_pct, data.crop_mode)
                 out = Path(cam_dir) / name  # type: ignore[arg-type]
-                write_cam_png(out, orig, m.cpu(), box, label=label, prob=pred.probs[0], title=p, layer=where)
+                write_cam_png(
+                    out,
+                    orig,
+                    m.cpu(),
+                    box,
+                    label=label,
+                    prob=prob,
+                    title=p if p.isprintable() else repr(p),
+                    layer=where,
+                    top1=top1,
+                )
                 pred.cam_path = str(out)
+                if cam_class is not None:
+                    pred.cam_prob = prob
         bar.update(len(batch))
         return preds
 

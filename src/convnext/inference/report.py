@@ -19,6 +19,13 @@ MOST_CONFUSED = 30  # classes in the reduced matrix
 PAIRS_SHOWN = 25  # confused pairs listed beside the reduced matrix (the CSV has them all)
 
 
+def shown_path(path: str) -> str:
+    """A file name as the text output prints it: as it is, unless it holds a newline, a tab, an escape
+    sequence or another unprintable character (a name with a newline would read as two names, neither of
+    which exists); then Python's repr, quoted and escaped. The JSON outputs keep the exact name."""
+    return path if path.isprintable() else repr(path)
+
+
 def per_class_rows(predictions: torch.Tensor, targets: torch.Tensor, names: list[str]) -> list[dict]:
     """One row per class present in the data: index, name, n, top1 and top5 (percent)."""
     rows = []
