@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -104,7 +105,9 @@ def test_every_tracker_gets_the_run_and_a_resume_continues_it(stores: Path) -> N
         w.add_scalar("step/loss", 123.0, 30)
     result = train(load_config(QUICK, [*TINY, "epochs=2", f"run.dir={run}"]))
     assert result.epoch == 2
-    assert json.loads((run / STATE_FILE).read_text()) == state
+    ids = {name: {k: v for k, v in entry.items() if k != "logged"} for name, entry in state.items()}
+    now = json.loads((run / STATE_FILE).read_text())
+    assert {name: {k: v for k, v in entry.items() if k != "logged"} for name, entry in now.items()} == ids
     records = read_metrics(run)
     assert [r["epoch"] for r in records] == [1, 2]
 
@@ -157,6 +160,43 @@ def test_every_tracker_gets_the_run_and_a_resume_continues_it(stores: Path) -> N
     assert [r["global_step"] for r in rows if "step/loss" in r] == [10, 20, 30, 40]
     assert [r["global_step"] for r in rows if r.get("curves/_type") == "image-file"] == [22, 44]
     assert all(len(list(f.glob("files/media/images/curves_*.png"))) == 1 for f in folders)
+
+
+def test_a_resume_after_kill_9_logs_each_step_once(stores: Path) -> None:
+    """kill -9 at step 31 (step 30 logged, the checkpoint at step 22): the resumed run does steps 23-31 again,
+    and MLflow (which keeps every point it gets) must not get step 30 twice."""
+    run = stores / "run"
+    argv = [sys.executable, "-m", "convnext.cli.main", "train", "--config", str(QUICK), *TINY, "epochs=2"]
+    proc = subprocess.Popen(
+        [*argv, f"run.dir={run}"],
+        cwd=ROOT,
+        env={**os.environ, "CONVNEXT_TEST_PAUSE_AT": "step@31", "PYTHONUNBUFFERED": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,  # its own group: the kill takes wandb's service along, as on a lost node
+    )
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        if line.startswith("convnext-test: paused at step@31"):
+            break
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.communicate(timeout=60)
+    assert seen and seen[-1].startswith("convnext-test: paused"), "".join(seen)[-3000:]
+    result = train(load_config(QUICK, [*TINY, "epochs=2", f"run.dir={run}"]))  # resumes at step 22
+    assert result.epoch == 2
+    state = json.loads((run / STATE_FILE).read_text())
+    assert state["mlflow"]["logged"] == {"step": 40, "epoch": 2}
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(state["mlflow"]["tracking_uri"])
+    run_id = state["mlflow"]["run_id"]
+    for key in ("step/loss", "step/lr"):
+        assert [m.step for m in client.get_metric_history(run_id, key)] == [10, 20, 30, 40], key
+    assert [m.step for m in client.get_metric_history(run_id, "epoch/train_loss")] == [1, 2]
+    # W&B is not checked: what its service wrote of the killed run before the kill took it is a race
 
 
 def test_only_a_resumed_run_continues_its_mlflow_run(stores: Path, monkeypatch: pytest.MonkeyPatch) -> None:

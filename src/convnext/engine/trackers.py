@@ -26,6 +26,15 @@ Where things go:
   ``convnext``; ``WANDB_MODE=offline`` (or ``disabled``) and every other ``WANDB_*`` variable are wandb's
   own. Step metrics use ``global_step`` and epoch metrics ``epoch`` as their x axis (``define_metric``).
 
+One point per step in MLflow, as in metrics.jsonl, after a resume too: MLflow keeps every point logged, a
+repeated step included (it cannot delete one), and a run killed after its checkpoint (kill -9, a node lost)
+had logged the steps the resumed run does again. So trackers.json also records the last step and epoch
+MLflow acknowledged (its client logs synchronously), and a resumed run logs only past those (the numbers are
+the same: resume is exact; a resume from an older checkpoint keeps the points MLflow has up to there, where
+TensorBoard drops them). W&B is left to log them again: wandb's service buffers its writes, and a kill of
+the process group loses what it had not written (offline, a killed run's transaction log held nothing),
+so skipping would only widen that gap.
+
 A tracker failing in the middle of a run (a tracking server going away) prints one warning and is dropped:
 training goes on, metrics.jsonl has every record.
 """
@@ -133,6 +142,26 @@ class Tracker:
     is "finished", "stopped" (a stop signal after a checkpoint: the run will be resumed) or "failed"."""
 
     name = ""
+    run_dir: Path
+    state: dict[str, Any]  # this tracker's entry of trackers.json: its run's id and the last x logged
+    logged: dict[str, int]  # kind -> the last x this tracker's run has (a resume skips up to there)
+
+    def _remember(self, entry: dict[str, Any], saved: dict[str, Any]) -> None:
+        """Keep ``entry`` (the run's id) in trackers.json, with the points logged so far when ``saved`` (the
+        entry read at the start) is of the same run."""
+        same = all(saved.get(k) == v for k, v in entry.items())
+        self.logged = {k: int(v) for k, v in saved.get("logged", {}).items()} if same else {}
+        self.state = {**entry, "logged": dict(self.logged)}
+        write_state(self.run_dir, self.name, self.state)
+
+    def _new_point(self, kind: str, x: int) -> bool:
+        """Whether ``x`` is past what this tracker's run has already (else a resumed run logs it twice)."""
+        return x > self.logged.get(kind, -1)
+
+    def _logged(self, kind: str, x: int) -> None:
+        self.logged[kind] = x
+        self.state["logged"] = dict(self.logged)
+        write_state(self.run_dir, self.name, self.state)
 
     def describe(self) -> str:
         raise NotImplementedError
@@ -249,11 +278,9 @@ class MLflowTracker(Tracker):
                 f"{where} is not reachable ({_first_line(e)}); start the tracking server, fix "
                 "MLFLOW_TRACKING_URI, or drop mlflow from run.loggers"
             ) from None
-        write_state(
-            run_dir,
-            "mlflow",
-            {"tracking_uri": uri, "experiment_id": self.experiment_id, "run_id": self.run_id},
-        )
+        self.run_dir = run_dir
+        entry = {"tracking_uri": uri, "experiment_id": self.experiment_id, "run_id": self.run_id}
+        self._remember(entry, saved)
 
     def _experiment_id(self, MlflowException: type) -> str:
         if os.environ.get("MLFLOW_EXPERIMENT_ID"):
@@ -287,9 +314,12 @@ class MLflowTracker(Tracker):
     def log_metrics(self, kind: str, x: int, scalars: dict[str, float]) -> None:
         from mlflow.entities import Metric
 
+        if not self._new_point(kind, x):
+            return
         now = int(time.time() * 1000)
         metrics = [Metric(f"{kind}/{k}", float(v), now, x) for k, v in scalars.items()]
         self.client.log_batch(self.run_id, metrics=metrics)
+        self._logged(kind, x)
 
     def log_files(self, files: dict[str, Path], step: int) -> None:
         for path in files.values():
@@ -339,6 +369,8 @@ class WandbTracker(Tracker):
         return f"W&B run {self.run.id} ({where})"
 
     def log_metrics(self, kind: str, x: int, scalars: dict[str, float]) -> None:
+        # No skipping here (see the module docstring): wandb's service buffers, and a kill takes what it had
+        # not written with it, so what the run holds past its checkpoint is unknown; a resume logs it again.
         axis = "global_step" if kind == "step" else "epoch"
         self.run.log({axis: x, **{f"{kind}/{k}": v for k, v in scalars.items()}})
 
