@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from imagenet_downloads import write_imagenet_downloads, write_tar
 
 from convnext.cli.main import main as cli
 from convnext.data import DataConfig, build_dataset, imagenet1k_wnids
@@ -426,68 +427,12 @@ def test_a_failed_prepare_removes_what_it_wrote_and_only_that(tmp_path: Path, mo
 
 
 # ------------------------------------------------------------------------------- ImageNet as downloaded
-def _tar(path: Path, members: dict[str, bytes], mode: str = "w") -> Path:
-    import io
-    import tarfile
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tarfile.open(path, mode) as tf:
-        for name, data in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tf.addfile(info, io.BytesIO(data))
-    return path
-
-
-def _devkit(path: Path, id_to_wnid: dict[int, str], truth: list[int]) -> Path:
-    """ILSVRC2012_devkit_t12.tar.gz as downloaded: meta.mat (leaf synsets plus a parent, as the real one
-    has 1860 synsets of which 1000 leaves) and the ground truth, under ILSVRC2012_devkit_t12/data/."""
-    import io
-
-    from scipy.io import savemat
-
-    fields = [("ILSVRC2012_ID", "O"), ("WNID", "O"), ("words", "O"), ("num_children", "O")]
-    rec = np.zeros(len(id_to_wnid) + 1, dtype=fields)
-    for k, (i, w) in enumerate(id_to_wnid.items()):
-        rec[k] = (i, w, "words", 0)
-    rec[-1] = (1001, "n00001740", "entity", 3)  # not a class: torchvision keeps num_children == 0 only
-    buf = io.BytesIO()
-    savemat(buf, {"synsets": rec})
-    top = "ILSVRC2012_devkit_t12/data/"
-    return _tar(
-        path,
-        {
-            f"{top}meta.mat": buf.getvalue(),
-            f"{top}ILSVRC2012_validation_ground_truth.txt": "".join(f"{t}\n" for t in truth).encode(),
-        },
-        "w:gz",
-    )
-
-
 def _imagenet_downloads(src: Path, sample: Path) -> tuple[list[str], dict[str, bytes]]:
     """The three archives as image-net.org serves them, with real photos: 3 classes of 2 train images
     (one class also holding a file that is not an image) and 4 val images."""
     wnids = sorted(d.name for d in sample.iterdir())[:3]
     photos = {w: next((sample / w).iterdir()).read_bytes() for w in wnids}
-    inner = {}
-    for w in wnids:
-        files = {f"{w}_{10 + i}.JPEG": photos[w] for i in range(2)}
-        if w == wnids[1]:
-            files[f"{w}_99.JPEG"] = b"<html>not found</html>"
-        inner[f"{w}.tar"] = _tar(src / "inner" / f"{w}.tar", files).read_bytes()
-    _tar(src / "ILSVRC2012_img_train.tar", inner)
-    # devkit ids are not the sorted-wnid order: id 1 -> wnids[2], id 2 -> wnids[0], id 3 -> wnids[1]
-    truth = [2, 3, 1, 2]
-    id_to_wnid = {1: wnids[2], 2: wnids[0], 3: wnids[1]}
-    by_id = {i: photos[w] for i, w in id_to_wnid.items()}
-    _tar(
-        src / "ILSVRC2012_img_val.tar",
-        {f"ILSVRC2012_val_{k + 1:08d}.JPEG": by_id[t] for k, t in enumerate(truth)},
-    )
-    _devkit(src / "ILSVRC2012_devkit_t12.tar.gz", id_to_wnid, truth)
-    import shutil
-
-    shutil.rmtree(src / "inner")
+    write_imagenet_downloads(src, photos)
     return wnids, photos
 
 
@@ -572,8 +517,22 @@ def test_imagenet_archive_failures_leave_nothing(
     assert sorted(str(p.relative_to(dst)) for p in dst.rglob("*")) == ["notes.txt", "train"]
     monkeypatch.setattr(prep._Writer, "write_stream", write)
 
+    # a class archive inside is cut short (the outer archive is whole): found while streaming, and what
+    # the run wrote before it is removed
+    import tarfile
+
+    train = src / "ILSVRC2012_img_train.tar"
+    with tarfile.open(train) as tf:
+        inner = {m.name: tf.extractfile(m).read() for m in tf}
+    last = sorted(inner)[-1]
+    inner[last] = inner[last][:1500]
+    write_tar(train, inner)
+    with pytest.raises(UserError, match=rf"ILSVRC2012_img_train.tar:{last} cannot be read .*incomplete"):
+        prepare("imagenet", src, dst, progress=False)
+    assert sorted(str(p.relative_to(dst)) for p in dst.rglob("*")) == ["notes.txt", "train"]
+
     # the train archive holds something other than class archives: refused up front
-    _tar(src / "ILSVRC2012_img_train.tar", {"n01440764_1.JPEG": b"x", "n01440764.tar": b""})
+    write_tar(src / "ILSVRC2012_img_train.tar", {"n01440764_1.JPEG": b"x", "n01440764.tar": b""})
     with pytest.raises(UserError, match=r"holds n01440764_1.JPEG, not a <wnid>.tar of an ImageNet-1k class"):
         prepare("imagenet", src, dst, progress=False)
     assert sorted(str(p.relative_to(dst)) for p in dst.rglob("*")) == ["notes.txt", "train"]

@@ -21,12 +21,14 @@ def _dataset(name: str) -> str:
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "prepare",
-        help="turn a raw dataset layout (ImageNet devkit val, Tiny-ImageNet, Caltech, CIFAR, ...) into "
-        "an image folder",
+        help="turn a raw dataset layout (the ImageNet archives, Tiny-ImageNet, Caltech, CIFAR, class "
+        "folders, ...) into an image folder",
         description="Write DST/train/<class>/, DST/val/<class>/ and DST/classes.txt from a raw dataset "
-        "layout. JPEGs are hard-linked (or copied), never re-encoded; MNIST/CIFAR become PNG files. "
-        "The source is checked before anything is written, and a failed run removes what it wrote. "
-        "Then train with data.root=DST.",
+        "layout. JPEGs are hard-linked (or copied), never re-encoded; images in the ImageNet archives "
+        "(ILSVRC2012_img_train.tar, ILSVRC2012_img_val.tar with ILSVRC2012_devkit_t12.tar.gz) are "
+        "written straight from the archives, with no extraction beside them; MNIST/CIFAR become PNG "
+        "files. The source is checked before anything is written, a failed run removes what it wrote, "
+        "and a second run adds only what is missing. Then train with data.root=DST.",
     )
     p.add_argument(
         "dataset",
@@ -34,20 +36,24 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="dataset",
         help=f"one of: {', '.join(PREPARABLE)} (or {', '.join(sorted(ALIASES))})",
     )
-    p.add_argument("src", help="the raw dataset folder (as extracted from its archives)")
+    p.add_argument(
+        "src",
+        help="the raw dataset folder (as extracted; for imagenet also the folder of the downloaded archives)",
+    )
     p.add_argument("dst", help="output folder (created)")
     p.add_argument(
         "--link",
         choices=LINKS,
         default=None,
-        help="hard (hard links, default; copies across file systems), copy, or symlink",
+        help="hard (hard links, default; copies across file systems), copy, or symlink (files inside "
+        "archives are always written)",
     )
     p.add_argument("--mode", choices=tuple(_OLD_MODES), help=argparse.SUPPRESS)  # deprecated: --link
     p.add_argument(
         "--val-fraction",
         type=float,
         default=0.2,
-        help="Caltech, pooled mini-ImageNet: share of each class that goes to val (default 0.2)",
+        help="folders, Caltech, pooled mini-ImageNet: share of each class that goes to val (default 0.2)",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of that split (default 0)")
     add_progress(p)

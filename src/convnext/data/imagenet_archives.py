@@ -38,6 +38,7 @@ _META = "data/meta.mat"
 _TRUTH = "data/ILSVRC2012_validation_ground_truth.txt"
 _MAX_DEVKIT_FILE = 64 << 20  # the real meta.mat is ~2 MB, the ground truth ~200 KB
 _END = 2 * tarfile.BLOCKSIZE  # every complete tar ends with two zero blocks
+_BUFSIZE = 1 << 16
 _VAL_NUMBER = re.compile(r"_(\d+)\.\w+$")
 
 
@@ -186,11 +187,11 @@ def scan_val_archive(path: Path, labels: dict[int, str], source: str) -> Source:
         w = labels[n]
         if not is_imagenet_wnid(w):
             raise UserError(f"ImageNet: {source} labels {m.name} with {w}, which is not an ImageNet-1k class")
-        names.add(f"{w}/{os.path.basename(m.name)}")
+        names.add(os.path.join(w, os.path.basename(m.name)))
         nbytes += m.size
     if not names:
         raise UserError(f"ImageNet: {path} holds no images")
-    wnids = sorted({n.split("/")[0] for n in names})
+    wnids = sorted({n.split(os.sep)[0] for n in names})
     return Source("val", "val", path, wnids, nbytes, names=names, labels=labels)
 
 
@@ -210,14 +211,27 @@ class _Counted(io.RawIOBase):
         return n or 0
 
 
+class _Data:
+    """A member's data stream whose read errors (a tar cut short inside the member) name the archive."""
+
+    def __init__(self, f: IO[bytes], where: object) -> None:
+        self.f, self.where = f, where
+
+    def read(self, n: int = -1) -> bytes:
+        try:
+            return self.f.read(n)
+        except (tarfile.TarError, EOFError) as e:
+            raise _damaged(self.where, e) from None
+
+
 def _stream(fileobj: IO[bytes], size: int, where: object) -> Iterator[tuple[tarfile.TarInfo, IO[bytes]]]:
     """The regular members of a tar read as a stream (mode 'r|'), each with its data as a stream; a tar cut
     short is refused (the data of each member is checked by tarfile, the end blocks here)."""
     try:
-        with tarfile.open(fileobj=fileobj, mode="r|") as tf:
+        with tarfile.open(fileobj=fileobj, mode="r|", bufsize=_BUFSIZE) as tf:
             for m in tf:
                 if m.isreg():
-                    yield m, tf.extractfile(m)  # type: ignore[misc]
+                    yield m, _Data(tf.extractfile(m), where)  # type: ignore[arg-type, misc]
             end = tf.offset
     except (tarfile.TarError, EOFError) as e:
         raise _damaged(where, e) from None

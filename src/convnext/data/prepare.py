@@ -1,13 +1,17 @@
 """``convnext prepare``: a raw dataset layout -> ImageFolder (DST/{train,val}/<class>/<file>, classes.txt).
 
 JPEGs are never decoded: files are hard-linked (default; instant, no extra space, falls back to a copy
-across file systems), copied, or symlinked. MNIST/CIFAR (arrays) are written as PNG. classes.txt holds the
+across file systems), copied, or symlinked. ImageNet's archives as downloaded are read once as streams and
+each image written straight to its class folder (imagenet_archives.py): no extraction beside them, so no
+second copy of the dataset. MNIST/CIFAR (arrays) are written as PNG. classes.txt holds the
 class list in index order; build_dataset reads it, so the prepared folder keeps the dataset's own class
 index (e.g. Tiny-ImageNet's 200 wnids are not re-mapped to ImageNet-1k's 1000).
 
 Nothing is written before the whole source is read and checked: each layout's signature (ImageNet: wnid
-class folders or flat val images with devkit/LOC labels; Tiny-ImageNet: wnids.txt and train/<wnid>/images;
-MNIST: four valid idx files; CIFAR: every batch's MD5), every listed file present. A failure while writing
+class folders or flat val images with devkit/LOC labels, the archives' headers and free space for their
+images; Tiny-ImageNet: wnids.txt and train/<wnid>/images; MNIST: four valid idx files; CIFAR: every batch's
+MD5), every listed file present. (Inside an archive, an image that is not one is known only when it is
+read: it is left out and named at the end.) A failure while writing
 (or Ctrl-C) removes every file and folder this run created and nothing else, so DST never holds a half
 dataset that a later ``train`` would read as complete. Files already in DST with the same size are kept
 (a second run adds only what is missing).
