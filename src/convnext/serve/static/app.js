@@ -1,10 +1,15 @@
 // convnext serve: the page. Plain JavaScript, no build step: pick or drop an image, POST it to /v1/predict,
-// draw the top-5 as bars; the Grad-CAM toggle asks the server for the heat map of the top class.
+// draw the top-5 (or every class, for a model with fewer) as bars; the Grad-CAM toggle asks the server for
+// the heat map of the top class. An error replaces the previous result: no old bars beside a new error.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
+const TOPK = 5;
 let current = null; // {file, result, camResult}
 let maxUploadBytes = Infinity; // from /v1/model: a file over it is refused here, without uploading it
+let numClasses = null; // from /v1/model: a 2-class fine-tune shows 2 bars, not an error about topk=5
+let latest = 0; // the newest upload: an older answer that arrives late is dropped
+let photoUrl = null;
 
 function showError(message) {
   $("error").textContent = message;
@@ -14,10 +19,12 @@ function showError(message) {
 async function post(file, withCam) {
   const body = new FormData();
   body.append("file", file);
+  const params = new URLSearchParams({ cam: withCam });
+  if (numClasses) params.set("topk", Math.min(TOPK, numClasses));
   const t0 = performance.now();
   let response;
   try {
-    response = await fetch(`/v1/predict?topk=5&cam=${withCam}`, { method: "POST", body });
+    response = await fetch(`/v1/predict?${params}`, { method: "POST", body });
   } catch (e) {
     throw new Error("The server cannot be reached; is convnext serve still running?");
   }
@@ -75,26 +82,45 @@ function showCam(on) {
   }
 }
 
+function clearResult() {
+  current = null;
+  $("result").hidden = true;
+  $("bars").replaceChildren();
+  $("latency").textContent = "";
+  $("photo").removeAttribute("src");
+  $("cam-image").removeAttribute("src");
+  $("cam-image").hidden = true;
+  $("colorbar").hidden = true;
+  if (photoUrl) URL.revokeObjectURL(photoUrl);
+  photoUrl = null;
+}
+
 async function classify(file) {
   showError("");
   if (!file) return;
+  const mine = ++latest;
   if (file.size > maxUploadBytes) {
     const mb = (n) => (n / 2 ** 20).toFixed(1);
+    clearResult();
     showError(`${file.name} is ${mb(file.size)} MB, over the server's ${mb(maxUploadBytes)} MB limit.`);
     return;
   }
   const withCam = $("cam-toggle").checked;
-  const url = URL.createObjectURL(file);
   try {
     const result = await post(file, withCam);
+    if (mine !== latest) return;
+    clearResult();
     current = { file, result, camResult: withCam ? result : null };
+    photoUrl = URL.createObjectURL(file);
     const photo = $("photo");
-    photo.src = url;
     photo.onload = () => photo.classList.toggle("pixelated", photo.naturalWidth < 128);
+    photo.src = photoUrl;
     $("result").hidden = false;
     drawBars(result);
     showCam(withCam);
   } catch (e) {
+    if (mine !== latest) return;
+    clearResult(); // the bars of the previous image must not stand beside this image's error
     showError(e.message);
   }
 }
@@ -125,6 +151,7 @@ async function loadInfo() {
           `${info.model} · ${info.num_classes} classes · ${info.backend} ${info.precision} on ${info.device} · ` +
           `${info.preprocessing.img_size} px`;
         $("cam-toggle").disabled = !info.cam;
+        numClasses = info.num_classes;
         maxUploadBytes = info.limits.max_upload_mb * 2 ** 20;
         return;
       }
