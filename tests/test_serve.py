@@ -58,6 +58,34 @@ def train_digits(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return run
 
 
+def tiny_weights(path: Path, labels: list[str]) -> Path:
+    """An untrained convnext_atto with one class per label, written as ``convnext convert --to ours``
+    writes a checkpoint (class names inside): a fine-tune's shape in a fraction of a second."""
+    import convnext
+    from convnext.weights.write import write
+
+    model = convnext.create_model("convnext_atto", num_classes=len(labels))
+    write(
+        model.state_dict(),
+        path,
+        "ours",
+        arch="convnext_atto",
+        class_names=labels,
+        data_config=None,
+        source="t",
+    )
+    return path
+
+
+def tiny_png(path: Path, side: int = 40, seed: int = 0) -> Path:
+    from torchvision.io import encode_png
+
+    g = torch.Generator().manual_seed(seed)
+    img = torch.randint(0, 256, (3, side, side), dtype=torch.uint8, generator=g)
+    path.write_bytes(encode_png(img).numpy().tobytes())
+    return path
+
+
 def predict_json(files: list[str], run: Path, topk: int = 5, cam_dir: Path | None = None) -> dict[str, dict]:
     """`convnext predict --json` on the same files: its code path, in this process."""
     out = io.StringIO()
@@ -279,6 +307,27 @@ def test_metrics_are_prometheus_text(client, samples: list[str]) -> None:
     assert metric(client, "convnext_serve_queue_depth") == 0  # nothing waiting now
 
 
+def test_topk_over_the_class_count_returns_every_class(client, samples: list[str], tmp_path: Path) -> None:
+    """topk=5 (what clients ask by habit) on a 2- or 3-class fine-tune is every class, best first, not a
+    400: transformers' image-classification pipeline clamps its top_k the same way."""
+    png = Path(samples[0]).read_bytes()
+    ten = client.post("/v1/predict", params={"topk": 10}, files={"file": png}).json()["predictions"]
+    many = client.post("/v1/predict", params={"topk": 1000}, files={"file": png})
+    assert many.status_code == 200 and many.json()["predictions"] == ten and len(ten) == 10
+    for labels in (["cat", "dog"], ["red", "green", "blue"]):
+        weights = tiny_weights(tmp_path / f"{len(labels)}.safetensors", labels)
+        app = create_app(lambda w=weights: load_runner(str(w), device="cpu", img_size=32), ServeSettings())
+        with ThreadedServer(app) as srv, httpx.Client(base_url=srv.url, timeout=30) as c:
+            wait_ready(srv.url)
+            for params in ({"topk": 5}, {}):
+                r = c.post("/v1/predict", params=params, files={"file": png})
+                assert r.status_code == 200, r.text
+                preds = r.json()["predictions"]
+                assert sorted(p["label"] for p in preds) == sorted(labels)
+                assert [p["prob"] for p in preds] == sorted((p["prob"] for p in preds), reverse=True)
+            assert_error(c.post("/v1/predict", params={"topk": 0}, files={"file": png}), 400, "1 or more")
+
+
 # ------------------------------------------------------------------------------------------ bad input
 def test_bad_inputs_are_4xx_with_one_sentence(client, server, samples: list[str]) -> None:
     png = Path(samples[0]).read_bytes()
@@ -297,10 +346,11 @@ def test_bad_inputs_are_4xx_with_one_sentence(client, server, samples: list[str]
         # wrong field name; a text field called file
         (client.post("/v1/predict", files={"image": ("a.png", png, "image/png")}), 400, "'file'"),
         (client.post("/v1/predict", data={"file": "text"}, files={"x": b"1"}), 400, "file upload"),
-        # topk out of range, not a number; a cam flag that is neither true nor false
+        # topk below 1, not a whole number; a cam flag that is neither true nor false
         (client.post("/v1/predict", params={"topk": 0}, files={"file": png}), 400, "topk"),
-        (client.post("/v1/predict", params={"topk": 11}, files={"file": png}), 400, "1 to 10"),
+        (client.post("/v1/predict", params={"topk": -3}, files={"file": png}), 400, "1 or more"),
         (client.post("/v1/predict", params={"topk": "five"}, files={"file": png}), 400, "topk"),
+        (client.post("/v1/predict", params={"topk": "2.5"}, files={"file": png}), 400, "topk"),
         (client.post("/v1/predict", params={"cam": "maybe"}, files={"file": png}), 400, "cam"),
         # a body that is neither multipart nor image/*; a multipart body without its boundary
         (client.post("/v1/predict", json={"image": "x"}), 415, "application/json"),
@@ -418,6 +468,8 @@ def test_healthz_503_until_the_model_is_loaded(digits_run: Path) -> None:
 def test_cli_refuses_bad_flags_and_unloadable_weights(tmp_path: Path, capsys) -> None:
     assert main(["serve", "--weights", "x.pth", "--max-batch", "0"]) == 2
     assert "--max-batch must be at least 1" in capsys.readouterr().err
+    assert main(["serve", "--weights", "x.pth", "--read-timeout-s", "0"]) == 2
+    assert "--read-timeout-s must be positive" in capsys.readouterr().err
     # weights that do not load: the server stops by itself and the command says why, exit 2
     assert (
         main(["serve", "--weights", str(tmp_path / "none.pth"), "--port", "0", "--log-level", "critical"])
@@ -478,10 +530,13 @@ def test_exported_files_pick_their_runtime_and_never_offer_grad_cam(digits_run: 
 
 
 def test_sigterm_finishes_in_flight_requests_and_exits_0(digits_run: Path, samples: list[str]) -> None:
+    """An upload in flight at SIGTERM finishes and is answered. One whose client stopped mid-body is
+    cancelled by uvicorn when --graceful-timeout is over: it used to get a plain-text 500 and print a
+    traceback; now 503 JSON, and the exit is still 0."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     cmd = [sys.executable, "-m", "convnext.cli.main", "serve", "--weights", str(digits_run), "--port", "0"]
     proc = subprocess.Popen(
-        [*cmd, "--no-access-log", "--device", "cpu"],
+        [*cmd, "--no-access-log", "--device", "cpu", "--graceful-timeout", "5", "--read-timeout-s", "120"],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         env=env,
@@ -500,6 +555,8 @@ def test_sigterm_finishes_in_flight_requests_and_exits_0(digits_run: Path, sampl
         head = "POST /v1/predict HTTP/1.1\r\nHost: t\r\nContent-Type: image/png\r\n"
         head += f"Content-Length: {len(png)}\r\n\r\n"
         s.sendall(head.encode() + png[:100])
+        stalled = socket.create_connection((u.hostname, u.port), timeout=30)  # will never send the rest
+        stalled.sendall(head.encode() + png[:100])
         time.sleep(0.3)
         proc.send_signal(signal.SIGTERM)
         # no new connections once shutting down
@@ -519,13 +576,16 @@ def test_sigterm_finishes_in_flight_requests_and_exits_0(digits_run: Path, sampl
         s.close()
         assert data.startswith(b"HTTP/1.1 200"), data[:200]
         assert_same_as_predict(json.loads(data.split(b"\r\n\r\n", 1)[1]), expected)
+        status, body = _json_answer(_read_all(stalled))  # after the 5 s of --graceful-timeout
+        stalled.close()
+        assert status == 503 and set(body) == {"error"} and "shutting down" in body["error"], body
         assert proc.wait(30) == 0
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
         out = proc.stdout.read().decode()
-    assert "Traceback" not in out, out
+    assert "Traceback" not in out and "Exception in ASGI application" not in out, out
 
 
 def test_accepted_connections_send_without_nagle_delay() -> None:
@@ -556,3 +616,62 @@ def test_accepted_connections_send_without_nagle_delay() -> None:
         return nodelay
 
     assert asyncio.run(accept_one()) != 0
+
+
+def _read_all(s: socket.socket) -> bytes:
+    data = b""
+    while chunk := s.recv(65536):
+        data += chunk
+    return data
+
+
+def _json_answer(data: bytes) -> tuple[int, dict]:
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert b"application/json" in head.lower(), head
+    return int(head.split(b" ", 2)[1]), json.loads(body)
+
+
+def test_stalled_clients_are_cut_off_after_the_read_timeout(digits_run: Path, samples: list[str]) -> None:
+    """A client that connects and sends nothing, stops inside its headers, or stops inside its body held
+    its socket (and, mid-body, its request slot) forever: uvicorn times out only idle keep-alive
+    connections. Now each is closed after --read-timeout-s without a byte; a partial request gets 408 JSON.
+    A request whose forward takes longer than the timeout is not cut off: only reading is timed."""
+    timeout = 0.5
+    png = Path(samples[0]).read_bytes()
+
+    def slow_load():
+        runner = load_runner(str(digits_run), device="cpu")
+        forward = runner.forward
+        runner.forward = lambda x: (time.sleep(1.5), forward(x))[1]  # a forward slower than the timeout
+        return runner
+
+    app = create_app(slow_load, ServeSettings(read_timeout_s=timeout))
+    with ThreadedServer(app, read_timeout_s=timeout) as srv:
+        wait_ready(srv.url)
+        u = urlsplit(srv.url)
+        head = "POST /v1/predict HTTP/1.1\r\nHost: t\r\nContent-Type: image/png\r\n"
+        cases = {
+            "nothing": b"",
+            "half a head": head.encode(),
+            "half a body": f"{head}Content-Length: {len(png)}\r\n\r\n".encode() + png[:100],
+        }
+        answers = {}
+        for name, sent in cases.items():
+            with socket.create_connection((u.hostname, u.port), timeout=30) as s:
+                t0 = time.monotonic()
+                s.sendall(sent)
+                answers[name] = _read_all(s)  # returns once the server closes the connection
+                waited = time.monotonic() - t0
+            assert timeout * 0.9 <= waited < 20, (name, waited)
+        assert answers["nothing"] == b""  # nothing asked, nothing answered (a browser's preconnect)
+        status, body = _json_answer(answers["half a head"])
+        assert status == 408 and "head" in body["error"] and "--read-timeout-s" in body["error"]
+        status, body = _json_answer(answers["half a body"])
+        assert status == 408 and "stalled" in body["error"] and "0.5 s" in body["error"]
+        # a whole request whose forward takes 3x the read timeout: answered
+        with socket.create_connection((u.hostname, u.port), timeout=30) as s:
+            s.sendall(f"{head}Content-Length: {len(png)}\r\nConnection: close\r\n\r\n".encode() + png)
+            status, body = _json_answer(_read_all(s))
+        assert status == 200 and len(body["predictions"]) == 5
+        with httpx.Client(base_url=srv.url, timeout=30) as c:
+            assert metric(c, "convnext_serve_requests_total", endpoint="/v1/predict", status="408") == 1

@@ -60,6 +60,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--graceful-timeout", type=float, default=30.0, help="seconds in-flight requests get after SIGTERM"
     )
+    p.add_argument(
+        "--read-timeout-s",
+        type=float,
+        default=30.0,
+        help="a client that sends no byte of its request (head or body) for this long is cut off: 408 and "
+        "the connection closed (default 30)",
+    )
     p.set_defaults(func=run)
 
 
@@ -83,6 +90,8 @@ def run(args: argparse.Namespace) -> int:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     if args.max_wait_ms < 0:
         raise UserError(f"--max-wait-ms must be 0 or more, got {args.max_wait_ms:g}")
+    if args.read_timeout_s <= 0:
+        raise UserError(f"--read-timeout-s must be positive, got {args.read_timeout_s:g}")
     if args.max_upload_mb <= 0:
         raise UserError(f"--max-upload-mb must be positive, got {args.max_upload_mb:g}")
     if not 0 <= args.port <= 65535:
@@ -114,6 +123,7 @@ def run(args: argparse.Namespace) -> int:
         max_upload_mb=args.max_upload_mb,
         max_queue=args.max_queue,
         preprocess_threads=args.preprocess_threads,
+        read_timeout_s=args.read_timeout_s,
     )
     failure: list[BaseException] = []
     server_ref: list = []
@@ -134,6 +144,7 @@ def run(args: argparse.Namespace) -> int:
         log_level=args.log_level,
         access_log=not args.no_access_log,
         graceful_s=args.graceful_timeout,
+        read_timeout_s=args.read_timeout_s,
         on_server=server_ref.append,
     )
     if failure:

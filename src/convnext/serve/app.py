@@ -50,6 +50,7 @@ class ServeSettings:
     preprocess_threads: int = 2  # decode + resize workers (off the event loop)
     default_topk: int = 5
     cam_max_side: int = 640  # the Grad-CAM overlay is drawn on the photo scaled to at most this side
+    read_timeout_s: float = 30.0  # a client that sends no byte of its body for this long gets 408
 
     @property
     def max_body(self) -> int:
@@ -59,7 +60,12 @@ class ServeSettings:
 # /v1/predict reads its body itself (to cap it and to accept multipart or a raw image): described by hand
 PREDICT_OPENAPI: dict[str, Any] = {
     "parameters": [
-        {"name": "topk", "in": "query", "schema": {"type": "integer", "minimum": 1, "default": 5}},
+        {
+            "name": "topk",
+            "in": "query",
+            "description": "classes to return, best first; more than the model has returns them all",
+            "schema": {"type": "integer", "minimum": 1, "default": 5},
+        },
         {"name": "cam", "in": "query", "schema": {"type": "boolean", "default": False}},
     ],
     "requestBody": {
@@ -102,9 +108,13 @@ class _State:
 
 
 class _Guard:
-    """Outermost ASGI layer: counts every request by endpoint and status, and caps request bodies: a
-    Content-Length over the limit gets 413 before one byte of the body is read, and a body that streams
-    past the limit (chunked, or a lying Content-Length) is never stored past the limit."""
+    """Outermost of our ASGI layers: counts every request by endpoint and status, and guards the body.
+    A Content-Length over the limit gets 413 before one byte of the body is read, and a body that streams
+    past the limit (chunked, or a lying Content-Length) is never stored past the limit. A client that stops
+    sending its body for ``read_timeout_s`` gets 408 and the connection closes (uvicorn has no such
+    timeout: the socket and the request slot would be held forever; the wait for headers is the
+    server's, ``server.py``). A request that uvicorn cancels at shutdown (still unfinished when
+    ``--graceful-timeout`` runs out) gets 503 JSON, not uvicorn's plain-text 500 and a traceback."""
 
     def __init__(self, app: Any, state: _State) -> None:
         self.app, self.state = app, state
@@ -113,32 +123,53 @@ class _Guard:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        t0, status = time.perf_counter(), 500
-        limit = self.state.settings.max_body
-        too_big = f"the upload is over the {self.state.settings.max_upload_mb:g} MB limit (--max-upload-mb)"
+        t0, status, started = time.perf_counter(), 500, False
+        settings = self.state.settings
+        limit = settings.max_body
+        too_big = f"the upload is over the {settings.max_upload_mb:g} MB limit (--max-upload-mb)"
+        close = {"Connection": "close"}
 
         async def send_status(message: dict) -> None:
-            nonlocal status
+            nonlocal status, started
             if message["type"] == "http.response.start":
-                status = message["status"]
+                status, started = message["status"], True
             await send(message)
+
+        body_done = False
+
+        async def timed() -> dict:
+            """receive(); while the body is incomplete, at most read_timeout_s without a byte."""
+            nonlocal body_done
+            if body_done:  # afterwards receive() waits for the disconnect: no timeout on that
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), settings.read_timeout_s)
+            except asyncio.TimeoutError:
+                raise ApiError(
+                    408,
+                    f"the upload stalled: no data for {settings.read_timeout_s:g} s (--read-timeout-s)",
+                    close,
+                ) from None
+            if message["type"] != "http.request" or not message.get("more_body"):
+                body_done = True
+            return message
 
         try:
             if scope["method"] in ("POST", "PUT", "PATCH"):
                 length = dict(scope["headers"]).get(b"content-length")
                 if length is not None and length.isdigit() and int(length) > limit:
-                    await error(413, too_big, {"Connection": "close"})(scope, receive, send_status)
+                    await error(413, too_big, close)(scope, receive, send_status)
                     return
                 received = 0
 
                 async def capped() -> dict:
                     nonlocal received
-                    message = await receive()
+                    message = await timed()
                     if message["type"] == "http.request":
                         received += len(message.get("body", b""))
                         if received > limit:
                             await drain(message)
-                            raise ApiError(413, too_big, {"Connection": "close"})
+                            raise ApiError(413, too_big, close)
                     return message
 
                 async def drain(message: dict) -> None:
@@ -146,14 +177,24 @@ class _Guard:
                     with unread data resets it, and the client would see the reset instead of our 413."""
                     dropped = 0
                     while message.get("more_body") and dropped < 4 * limit:
-                        message = await receive()
+                        try:
+                            message = await timed()
+                        except ApiError:  # the client stopped sending: nothing left to drain
+                            return
                         if message["type"] != "http.request":
                             return
                         dropped += len(message.get("body", b""))
 
                 await self.app(scope, capped, send_status)
             else:
-                await self.app(scope, receive, send_status)
+                await self.app(scope, timed, send_status)
+        except asyncio.CancelledError:
+            # uvicorn cancels the requests still running when the graceful shutdown time is over; re-raised,
+            # this would be its plain-text 500 and an "Exception in ASGI application" traceback
+            if started:  # (our responses go out in one piece: practically never)
+                return
+            msg = "the server is shutting down and this request did not finish in time; retry it"
+            await error(503, msg, {**close, "Retry-After": "1"})(scope, receive, send_status)
         finally:
             self.state.metrics.observe_request(scope.get("path", ""), status, time.perf_counter() - t0)
 
@@ -350,15 +391,17 @@ def create_app(
 
 # ------------------------------------------------------------------------------------------ helpers
 def _topk(raw: str | None, default: int, num_classes: int) -> int:
+    """A topk over the class count means "all of them" (as transformers' pipeline treats ``top_k``): a
+    client asking for the usual 5 works with a 2-class fine-tune; below 1 or not a number is a mistake."""
     if raw is None:
         return min(default, num_classes)
     try:
         k = int(raw)
     except ValueError:
         k = None
-    if k is None or not 1 <= k <= num_classes:
-        raise ApiError(400, f"topk must be a whole number from 1 to {num_classes}, got {raw!r}")
-    return k
+    if k is None or k < 1:
+        raise ApiError(400, f"topk must be a whole number, 1 or more, got {raw!r}")
+    return min(k, num_classes)
 
 
 def _flag(raw: str | None, name: str) -> bool:
