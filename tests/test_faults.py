@@ -336,6 +336,43 @@ def test_torn_metrics_line_before_a_later_checkpoint_is_rebuilt_or_named(
         ], err
 
 
+def test_slurm_example_requeues_a_signalled_run_and_ends_a_finished_one(ref: Path, tmp_path: Path) -> None:
+    """examples/slurm/train.sbatch as Slurm runs it (srun and scontrol stand-ins on PATH): SIGUSR1 to the job
+    step (what --signal=USR1@120 sends) makes convnext train save and exit 138, and the script requeues the
+    job; the requeued job (the same script and arguments) resumes and finishes, and is not requeued again."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "srun").write_text('#!/bin/sh\nexec "$@"\n')
+    (bin_dir / "scontrol").write_text(f'#!/bin/sh\necho "$@" >> {tmp_path / "scontrol.log"}\n')
+    for f in bin_dir.iterdir():
+        f.chmod(0o755)
+    env = {**ENV, "PATH": f"{bin_dir}:{Path(sys.executable).parent}:{ENV['PATH']}", "SLURM_JOB_ID": "4242"}
+    run_dir = tmp_path / "run"
+    job = ["bash", str(ROOT / "examples" / "slurm" / "train.sbatch"), "--config", str(QUICK), *TINY]
+    job.append(f"run.dir={run_dir}")
+    proc = subprocess.Popen(
+        job,
+        cwd=ROOT,
+        env={**env, TEST_PAUSE_ENV: f"step@{SPE + 8}"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    for line in proc.stdout:
+        if line.startswith("convnext-test: paused at"):
+            break
+    pid = int(re.search(r"\(pid (\d+)\)", line).group(1))  # the training, not the batch shell (no "B:")
+    os.kill(pid, signal.SIGUSR1)
+    out = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 138, out[-3000:]
+    assert "SIGUSR1 received; saved" in out and "requeueing job 4242" in out, out[-3000:]
+    assert (tmp_path / "scontrol.log").read_text() == "requeue 4242\n"
+    again = subprocess.run(job, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert (tmp_path / "scontrol.log").read_text() == "requeue 4242\n"  # done: not requeued again
+    assert_nothing_lost(run_dir, ref, again.stdout)
+
+
 def test_second_training_on_a_folder_is_refused_and_kill_9_leaves_no_stale_lock(
     ref: Path, tmp_path: Path
 ) -> None:
