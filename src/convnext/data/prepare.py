@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+from collections.abc import Container, Mapping
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
@@ -128,6 +129,7 @@ class _Writer:
             return "empty file"
         if sniff_image(head) is None:
             return "not an image"
+        self.mkdir(dst.parent)  # only now: a class of nothing but non-images gets no (empty) folder
         tmp = dst.with_name(f".{dst.name}.tmp")
         if not (dst.exists() or dst.is_symlink()):
             self.files.append(dst)
@@ -180,11 +182,13 @@ def _check_dst(src: Path, dst: Path) -> None:
         raise UserError(f"destination {dst} is a file, not a folder")
 
 
-def _check_no_foreign_files(dst: Path, planned: dict[str, set[str]]) -> None:
+def _check_no_foreign_files(dst: Path, planned: Mapping[str, Container[str]]) -> None:
     """Refuse split folders holding files this run would not write (a preparation with another seed,
     val fraction or dataset): a second run only adds what is missing, so they would stay, counted in the
     splits (an image in both train and val, classes mixed) while the summary counts only this run's.
-    ``planned``: per split, the files this run writes as ``<class>/<file>`` (strings: ImageNet has 1.3M)."""
+    ``planned``: per split, the files this run writes as ``<class>/<file>`` (strings: ImageNet has 1.3M;
+    for the class archives of ImageNet's train split, whose files are known only once read, their name
+    pattern ``<wnid>/<wnid>_*``)."""
     foreign: list[str] = []
     for split, files_of_split in sorted(planned.items()):
         top = os.path.join(dst, split)
@@ -331,9 +335,7 @@ def _write_streams(
         for wnid, name, size, data in ia.images(source, bar.update):
             if not name or name.startswith("."):
                 continue
-            folder = dst / split / wnid
-            w.mkdir(folder)
-            why = w.write_stream(data, size, folder / name)
+            why = w.write_stream(data, size, dst / split / wnid / name)
             if why is None:
                 n += 1
             else:
@@ -412,8 +414,9 @@ def prepare(
     }
     for split, source in streams.items():
         exact = planned.get(split, set())
-        planned[split] = source.names if source.names is not None else _ClassPrefix(source.wnids, exact)  # type: ignore[arg-type]
-    _check_no_foreign_files(dst, planned)  # type: ignore[arg-type]
+        assert isinstance(exact, set)
+        planned[split] = source.names if source.names is not None else _ClassPrefix(source.wnids, exact)
+    _check_no_foreign_files(dst, planned)
     if streams:
         _check_space(dst, streams)
     for note in notes:
