@@ -114,10 +114,17 @@ def repair_metrics(
             by_epoch[e] = found[0]
             say(f"{path}: rebuilt the record of epoch {e} from {found[1]}")
     if lost:
-        which = ", ".join(map(str, lost))
+        spans: list[list[int]] = []  # 1, 2, 3, 7 -> "1-3, 7": one short line however many are lost
+        for e in lost:
+            if spans and spans[-1][1] == e - 1:
+                spans[-1][1] = e
+            else:
+                spans.append([e, e])
+        which = ", ".join(f"{a}-{b}" if b > a else str(a) for a, b in spans)
+        what = f"the records of epochs {which} are" if len(lost) > 1 else f"the record of epoch {which} is"
         say(
-            f"warning: {path}: the record of epoch{'s' if len(lost) > 1 else ''} {which} is lost (its line "
-            "is missing or torn, and no checkpoint of that epoch is kept)"
+            f"warning: {path}: {what} lost (its line is missing or torn, and no checkpoint of that epoch is "
+            "kept)"
         )
     keep = [by_epoch[e] for e in sorted(by_epoch)]
     if not path.exists() and not keep:
