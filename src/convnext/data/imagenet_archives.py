@@ -26,7 +26,7 @@ import tarfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Protocol
 
 from ..errors import UserError
 from .classes import is_imagenet_wnid
@@ -163,8 +163,8 @@ def scan_train_archive(path: Path) -> Source:
         )
     if not members:
         raise UserError(f"ImageNet: {path} holds no class archives")
-    wnids = [class_tar_wnid(m.name) for m in members]
-    return Source("train", "train", path, sorted(set(wnids)), sum(m.size for m in members))  # type: ignore
+    wnids = sorted({str(class_tar_wnid(m.name)) for m in members})
+    return Source("train", "train", path, wnids, sum(m.size for m in members))
 
 
 def scan_class_tars(folder: Path) -> Source | None:
@@ -173,8 +173,8 @@ def scan_class_tars(folder: Path) -> Source | None:
     tars = sorted(folder / e.name for e in os.scandir(folder) if e.is_file() and class_tar_wnid(e.name))
     if not tars:
         return None
-    wnids = [class_tar_wnid(p.name) for p in tars]
-    return Source("train", "classes", folder, wnids, sum(p.stat().st_size for p in tars), tars=tars)  # type: ignore
+    wnids = [str(class_tar_wnid(p.name)) for p in tars]
+    return Source("train", "classes", folder, wnids, sum(p.stat().st_size for p in tars), tars=tars)
 
 
 def scan_val_archive(path: Path, labels: dict[int, str], source: str) -> Source:
@@ -196,6 +196,12 @@ def scan_val_archive(path: Path, labels: dict[int, str], source: str) -> Source:
 
 
 # ------------------------------------------------------------------------------------------- streaming
+class Readable(Protocol):
+    """What a member's data is: read front to back, never seeked."""
+
+    def read(self, n: int = -1, /) -> bytes: ...
+
+
 class _Counted(io.RawIOBase):
     """A file read front to back that reports each read's size (the progress bar)."""
 
@@ -205,33 +211,34 @@ class _Counted(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
-    def readinto(self, b) -> int:  # type: ignore[no-untyped-def]
-        n = self.f.readinto(b)  # type: ignore[attr-defined]
-        self.tick(n or 0)
-        return n or 0
+    def readinto(self, b: memoryview) -> int:  # type: ignore[override]
+        n = self.f.readinto(b) or 0  # type: ignore[attr-defined]
+        self.tick(n)
+        return n
 
 
 class _Data:
     """A member's data stream whose read errors (a tar cut short inside the member) name the archive."""
 
-    def __init__(self, f: IO[bytes], where: object) -> None:
+    def __init__(self, f: Readable, where: object) -> None:
         self.f, self.where = f, where
 
-    def read(self, n: int = -1) -> bytes:
+    def read(self, n: int = -1, /) -> bytes:
         try:
             return self.f.read(n)
         except (tarfile.TarError, EOFError) as e:
             raise _damaged(self.where, e) from None
 
 
-def _stream(fileobj: IO[bytes], size: int, where: object) -> Iterator[tuple[tarfile.TarInfo, IO[bytes]]]:
+def _stream(fileobj: Readable, size: int, where: object) -> Iterator[tuple[tarfile.TarInfo, Readable]]:
     """The regular members of a tar read as a stream (mode 'r|'), each with its data as a stream; a tar cut
     short is refused (the data of each member is checked by tarfile, the end blocks here)."""
     try:
-        with tarfile.open(fileobj=fileobj, mode="r|", bufsize=_BUFSIZE) as tf:
+        with tarfile.open(fileobj=fileobj, mode="r|", bufsize=_BUFSIZE) as tf:  # type: ignore[call-overload]
             for m in tf:
-                if m.isreg():
-                    yield m, _Data(tf.extractfile(m), where)  # type: ignore[arg-type, misc]
+                data = tf.extractfile(m) if m.isreg() else None
+                if data is not None:
+                    yield m, _Data(data, where)
             end = tf.offset
     except (tarfile.TarError, EOFError) as e:
         raise _damaged(where, e) from None
@@ -239,22 +246,24 @@ def _stream(fileobj: IO[bytes], size: int, where: object) -> Iterator[tuple[tarf
         raise _damaged(where, "it ends without the end-of-archive blocks")
 
 
-def images(src: Source, tick: Callable[[int], object]) -> Iterator[tuple[str, str, int, IO[bytes]]]:
+def images(src: Source, tick: Callable[[int], object]) -> Iterator[tuple[str, str, int, Readable]]:
     """(wnid, file name, size, data stream) of every image of ``src``, in archive order. Each stream must
     be read (or left) before the next item: the archive is read once, front to back."""
     if src.kind == "classes":
         for p in src.tars or []:
             with open(p, "rb") as f:
-                wnid = class_tar_wnid(p.name)
+                wnid = str(class_tar_wnid(p.name))
                 raw = io.BufferedReader(_Counted(f, tick), 1 << 20)
-                for m, data in _stream(raw, p.stat().st_size, p):  # type: ignore[arg-type]
-                    yield wnid, os.path.basename(m.name), m.size, data  # type: ignore[misc]
+                for m, data in _stream(raw, p.stat().st_size, p):
+                    yield wnid, os.path.basename(m.name), m.size, data
         return
     with open(src.path, "rb") as f:
         raw = io.BufferedReader(_Counted(f, tick), 1 << 20)
-        for m, data in _stream(raw, src.path.stat().st_size, src.path):  # type: ignore[arg-type]
+        for m, data in _stream(raw, src.path.stat().st_size, src.path):
             if src.kind == "val":
-                w = src.labels[val_number(m.name)]  # type: ignore[index]  # checked by scan_val_archive
+                w = (src.labels or {}).get(val_number(m.name) or 0)
+                if w is None:  # scan_val_archive found a label for every image: the archive changed since
+                    raise UserError(f"ImageNet: {src.path} changed while it was read ({m.name})")
                 yield w, os.path.basename(m.name), m.size, data
                 continue
             wnid = class_tar_wnid(m.name)

@@ -24,7 +24,7 @@ import shutil
 import sys
 from collections.abc import Container, Mapping
 from pathlib import Path
-from typing import IO, TYPE_CHECKING
+from typing import TYPE_CHECKING
 
 import numpy as np
 from tqdm import tqdm
@@ -33,7 +33,7 @@ from ..errors import UserError
 from . import layouts
 
 if TYPE_CHECKING:
-    from .imagenet_archives import Source
+    from .imagenet_archives import Readable, Source
 
 PREPARABLE = (
     "imagenet",
@@ -116,7 +116,7 @@ class _Writer:
             return
         shutil.copy2(src, dst)
 
-    def write_stream(self, data: IO[bytes], size: int, dst: Path) -> str | None:
+    def write_stream(self, data: Readable, size: int, dst: Path) -> str | None:
         """An image read from an archive, written under a temporary name and renamed (a kill never leaves
         a torn file that a later run would keep as done). None when written or already there from an
         earlier run (same size: the stream is not read); else why it is left out ("not an image")."""
