@@ -336,3 +336,63 @@ def test_benchmark_torch_bf16_without_native_bf16_runs_what_it_reports(tmp_path)
     assert bf16["max_rel_diff_vs_torch"] <= 1e-5 and torch_["max_rel_diff_vs_torch"] <= 1e-5
     assert "torch-bf16 ran our fp32 model" in " ".join(report["notes"])
     assert "fp32 (fused; this CPU has no native bf16)" in proc.stdout  # the table says it too
+
+
+# ------------------------------------------------------------------- training: bf16 where the CPU lacks it
+
+
+@pytest.mark.parametrize(
+    ("flags", "device", "emulated", "amp"),
+    [
+        (frozenset({"avx2", "avx512f", "avx512_vnni"}), "cpu", False, "none"),  # no native bf16: fp32
+        (frozenset({"avx2", "avx512f", "avx512_vnni"}), "cpu", True, "bf16"),  # train.emulated_bf16=true
+        (frozenset({"avx512f", "avx512_bf16"}), "cpu", False, "bf16"),
+        (frozenset({"amx_tile", "amx_bf16"}), "cpu", False, "bf16"),
+        (frozenset({"avx2"}), "cuda", False, "bf16"),  # the host CPU does not matter on a GPU
+    ],
+)
+def test_recipe_bf16_trains_in_fp32_on_a_cpu_without_native_bf16(
+    flags: frozenset[str], device: str, emulated: bool, amp: str
+) -> None:
+    from convnext.engine.config import load_config
+    from convnext.engine.preflight import train_amp
+
+    cfg = load_config("quickstart_digits", ["train.amp=bf16", f"train.emulated_bf16={emulated}"])
+    got, why = train_amp(cfg, torch.device(device), flags)
+    assert got == amp
+    assert (why is not None) == (amp == "none")
+    if why:
+        assert "\n" not in why and "runs in fp32 on this CPU" in why and "train.emulated_bf16=true" in why
+
+
+def test_train_and_dry_run_say_fp32_without_native_bf16(
+    no_native_bf16: None, tmp_path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The run's process and its dry run, on a CPU capped below AVX512-BF16 (any host): fp32, one line."""
+    from convnext import device
+    from convnext.cli.main import main
+    from convnext.engine.config import load_config
+    from convnext.engine.train import start_process
+
+    monkeypatch.setattr(device, "_noted", set())  # notes are said once per process
+    args = ["finetune_folder", f"data.root={tmp_path}", "train.device=cpu", "train.batch_size=2"]
+    args.append(f"run.dir={tmp_path / 'run'}")
+    assert main(["train", "--config", *args, "--dry-run"]) == 0
+    err = capsys.readouterr().err
+    assert err.count("train.amp=bf16 runs in fp32 on this CPU") == 1 and "fp32 on cpu" in err
+    cfg = load_config(args[0], args[1:])
+    assert cfg.train.amp == "bf16" and start_process(cfg).amp_dtype is None
+    assert "train.amp=bf16 runs in fp32" in capsys.readouterr().err
+    cfg = load_config(args[0], [*args[1:], "train.emulated_bf16=true"])
+    assert start_process(cfg).amp_dtype == BF16  # asked for: bf16, with the emulation note
+    assert "bf16 is emulated and slower than fp32" in capsys.readouterr().err
+
+
+def test_native_bf16_cpu_keeps_the_recipes_bf16(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    """The other branch on any host: the ISA reader says AVX512-BF16 (only the decision is checked here)."""
+    from convnext.engine.config import load_config
+    from convnext.engine.train import start_process
+
+    monkeypatch.setattr(cpu, "cpu_flags", lambda: frozenset({"avx512f", "avx512_bf16"}))
+    cfg = load_config("finetune_folder", [f"data.root={tmp_path}", "train.device=cpu"])
+    assert start_process(cfg).amp_dtype == BF16

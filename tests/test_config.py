@@ -286,3 +286,59 @@ def test_crop_mode_left_unset_follows_the_official_rule(
     cfg = load_config("finetune_folder", [f"data.root={tmp_path}", *overrides], check_paths=False)
     assert cfg.data.crop_mode == mode
     assert config_from_dict(to_dict(cfg)).data.crop_mode == mode
+
+
+# ------------------------------------------------------------------- memory of a training step
+def test_dry_run_refuses_an_image_size_that_cannot_be_allocated(capsys: pytest.CaptureFixture) -> None:
+    """data.img_size=20000 passed --dry-run and died allocating; now one sentence naming the keys, the
+    estimate and the machine's memory, and train.memory_check=false lets it through."""
+    base = ["train", "--config", "quickstart_digits", "data.img_size=20000", "--dry-run"]
+    assert main(base) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(
+        "convnext train: error: config key data.img_size=20000 with train.batch_size=32 needs"
+    )
+    assert "TiB for a training step" in err and "more than" in err and "train.memory_check=false" in err
+    assert "\n" not in err
+    assert main([*base, "train.memory_check=false"]) == 0
+
+
+def test_the_run_refuses_it_before_any_file(tmp_path: Path) -> None:
+    from convnext.engine.train import train
+
+    cfg = load_config("quickstart_digits", ["data.img_size=20000", f"run.dir={tmp_path / 'run'}"])
+    with pytest.raises(UserError, match="config key data.img_size=20000 with train.batch_size=32 needs"):
+        train(cfg)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.stem)
+def test_every_recipe_fits_the_machine_it_is_for(recipe: Path, tmp_path: Path) -> None:
+    """The paper recipes are per-GPU batches: each fits a 32 GB GPU at its own size and precision; the CPU
+    recipes fit 16 GB of RAM in fp32."""
+    import torch
+
+    from convnext.engine.preflight import check_step_memory
+
+    cfg = load_config(recipe, [f"data.root={tmp_path}"], check_paths=False)
+    on_cpu = recipe.stem in ("quickstart_digits", "finetune_folder")
+    device, amp = (torch.device("cpu"), "none") if on_cpu else (torch.device("cuda"), cfg.train.amp)
+    line = check_step_memory(cfg, device, amp, available=((16 if on_cpu else 32) * 2**30, "test"))
+    assert line is not None and line.startswith("a training step needs about")
+
+
+def test_step_memory_grows_with_batch_and_image_area() -> None:
+    import torch
+
+    from convnext.engine.preflight import check_step_memory, estimate_step_memory
+
+    cfg = load_config("convnext_tiny_in1k", check_paths=False)
+    base = estimate_step_memory(cfg, "none")
+    cfg.train.batch_size *= 2
+    batch2 = estimate_step_memory(cfg, "none")
+    cfg.data.img_size *= 2
+    both = estimate_step_memory(cfg, "none")
+    assert both - base == pytest.approx(7 * (batch2 - base), rel=1e-3)  # activations: batch x img_size^2
+    assert estimate_step_memory(cfg, "bf16") < 0.6 * both
+    cfg.train.memory_check = False
+    assert check_step_memory(cfg, torch.device("cpu"), "none", available=(1, "test")) is None

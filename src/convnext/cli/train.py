@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from ..errors import UserError
 from .common import add_progress
@@ -55,13 +56,17 @@ def run(args: argparse.Namespace) -> int:
     if args.resume and args.fresh:
         raise UserError("--resume and --fresh contradict each other; pass one")
     overrides = [*(args.overrides or []), *(["train.progress=false"] if args.no_progress else [])]
-    cfg = resolve_config(args.config, overrides, args.resume)
+    cfg = resolve_config(args.config, overrides, args.resume, fresh=args.fresh)
     if args.dry_run:
         import yaml
 
         from ..engine.config import to_dict
+        from ..engine.preflight import dry_run
 
+        plan = dry_run(cfg, resume=args.resume, fresh=args.fresh)  # the run's own checks, on this machine
         print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
+        for line in plan:
+            print(f"convnext train: {line}", file=sys.stderr)
         return 0
     from ..engine.train import train
 

@@ -78,6 +78,10 @@ class TrainLoopConfig:
     eval_every: int = 1  # epochs between evaluations (the last epoch is always evaluated); 0: never
     eval_batch_size: int | None = None  # None: 2 x batch_size
     progress: bool = True
+    # train.amp=bf16 on a CPU without native bf16 (AVX512-BF16, AMX) trains in fp32; true: bf16 anyway
+    emulated_bf16: bool = False
+    # refuse a training step estimated to need more than the device's memory (GPU, else RAM); false: skip
+    memory_check: bool = True
 
 
 @dataclass
@@ -358,15 +362,17 @@ def _in(value: float, lo: float, hi: float, *, lo_open: bool = False, hi_open: b
     return (lo < value if lo_open else lo <= value) and (value < hi if hi_open else value <= hi)
 
 
-def validate(cfg: TrainConfig, *, check_paths: bool = True) -> None:
+def validate(cfg: TrainConfig, *, check_paths: bool = True, resuming: bool = False) -> None:
     """Every value's range and every constraint between keys, each one sentence naming its key.
 
     ``check_paths``: also check what lies on this machine (data folders, class-list and weight files, the
     run folder), as a training run needs; off for a recipe read back from a checkpoint or run folder.
+    ``resuming``: a checkpoint will be restored, which holds every weight: ``model.pretrained`` is not read
+    then, so its file may be gone (a purged scratch folder, an offline node).
     """
     _check(cfg.epochs >= 1, "epochs", "must be at least 1", cfg.epochs)
     _check(0 <= cfg.seed < 2**63, "seed", "must be in [0, 2**63)", cfg.seed)
-    model = _validate_model(cfg, check_paths)
+    model = _validate_model(cfg, check_paths and not resuming)  # it checks model.pretrained's file only
     _validate_data(cfg, check_paths, model)
     _validate_optim(cfg, model)
     _validate_loop(cfg, check_paths)
@@ -696,9 +702,17 @@ def _check_run_dir(run_dir: Path) -> None:
 
 
 def load_config(
-    path: str | Path | None, overrides: list[str] = (), *, check_paths: bool = True
+    path: str | Path | None,
+    overrides: list[str] = (),
+    *,
+    check_paths: bool = True,
+    resuming: bool | None = None,
 ) -> TrainConfig:
-    """Read, override, type-check and validate a recipe. Raises UserError before any work is done."""
+    """Read, override, type-check and validate a recipe. Raises UserError before any work is done.
+
+    With ``check_paths`` (a run on this machine) the paths become absolute (:func:`absolute_paths`).
+    ``resuming``: a checkpoint will be restored (see :func:`validate`); None: when ``run.dir`` holds one
+    and ``run.auto_resume`` is on, as ``train`` decides without ``--fresh``."""
     raw = read_yaml(path) if path is not None else {}
     raw = apply_overrides(raw, list(overrides))
     cfg = _build(TrainConfig, raw, "")
@@ -706,8 +720,39 @@ def load_config(
     if not (isinstance(data_raw, dict) and "crop_mode" in data_raw) and cfg.data.img_size >= 384:
         # unset: the official evaluation, which warps the whole image at 384 px and up (build_transform)
         cfg.data.crop_mode = "squash"
-    validate(cfg, check_paths=check_paths)
+    if resuming is None:
+        from .rundir import has_checkpoint
+
+        resuming = check_paths and cfg.run.auto_resume and has_checkpoint(Path(cfg.run.dir).expanduser())
+    validate(cfg, check_paths=check_paths, resuming=resuming)
+    if check_paths:
+        absolute_paths(cfg)
     return cfg
+
+
+def _absolute(path: str) -> str:
+    return os.path.abspath(os.path.expanduser(path))
+
+
+def absolute_paths(cfg: TrainConfig) -> None:
+    """The recipe's paths made absolute against the working folder of the command that typed them
+    (``data.root``, a ``data.class_list`` file, ``model.pretrained`` when it is a file or folder,
+    ``run.dir``).
+
+    The resolved recipe is stored in the run's config.yaml and checkpoints and read later from anywhere:
+    ``convnext evaluate --weights runs/pets`` in another folder, an exported file's validation split, a
+    ``--resume`` from a job script. A relative ``data.root=my_data`` there would name another folder."""
+    from ..weights.registry import find_tag
+
+    d = cfg.data
+    if d.root:
+        d.root = _absolute(d.root)
+    if d.class_list not in (None, "imagenet1k", "folders"):
+        d.class_list = _absolute(d.class_list)
+    src = cfg.model.pretrained
+    if src and find_tag(src) is None and "://" not in src and Path(src).expanduser().exists():
+        cfg.model.pretrained = _absolute(src)
+    cfg.run.dir = _absolute(cfg.run.dir)
 
 
 def config_from_dict(raw: dict, *, check_paths: bool = False) -> TrainConfig:
@@ -737,15 +782,21 @@ def dump_yaml(cfg: TrainConfig, path: str | Path) -> None:
 
 
 def resolve_config(
-    config: str | None, overrides: list[str] | None = None, resume: str | Path | None = None
+    config: str | None,
+    overrides: list[str] | None = None,
+    resume: str | Path | None = None,
+    *,
+    fresh: bool = False,
 ) -> TrainConfig:
     """The run's config: the recipe ``config`` (a bundled name or a file) with ``overrides``, else the
     resolved recipe ``resume``'s checkpoint carries (``convnext train --resume last.pth`` needs no more).
+    ``fresh``: the run starts over (``--fresh``), so ``model.pretrained`` must be there even when the run
+    folder holds a checkpoint.
 
-    Here, not in train.py, so that ``convnext train --dry-run`` resolves a recipe without importing torch
-    (only a resume reads a checkpoint, and imports it then)."""
+    Here, not in train.py, so that ``convnext train --dry-run`` resolves a recipe without the training
+    loop (only a resume reads a checkpoint)."""
     if config:
-        return load_config(config, overrides or [])
+        return load_config(config, overrides or [], resuming=True if resume else False if fresh else None)
     if resume is None:
         raise UserError(
             "pass --config NAME (a bundled recipe, `convnext recipes` lists them, or a YAML file), or "
@@ -754,5 +805,6 @@ def resolve_config(
     from .checkpoint import load_train_checkpoint
 
     cfg = config_from_dict(apply_overrides(load_train_checkpoint(resume)["config"], overrides or []))
-    validate(cfg)
+    validate(cfg, resuming=True)
+    absolute_paths(cfg)  # an override typed now (data.root=moved_data) is relative to this folder
     return cfg

@@ -36,6 +36,16 @@ def check_run_dir(path: Path) -> None:
             return
 
 
+def has_checkpoint(run_dir: Path) -> bool:
+    """``run_dir`` holds a checkpoint that a run of it resumes (last.pth, best.pth or epoch_XXXX.pth; whether
+    it is intact is decided when the run reads it)."""
+    folder = run_dir / "checkpoints"
+    if not folder.is_dir():
+        return False
+    names = [p.name for p in folder.glob("*.pth")]
+    return any(n in ("last.pth", "best.pth") or n.startswith("epoch_") for n in names)
+
+
 class RunFolder:
     """An exclusive OS lock on ``<run.dir>/.lock`` for the life of the training process.
 

@@ -45,6 +45,7 @@ from .config import TrainConfig, dump_yaml, to_dict
 from .ema import build_ema, ema_state_dict, load_ema_state_dict
 from .logging import MetricsLogger, read_metrics, repair_metrics
 from .optim import build_optimizer
+from .preflight import check_resumable, check_step_memory, resume_changes, train_amp
 from .rundir import RunFolder, check_run_dir
 from .schedule import LrSchedule, peak_lrs
 from .trackers import check_loggers
@@ -253,9 +254,14 @@ def _on_main(fn: Callable[[], Any]) -> Any:
     return out[1]
 
 
-def _build_model(cfg: TrainConfig, num_classes: int) -> nn.Module:
+def _build_model(cfg: TrainConfig, num_classes: int, resume_state: dict | None = None) -> nn.Module:
+    """The recipe's model: ``model.pretrained`` loaded into it, or, when a checkpoint will be restored
+    (``resume_state``, its model weights), built as that checkpoint's weights are shaped and left for
+    :func:`restore` to fill: the checkpoint holds every weight, so a resume needs no pretrained file (it may
+    be gone) and prints nothing about it."""
     from ..hub import create_model
     from ..models import get_variant, set_chunked_mlp
+    from ..weights.containers import model_options_of
 
     opts = dict(cfg.model.options)
     opts.setdefault("drop_path_rate", cfg.model.drop_path_rate)
@@ -267,8 +273,12 @@ def _build_model(cfg: TrainConfig, num_classes: int) -> nn.Module:
     # The key's default is V1's layer scale; V2 has none (GRN) and isotropic none by default.
     if family == "v1" or (family == "isotropic" and cfg.model.layer_scale_init_value):
         opts.setdefault("layer_scale_init_value", cfg.model.layer_scale_init_value)
+    pretrained = cfg.model.pretrained
+    if resume_state is not None:  # the options the pretrained file would have implied, from the checkpoint
+        opts = {**model_options_of(resume_state, cfg.model.name), **opts}
+        pretrained = None
     try:
-        model = create_model(cfg.model.name, pretrained=cfg.model.pretrained, num_classes=num_classes, **opts)
+        model = create_model(cfg.model.name, pretrained=pretrained, num_classes=num_classes, **opts)
     except TypeError as e:
         raise UserError(f"config key model.options: {e}") from None
     except ValueError as e:
@@ -325,7 +335,10 @@ def start_process(cfg: TrainConfig) -> Process:
     device = resolve_device(want, local_rank, what="config key train.device")
     if device.type == "cpu":
         tune_cpu_allocator()  # reuse the heap for activations instead of page-faulting them in every step
-    amp = resolve_amp(cfg.train.amp, device, what="config key train.amp")
+    amp_name, why = train_amp(cfg, device)  # bf16 on a CPU without native bf16: fp32, said in one line
+    if why:
+        _say(why)
+    amp = resolve_amp(amp_name, device, what="config key train.amp")
     return Process(device=device, amp_dtype=amp, rank=rank, world=world, local_rank=local_rank)
 
 
@@ -360,23 +373,6 @@ def open_run(
     if path is None:
         return None, None
     return path, load_train_checkpoint(path)
-
-
-def check_resumable(cfg: TrainConfig, ckpt: dict, path: Path) -> None:
-    """A checkpoint only continues the model it holds: same architecture and constructor options."""
-    saved = ckpt.get("config", {}).get("model", {})
-    now = to_dict(cfg.model)
-    if saved.get("name") and saved["name"].partition(".")[0] != cfg.model.name.partition(".")[0]:
-        raise UserError(
-            f"config key model.name is {cfg.model.name} but checkpoint {path} holds a {saved['name']}; "
-            "resume with the same model, or start a new run (another run.dir, or --fresh)"
-        )
-    if "options" in saved and saved["options"] != now["options"]:
-        raise UserError(
-            f"config key model.options is {now['options']} but checkpoint {path} was trained with "
-            f"{saved['options']}; resume with the same options, or start a new run (another run.dir, or "
-            "--fresh)"
-        )
 
 
 def build_data(cfg: TrainConfig, ckpt: dict | None, ckpt_path: Path | None, accum: int) -> Data:
@@ -435,9 +431,9 @@ def build_data(cfg: TrainConfig, ckpt: dict | None, ckpt_path: Path | None, accu
     )
 
 
-def build_trainer(cfg: TrainConfig, proc: Process, data: Data) -> Trainer:
+def build_trainer(cfg: TrainConfig, proc: Process, data: Data, resume_state: dict | None = None) -> Trainer:
     num_classes = len(data.classes)
-    model = _build_model(cfg, num_classes)
+    model = _build_model(cfg, num_classes, resume_state)
     if getattr(model, "num_classes", num_classes) != num_classes:
         raise UserError(
             f"model {cfg.model.name} has {model.num_classes} classes but the dataset has {num_classes}"
@@ -803,12 +799,15 @@ def train(cfg: TrainConfig, *, resume: str | Path | None = None, fresh: bool = F
     check_run_dir(run_dir)  # before anything is created
     check_loggers(cfg.run.loggers)  # a tracker's missing package, before a process group or a file
     proc = start_process(cfg)
+    check_step_memory(cfg, proc.device, "none" if proc.amp_dtype is None else cfg.train.amp)
     folder = RunFolder(run_dir)
     ckpts = CheckpointManager(run_dir / "checkpoints", keep_last=cfg.checkpoint.keep_last)
     try:
         path, ckpt = open_run(cfg, folder, ckpts, Path(resume) if resume else None, fresh)
         if ckpt is not None:
             check_resumable(cfg, ckpt, path)
+            for line in resume_changes(cfg, ckpt, path):
+                _say(line)
             if resume is None:
                 _say(f"resuming {path} (found in the run folder; pass --fresh to start over)")
             if proc.main:
@@ -849,7 +848,7 @@ def _train(
 ) -> TrainResult:
     _seed_all(cfg.seed)
     data = build_data(cfg, ckpt, path, cfg.train.accum_steps)
-    tr = build_trainer(cfg, proc, data)
+    tr = build_trainer(cfg, proc, data, ckpt["model"] if ckpt is not None else None)
     prog, saved_rng = restore(cfg, proc, data, tr, ckpt, path)
     ckpt = None  # the weights are in the model now; free the copy
     if proc.main:

@@ -80,6 +80,12 @@ def _data_config(
         cfg = dataclasses.replace(cfg, val_split=split)
     if dataset and not data:
         cfg = dataclasses.replace(cfg, dataset=dataset)
+    folder = Path(cfg.root).expanduser() / (cfg.val_split if cfg.dataset == "imagefolder" else "")
+    if not data and cfg.root and not folder.is_dir():  # the run's data moved, or is on another machine
+        raise UserError(
+            f"the run's validation split {folder} does not exist here; pass --data DIR (a folder of class "
+            "folders, or one holding val/)"
+        )
     cfg.workers = max(int(workers), 0)
     if max_pixels is not None:
         cfg = dataclasses.replace(cfg, max_pixels=max_pixels)
