@@ -443,6 +443,7 @@ def test_imagenet_from_the_archives_as_downloaded(tmp_path: Path, imagenet_sampl
     assert cli(["prepare", "imagenet", str(src), str(dst), "--no-progress"]) == 0
     err = capsys.readouterr().err
     assert "left out 1 file(s) that are not images" in err and f"{wnids[1]}/{wnids[1]}_99.JPEG" in err
+    assert "imagenet train: reading " in err and "ILSVRC2012_img_train.tar as it is (3 classes" in err
     assert _prepared(dst, "train") == {w: [f"{w}_10.JPEG", f"{w}_11.JPEG"] for w in wnids}
     assert _prepared(dst, "val") == {
         wnids[0]: ["ILSVRC2012_val_00000001.JPEG", "ILSVRC2012_val_00000004.JPEG"],

@@ -329,6 +329,11 @@ def _write_streams(
     from . import imagenet_archives as ia
 
     n = 0
+    print(
+        f"convnext prepare: imagenet {split}: reading {source.path} as it is ({len(source.wnids)} classes, "
+        f"{source.nbytes / 1e9:.1f} GB), no extraction",
+        file=sys.stderr,
+    )
     with tqdm(
         total=source.nbytes, unit="B", unit_scale=True, desc=f"imagenet {split}", disable=not progress
     ) as bar:
