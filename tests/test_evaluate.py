@@ -125,7 +125,7 @@ def test_cli_evaluate_outputs(imagenet_sample: Path, atto_ckpt: Path, tmp_path: 
     assert m["n"] == 10 and m["split"] == "val" and m["model"] == "convnext_atto" and m["img_size"] == IMG
     assert f"top-1      {m['top1']:.2f}%" in text and f"top-5      {m['top5']:.2f}%" in text
     rows = (tmp_path / "pc.csv").read_text().splitlines()
-    assert rows[0] == "index,class,n,top1,top5" and len(rows) == 11
+    assert rows[0] == "index,class,n,top1,top5,precision,recall,f1" and len(rows) == 11
     assert rows[1].startswith('0,"tench, Tinca tinca",1,')
     assert (tmp_path / "cm.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -169,17 +169,24 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
         results = []
         for data in (ds, _with_unreadable(ds)):
             loader = build_loader(data, 2, train=False, cfg=DataConfig(workers=0), seed=0, distributed=True)
-            results.append(evaluate(model, loader, "cpu", progress=False, return_predictions=True))
+            results.append(
+                evaluate(model, loader, "cpu", progress=False, return_predictions=True, confusion=True)
+            )
         if rank == 0:
             torch.save(results, out)
     finally:
         dist.destroy_process_group()
 
 
+def only_cm(model: nn.Module, ds: TensorDataset) -> torch.Tensor:
+    loader = torch.utils.data.DataLoader(ds, batch_size=3)
+    return evaluate(model, loader, "cpu", progress=False, confusion=True)["confusion"]
+
+
 def test_distributed_evaluate_counts_every_sample_once(tmp_path: Path) -> None:
     model, ds = _tiny_data()
     single = evaluate(model, torch.utils.data.DataLoader(ds, batch_size=2), "cpu", progress=False,
-                      return_predictions=True)  # fmt: skip
+                      return_predictions=True, confusion=True)  # fmt: skip
     out = tmp_path / "res.pt"
     mp.spawn(_worker, args=(2, _free_port(), str(out)), nprocs=2, join=True)
     res, res_dropped = torch.load(out, weights_only=True)
@@ -189,6 +196,10 @@ def test_distributed_evaluate_counts_every_sample_once(tmp_path: Path) -> None:
     assert res["loss"] == pytest.approx(single["loss"], rel=1e-6)
     assert torch.equal(res["targets"], single["targets"])  # gathered back in dataset order
     assert torch.equal(res["predictions"], single["predictions"])
+    assert torch.equal(res["indices"], torch.arange(7))
+    assert torch.allclose(res["probs"], single["probs"], atol=1e-6)  # a Linear on other batches: ~ulp
+    assert torch.equal(res["confusion"], single["confusion"])  # all-reduced counts: exact
+    assert int(res["confusion"].sum()) == 7 and int(res["confusion"].trace()) == round(res["top1"] * 7 / 100)
     # unreadable samples (one on each rank) are in no metric, and rank 0 names both
     keep = [i for i in range(7) if i not in UNREADABLE]
     readable = TensorDataset(*(t[keep] for t in ds.tensors))
@@ -197,7 +208,9 @@ def test_distributed_evaluate_counts_every_sample_once(tmp_path: Path) -> None:
     assert res_dropped["dropped_files"] == [("sample 2", "unreadable"), ("sample 5", "unreadable")]
     assert res_dropped["top1"] == pytest.approx(only["top1"])
     assert res_dropped["loss"] == pytest.approx(only["loss"], rel=1e-6)
-    assert sorted(res_dropped["targets"].tolist()) == sorted(readable.tensors[1].tolist())
+    assert res_dropped["targets"].tolist() == readable.tensors[1].tolist()  # dataset order, by index
+    assert res_dropped["indices"].tolist() == keep
+    assert torch.equal(res_dropped["confusion"], only_cm(model, readable))
 
 
 # --------------------------------------------------------------------------------------- run folders
@@ -299,3 +312,142 @@ def tiny_run(root: Path, names: list[str] = TINY_NAMES, seed: int = 0) -> Path:
     )
     torch.save(ckpt, run / "checkpoints" / "last.pth")
     return run
+
+
+def test_class_metrics_are_sklearns() -> None:
+    """Per-class precision/recall/F1, macro F1 and balanced accuracy from the confusion counts equal
+    sklearn.metrics with its defaults: classes in the data or predicted, zero_division 0."""
+    import warnings
+
+    from sklearn import metrics as skm
+
+    from convnext.engine.metrics import class_metrics
+    from convnext.inference.report import confusion_counts
+
+    g = torch.Generator().manual_seed(5)
+    y = torch.randint(0, 6, (200,), generator=g)  # classes 0-5 in the data
+    p = torch.where(torch.rand(200, generator=g) < 0.6, y, torch.randint(0, 8, (200,), generator=g))
+    p[p == 4] = 3  # class 4 is never predicted; 6 and 7 are predicted, never true; 8, 9 neither
+    m = class_metrics(confusion_counts(p, y, 10))
+    labels = sorted(set(y.tolist()) | set(p.tolist()))
+    assert m["classes"] == labels == [0, 1, 2, 3, 4, 5, 6, 7]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # sklearn warns about the ill-defined classes it sets to 0
+        pr, rc, f1, support = skm.precision_recall_fscore_support(y, p, zero_division=0)
+        macro = skm.f1_score(y, p, average="macro", zero_division=0)
+        balanced = skm.balanced_accuracy_score(y, p)
+    assert m["precision"] == pytest.approx(100 * pr) and m["recall"] == pytest.approx(100 * rc)
+    assert m["f1"] == pytest.approx(100 * f1) and m["support"] == support.tolist()
+    assert m["macro_f1"] == pytest.approx(100 * macro) and m["balanced_accuracy"] == pytest.approx(
+        100 * balanced
+    )
+    empty = class_metrics(torch.zeros(4, 4, dtype=torch.long))
+    assert empty["classes"] == [] and empty["macro_f1"] is None and empty["balanced_accuracy"] is None
+
+
+def _small_folder(root: Path, sizes: tuple[int, ...] = (5, 2, 3)) -> None:
+    """Classes of unequal size (what a small custom dataset looks like) and one unreadable file."""
+    from torchvision.io import write_png
+
+    g = torch.Generator().manual_seed(1)
+    for c, n in zip(TINY_NAMES, sizes):
+        (root / c).mkdir(parents=True)
+        for i in range(n):
+            write_png(
+                torch.randint(0, 256, (3, 36, 44), dtype=torch.uint8, generator=g), str(root / c / f"{i}.png")
+            )
+    (root / "banana" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)
+
+
+def _read_csv(path: Path) -> list[dict[str, str]]:
+    import csv
+
+    with open(path, newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def test_small_dataset_report_per_class_predictions_and_no_top5(tmp_path: Path, capsys) -> None:
+    import warnings
+
+    from sklearn import metrics as skm
+
+    run, data = tiny_run(tmp_path), tmp_path / "data"
+    _small_folder(data)
+    js, preds, cm = tmp_path / "m.json", tmp_path / "p.csv", tmp_path / "cm.png"
+    argv = ["evaluate", "--weights", str(run), "--data", str(data), "--workers", "0", "--batch-size", "4",
+            "--json", str(js), "--predictions", str(preds), "--confusion", str(cm), "--confusion-normalize",
+            "--per-class", str(tmp_path / "pc.csv")]  # fmt: skip
+    assert main(argv) == 0
+    text = capsys.readouterr().out.splitlines()
+    m = json.loads(js.read_text())
+    assert m["n"] == 10 and m["top5"] is None and not any(ln.startswith("top-5") for ln in text)  # 3 classes
+    rows = _read_csv(preds)  # every counted image once, in dataset order; the broken file in none
+    assert [r["path"] for r in rows] == sorted(str(p) for p in data.glob("*/*.png") if p.name != "broken.png")
+    y, p = [int(r["true"]) for r in rows], [int(r["predicted"]) for r in rows]
+    assert all(Path(r["path"]).parent.name == r["true_class"] == TINY_NAMES[int(r["true"])] for r in rows)
+    assert all(r["correct"] == str(int(r["true"] == r["predicted"])) for r in rows)
+    assert all(float(r["predicted_prob"]) >= float(r["true_prob"]) for r in rows)
+    assert all(r["predicted_prob"] == r["true_prob"] for r in rows if r["correct"] == "1")
+    assert 100 * sum(a == b for a, b in zip(y, p)) / len(y) == pytest.approx(m["top1"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        labels = sorted(set(y) | set(p))
+        pr, rc, f1, support = skm.precision_recall_fscore_support(y, p, labels=labels, zero_division=0)
+        macro = skm.f1_score(y, p, average="macro", zero_division=0)
+        balanced = skm.balanced_accuracy_score(y, p)
+    assert [c["index"] for c in m["per_class"]] == labels
+    assert [c["n"] for c in m["per_class"]] == support.tolist()
+    for key, want in (("precision", pr), ("recall", rc), ("f1", f1)):
+        assert [c[key] for c in m["per_class"]] == pytest.approx(100 * want, abs=1e-4), key
+    assert m["macro_f1"] == pytest.approx(100 * macro) and m["balanced_accuracy"] == pytest.approx(
+        100 * balanced
+    )
+    assert (
+        f"macro F1   {m['macro_f1']:.2f}% (mean F1 of {len(labels)} classes: in the data or predicted)"
+        in text
+    )
+    assert f"bal. acc.  {m['balanced_accuracy']:.2f}% (mean recall of the 3 classes in the data)" in text
+    apple = next(c for c in m["per_class"] if c["class"] == "apple")
+    want = (f"           {apple['n']:>6} {apple['predicted']:>9} {apple['precision']:>8.2f}% "
+            f"{apple['recall']:>7.2f}% {apple['f1']:>7.2f}%  apple")  # fmt: skip
+    assert want in text
+    pc = _read_csv(tmp_path / "pc.csv")
+    assert [r["top5"] for r in pc] == ["", "", ""] and pc[0]["f1"] == str(apple["f1"])
+    assert cm.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_torchrun_two_processes_write_each_report_once_and_equal(tmp_path: Path, capsys) -> None:
+    """Under torchrun (2 gloo processes) the confusion counts are all-reduced and the predictions gathered
+    back by dataset index: the same per-class numbers and the same prediction file as one process, each
+    file written once (by rank 0), the unreadable file named once."""
+    import subprocess
+    import sys
+
+    run, data = tiny_run(tmp_path), tmp_path / "data"
+    _small_folder(data, (4, 3, 4))
+    outs = {}
+    for nproc in (1, 2):
+        d = tmp_path / f"out{nproc}"
+        argv = ["evaluate", "--weights", str(run), "--data", str(data), "--workers", "0", "--device", "cpu",
+                "--batch-size", "2", "--json", str(d / "m.json"),
+                "--predictions", str(d / "p.csv")]  # fmt: skip
+        if nproc == 1:
+            assert main(argv) == 0
+            capsys.readouterr()
+        else:
+            cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                   "-m", "convnext.cli.main", *argv]  # fmt: skip
+            env = {**os.environ, "OMP_NUM_THREADS": "1"}
+            r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+            assert r.returncode == 0, r.stderr[-3000:]
+            assert r.stdout.count("top-1 ") == 1 and r.stdout.count("broken.png") == 1  # rank 0 prints
+        assert sorted(p.name for p in d.iterdir()) == ["m.json", "p.csv"]  # no temporary file left
+        outs[nproc] = json.loads((d / "m.json").read_text()), _read_csv(d / "p.csv")
+    (one, csv1), (two, csv2) = outs[1], outs[2]
+    assert two["world_size"] == 2 and one["n"] == two["n"] == 11
+    assert one["per_class"] == two["per_class"] and one["macro_f1"] == two["macro_f1"]
+    assert one["dropped_files"] == two["dropped_files"] and len(two["dropped_files"]) == 1
+    exact = ("path", "true", "predicted", "correct")  # each image once, in dataset order
+    assert [[r[k] for k in exact] for r in csv1] == [[r[k] for k in exact] for r in csv2]
+    for key in ("predicted_prob", "true_prob"):  # other batches, other thread counts: not bit-exact
+        assert [float(r[key]) for r in csv1] == pytest.approx([float(r[key]) for r in csv2], abs=1e-5)

@@ -4,8 +4,11 @@
 options and eval transform are used, and ``--data`` defaults to the run's validation split. Under torchrun
 each process evaluates its shard; the sums are all-reduced, only rank 0 prints and writes.
 
-Every readable file counts exactly once; a file that cannot be used (empty, not an image, truncated,
-above the pixel limit) is in no metric, and is named and counted in the output ("dropped"). The work is
+Every readable file counts exactly once (however many symbolic or hard links lead to it); a file that
+cannot be used (empty, not an image, truncated, above the pixel limit, a FIFO or a device) is in no
+metric, and is named and counted in the output ("dropped"). Beside top-1/top-5 (no top-5 with 5 classes
+or fewer): per-class precision/recall/F1, macro F1 and balanced accuracy, from confusion counts that are
+exact across ranks; ``--predictions`` lists every image's prediction. The work is
 :func:`convnext.inference.evaluate.evaluate_weights`; this module parses and prints.
 """
 
@@ -33,6 +36,7 @@ if TYPE_CHECKING:
     from ..inference.evaluate import Evaluation
 
 _SHOWN_DROPPED = 20  # dropped files listed in the text output (--json has them all)
+_SHOWN_CLASSES = 20  # per-class lines in the text output up to this many classes (--json has them all)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -67,8 +71,21 @@ def register(sub: argparse._SubParsersAction) -> None:
         "89478485 as PIL's; 0: no limit)",
     )
     add_json(p, "the metrics")
-    p.add_argument("--per-class", metavar="OUT.csv", help="write per-class top-1/top-5 as CSV")
+    p.add_argument(
+        "--per-class", metavar="OUT.csv", help="write per-class top-1/top-5, precision, recall and F1 as CSV"
+    )
+    p.add_argument(
+        "--predictions",
+        metavar="OUT.csv",
+        help="write every image's prediction as CSV (path, true and predicted class, their probabilities, "
+        "correct): the mistakes are the rows with correct 0",
+    )
     p.add_argument("--confusion", metavar="OUT.png", help="write a confusion-matrix plot")
+    p.add_argument(
+        "--confusion-normalize",
+        action="store_true",
+        help="the confusion matrix in percent of each true class (rows sum to 100%%) instead of counts",
+    )
     add_progress(p)
     p.set_defaults(func=run)
 
@@ -91,51 +108,86 @@ def run(args: argparse.Namespace) -> int:
         amp=args.amp,
         channels_last=args.channels_last,
         max_pixels=args.max_pixels,
-        predictions=bool(args.per_class or args.confusion),
+        predictions=bool(args.per_class or args.confusion or args.predictions),
         progress=show_progress(args),
     )
-    if not ev.main:
+    if not ev.main:  # under torchrun only rank 0 prints and writes: each file once
         return 0
     if not json_only(args):
         _print_text(ev, args.json)
     if args.json:
         write_json(args.json, ev.summary())
-    if args.per_class or args.confusion:
-        _write_reports(ev, args.per_class, args.confusion)
+    _write_reports(ev, args.per_class, args.confusion, args.predictions, args.confusion_normalize)
     return 0
 
 
 def _print_text(ev: Evaluation, json_file: str | None) -> None:
+    from ..inference.report import shown_path
+
     res, cfg, loaded, dropped = ev.metrics, ev.data, ev.loaded, ev.dropped
-    print(f"model      {loaded.arch} ({loaded.checkpoint}{', EMA' if ev.ema else ''})")
+    print(f"model      {loaded.arch} ({shown_path(loaded.checkpoint)}{', EMA' if ev.ema else ''})")
     note = f"; {len(dropped)} unreadable file(s) dropped, in no metric (listed below)" if dropped else ""
     print(
-        f"data       {ev.where} [{cfg.val_split or '.'}]: {res['n']} images, {ev.classes_present} of "
-        f"{loaded.num_classes} classes{note}"
+        f"data       {shown_path(ev.where)} [{cfg.val_split or '.'}]: {res['n']} images, "
+        f"{ev.classes_present} of {loaded.num_classes} classes{note}"
     )
     print(f"transform  {cfg.img_size} px, {cfg.crop_mode} crop {cfg.crop_pct}, {cfg.interpolation}")
     print(f"top-1      {res['top1']:.2f}%")
-    print(f"top-5      {res['top5']:.2f}%")
+    if ev.has_top5:  # with 5 classes or fewer top-5 is 100% by definition
+        print(f"top-5      {res['top5']:.2f}%")
+    summary, table = ev.class_summary(), ev.class_table()
+    if summary["macro_f1"] is not None:
+        in_data = sum(1 for r in table if r["n"])
+        f1, bal = summary["macro_f1"], summary["balanced_accuracy"]
+        print(f"macro F1   {f1:.2f}% (mean F1 of {len(table)} classes: in the data or predicted)")
+        print(f"bal. acc.  {bal:.2f}% (mean recall of the {in_data} classes in the data)")
     print(f"loss       {res['loss']:.4f}")
     print(f"images/s   {res['images_per_s']:.1f} ({ev.device}, {res['world_size']} process(es))")
+    if table and len(table) <= _SHOWN_CLASSES:
+        print(f"per class  {'n':>6} {'predicted':>9} {'precision':>9} {'recall':>8} {'F1':>8}  class")
+        for r in table:
+            print(
+                f"           {r['n']:>6} {r['predicted']:>9} {r['precision']:>8.2f}% {r['recall']:>7.2f}% "
+                f"{r['f1']:>7.2f}%  {shown_path(r['class'])}"
+            )
+    elif table:
+        where = json_file or "--json"
+        print(
+            f"per class  {len(table)} classes: precision, recall and F1 in {where} (per_class) or --per-class"
+        )
     if dropped:
         print(f"dropped    {len(dropped)} unreadable file(s):")
         for p, why in dropped[:_SHOWN_DROPPED]:
-            print(f"  {p} ({why})")
+            print(f"  {shown_path(p)} ({why})")
         if len(dropped) > _SHOWN_DROPPED:
             rest = len(dropped) - _SHOWN_DROPPED
             print(f"  ... and {rest} more ({'in ' + json_file if json_file else '--json lists them all'})")
 
 
-def _write_reports(ev: Evaluation, per_class: str | None, confusion: str | None) -> None:
+def _write_reports(
+    ev: Evaluation, per_class: str | None, confusion: str | None, predictions: str | None, normalize: bool
+) -> None:
     from ..inference.loading import display_names
-    from ..inference.report import per_class_rows, write_confusion_png, write_per_class_csv
+    from ..inference.report import (
+        per_class_rows,
+        write_confusion_png,
+        write_per_class_csv,
+        write_predictions_csv,
+    )
 
     res, loaded = ev.metrics, ev.loaded
     shown = display_names(loaded.class_names, loaded.num_classes)
     if per_class:
-        write_per_class_csv(per_class, per_class_rows(res["predictions"], res["targets"], shown))
+        rows = per_class_rows(res["predictions"], res["targets"], shown, top5=ev.has_top5)
+        write_per_class_csv(per_class, rows, ev.class_table())
+    if predictions:
+        write_predictions_csv(predictions, ev.prediction_rows())
     if confusion:
         write_confusion_png(
-            confusion, res["predictions"][:, 0], res["targets"], shown, title=f"{loaded.arch} on {ev.where}"
+            confusion,
+            res["predictions"][:, 0],
+            res["targets"],
+            shown,
+            title=f"{loaded.arch} on {ev.where}",
+            normalize=normalize,
         )

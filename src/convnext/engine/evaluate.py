@@ -32,6 +32,22 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def _sample_indices(loader: DataLoader) -> list[int] | None:
+    """The dataset index of each sample in the order the loader yields them, when the loader is a plain
+    in-order one (its sampler's order, batched as is: our eval loaders); None otherwise (an iterable
+    dataset, a custom batch sampler, a sampler that shuffles)."""
+    from torch.utils.data import BatchSampler, SequentialSampler
+
+    from ..data.loader import EvalShardSampler
+
+    sampler, batches = getattr(loader, "sampler", None), getattr(loader, "batch_sampler", None)
+    if not isinstance(sampler, SequentialSampler | EvalShardSampler):
+        return None
+    if not isinstance(batches, BatchSampler) or batches.sampler is not sampler:
+        return None
+    return list(sampler)
+
+
 def _dataset_order(parts: list[torch.Tensor], loader: DataLoader) -> torch.Tensor:
     """Per-rank results back in dataset order when the loader shards as indices[rank::world] (our eval
     loader); any other sampler keeps rank order."""
@@ -61,6 +77,7 @@ def evaluate(
     topk: int = 5,
     warn_dropped: bool = True,
     label_smoothing: float = 0.0,
+    confusion: bool = False,
 ) -> dict[str, Any]:
     """Evaluate ``model`` on ``loader`` (this rank's shard under torch.distributed).
 
@@ -69,8 +86,13 @@ def evaluate(
     loss, which curves.png plots it against; equal to loss when 0), n (samples), images_per_s, world_size,
     dropped (unreadable files, left out of every number) and dropped_files ([(file, why)], from every
     rank, sorted); with ``return_predictions`` also ``predictions`` (N, topk class indices, best first)
-    and ``targets`` (N,), gathered from every rank and put back in dataset order (rank order when files
-    were dropped; each prediction stays with its target).
+    and ``targets`` (N,), gathered from every rank and put back in dataset order (each prediction stays
+    with its target), ``probs`` (N, topk: the softmax probability of each predicted class),
+    ``target_probs`` (N,: of the true class) and ``indices`` (N,: each sample's dataset index; absent when
+    the loader's order is not known, see ``_sample_indices``). With ``confusion``, ``confusion`` is the
+    (C, C) int64 count of (true class, top-1 class) over every counted sample, all-reduced like the sums:
+    exact under any number of ranks; per-class precision/recall/F1 come from it
+    (:func:`convnext.engine.metrics.class_metrics`).
 
     Unreadable files come from a "drop"-mode dataset (convnext.data.build_dataset for a split other than
     the training one) as a negative target; they are removed from the batch before the model sees it.
@@ -91,7 +113,10 @@ def evaluate(
         raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing}")
     # correct1, correct5, loss_sum, n, n timed (after the first batch), smoothed loss_sum
     sums = torch.zeros(6, dtype=torch.float64, device=device)
-    preds, targs = [], []
+    preds, targs, probs_k, probs_t, positions = [], [], [], [], []
+    cm: torch.Tensor | None = None
+    order = _sample_indices(loader) if return_predictions else None
+    seen = 0  # samples of this rank so far, readable or not: where each batch sits in ``order``
     distributed = dist.is_available() and dist.is_initialized()
     main = not distributed or dist.get_rank() == 0
     try:
@@ -112,10 +137,12 @@ def evaluate(
             _sync(device)
             start = time.perf_counter()
         keep, bad = split_unreadable(targets)
+        where = torch.arange(seen, seen + len(targets))
+        seen += len(targets)
         if bad:
             dropped.extend(bad)
             bar.update(len(bad))
-            images, targets = images[keep], targets[keep]
+            images, targets, where = images[keep], targets[keep], where[keep]
             if not len(targets):
                 continue
         images = images.to(device, non_blocking=True)
@@ -138,12 +165,23 @@ def evaluate(
             else loss_sum
         )
         sums[[0, 1, 2, 5]] += torch.stack([c1.double(), c5.double(), loss_sum.double(), smoothed.double()])
+        if confusion:
+            k = logits.shape[1]
+            if cm is None:
+                cm = torch.zeros(k * k, dtype=torch.int64, device=device)
+            top1 = topk_indices(logits, 1)[:, 0]
+            cm.index_add_(0, targets.long() * k + top1, torch.ones_like(top1))  # no (k*k) bincount per batch
         n_local += len(targets)
         n_after_first += len(targets) if i > 0 else 0
         bar.update(len(targets))
         if return_predictions:
-            preds.append(topk_indices(logits, topk).cpu())
+            top = topk_indices(logits, topk)
+            p = logits.softmax(dim=1)
+            preds.append(top.cpu())
             targs.append(targets.cpu())
+            probs_k.append(p.gather(1, top).cpu())
+            probs_t.append(p.gather(1, targets.long()[:, None])[:, 0].cpu())
+            positions.append(where)
     bar.close()
     _sync(device)
     end = time.perf_counter()
@@ -153,9 +191,17 @@ def evaluate(
         elapsed, n_timed = (end - first_start) if first_start is not None else 0.0, n_local
     sums[3], sums[4] = n_local, n_timed
     t = torch.tensor([elapsed], dtype=torch.float64, device=device)
+    if confusion:
+        width = torch.tensor([0 if cm is None else int(cm.numel() ** 0.5)], device=device)
+        if distributed:  # a rank whose shard was empty (or all unreadable) saw no logits
+            dist.all_reduce(width, op=dist.ReduceOp.MAX)
+        if cm is None:
+            cm = torch.zeros(int(width) ** 2, dtype=torch.int64, device=device)
     if distributed:
         dist.all_reduce(sums)
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        if cm is not None:
+            dist.all_reduce(cm)
     c1, c5, loss_sum, n, n_timed, smoothed_sum = sums.tolist()
     elapsed = float(t.item())
     world = dist.get_world_size() if distributed else 1
@@ -186,17 +232,29 @@ def evaluate(
         "dropped": len(named),
         "dropped_files": named,
     }
+    if confusion:
+        w = int(cm.numel() ** 0.5) if cm is not None else 0
+        out["confusion"] = cm.view(w, w).cpu() if cm is not None else torch.zeros(0, 0, dtype=torch.int64)
     if return_predictions:
-        p = torch.cat(preds) if preds else torch.empty(0, topk, dtype=torch.long)
-        tg = torch.cat(targs) if targs else torch.empty(0, dtype=torch.long)
+        parts = {
+            "predictions": torch.cat(preds) if preds else torch.empty(0, topk, dtype=torch.long),
+            "targets": torch.cat(targs) if targs else torch.empty(0, dtype=torch.long),
+            "probs": torch.cat(probs_k) if probs_k else torch.empty(0, topk),
+            "target_probs": torch.cat(probs_t) if probs_t else torch.empty(0),
+        }
+        if order is not None:
+            pos = torch.cat(positions) if positions else torch.empty(0, dtype=torch.long)
+            parts["indices"] = torch.tensor(order, dtype=torch.long)[pos]
         if distributed:
             gathered: list[Any] = [None] * world
-            dist.all_gather_object(gathered, (p, tg))
-            if named:  # shard sizes no longer tell where each sample sat: keep rank order
-                p, tg = torch.cat([g[0] for g in gathered]), torch.cat([g[1] for g in gathered])
+            dist.all_gather_object(gathered, parts)
+            if all("indices" in g for g in gathered):  # each sample by its dataset index
+                parts = {k: torch.cat([g[k] for g in gathered]) for k in parts}
+                by = parts["indices"].argsort(stable=True)
+                parts = {k: v[by] for k, v in parts.items()}
             else:
-                p = _dataset_order([g[0] for g in gathered], loader)
-                tg = _dataset_order([g[1] for g in gathered], loader)
-        out["predictions"], out["targets"] = p, tg
+                parts.pop("indices", None)
+                parts = {k: _dataset_order([g[k] for g in gathered], loader) for k in parts}
+        out.update(parts)
     net.train(was_training)
     return out

@@ -1,9 +1,12 @@
-"""Top-k accuracy, the number every ImageNet table reports."""
+"""Top-k accuracy, the number every ImageNet table reports, and the per-class numbers a small or unbalanced
+dataset needs (precision, recall, F1, macro F1, balanced accuracy)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
+import torch
 from torch import Tensor
 
 
@@ -43,4 +46,38 @@ def accuracy(logits: Tensor, targets: Tensor, topk: Sequence[int] = (1, 5)) -> l
     return [100.0 * float(c) / n for c in correct_topk(logits, targets, topk)]
 
 
-__all__ = ["accuracy", "correct_topk", "hard_targets", "topk_indices"]
+def class_metrics(confusion: Tensor) -> dict[str, Any]:
+    """Per-class precision, recall and F1, macro F1 and balanced accuracy (percent) from confusion counts
+    (rows: true class, columns: top-1 class), so that they are exact wherever the counts are (all-reduced
+    across ranks, :func:`convnext.engine.evaluate.evaluate` with ``confusion=True``).
+
+    The numbers of ``sklearn.metrics`` with its defaults (``precision_recall_fscore_support``,
+    ``f1_score(average="macro")``, ``balanced_accuracy_score``; a test checks): the classes are those in the
+    data or in the predictions (a 1000-class head on a 10-class folder is judged on those 10 and on any
+    class it wrongly predicts); a class never predicted has precision 0, one not in the data recall 0
+    (``zero_division=0``); balanced accuracy is the mean recall over the classes in the data. Returns
+    ``classes`` (indices), ``support`` (true images per class), ``predicted`` (images predicted as it),
+    ``precision``, ``recall``, ``f1`` (lists, one per class), ``macro_f1``, ``balanced_accuracy``
+    (None without a single image).
+    """
+    cm = confusion.double()
+    tp, support, predicted = cm.diagonal(), cm.sum(dim=1), cm.sum(dim=0)
+    classes = torch.nonzero((support > 0) | (predicted > 0)).flatten()
+    precision = torch.where(predicted > 0, tp / predicted.clamp_min(1), 0.0)
+    recall = torch.where(support > 0, tp / support.clamp_min(1), 0.0)
+    both = precision + recall
+    f1 = torch.where(both > 0, 2 * precision * recall / both.clamp_min(1e-300), 0.0)
+    in_data = support > 0
+    return {
+        "classes": classes.tolist(),
+        "support": support[classes].long().tolist(),
+        "predicted": predicted[classes].long().tolist(),
+        "precision": (100 * precision[classes]).tolist(),
+        "recall": (100 * recall[classes]).tolist(),
+        "f1": (100 * f1[classes]).tolist(),
+        "macro_f1": float(100 * f1[classes].mean()) if len(classes) else None,
+        "balanced_accuracy": float(100 * recall[in_data].mean()) if bool(in_data.any()) else None,
+    }
+
+
+__all__ = ["accuracy", "class_metrics", "correct_topk", "hard_targets", "topk_indices"]

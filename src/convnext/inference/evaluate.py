@@ -31,15 +31,64 @@ class Evaluation:
     classes_present: int  # classes with at least one counted image
     ema: bool
     main: bool  # this process reports (rank 0 of a torchrun job, or a plain run)
+    files: list[str] | None = None  # with predictions: each counted sample's file, in the predictions' order
 
     @property
     def where(self) -> str:
         return str(self.data.root or self.data.dataset)
 
+    @property
+    def has_top5(self) -> bool:
+        """Top-5 says nothing with 5 classes or fewer (it is 100% by definition): not reported then."""
+        return self.loaded.num_classes > 5
+
+    def class_table(self) -> list[dict[str, Any]]:
+        """One row per class in the data or the predictions: index, class, n (true images), predicted
+        (images predicted as it), precision, recall, f1 (percent; see
+        :func:`convnext.engine.metrics.class_metrics`)."""
+        from ..engine.metrics import class_metrics
+        from .loading import display_names
+
+        m = class_metrics(self.metrics["confusion"])
+        names = display_names(self.loaded.class_names, self.loaded.num_classes)
+        return [
+            {"index": c, "class": names[c] if c < len(names) else f"class {c}", "n": n, "predicted": k,
+             "precision": round(pr, 4), "recall": round(rc, 4), "f1": round(f, 4)}
+            for c, n, k, pr, rc, f in zip(
+                m["classes"], m["support"], m["predicted"], m["precision"], m["recall"], m["f1"]
+            )
+        ]  # fmt: skip
+
+    def class_summary(self) -> dict[str, float | None]:
+        """macro_f1 and balanced_accuracy (percent; None without images)."""
+        from ..engine.metrics import class_metrics
+
+        m = class_metrics(self.metrics["confusion"])
+        return {"macro_f1": m["macro_f1"], "balanced_accuracy": m["balanced_accuracy"]}
+
+    def prediction_rows(self) -> list[dict[str, Any]]:
+        """``--predictions``: one row per counted image, in dataset order: path, true and predicted class
+        (index and name), the probability of the predicted class and of the true one, correct (1/0)."""
+        from .loading import display_names
+
+        res, names = self.metrics, display_names(self.loaded.class_names, self.loaded.num_classes)
+        top1, targets = res["predictions"][:, 0].tolist(), res["targets"].tolist()
+        p_top, p_true = res["probs"][:, 0].tolist(), res["target_probs"].tolist()
+        files = self.files or [f"sample {i}" for i in range(len(targets))]
+        return [
+            {"path": f, "true": t, "true_class": names[t], "predicted": p, "predicted_class": names[p],
+             "predicted_prob": round(pp, 6), "true_prob": round(pt, 6), "correct": int(p == t)}
+            for f, t, p, pp, pt in zip(files, targets, top1, p_top, p_true)
+        ]  # fmt: skip
+
     def summary(self) -> dict[str, Any]:
-        """The JSON document of ``convnext evaluate --json``."""
+        """The JSON document of ``convnext evaluate --json``. ``top5`` is null with 5 classes or fewer."""
         res = self.metrics
         out = {k: res[k] for k in ("top1", "top5", "loss", "n", "images_per_s", "world_size") if k in res}
+        if not self.has_top5:
+            out["top5"] = None
+        out.update(self.class_summary())
+        out["per_class"] = self.class_table()
         out["dropped"] = len(self.dropped)
         out["dropped_files"] = [{"path": p, "reason": why} for p, why in self.dropped]
         out.update(
@@ -145,7 +194,9 @@ def evaluate_weights(
     image folder, DIR/<class>/<img> or DIR/val/<class>/<img>; default: a run's validation split).
 
     ``img_size``/``crop_pct`` default to the weights' own eval settings, ``max_pixels`` to theirs (0: no
-    limit). With ``predictions`` the metrics hold every sample's top-5 and target (per-class reports).
+    limit). The metrics always hold the confusion counts (per-class precision/recall/F1, exact across
+    ranks). With ``predictions`` they also hold every sample's top-5, probabilities and target, in
+    dataset order, and :attr:`Evaluation.files` names each sample's file (reports, ``--predictions``).
     Under torchrun this joins the process group, evaluates this rank's shard and leaves the group.
     """
     from ..data import build_dataset, build_eval_transform, build_loader
@@ -179,9 +230,24 @@ def evaluate_weights(
             progress=progress,
             return_predictions=predictions,
             warn_dropped=False,
+            confusion=True,
         )
     finally:
         if D.is_dist():
             D.cleanup()
     dropped, present = _dropped(ds, res)
-    return Evaluation(loaded, cfg, dev, res, dropped, present, bool(getattr(loaded.info, "ema", ema)), main)
+    files = _files(ds, res) if predictions else None
+    ev_ema = bool(getattr(loaded.info, "ema", ema))
+    return Evaluation(loaded, cfg, dev, res, dropped, present, ev_ema, main, files)
+
+
+def _files(ds: Any, res: dict[str, Any]) -> list[str]:
+    """The file of each sample in ``res["predictions"]`` (by its dataset index); "sample N" for a
+    dataset that is not files."""
+    from ..data.file_datasets import find_file_dataset
+
+    fd = find_file_dataset(ds)
+    indices = res.get("indices")
+    if indices is None:
+        return [f"sample {i}" for i in range(len(res["targets"]))]
+    return [fd.path(i) if fd is not None else f"sample {i}" for i in indices.tolist()]

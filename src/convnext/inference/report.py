@@ -1,4 +1,5 @@
-"""Evaluation reports people look at: per-class accuracy (CSV), a confusion matrix (PNG) and the most
+"""Evaluation reports people look at: per-class accuracy, precision, recall and F1 (CSV), every image's
+prediction (CSV, to find the mistakes), a confusion matrix (PNG; counts, or rows in percent) and the most
 confused pairs (in the figure beyond MAX_LABELED classes, and always as a CSV beside it)."""
 
 from __future__ import annotations
@@ -26,8 +27,11 @@ def shown_path(path: str) -> str:
     return path if path.isprintable() else repr(path)
 
 
-def per_class_rows(predictions: torch.Tensor, targets: torch.Tensor, names: list[str]) -> list[dict]:
-    """One row per class present in the data: index, name, n, top1 and top5 (percent)."""
+def per_class_rows(
+    predictions: torch.Tensor, targets: torch.Tensor, names: list[str], top5: bool = True
+) -> list[dict]:
+    """One row per class present in the data: index, name, n, top1 and top5 (percent; None without
+    ``top5``: with 5 classes or fewer it is 100% by definition)."""
     rows = []
     hit1 = predictions[:, 0] == targets
     hit5 = (predictions == targets[:, None]).any(dim=1)
@@ -40,7 +44,7 @@ def per_class_rows(predictions: torch.Tensor, targets: torch.Tensor, names: list
                 "class": names[c] if c < len(names) else f"class {c}",
                 "n": n,
                 "top1": round(100.0 * float(hit1[m].sum()) / n, 4),
-                "top5": round(100.0 * float(hit5[m].sum()) / n, 4),
+                "top5": round(100.0 * float(hit5[m].sum()) / n, 4) if top5 else None,
             }
         )
     return rows
@@ -66,8 +70,28 @@ def _write_csv(path: Path, fields: list[str], rows: list[dict]) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def write_per_class_csv(path: str | Path, rows: list[dict]) -> None:
-    _write_csv(Path(path), ["index", "class", "n", "top1", "top5"], rows)
+PER_CLASS_FIELDS = ["index", "class", "n", "top1", "top5", "precision", "recall", "f1"]
+PREDICTION_FIELDS = [
+    "path", "true", "true_class", "predicted", "predicted_class", "predicted_prob", "true_prob", "correct",
+]  # fmt: skip
+
+
+def write_per_class_csv(path: str | Path, rows: list[dict], table: list[dict] | None = None) -> None:
+    """``rows`` (:func:`per_class_rows`) as CSV; with ``table`` (``Evaluation.class_table``) each row gets
+    its class's precision, recall and F1 too. A ``top5`` of None is an empty cell (5 classes or fewer)."""
+    by = {r["index"]: r for r in table or []}
+    out = [
+        {**r, **{k: by.get(r["index"], {}).get(k, "") for k in ("precision", "recall", "f1")}} for r in rows
+    ]
+    _write_csv(Path(path), PER_CLASS_FIELDS if table is not None else PER_CLASS_FIELDS[:5], out)
+
+
+def write_predictions_csv(path: str | Path, rows: list[dict]) -> Path:
+    """``evaluate --predictions``: one row per counted image (``Evaluation.prediction_rows``), written to
+    a temporary name and renamed like every report."""
+    path = Path(path)
+    _write_csv(path, PREDICTION_FIELDS, rows)
+    return path
 
 
 def confusion_counts(top1: torch.Tensor, targets: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -156,6 +180,7 @@ def confusion_figure(
     title: str = "",
     pairs_shown: int = PAIRS_SHOWN,
     pairs_file: str = "",
+    normalize: bool = False,
 ) -> Figure:
     """Rows: true class, columns: predicted class; counts written in the cells up to 20 classes.
 
@@ -164,6 +189,10 @@ def confusion_figure(
     pairs (true -> predicted, count, share of the true class; ``pairs_file`` names where all of them
     are). The colour scale is a square root (a single
     error still shows next to a diagonal of hundreds); the colour bar is labelled in whole images.
+
+    ``normalize``: each row as the percentage of its true class's images (rows sum to 100%; sklearn's
+    ``normalize="true"``), on a linear scale: classes of very different sizes compare, and the diagonal
+    is each class's recall.
     """
     from matplotlib.colors import PowerNorm
     from matplotlib.figure import Figure
@@ -180,6 +209,9 @@ def confusion_figure(
     t, p = index[targets.long()], index[top1.long()]
     keep = (t >= 0) & (p >= 0)
     cm = confusion_counts(p[keep], t[keep], k).numpy() if k else torch.zeros(0, 0).numpy()
+    if normalize:  # of every image of the true class, also those predicted as a class not shown
+        row_n = torch.bincount(t[t >= 0], minlength=k).clamp_min(1).double().numpy()
+        cm = 100.0 * cm / row_n[:, None]
 
     cell = min(0.6, max(0.2, 7.0 / max(k, 1)))  # inches per class: 0.2 in (20 px) at 35+ classes
     side = max(k * cell, 3.0)
@@ -192,12 +224,19 @@ def confusion_figure(
     fig = Figure(figsize=(fig_w, fig_h), dpi=100, facecolor="white")
     ax = fig.add_axes((margin / fig_w, margin / fig_h, side / fig_w, side / fig_h))
     cax = fig.add_axes(((margin + side + 0.15) / fig_w, margin / fig_h, 0.18 / fig_w, side / fig_h))
-    vmax = max(int(cm.max()) if cm.size else 1, 1)
-    im = ax.imshow(cm, cmap="Blues", norm=PowerNorm(0.5, vmin=0, vmax=vmax), interpolation="nearest")
-    bar = fig.colorbar(im, cax=cax)
-    roots = MaxNLocator(integer=True, nbins=7).tick_values(0, vmax**0.5)  # whole squares: evenly spaced
-    bar.set_ticks(sorted({int(r) ** 2 for r in roots if 0 <= r and int(r) ** 2 <= vmax}))
-    bar.set_label("images (square-root colour scale)", fontsize=8)
+    if normalize:
+        vmax = 100
+        im = ax.imshow(cm, cmap="Blues", vmin=0, vmax=100, interpolation="nearest")
+        bar = fig.colorbar(im, cax=cax)
+        bar.set_ticks([0, 25, 50, 75, 100])
+        bar.set_label("% of the true class's images (row)", fontsize=8)
+    else:
+        vmax = max(int(cm.max()) if cm.size else 1, 1)
+        im = ax.imshow(cm, cmap="Blues", norm=PowerNorm(0.5, vmin=0, vmax=vmax), interpolation="nearest")
+        bar = fig.colorbar(im, cax=cax)
+        roots = MaxNLocator(integer=True, nbins=7).tick_values(0, vmax**0.5)  # whole squares: evenly spaced
+        bar.set_ticks(sorted({int(r) ** 2 for r in roots if 0 <= r and int(r) ** 2 <= vmax}))
+        bar.set_label("images (square-root colour scale)", fontsize=8)
     bar.ax.tick_params(labelsize=8)
     ax.set_xticks(range(k), ticks, rotation=90, fontsize=font)
     ax.set_yticks(range(k), ticks, fontsize=font)
@@ -205,8 +244,12 @@ def confusion_figure(
         for i in range(k):
             for j in range(k):
                 if cm[i, j]:
-                    color = "white" if cm[i, j] > vmax * 0.35 else "black"  # ~0.6 of the sqrt scale
-                    ax.text(j, i, int(cm[i, j]), ha="center", va="center", fontsize=font - 1, color=color)
+                    v = cm[i, j]
+                    if normalize:
+                        color, cell_text = ("white" if v > 60 else "black"), (f"{v:.0f}" if v >= 1 else "<1")
+                    else:  # ~0.6 of the sqrt scale
+                        color, cell_text = ("white" if v > vmax * 0.35 else "black"), str(int(v))
+                    ax.text(j, i, cell_text, ha="center", va="center", fontsize=font - 1, color=color)
     ax.set_xlabel("predicted class", fontsize=9)
     ax.set_ylabel("true class", fontsize=9)
     n_classes = len(set(targets.tolist()) | set(top1.tolist()))
@@ -215,9 +258,10 @@ def confusion_figure(
     else:
         what = f"{k} classes"
     acc = 100.0 * float((top1 == targets).float().mean()) if len(targets) else 0.0
-    head = f"confusion matrix: {what}; {len(targets)} images, top-1 {acc:.2f}%"
+    rows = "; rows in % of each true class" if normalize else ""
+    head = f"confusion matrix: {what}; {len(targets)} images, top-1 {acc:.2f}%{rows}"
     fig.text(margin / fig_w, 1 - 0.15 / fig_h, title, fontsize=10, weight="bold", va="top")
-    fig.text(margin / fig_w, 1 - 0.42 / fig_h, head, fontsize=9, va="top")
+    fig.text(margin / fig_w, 1 - 0.42 / fig_h, head, fontsize=9, va="top", wrap=True)  # small k: 2 lines
     if reduced:
         every = most_confused_pairs(top1, targets, names)
         pairs = every[:pairs_shown]
@@ -236,7 +280,12 @@ def confusion_figure(
 
 
 def write_confusion_png(
-    path: str | Path, top1: torch.Tensor, targets: torch.Tensor, names: list[str], title: str = ""
+    path: str | Path,
+    top1: torch.Tensor,
+    targets: torch.Tensor,
+    names: list[str],
+    title: str = "",
+    normalize: bool = False,
 ) -> list[Path]:
     """``confusion_figure`` as a PNG (atomically), and beside it ``<stem>_pairs.csv``: every confused
     pair, most errors first (``most_confused_pairs``) — the figure holds the top of that list, the CSV all
@@ -245,5 +294,6 @@ def write_confusion_png(
 
     path = Path(path)
     csv_path = path.with_name(f"{path.stem}_pairs.csv")
-    png = save_figure(confusion_figure(top1, targets, names, title=title, pairs_file=csv_path.name), path)
+    fig = confusion_figure(top1, targets, names, title=title, pairs_file=csv_path.name, normalize=normalize)
+    png = save_figure(fig, path)
     return [png, write_pairs_csv(csv_path, most_confused_pairs(top1, targets, names))]
