@@ -10,7 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..errors import UserError
-from .common import add_device, add_img_size, add_json, json_only, json_output, positive_int
+from .common import add_device, add_img_size, add_json, add_progress, json_only, json_output, positive_int
 
 # convnext.bench.BACKENDS, spelled here so that `--help` needs no torch
 BACKENDS = ("torch", "torch-bf16", "onnxruntime", "openvino", "openvino-bf16", "openvino-int8")
@@ -59,6 +59,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="with --backend openvino-int8: calibration images (default: the run's data, else random)",
     )
     add_json(p, "the report (one object)")
+    add_progress(p)  # accepted by every verb, for scripts that pass it to all
     p.set_defaults(func=run)
 
 

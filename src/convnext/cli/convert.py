@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import argparse
 
+from .common import add_progress
+
 # The layouts of convnext.weights.write.TARGETS, spelled here so that the parser needs no torch import
 # (tests/test_conventions.py checks that both agree).
 TARGETS = ("ours", "official", "timm", "torchvision", "hf")
@@ -48,6 +50,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "training run ranked its best by (checkpoint.best_by), else the model's",
     )
     p.add_argument("--force", action="store_true", help="overwrite DST if it exists")
+    add_progress(p)  # accepted by every verb, for scripts that pass it to all
     p.set_defaults(func=run)
 
 

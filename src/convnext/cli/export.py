@@ -11,7 +11,7 @@ import sys
 from typing import Any
 
 from ..errors import UserError
-from .common import add_img_size, add_json, add_weights, json_only, weights_source, write_json
+from .common import add_img_size, add_json, add_progress, add_weights, json_only, weights_source, write_json
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -51,6 +51,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", metavar="PATH", required=True, help="output file: .onnx, .xml or .pt2")
     p.add_argument("--force", action="store_true", help="replace an existing output")
     add_json(p, "the report")
+    add_progress(p)  # accepted by every verb, for scripts that pass it to all
     p.set_defaults(func=run)
 
 

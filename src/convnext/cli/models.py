@@ -7,7 +7,7 @@ import argparse
 import json
 
 from ..errors import UserError
-from .common import add_img_size, add_json, json_only, json_output
+from .common import add_img_size, add_json, add_progress, json_only, json_output
 
 FAMILIES = ("v1", "v2", "isotropic")
 
@@ -32,6 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--weights", action="store_true", help="list the released weights (tags for --weights/pretrained=)"
     )
+    add_progress(p)  # accepted by every verb, for scripts that pass it to all
     p.set_defaults(func=run)
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from .common import add_progress
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -20,6 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="with NAME: print the recipe with everything it inherits merged in (not yet checked; "
         "`convnext train --config NAME --dry-run` checks it)",
     )
+    add_progress(p)  # accepted by every verb, for scripts that pass it to all
     p.set_defaults(func=run)
 
 

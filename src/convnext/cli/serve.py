@@ -11,7 +11,7 @@ import argparse
 import sys
 
 from ..errors import UserError
-from .common import add_device, add_img_size, add_weights, read_names_file, weights_source
+from .common import add_device, add_img_size, add_progress, add_weights, read_names_file, weights_source
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -67,6 +67,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="a client that sends no byte of its request (head or body) for this long is cut off: 408 and "
         "the connection closed (default 30)",
     )
+    add_progress(p)  # accepted by every verb, for scripts that pass it to all
     p.set_defaults(func=run)
 
 
