@@ -303,11 +303,17 @@ def test_dry_run_refuses_an_image_size_that_cannot_be_allocated(capsys: pytest.C
     assert main([*base, "train.memory_check=false"]) == 0
 
 
-def test_the_run_refuses_it_before_any_file(tmp_path: Path) -> None:
+def test_the_run_refuses_it_before_any_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The run itself checks too (against a machine of 1 MiB here: without the check this trains one tiny
+    epoch instead of allocating for real)."""
+    from convnext.engine import preflight
     from convnext.engine.train import train
 
-    cfg = load_config("quickstart_digits", ["data.img_size=20000", f"run.dir={tmp_path / 'run'}"])
-    with pytest.raises(UserError, match="config key data.img_size=20000 with train.batch_size=32 needs"):
+    monkeypatch.setattr(preflight, "device_memory", lambda device: (2**20, "this machine's RAM"))
+    cfg = load_config("quickstart_digits", ["epochs=1", f"run.dir={tmp_path / 'run'}"])
+    with pytest.raises(
+        UserError, match=r"config key data.img_size=32 with train.batch_size=32 needs .* MiB\)"
+    ):
         train(cfg)
     assert not (tmp_path / "run").exists()
 
