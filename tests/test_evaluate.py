@@ -373,6 +373,8 @@ def test_small_dataset_report_per_class_predictions_and_no_top5(tmp_path: Path, 
 
     run, data = tiny_run(tmp_path), tmp_path / "data"
     _small_folder(data)
+    odd = data / "cherry" / "two\nlines.png"  # unreadable, and a newline in its name
+    odd.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)
     js, preds, cm = tmp_path / "m.json", tmp_path / "p.csv", tmp_path / "cm.png"
     argv = ["evaluate", "--weights", str(run), "--data", str(data), "--workers", "0", "--batch-size", "4",
             "--json", str(js), "--predictions", str(preds), "--confusion", str(cm), "--confusion-normalize",
@@ -381,8 +383,12 @@ def test_small_dataset_report_per_class_predictions_and_no_top5(tmp_path: Path, 
     text = capsys.readouterr().out.splitlines()
     m = json.loads(js.read_text())
     assert m["n"] == 10 and m["top5"] is None and not any(ln.startswith("top-5") for ln in text)  # 3 classes
+    assert f"  {str(odd)!r} (truncated or corrupt)" in text and str(odd) in [
+        d["path"] for d in m["dropped_files"]
+    ]
     rows = _read_csv(preds)  # every counted image once, in dataset order; the broken file in none
-    assert [r["path"] for r in rows] == sorted(str(p) for p in data.glob("*/*.png") if p.name != "broken.png")
+    good = sorted(str(p) for p in data.glob("*/*.png") if p.name[0].isdigit())
+    assert [r["path"] for r in rows] == good
     y, p = [int(r["true"]) for r in rows], [int(r["predicted"]) for r in rows]
     assert all(Path(r["path"]).parent.name == r["true_class"] == TINY_NAMES[int(r["true"])] for r in rows)
     assert all(r["correct"] == str(int(r["true"] == r["predicted"])) for r in rows)

@@ -372,13 +372,10 @@ def test_fifo_and_device_are_refused_without_reading(tmp_path: Path) -> None:
         assert e.value.why == f"not a regular file: {what}" and e.value.cause == "unreadable"
 
 
-def test_evaluate_names_special_files_and_counts_hard_links_once(tmp_path: Path) -> None:
+def test_evaluate_names_special_files_and_counts_hard_links_once(tmp_path: Path, capsys) -> None:
     """A FIFO and a link to /dev/zero in a class folder are named as dropped (unread); a hard link to an
-    image, in its own class folder or in another one, counts once, as a symlink always did. In a
-    subprocess with a timeout, so that a hang fails the test."""
-    import subprocess
-    import sys
-
+    image, in its own class folder or in another one, counts once, as a symlink always did. Run with a
+    timeout, so that a hang fails the test."""
     from test_evaluate import TINY_NAMES, tiny_run
 
     run = tiny_run(tmp_path)
@@ -392,10 +389,10 @@ def test_evaluate_names_special_files_and_counts_hard_links_once(tmp_path: Path)
     os.mkfifo(data / "banana" / "pipe.png")
     os.symlink("/dev/zero", data / "cherry" / "zero.png")
     js = tmp_path / "m.json"
-    cmd = [sys.executable, "-m", "convnext.cli.main", "evaluate", "--weights", str(run), "--data", str(data),
-           "--workers", "0", "--json", str(js), "--per-class", str(tmp_path / "pc.csv")]  # fmt: skip
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0, r.stderr[-2000:]
+    argv = ["evaluate", "--weights", str(run), "--data", str(data), "--workers", "0", "--json", str(js),
+            "--per-class", str(tmp_path / "pc.csv")]  # fmt: skip
+    assert _within(120, main, argv) == 0
+    out = capsys.readouterr().out
     m = json.loads(js.read_text())
     assert m["n"] == 6  # two files per class: the hard links add nothing
     assert m["dropped_files"] == [
@@ -404,7 +401,7 @@ def test_evaluate_names_special_files_and_counts_hard_links_once(tmp_path: Path)
     ]
     rows = (tmp_path / "pc.csv").read_text().splitlines()[1:]
     assert [int(r.split(",")[2]) for r in rows] == [2, 2, 2]  # apple_1.png counts in apple, where it is first
-    assert f"  {data / 'banana' / 'pipe.png'} (not a regular file: a named pipe)" in r.stdout.splitlines()
+    assert f"  {data / 'banana' / 'pipe.png'} (not a regular file: a named pipe)" in out.splitlines()
 
 
 def test_unique_files_by_inode_keeps_the_file_before_its_links(tmp_path: Path) -> None:

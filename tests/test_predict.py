@@ -311,35 +311,31 @@ def test_cli_cam_class_draws_the_chosen_class(tmp_path: Path, capsys) -> None:
     img = tmp_path / "x.png"
     write_png(torch.randint(0, 256, (3, 40, 48), dtype=torch.uint8), str(img))
     out, js = tmp_path / "cams", tmp_path / "p.jsonl"
-    base = ["predict", str(img), "--weights", str(run), "--topk", "3"]
-    assert main([*base, "--json"]) == 0
-    top = json.loads(capsys.readouterr().out)["top"]
-    last = top[-1]  # the least likely class: not the top-1
-    for spec in (last["class"].upper(), str(last["index"])):
-        assert main([*base, "--cam", str(out), "--cam-class", spec, "--json", str(js)]) == 0
-        obj = json.loads(js.read_text())
-        assert obj["cam_class"] == {"index": last["index"], "class": last["class"], "prob": last["prob"]}
-        assert obj["top"] == top and obj["cam"] == str(out / f"x_cam_{last['class']}.png")
-        text = capsys.readouterr().out.splitlines()
-        assert text[-1] == f"Grad-CAM of {last['class']} ({last['prob'] * 100:.2f}%): {obj['cam']}"
+    base = ["predict", str(img), "--weights", str(run), "--topk", "3", "--cam", str(out)]
+    assert main([*base, "--cam-class", "BANANA", "--json", str(js)]) == 0  # a name, any case
+    obj = json.loads(js.read_text())
+    banana = next(t for t in obj["top"] if t["class"] == "banana")  # --topk 3: every class's probability
+    assert obj["cam_class"] == banana and obj["cam"] == str(out / "x_cam_banana.png")
+    text = capsys.readouterr().out.splitlines()
+    assert text[-1] == f"Grad-CAM of banana ({banana['prob'] * 100:.2f}%): {obj['cam']}"
     for argv, needle in (
-        ([*base, "--cam", str(out), "--cam-class", "banan"], "class 'banan' is not one of the 3 classes of"),
-        ([*base, "--cam-class", "banana"], "--cam-class needs --cam"),
+        ([*base, "--cam-class", "banan"], "class 'banan' is not one of the 3 classes of"),
+        ([*base[:-2], "--cam-class", "banana"], "--cam-class needs --cam"),
     ):
         assert main(argv) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and needle in err[0], err
+        assert "(close names: 'banana'; or pass an index 0-2)" in err[0] or "needs" in needle
 
 
-def test_fifo_and_device_link_are_refused_unread(tmp_path: Path) -> None:
+def test_fifo_and_device_link_are_refused_unread(tmp_path: Path, capsys) -> None:
     """A FIFO blocked predict until a writer came, a link to /dev/zero read until memory ran out: both are
-    one error line, unread, and the other images are predicted (exit 1). In a subprocess with a timeout,
-    so that a hang fails the test instead of stalling the suite."""
+    one error line, unread, and the other images are predicted (exit 1). Run with a timeout, so that a hang
+    fails the test instead of stalling the suite."""
     import os
-    import subprocess
-    import sys
 
     from test_evaluate import tiny_run
+    from test_inputs import _within
     from torchvision.io import write_png
 
     run = tiny_run(tmp_path)
@@ -348,16 +344,15 @@ def test_fifo_and_device_link_are_refused_unread(tmp_path: Path) -> None:
     write_png(torch.randint(0, 256, (3, 40, 48), dtype=torch.uint8), str(d / "good.png"))
     os.mkfifo(d / "pipe.jpg")
     os.symlink("/dev/zero", d / "zero.jpg")
-    cmd = [sys.executable, "-m", "convnext.cli.main", "predict", str(d), str(d / "pipe.jpg"), "--weights",
-           str(run), "--json", "--no-progress"]  # fmt: skip
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-    assert r.returncode == 1, r.stderr[-2000:]
-    lines = {json.loads(ln)["path"]: json.loads(ln) for ln in r.stdout.splitlines()}
+    argv = ["predict", str(d), str(d / "pipe.jpg"), "--weights", str(run), "--json", "--no-progress"]
+    assert _within(120, main, argv) == 1
+    cap = capsys.readouterr()
+    lines = {json.loads(ln)["path"]: json.loads(ln) for ln in cap.out.splitlines()}
     assert sorted(lines) == [str(d / n) for n in ("good.png", "pipe.jpg", "zero.jpg")]  # the FIFO once
     assert "top" in lines[str(d / "good.png")]
     assert lines[str(d / "pipe.jpg")]["error"] == "cannot read image (not a regular file: a named pipe)"
     assert lines[str(d / "zero.jpg")]["error"] == "cannot read image (not a regular file: a character device)"
-    assert "2 of 3 image(s) could not be read" in r.stderr
+    assert "2 of 3 image(s) could not be read" in cap.err
 
 
 def test_control_characters_in_names_are_quoted_in_text_exact_in_json(tmp_path: Path, capsys) -> None:

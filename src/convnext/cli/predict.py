@@ -79,6 +79,8 @@ def run(args: argparse.Namespace) -> int:
     from ..inference.loading import display_names, for_bf16_inference, load_for_inference
     from ..inference.predict import expand_inputs, predict_paths
 
+    if args.cam_class is not None and not args.cam:  # before the weights are read
+        raise UserError("--cam-class needs --cam OUTDIR (where the Grad-CAM figures go)")
     device = resolve_device(args.device)
     dtype = amp_dtype(args.amp, device)
     loaded = load_for_inference(
@@ -105,8 +107,6 @@ def run(args: argparse.Namespace) -> int:
     shown = display_names(names, loaded.num_classes)
     cam_class = None
     if args.cam_class is not None:
-        if not args.cam:
-            raise UserError("--cam-class needs --cam OUTDIR (where the Grad-CAM figures go)")
         from ..inference.predict import class_index
 
         cam_class = class_index(args.cam_class, shown, loaded.checkpoint)
