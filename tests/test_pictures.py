@@ -241,6 +241,25 @@ def test_confusion_colour_bar_counts_whole_images() -> None:
     assert sum(1 for x in fig.axes[0].texts) == 10 + 3  # counts written in every non-empty cell
 
 
+def test_confusion_normalized_rows_are_percent_of_the_true_class() -> None:
+    """--confusion-normalize: classes of unequal size compare; each row sums to 100% of its true class,
+    also beyond 50 classes, where a row's errors may go to classes the matrix does not show."""
+    t = torch.tensor([0] * 200 + [1] * 3 + [2] * 10)
+    p = t.clone()
+    p[:1] = 1  # 0.5% of class 0
+    p[200:202] = 0  # 2 of the 3 images of class 1
+    fig = confusion_figure(p, t, ["big", "small", "mid"], normalize=True)
+    ax, bar = fig.axes
+    cells = {(round(x.get_position()[1]), round(x.get_position()[0])): x.get_text() for x in ax.texts}
+    assert cells == {(0, 0): "100", (0, 1): "<1", (1, 0): "67", (1, 1): "33", (2, 2): "100"}
+    assert ax.images[0].get_array().sum(axis=1).tolist() == pytest.approx([100, 100, 100])
+    assert bar.get_ylabel() == "% of the true class's images (row)"
+    assert any("rows in % of each true class" in x for x in _texts(fig))
+    p, t = _predictions(80, per=10)  # reduced to the 30 most confused classes
+    shown = confusion_figure(p, t, [str(i) for i in range(80)], normalize=True).axes[0].images[0].get_array()
+    assert shown.max() <= 100 and shown.sum(axis=1).max() <= 100 + 1e-9
+
+
 def test_most_confused_pairs_beyond_50_classes(tmp_path: Path) -> None:
     names = imagenet1k_descriptions()
     p, t = _predictions(100)
