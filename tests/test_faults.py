@@ -273,7 +273,8 @@ def test_sigterm_to_the_process_group_with_workers_saves_and_exits_143(ref: Path
 def test_double_ctrl_c_during_a_checkpoint_write_finishes_the_write(ref: Path, tmp_path: Path) -> None:
     """Ctrl-C twice while last.pth is being written (the test hook stops the write after 4 KiB): before, the
     second one raised KeyboardInterrupt inside torch.save (a traceback, exit 1); now both wait until every
-    file of the checkpoint is complete, then the run stops with 130 and no traceback, and resumes exactly."""
+    file of the checkpoint is complete, then the run stops with 130 and no traceback (the resume from such a
+    folder: test_kill_9_during_a_checkpoint_write_loses_nothing)."""
     proc = start_paused(tmp_path, "last.tmp@1", own_group=True)
     os.killpg(proc.pid, signal.SIGINT)
     time.sleep(0.5)  # two signals, not one coalesced by the kernel
@@ -284,10 +285,8 @@ def test_double_ctrl_c_during_a_checkpoint_write_finishes_the_write(ref: Path, t
     assert out.strip().splitlines()[-1] == "convnext train: interrupted", out[-3000:]
     ckpts = tmp_path / "checkpoints"
     assert sorted(p.name for p in ckpts.iterdir()) == ["best.pth", "epoch_0001.pth", "last.pth"]
-    assert load_train_checkpoint(ckpts / "last.pth")["epoch"] == 1
-    r = run_cli(tmp_path)
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert_nothing_lost(tmp_path, ref, r.stdout)
+    for p in ckpts.iterdir():  # each file whole, the state at the end of epoch 1
+        assert load_train_checkpoint(p)["step"] == SPE
 
 
 def test_random_bytes_in_last_pth_are_named_as_not_a_checkpoint(ref: Path, tmp_path: Path) -> None:
@@ -339,7 +338,8 @@ def test_torn_metrics_line_before_a_later_checkpoint_is_rebuilt_or_named(
 def test_slurm_example_requeues_a_signalled_run_and_ends_a_finished_one(ref: Path, tmp_path: Path) -> None:
     """examples/slurm/train.sbatch as Slurm runs it (srun and scontrol stand-ins on PATH): SIGUSR1 to the job
     step (what --signal=USR1@120 sends) makes convnext train save and exit 138, and the script requeues the
-    job; the requeued job (the same script and arguments) resumes and finishes, and is not requeued again."""
+    job; the requeued job (the same script and arguments) resumes and finishes, and is not requeued again.
+    One epoch, to be quick."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     (bin_dir / "srun").write_text('#!/bin/sh\nexec "$@"\n')
@@ -349,11 +349,11 @@ def test_slurm_example_requeues_a_signalled_run_and_ends_a_finished_one(ref: Pat
     env = {**ENV, "PATH": f"{bin_dir}:{Path(sys.executable).parent}:{ENV['PATH']}", "SLURM_JOB_ID": "4242"}
     run_dir = tmp_path / "run"
     job = ["bash", str(ROOT / "examples" / "slurm" / "train.sbatch"), "--config", str(QUICK), *TINY]
-    job.append(f"run.dir={run_dir}")
+    job += [f"run.dir={run_dir}", "epochs=1"]
     proc = subprocess.Popen(
         job,
         cwd=ROOT,
-        env={**env, TEST_PAUSE_ENV: f"step@{SPE + 8}"},
+        env={**env, TEST_PAUSE_ENV: "step@8"},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -370,7 +370,8 @@ def test_slurm_example_requeues_a_signalled_run_and_ends_a_finished_one(ref: Pat
     again = subprocess.run(job, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr[-3000:]
     assert (tmp_path / "scontrol.log").read_text() == "requeue 4242\n"  # done: not requeued again
-    assert_nothing_lost(run_dir, ref, again.stdout)
+    assert "resuming" in again.stderr and "done, 1 epoch in" in again.stdout, again.stderr[-3000:]
+    assert load_train_checkpoint(run_dir / "checkpoints" / "last.pth")["step"] == SPE
 
 
 def test_second_training_on_a_folder_is_refused_and_kill_9_leaves_no_stale_lock(

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -166,7 +165,8 @@ def test_a_resume_after_kill_9_logs_each_step_once(stores: Path) -> None:
     """kill -9 at step 31 (step 30 logged, the checkpoint at step 22): the resumed run does steps 23-31 again,
     and MLflow (which keeps every point it gets) must not get step 30 twice."""
     run = stores / "run"
-    argv = [sys.executable, "-m", "convnext.cli.main", "train", "--config", str(QUICK), *TINY, "epochs=2"]
+    mlflow_only = [*TINY, "epochs=2", "run.loggers=[mlflow]"]  # W&B: see the end
+    argv = [sys.executable, "-m", "convnext.cli.main", "train", "--config", str(QUICK), *mlflow_only]
     proc = subprocess.Popen(
         [*argv, f"run.dir={run}"],
         cwd=ROOT,
@@ -174,20 +174,19 @@ def test_a_resume_after_kill_9_logs_each_step_once(stores: Path) -> None:
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-        start_new_session=True,  # its own group: the kill takes wandb's service along, as on a lost node
     )
     seen = []
     for line in proc.stdout:
         seen.append(line)
         if line.startswith("convnext-test: paused at step@31"):
             break
-    os.killpg(proc.pid, signal.SIGKILL)
+    proc.kill()
     proc.communicate(timeout=60)
     assert seen and seen[-1].startswith("convnext-test: paused"), "".join(seen)[-3000:]
-    result = train(load_config(QUICK, [*TINY, "epochs=2", f"run.dir={run}"]))  # resumes at step 22
+    result = train(load_config(QUICK, [*mlflow_only, f"run.dir={run}"]))  # resumes at step 22
     assert result.epoch == 2
     state = json.loads((run / STATE_FILE).read_text())
-    assert state["mlflow"]["logged"] == {"step": 40, "epoch": 2}
+    assert state["mlflow"]["logged"] == {"step": 40, "epoch": 2} and "wandb" not in state
 
     from mlflow.tracking import MlflowClient
 
@@ -196,7 +195,8 @@ def test_a_resume_after_kill_9_logs_each_step_once(stores: Path) -> None:
     for key in ("step/loss", "step/lr"):
         assert [m.step for m in client.get_metric_history(run_id, key)] == [10, 20, 30, 40], key
     assert [m.step for m in client.get_metric_history(run_id, "epoch/train_loss")] == [1, 2]
-    # W&B is not checked: what its service wrote of the killed run before the kill took it is a race
+    # W&B is not checked: what its service writes of a killed run before it goes too is a race (offline, a
+    # process group killed at once left nothing of the killed run); the tracker does not skip for it
 
 
 def test_only_a_resumed_run_continues_its_mlflow_run(stores: Path, monkeypatch: pytest.MonkeyPatch) -> None:
