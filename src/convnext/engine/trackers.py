@@ -350,9 +350,7 @@ class WandbTracker(Tracker):
                 config=config,
                 reinit="create_new",  # a notebook's earlier wandb.init is left alone
             )
-        except (
-            Exception
-        ) as e:  # wandb.errors.Error, OSError, and its service's errors ("run ID ... is in use")
+        except Exception as e:  # wandb.errors.Error, OSError, its service's ("run ID ... is in use")
             raise UserError(
                 f"W&B could not start a run: {_first_line(e)}; run `wandb login`, or set WANDB_MODE=offline "
                 "(upload later with `wandb sync`), or drop wandb from run.loggers"
