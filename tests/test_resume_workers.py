@@ -142,6 +142,38 @@ def test_torchrun_one_process_equals_plain_run(straight: Path, tmp_path: Path) -
     assert_same_run(straight, tmp_path)
 
 
+@pytest.mark.slow
+def test_torchrun_two_processes_save_on_sigterm_to_the_group(tmp_path: Path) -> None:
+    """SIGTERM to a torchrun job's process group (torchrun, 2 ranks, their loader workers): torchrun forwards
+    it too; the ranks agree on the step, rank 0 saves and says so once, no worker dies of it. torchrun itself
+    then exits 1 with its own SignalException traceback, which is torchrun's, not ours."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    launcher = ["-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1"]
+    proc = subprocess.Popen(
+        [sys.executable, *launcher, f"--master_port={port}", *_cli("epochs=2", f"run.dir={tmp_path}")],
+        cwd=ROOT,
+        env={**ENV, "CONVNEXT_TEST_PAUSE_AT": "step@8"},  # 5 steps per epoch with 2 ranks: mid-epoch 2
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    paused = 0
+    for line in proc.stdout:
+        paused += line.startswith("convnext-test: paused at step@8")
+        if paused == 2:
+            break
+    os.killpg(proc.pid, signal.SIGTERM)
+    out = proc.communicate(timeout=120)[0]
+    assert paused == 2, out[-3000:]
+    assert "killed by signal" not in out, out[-3000:]
+    assert len([ln for ln in out.splitlines() if "SIGTERM received; saved" in ln]) == 1, out[-3000:]
+    stopped = load_train_checkpoint(tmp_path / "checkpoints" / "last.pth")
+    assert stopped["world_size"] == 2 and stopped["epoch"] == 1 and not stopped["epoch_end"]
+
+
 def test_no_workers_equals_two_workers(straight: Path, tmp_path: Path) -> None:
     """The samples are loaded in the main process, between the draws of MixUp, erasing and stochastic
     depth: the same run, because each sample's RNG is seeded and then restored."""
