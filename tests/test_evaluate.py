@@ -149,10 +149,10 @@ def _tiny_data() -> tuple[nn.Module, TensorDataset]:
 UNREADABLE = (2, 5)  # samples a "drop"-mode dataset could not read: target -1 - index
 
 
-def _with_unreadable(ds: TensorDataset) -> TensorDataset:
+def _with_unreadable(ds: TensorDataset, bad: tuple[int, ...] = UNREADABLE) -> TensorDataset:
     x, y = ds.tensors
     y = y.clone()
-    for i in UNREADABLE:
+    for i in bad:
         y[i] = -1 - i
     return TensorDataset(x, y)
 
@@ -167,7 +167,7 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
     try:
         model, ds = _tiny_data()
         results = []
-        for data in (ds, _with_unreadable(ds)):
+        for data in (ds, _with_unreadable(ds), _with_unreadable(ds, (1, 3, 5))):  # the last: rank 1 has none
             loader = build_loader(data, 2, train=False, cfg=DataConfig(workers=0), seed=0, distributed=True)
             results.append(
                 evaluate(model, loader, "cpu", progress=False, return_predictions=True, confusion=True)
@@ -189,7 +189,7 @@ def test_distributed_evaluate_counts_every_sample_once(tmp_path: Path) -> None:
                       return_predictions=True, confusion=True)  # fmt: skip
     out = tmp_path / "res.pt"
     mp.spawn(_worker, args=(2, _free_port(), str(out)), nprocs=2, join=True)
-    res, res_dropped = torch.load(out, weights_only=True)
+    res, res_dropped, res_one_rank = torch.load(out, weights_only=True)
     assert res["n"] == single["n"] == 7  # shards of 4 and 3, no padding
     assert res["world_size"] == 2
     assert res["top1"] == pytest.approx(single["top1"]) and res["top5"] == pytest.approx(single["top5"])
@@ -211,6 +211,11 @@ def test_distributed_evaluate_counts_every_sample_once(tmp_path: Path) -> None:
     assert res_dropped["targets"].tolist() == readable.tensors[1].tolist()  # dataset order, by index
     assert res_dropped["indices"].tolist() == keep
     assert torch.equal(res_dropped["confusion"], only_cm(model, readable))
+    # rank 1 (indices 1, 3, 5) has no readable sample: nothing of it in the gathered predictions
+    assert res_one_rank["n"] == 4 and res_one_rank["indices"].tolist() == [0, 2, 4, 6]
+    assert res_one_rank["predictions"].shape == (4, 4)  # top-5 of a 4-class head is top-4
+    evens = TensorDataset(*(t[::2] for t in ds.tensors))
+    assert torch.equal(res_one_rank["confusion"], only_cm(model, evens))
 
 
 # --------------------------------------------------------------------------------------- run folders

@@ -249,7 +249,9 @@ def evaluate(
             gathered: list[Any] = [None] * world
             dist.all_gather_object(gathered, parts)
             if all("indices" in g for g in gathered):  # each sample by its dataset index
-                parts = {k: torch.cat([g[k] for g in gathered]) for k in parts}
+                # a rank without a readable sample has (0, topk) placeholders; the others (n, min(topk, C))
+                some = [g for g in gathered if len(g["targets"])] or gathered[:1]
+                parts = {k: torch.cat([g[k] for g in some]) for k in parts}
                 by = parts["indices"].argsort(stable=True)
                 parts = {k: v[by] for k, v in parts.items()}
             else:
