@@ -121,6 +121,15 @@ def test_relative_paths_are_stored_absolute(
     monkeypatch.chdir(elsewhere)
     assert main(["evaluate", "--weights", str(run), "--no-progress"]) == 0
     assert "8 images" in capsys.readouterr().out
+    # a run folder written before paths were stored absolute: found at <project>/runs/pets, its relative
+    # run.dir says where data.root=my_data was typed
+    for f in (run / "checkpoints").glob("*.pth"):
+        ckpt = torch.load(f, weights_only=True)
+        ckpt["config"]["data"].update(root="my_data", class_list="classes.txt")
+        ckpt["config"]["run"]["dir"] = "runs/pets"
+        torch.save(ckpt, f)
+    assert main(["evaluate", "--weights", str(run), "--no-progress"]) == 0
+    assert "8 images" in capsys.readouterr().out
 
     (here / "my_data").rename(here / "moved")
     assert main(["evaluate", "--weights", str(run), "--no-progress"]) == 2

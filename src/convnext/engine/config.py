@@ -781,6 +781,25 @@ def dump_yaml(cfg: TrainConfig, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
 
+def rebase_paths(cfg: TrainConfig, run_dir: Path) -> TrainConfig:
+    """A run recorded before paths were stored absolute, found at ``run_dir``: its relative ``data.root`` and
+    ``data.class_list`` were typed in the folder its relative ``run.dir`` was, which ``run_dir`` reveals
+    (``runs/pets`` found at /home/me/project/runs/pets: /home/me/project)."""
+    rel = Path(cfg.run.dir)
+    here = Path(os.path.abspath(run_dir))
+    n = len(rel.parts)
+    if rel.is_absolute() or n == 0 or ".." in rel.parts or here.parts[-n:] != rel.parts:
+        return cfg
+    base = Path(*here.parts[:-n])
+    d = cfg.data
+    if d.root and not Path(d.root).expanduser().is_absolute():
+        d.root = str(base / d.root)
+    listed = d.class_list not in (None, "imagenet1k", "folders")
+    if listed and not Path(d.class_list).expanduser().is_absolute():
+        d.class_list = str(base / d.class_list)
+    return cfg
+
+
 def resolve_config(
     config: str | None,
     overrides: list[str] | None = None,

@@ -32,14 +32,15 @@ class Loaded:
 
 def _run_config(run_dir: Path | None, raw_ckpt: dict | None) -> Any:
     """The run's typed TrainConfig: the checkpoint's own copy, else config.yaml."""
-    from ..engine.config import config_from_dict, read_yaml
+    from ..engine.config import config_from_dict, read_yaml, rebase_paths
 
     raw = raw_ckpt.get("config") if raw_ckpt else None
     if not isinstance(raw, dict) and run_dir is not None and (run_dir / "config.yaml").is_file():
         raw = read_yaml(run_dir / "config.yaml")
     if not isinstance(raw, dict):
         return None
-    return config_from_dict(raw, check_paths=False)
+    cfg = config_from_dict(raw, check_paths=False)
+    return rebase_paths(cfg, run_dir) if run_dir is not None else cfg  # a run of before absolute paths
 
 
 def _family(arch: str) -> str:
