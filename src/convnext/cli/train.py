@@ -34,7 +34,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="start from scratch even when the run folder has a checkpoint to resume; the earlier run's "
         "checkpoints and metrics are moved aside into <run.dir>/previous-<date>/, never deleted or mixed",
     )
-    p.add_argument("--dry-run", action="store_true", help="validate and print the resolved config, then stop")
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="run the checks of a real run on this machine (the checkpoint it would resume, precision, "
+        "memory of a training step), print the resolved config and stop; writes nothing",
+    )
     add_progress(p)  # the same as train.progress=false
     p.set_defaults(func=run)
 
