@@ -127,9 +127,60 @@ def test_benchmark_train_mode_table() -> None:
     assert plain["results"][0]["note"].startswith("plain model")
 
 
+def test_a_peer_without_the_architecture_is_left_out_with_a_note(capsys) -> None:
+    pytest.importorskip("timm")
+    args = [
+        "benchmark",
+        "--model",
+        "convnext_atto",
+        "--batch-size",
+        "1",
+        "--img-size",
+        "32",
+        "--repeats",
+        "1",
+    ]
+    assert main([*args, "--compare", "timm,torchvision", "--device", "cpu"]) == 0
+    table = capsys.readouterr().out
+    assert re.search(r"^timm ", table, re.M) and not re.search(r"^torchvision ", table, re.M)
+    assert "note: torchvision has no convnext_atto; it ships only convnext_tiny" in table
+    report = run_benchmark("convnext_atto", batch_size=1, img_size=32, repeats=1, compare=("torchvision",))
+    assert [r["name"] for r in report["results"]] == ["ours"]
+    assert report["notes"] == [
+        "torchvision has no convnext_atto; it ships only convnext_tiny, convnext_small, convnext_base, "
+        "convnext_large: left out of the comparison"
+    ]
+
+
+# Per-round times where the median of per-round ratios (0.91: ours slower) and the ratio of the medians
+# (1.09: ours faster, as the medians printed beside it say) fall on either side of 1.
+OURS_S, PEER_S = [1.0, 1.1, 3.0], [2.0, 1.0, 1.2]
+
+
+def test_speedups_are_ratios_of_the_medians_printed_beside_them() -> None:
+    from convnext.bench import backends, models
+    from convnext.bench.timing import Rounds
+
+    rounds = Rounds({"ours": OURS_S, "timm": PEER_S}, {"ours": OURS_S, "timm": PEER_S})
+    contestants = [models.Contestant(n, torch.nn.Identity(), lambda: None) for n in ("ours", "timm")]
+    both = {"ours": 0.0, "timm": 0.0}
+    ours, timm = models._results(contestants, rounds, both, both, 4, 1e9, 1e12)
+    assert timm["ours_speedup"] == pytest.approx(ours["images_per_s"] / timm["images_per_s"]) == 1.2 / 1.1
+    assert timm["ours_latency_speedup"] == pytest.approx(timm["latency_ms"] / ours["latency_ms"])
+    assert timm["ours_speedup_range"] == pytest.approx((0.4, 2.0))  # per round: 2.0, 0.91, 0.4
+
+    rounds = Rounds({"torch": PEER_S, "onnxruntime": OURS_S}, {"torch": PEER_S, "onnxruntime": OURS_S})
+    runners = {"torch": torch.nn.Identity(), "onnxruntime": torch.nn.Identity()}
+    for r in runners.values():
+        r.precision = "fp32"
+    torch_, ort = backends._results(runners, rounds, {"torch": 0.0, "onnxruntime": 0.0}, 4, True)
+    assert ort["speedup_vs_torch"] == pytest.approx(ort["images_per_s"] / torch_["images_per_s"])
+    assert ort["speedup_vs_torch"] > 1  # torch's median time 1.2 s, onnxruntime's 1.1 s
+    assert ort["latency_speedup_vs_torch"] == pytest.approx(torch_["latency_ms"] / ort["latency_ms"])
+    assert ort["speedup_vs_torch_range"] == pytest.approx((0.4, 2.0))
+
+
 def test_benchmark_errors_are_one_clear_sentence(capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(UserError, match="torchvision has no convnext_atto"):
-        run_benchmark("convnext_atto", batch_size=1, img_size=32, repeats=1, compare=("torchvision",))
     with pytest.raises(UserError, match="unknown peer"):
         run_benchmark("convnext_atto", batch_size=1, img_size=32, repeats=1, compare=("keras",))
     assert main(["benchmark", "--model", "convnext_nope", "--repeats", "1"]) == 2

@@ -21,7 +21,7 @@ from torch import nn
 from ..errors import UserError
 from ..models import build_model, get_variant
 from ..weights.containers import TRAIN_FORMAT
-from .timing import Rounds, device_name, interleaved_rounds, matmul_peak_step, median_ratio
+from .timing import Rounds, device_name, interleaved_rounds, matmul_peak_step, ratio_of_medians, ratio_spread
 
 BACKENDS = ("torch", "torch-bf16", "onnxruntime", "openvino", "openvino-bf16", "openvino-int8")
 BACKEND_EXPORT = {  # backend -> (format, precision) of the file it runs
@@ -163,16 +163,20 @@ def _time_runners(
 def _results(
     runners: dict[str, Any], rounds: Rounds, diffs: dict[str, float], batch_size: int, latency: bool
 ) -> list[dict[str, Any]]:
+    """One row per backend: medians, and ratios of the median times to torch's (they agree with the
+    images/s and latencies printed beside them) with the per-round spread."""
     times, lat = rounds.times, rounds.latency
     return [
         {
             "backend": b,
             "precision": r.precision,
-            "images_per_s": statistics.median(batch_size / t for t in times[b]),
+            "images_per_s": batch_size / statistics.median(times[b]),
             "images_per_s_rounds": [batch_size / t for t in times[b]],
             "latency_ms": statistics.median(lat[b]) * 1e3 if latency else None,
-            "speedup_vs_torch": median_ratio(times["torch"], times[b]),
-            "latency_speedup_vs_torch": median_ratio(lat["torch"], lat[b]) if latency else None,
+            "speedup_vs_torch": ratio_of_medians(times["torch"], times[b]),
+            "speedup_vs_torch_range": ratio_spread(times["torch"], times[b]),
+            "latency_speedup_vs_torch": ratio_of_medians(lat["torch"], lat[b]) if latency else None,
+            "latency_speedup_vs_torch_range": ratio_spread(lat["torch"], lat[b]) if latency else None,
             "max_rel_diff_vs_torch": diffs[b],
         }
         for b, r in runners.items()

@@ -2,8 +2,10 @@
 
 Fair means: the same architecture with the same weights (ours are copied into the peers and the outputs
 are checked equal), timed interleaved in one process (ours, timm, torchvision, ours, ...), so that
-whatever else the machine is doing hits every contestant alike; speed-ups are the median of per-round
-ratios. The machine's matmul peak is timed in the same rounds (timing.py).
+whatever else the machine is doing hits every contestant alike; speed-ups are ratios of the median times
+(so they agree with the medians printed beside them), with the lowest and highest per-round ratio beside.
+A peer without the architecture (torchvision has no atto) is left out with a note. The machine's matmul
+peak is timed in the same rounds (timing.py).
 """
 
 from __future__ import annotations
@@ -25,7 +27,15 @@ from ..models.chunked_mlp import set_chunked_mlp, use_chunked_mlp
 from ..models.fuse import fuse_for_inference
 from ..models.profile import count_macs, count_params
 from .peers import check_peers, peer_models
-from .timing import Rounds, device_name, interleaved_rounds, matmul_peak_step, measure_memory, median_ratio
+from .timing import (
+    Rounds,
+    device_name,
+    interleaved_rounds,
+    matmul_peak_step,
+    measure_memory,
+    ratio_of_medians,
+    ratio_spread,
+)
 
 CHUNKED_NOTE = "chunked MLP in forward and backward (models/chunked_mlp.py), channels_last inside"
 SMALL_NOTE = "the plain ops: inputs this small are faster unchunked (models/chunked_mlp.py)"
@@ -200,11 +210,12 @@ def _results(
     flops_per_image: float,
     peak: float,
 ) -> list[dict[str, Any]]:
-    """One row per contestant: medians, and the median per-round speed-up of ours over each peer."""
+    """One row per contestant: medians, and the speed-up of ours over each peer as the ratio of the median
+    times (the images/s and latencies in the same row), with the per-round spread."""
     results = []
     for c in contestants:
         ips = [batch_size / t for t in rounds.times[c.name]]
-        med = statistics.median(ips)
+        med = batch_size / statistics.median(rounds.times[c.name])
         lat = rounds.latency.get(c.name)
         res = {
             "name": c.name,
@@ -218,9 +229,11 @@ def _results(
             "note": c.note,
         }
         if c.name != "ours":
-            res["ours_speedup"] = median_ratio(rounds.times[c.name], rounds.times["ours"])
+            res["ours_speedup"] = ratio_of_medians(rounds.times[c.name], rounds.times["ours"])
+            res["ours_speedup_range"] = ratio_spread(rounds.times[c.name], rounds.times["ours"])
             if lat is not None:
-                res["ours_latency_speedup"] = median_ratio(lat, rounds.latency["ours"])
+                res["ours_latency_speedup"] = ratio_of_medians(lat, rounds.latency["ours"])
+                res["ours_latency_speedup_range"] = ratio_spread(lat, rounds.latency["ours"])
         results.append(res)
     return results
 
@@ -257,7 +270,7 @@ def run_benchmark(
     dev, variant, peers = _check(spec, repeats, device, compare)
     torch.manual_seed(0)  # ours, the peers (their init draws too), then the inputs: always the same tensors
     ours = build_ours(model, variant, dev)
-    others = peer_models(ours, model, peers, dev)
+    others, skipped = peer_models(ours, model, peers, dev)
     x = torch.randn(batch_size, 3, img_size, img_size, device=dev)
     has_chunked = chunked_in_step(spec, ours, variant, x)
     x1 = torch.randn(1, 3, img_size, img_size, device=dev)
@@ -289,5 +302,5 @@ def run_benchmark(
         "malloc": "tuned" if allocator_tuned() else "default",
         "params_m": count_params(ours) / 1e6, "gmacs": macs / 1e9, "flops_per_image_g": flops_per_image / 1e9,
         "matmul_peak_gflops": peak / 1e9, "matmul_peak_dtype": str(peak_dtype).replace("torch.", ""),
-        "memory_method": mem_method, "results": results,
+        "memory_method": mem_method, "results": results, "notes": skipped,
     }  # fmt: skip

@@ -19,24 +19,34 @@ def format_report(report: dict[str, Any]) -> str:
         f"{r['matmul_peak_gflops']:.0f} GFLOP/s ({r['matmul_peak_dtype']}); "
         f"median of {r['repeats']} interleaved rounds",
         f"{'':<12}{'images/s':>10}{'batch-1 ms':>12}{'peak MiB':>10}{'% of peak':>10}{'max|diff|':>11}"
-        f"{'ours x':>8}{'lat x':>7}",
+        f"{'ours x':>8}{'rounds':>11}{'lat x':>7}{'rounds':>11}",
     ]
     for res in r["results"]:
         lat = f"{res['latency_ms']:.1f}" if res["latency_ms"] is not None else "-"
-        sp = f"{res['ours_speedup']:.2f}" if "ours_speedup" in res else "-"
-        lsp = f"{res['ours_latency_speedup']:.2f}" if "ours_latency_speedup" in res else "-"
+        sp, sp_range = _ratio(res, "ours_speedup")
+        lsp, lsp_range = _ratio(res, "ours_latency_speedup")
         lines.append(
             f"{res['name']:<12}{res['images_per_s']:>10.2f}{lat:>12}{res['peak_memory_mb']:>10.0f}"
             f"{100 * res['fraction_of_matmul_peak']:>9.0f}%"
-            f"{res['max_abs_diff_vs_ours']:>11.1e}{sp:>8}{lsp:>7}"
+            f"{res['max_abs_diff_vs_ours']:>11.1e}{sp:>8}{sp_range:>11}{lsp:>7}{lsp_range:>11}"
         )
     lines.append(f"ours: {r['results'][0]['note']}")
     lines.append(
-        "'ours x' = median over rounds of (peer time / our time); 'lat x' the same at batch 1. "
+        "'ours x' = the peer's median time / ours (our images/s / theirs); 'lat x' the same at batch 1; "
+        "'rounds' the lowest-highest per-round ratio. "
         f"Memory: {r['memory_method']}. "
         + ("FLOPs: 2 x MACs x 3 (forward + backward)." if r["mode"] == "train" else "FLOPs: 2 x MACs.")
     )
+    lines += [f"note: {n}" for n in r.get("notes", [])]
     return "\n".join(lines)
+
+
+def _ratio(res: dict[str, Any], key: str) -> tuple[str, str]:
+    """A ratio and its per-round range as printed, or dashes where the row has none (ours)."""
+    if res.get(key) is None:
+        return "-", ""
+    lo, hi = res[f"{key}_range"]
+    return f"{res[key]:.2f}", f"{lo:.2f}-{hi:.2f}"
 
 
 def format_backend_report(report: dict[str, Any]) -> str:
@@ -48,19 +58,21 @@ def format_backend_report(report: dict[str, Any]) -> str:
         f"{r['threads']} threads; {versions}",
         f"CPU: {r['cpu_features_line']}; fp32 matmul peak {r['matmul_peak_gflops']:.0f} GFLOP/s; "
         f"median of {r['repeats']} interleaved rounds",
-        f"{'backend':<15}{'images/s':>10}{'batch-1 ms':>12}{'x torch':>9}{'lat x':>7}{'rel diff':>10}"
-        "  ran as",
+        f"{'backend':<15}{'images/s':>10}{'batch-1 ms':>12}{'x torch':>9}{'rounds':>11}{'lat x':>7}"
+        f"{'rounds':>11}{'rel diff':>10}  ran as",
     ]
     for res in r["results"]:
         lat = f"{res['latency_ms']:.1f}" if res["latency_ms"] is not None else "-"
-        lsp = f"{res['latency_speedup_vs_torch']:.2f}" if res["latency_speedup_vs_torch"] is not None else "-"
+        sp, sp_range = _ratio(res, "speedup_vs_torch")
+        lsp, lsp_range = _ratio(res, "latency_speedup_vs_torch")
         lines.append(
-            f"{res['backend']:<15}{res['images_per_s']:>10.2f}{lat:>12}{res['speedup_vs_torch']:>9.2f}"
-            f"{lsp:>7}{res['max_rel_diff_vs_torch']:>10.1e}  {res['precision']}"
+            f"{res['backend']:<15}{res['images_per_s']:>10.2f}{lat:>12}{sp:>9}{sp_range:>11}{lsp:>7}"
+            f"{lsp_range:>11}{res['max_rel_diff_vs_torch']:>10.1e}  {res['precision']}"
         )
     lines.append(
-        "'x torch' = median over rounds of (torch time / backend time), torch = our fused fp32 PyTorch; "
-        "'lat x' the same at batch 1; 'rel diff' = max |logits - plain fp32 PyTorch| / max |logits|."
+        "'x torch' = torch's median time / the backend's (its images/s over torch's), torch = our fused "
+        "fp32 PyTorch; 'lat x' the same at batch 1; 'rounds' the lowest-highest per-round ratio; "
+        "'rel diff' = max |logits - plain fp32 PyTorch| / max |logits|."
     )
     lines += [f"note: {n}" for n in r["notes"]]
     return "\n".join(lines)

@@ -1,6 +1,6 @@
 """Timing on a noisy machine: interleaved rounds (every contestant once per round, so whatever else the
-machine does hits them alike), medians of per-round ratios, peak memory, and the machine's matmul peak timed
-in the same rounds so a figure can be read as a fraction of what the hardware can do."""
+machine does hits them alike), ratios of medians with the per-round spread, peak memory, and the machine's
+matmul peak timed in the same rounds so a figure can be read as a fraction of what the hardware can do."""
 
 from __future__ import annotations
 
@@ -145,9 +145,17 @@ def interleaved_rounds(
     return out
 
 
-def median_ratio(numerators: Sequence[float], denominators: Sequence[float]) -> float:
-    """The median over rounds of a / b: robust to a round the whole machine was slow in."""
-    return statistics.median(a / b for a, b in zip(numerators, denominators))
+def ratio_of_medians(numerators: Sequence[float], denominators: Sequence[float]) -> float:
+    """median(a) / median(b): the ratio of the medians printed beside it, so a table's columns agree (a
+    median of per-round ratios can fall on the other side of 1 from the medians themselves)."""
+    return statistics.median(numerators) / statistics.median(denominators)
+
+
+def ratio_spread(numerators: Sequence[float], denominators: Sequence[float]) -> tuple[float, float]:
+    """The lowest and highest per-round a / b (each round times both in turn): how far a single round's
+    ratio strays from the ratio of medians."""
+    ratios = [a / b for a, b in zip(numerators, denominators)]
+    return min(ratios), max(ratios)
 
 
 def device_name(dev: torch.device) -> str:
