@@ -234,3 +234,36 @@ def test_force_replaces_an_hf_folder(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert json.loads((dst / "config.json").read_text())["architectures"] == [
         "ConvNextForImageClassification"
     ]
+
+
+def unwritable_folders(tmp_path: Path) -> list[Path]:
+    """Folders this process cannot write into: a read-only one (not for root, whom modes do not stop) and
+    /sys (a kernel filesystem that refuses new files to root too)."""
+    import os
+
+    ro = tmp_path / "read-only"
+    ro.mkdir()
+    ro.chmod(0o555)
+    folders = [ro] if not os.access(ro, os.W_OK) else []
+    try:
+        os.mkdir("/sys/convnext-test")
+        os.rmdir("/sys/convnext-test")
+    except OSError:
+        folders.append(Path("/sys"))
+    if not folders:
+        pytest.skip("no unwritable folder on this machine")
+    return folders
+
+
+def test_an_unwritable_folder_is_one_sentence_and_leaves_nothing(tmp_path: Path, capsys) -> None:
+    src = source_file(ours("convnext_atto"), "convnext_atto", tmp_path)
+    for folder in unwritable_folders(tmp_path):
+        before = sorted(folder.iterdir())
+        for dst, to in [("w.safetensors", "ours"), ("w.pth", "ours"), ("w.pth", "timm"), ("hf", "hf")]:
+            assert main(["convert", str(src), str(folder / dst), "--to", to]) == 2, (folder, dst, to)
+            err = capsys.readouterr().err.strip().splitlines()
+            assert len(err) == 1 and err[0].startswith(
+                f"convnext convert: error: cannot write {folder / dst}"
+            )
+            assert err[0].endswith("; nothing was written")
+        assert sorted(folder.iterdir()) == before

@@ -451,3 +451,62 @@ def test_export_opens_no_connection_and_writes_nothing_home(run_dir: Path, tmp_p
     assert not log.exists(), log.read_text()
     assert not (home / "intel" / "openvino_ga_cid").exists()
     assert not (home / "intel").exists()
+
+
+def test_an_unwritable_folder_is_one_sentence_and_leaves_nothing(
+    run_dir: Path, tmp_path: Path, capsys
+) -> None:
+    from test_convert import unwritable_folders
+
+    for folder in unwritable_folders(tmp_path):
+        before = sorted(folder.iterdir())
+        for out in (folder / "m.onnx", folder / "new" / "m.xml"):
+            assert main(["export", "--weights", str(run_dir), "--out", str(out)]) == 2
+            err = _lines(capsys.readouterr().err)
+            assert len(err) == 1 and f"cannot write {out}" in err[0] and "is not writable" in err[0], err
+        assert sorted(folder.iterdir()) == before
+    (tmp_path / "a-file").write_text("")
+    assert main(["export", "--weights", str(run_dir), "--out", str(tmp_path / "a-file" / "m.onnx")]) == 2
+    assert "a file stands in the way of the folder" in capsys.readouterr().err
+
+
+def test_an_export_removes_what_dead_exports_left(run_dir: Path, tmp_path: Path) -> None:
+    """A killed export (SIGKILL, power cut) leaves its hidden work folder; the next export to the same file
+    removes it, and leaves alone that of an export still running."""
+    import os
+    import subprocess
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True)
+    dead_pid, live_pid = int(dead.stdout), os.getppid()
+    for pid in (dead_pid, live_pid):
+        (tmp_path / f".m.pt2.partial-{pid}").mkdir()
+        (tmp_path / f".m.pt2.partial-{pid}" / "m.pt2").write_bytes(b"half")
+    (tmp_path / f".other.pt2.partial-{dead_pid}").mkdir()  # another output's: not this export's business
+    assert main(["export", "--weights", str(run_dir), "--out", str(tmp_path / "m.pt2")]) == 0
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert left == [f".m.pt2.partial-{live_pid}", f".other.pt2.partial-{dead_pid}", "m.pt2"]
+
+
+def test_ctrl_c_during_an_int8_export_leaves_nothing_and_exits_130(run_dir: Path, tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import time
+
+    pytest.importorskip("nncf")
+    out = tmp_path / "q.xml"
+    argv = ["export", "--weights", str(run_dir), "--precision", "int8", "--out", str(out)]
+    proc = subprocess.Popen(
+        [sys.executable, "-u", "-m", "convnext", *argv], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # as a terminal starts it
+    )  # fmt: skip
+    err = []
+    for line in proc.stderr:  # interrupt NNCF at work
+        err.append(line)
+        if "quantizing to int8" in line:
+            time.sleep(0.5)
+            proc.send_signal(signal.SIGINT)
+            break
+    err += proc.stderr.readlines()
+    assert proc.wait(timeout=120) == 130, "".join(err)[-2000:]
+    assert err[-1].strip() == "convnext export: interrupted; nothing was written"
+    assert list(tmp_path.iterdir()) == []  # no file, no hidden work folder

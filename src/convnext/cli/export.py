@@ -7,6 +7,8 @@ and the command fails), and prints what was written, how close it is and what it
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
 from typing import Any
 
@@ -92,6 +94,10 @@ def run(args: argparse.Namespace) -> int:
 
     if args.img_size is not None and args.img_size < 32:
         raise UserError(f"--img-size must be at least 32, got {args.img_size}")
+    # Ctrl-C: export_model removes its work folder first, then this ends the process at once. Unwinding a
+    # KeyboardInterrupt through OpenVINO's or NNCF's native code can abort the process (SIGABRT).
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, _interrupted)
     res = export_model(
         weights_source(args.weights, args.model),
         out=args.out,
@@ -142,6 +148,11 @@ def run(args: argparse.Namespace) -> int:
     for n in res.notes:
         print(f"note       {n}")
     return 0
+
+
+def _interrupted(signum: int, frame: Any) -> None:
+    print("convnext export: interrupted; nothing was written", file=sys.stderr, flush=True)
+    os._exit(130)
 
 
 def _parts(value: str | None) -> tuple[str, ...] | None:

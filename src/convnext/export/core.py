@@ -18,12 +18,16 @@ What makes an export trustworthy here:
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import datetime
+import errno
 import os
 import shutil
+import signal
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -342,6 +346,29 @@ def export_model(
     if int8_float is not None and precision != "int8":
         raise UserError("--int8-float goes with --precision int8")
 
+    with work_folder(path) as tmp:  # made before the weights are read: an unwritable --out fails at once
+        return _export(
+            weights, path, tmp, fmt, precision, calibration, calibration_size, img_size, model_name, ema,
+            opset, int8_float, say, start,
+        )  # fmt: skip
+
+
+def _export(
+    weights: str,
+    path: Path,
+    tmp: Path,
+    fmt: str,
+    precision: str,
+    calibration: str | None,
+    calibration_size: int,
+    img_size: int | None,
+    model_name: str | None,
+    ema: bool | None,
+    opset: int,
+    int8_float: tuple[str, ...] | None,
+    say: Callable[[str], None],
+    start: float,
+) -> ExportResult:
     from ..inference.loading import load_for_inference
 
     loaded = load_for_inference(weights, model_name, ema=ema, img_size=img_size)
@@ -386,14 +413,10 @@ def export_model(
             say(f"skipped {len(calib.skipped)} unreadable calibration image(s): {shown}{more}")
     model = plain_copy(loaded.model)
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.partial-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+    images = calib.images if calib is not None else None
+    written = write_verified(model, meta, tmp / path.name, images=images, opset=opset, say=say)
+    files = []
     try:
-        images = calib.images if calib is not None else None
-        written = write_verified(model, meta, tmp / path.name, images=images, opset=opset, say=say)
-        files = []
         for src in sorted(tmp.iterdir()):
             dst = path.parent / src.name
             os.replace(src, dst)
@@ -401,8 +424,8 @@ def export_model(
         for stale in companion_files(path, fmt):  # --force over an export that had a companion file
             if stale not in files and stale.exists():
                 stale.unlink()
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    except OSError as e:
+        raise UserError(f"cannot write {path} ({e.strerror or e})") from None
     return ExportResult(
         path=path,
         files=[path] + [f for f in files if f != path],
@@ -416,6 +439,71 @@ def export_model(
         agreement=written.agreement,
         notes=written.notes,
     )
+
+
+PARTIAL = ".{name}.partial-{pid}"  # the hidden work folder beside --out
+
+
+def remove_stale_partials(path: Path) -> list[Path]:
+    """Remove the work folders that exports to ``path`` left when their process died (SIGKILL, a power
+    cut): those whose process id no longer runs. Another running export's folder is left alone."""
+    removed = []
+    prefix = f".{path.name}.partial-"
+    for old in path.parent.glob(f"{prefix}*"):
+        pid = old.name[len(prefix) :]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+            continue  # alive (or another user's: PermissionError below)
+        except ProcessLookupError:
+            shutil.rmtree(old, ignore_errors=True)
+            removed.append(old)
+        except PermissionError:
+            continue
+    return removed
+
+
+@contextlib.contextmanager
+def work_folder(path: Path) -> Iterator[Path]:
+    """The hidden folder beside ``path`` that an export is written into and moved out of when verified.
+
+    It is removed on any error, and on Ctrl-C before the interrupt goes on (the previous SIGINT handler runs
+    after: KeyboardInterrupt, or the CLI's exit 130), so even a runtime that aborts when interrupted inside
+    native code leaves nothing. A folder that cannot be written is one sentence."""
+    tmp = path.parent / PARTIAL.format(name=path.name, pid=os.getpid())
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_partials(path)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+    except OSError as e:
+        folder = path.parent if e.filename in (None, str(tmp)) else e.filename
+        if e.errno in (errno.EEXIST, errno.ENOTDIR):
+            raise UserError(
+                f"cannot write {path}: a file stands in the way of the folder {path.parent}"
+            ) from None
+        raise UserError(f"cannot write {path}: {folder} is not writable ({e.strerror or e})") from None
+    previous = None
+    main_thread = threading.current_thread() is threading.main_thread()
+    if main_thread and signal.getsignal(signal.SIGINT) not in (signal.SIG_IGN, None):
+
+        def on_interrupt(signum: int, frame: Any) -> None:
+            shutil.rmtree(tmp, ignore_errors=True)
+            signal.signal(signal.SIGINT, previous)
+            if previous == signal.SIG_DFL:
+                os.kill(os.getpid(), signum)  # die of it, as without us
+            elif callable(previous):
+                previous(signum, frame)
+            raise KeyboardInterrupt
+
+        previous = signal.signal(signal.SIGINT, on_interrupt)
+    try:
+        yield tmp
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 @dataclass

@@ -14,6 +14,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -54,15 +55,20 @@ def check_destination(dst: Path, target: str, force: bool) -> None:
 def _write_failed(e: BaseException, dst: Path) -> UserError | None:
     """One sentence for a write the disk refused (full, quota, read-only, no permission), or None when ``e``
     is something else. torch.save wraps the OSError in a RuntimeError and safetensors raises its own error
-    carrying only the OS message, so the chain and the text are both searched."""
+    carrying only the OS message ("Permission denied (os error 13)"), so the chain and the text are both
+    searched."""
     seen: set[int] = set()
     cur: BaseException | None = e
     while cur is not None and id(cur) not in seen:
         text = str(cur)
-        if (isinstance(cur, OSError) and cur.errno in (errno.ENOSPC, errno.EDQUOT)) or "os error 28" in text:
+        rust = re.search(r"\(os error (\d+)\)", text)
+        code = cur.errno if isinstance(cur, OSError) else int(rust.group(1)) if rust else None
+        if code in (errno.ENOSPC, errno.EDQUOT):
             return UserError(f"no space left on the device writing {dst}; nothing was written")
         if isinstance(cur, OSError) and cur.strerror:
             return UserError(f"cannot write {dst} ({cur.strerror}); nothing was written")
+        if code is not None:
+            return UserError(f"cannot write {dst} ({os.strerror(code)}); nothing was written")
         seen.add(id(cur))
         cur = cur.__cause__ or cur.__context__
     return None
