@@ -267,3 +267,40 @@ def test_an_unwritable_folder_is_one_sentence_and_leaves_nothing(tmp_path: Path,
             )
             assert err[0].endswith("; nothing was written")
         assert sorted(folder.iterdir()) == before
+
+
+# ------------------------------------------------------------------------------- self-describing output
+def test_to_hf_names_imagenet_classes(tmp_path: Path) -> None:
+    """A 1000-class head with no names is ImageNet-1k's: transformers says "tench", not "LABEL_0"."""
+    tr = pytest.importorskip("transformers")
+    src = tmp_path / "in1k.pth"
+    torch.save(ours("convnext_atto", num_classes=1000).state_dict(), src)  # a bare state dict: no names
+    assert main(["convert", str(src), str(tmp_path / "hf"), "--to", "hf"]) == 0
+    config = tr.AutoConfig.from_pretrained(tmp_path / "hf")
+    assert config.id2label[0] == "tench" and config.id2label[448] == "birdhouse"
+    assert config.label2id["birdhouse"] == 448
+
+
+def test_to_timm_folder_and_sidecar_describe_the_weights(tmp_path: Path) -> None:
+    """--to timm FOLDER is timm's hub layout (model.safetensors + config.json), which timm builds and loads
+    by itself with the classes and eval preprocessing; --to timm FILE puts the same config.json beside."""
+    timm = pytest.importorskip("timm")
+    model = ours("convnext_atto")
+    src = source_file(model, "convnext_atto", tmp_path)
+    assert main(["convert", str(src), str(tmp_path / "timm"), "--to", "timm"]) == 0
+    assert {p.name for p in (tmp_path / "timm").iterdir()} == {"config.json", "model.safetensors"}
+    ref = timm.create_model(f"local-dir:{tmp_path / 'timm'}", pretrained=True).eval()
+    assert_same_logits(ref, model)
+    cfg = ref.pretrained_cfg
+    assert cfg["label_names"] == CLASSES and cfg["num_classes"] == N_CLASSES
+    assert tuple(cfg["input_size"]) == (3, 224, 224) and cfg["crop_pct"] == 0.875
+    assert (cfg["crop_mode"], cfg["interpolation"]) == ("center", "bicubic")
+    assert tuple(cfg["mean"]) == (0.485, 0.456, 0.406) and tuple(cfg["std"]) == (0.229, 0.224, 0.225)
+    data = timm.data.resolve_data_config({}, model=ref)
+    assert data["crop_pct"] == 0.875 and data["interpolation"] == "bicubic"
+
+    dst = tmp_path / "atto_timm.safetensors"
+    assert main(["convert", str(src), str(dst), "--to", "timm"]) == 0
+    sidecar = json.loads(dst.with_suffix(".json").read_text())
+    assert sidecar == json.loads((tmp_path / "timm" / "config.json").read_text())
+    assert main(["convert", str(src), str(tmp_path / "atto_timm.pth"), "--to", "timm"]) == 2  # its .json

@@ -258,3 +258,22 @@ def test_hubconf_has_every_architecture_and_loads_locally(tmp_path: Path) -> Non
     torch.save({"model": src.state_dict()}, tmp_path / "w.pth")
     loaded = torch.hub.load(str(ROOT), "convnext_atto", source="local", pretrained=str(tmp_path / "w.pth"))
     assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), src.state_dict().values()))
+
+
+def test_pretrained_cfg_carries_label_names(tmp_path: Path) -> None:
+    """timm's ``label_names``: the checkpoint's classes, ImageNet-1k's for a nameless 1000-class head,
+    None for random weights or a fresh classifier (its outputs mean nothing yet)."""
+    named = tmp_path / "named.pth"
+    model = convnext.create_model("convnext_atto", num_classes=3)
+    torch.save({"model": model.state_dict(), "class_names": ["cat", "dog", "fox"]}, named)
+    assert convnext.create_model("convnext_atto", pretrained=named).pretrained_cfg["label_names"] == [
+        "cat", "dog", "fox",
+    ]  # fmt: skip
+    assert convnext.create_model("convnext_atto", pretrained=named, num_classes=5).pretrained_cfg[
+        "label_names"
+    ] is None  # fmt: skip
+    bare = tmp_path / "in1k.pth"
+    torch.save(convnext.create_model("convnext_atto").state_dict(), bare)
+    names = convnext.create_model("convnext_atto", pretrained=bare).pretrained_cfg["label_names"]
+    assert len(names) == 1000 and names[0] == "tench"
+    assert convnext.create_model("convnext_atto").pretrained_cfg["label_names"] is None

@@ -26,6 +26,10 @@ def _pretrained_cfg(arch: str, num_classes: int, info: Any = None) -> dict[str, 
         if info is not None:
             cfg["file"] = info.path
     cfg["num_classes"] = num_classes  # the model's (a fresh classifier after fine-tuning)
+    from .weights.presets import label_names  # timm's key: what each logit means, None when unknown
+
+    same_head = info is not None and info.num_classes == num_classes  # not a fresh classifier
+    cfg["label_names"] = label_names(info.class_names, num_classes) if same_head else None
     return cfg
 
 

@@ -122,6 +122,18 @@ def _of_source(src: str) -> dict[str, Any]:
     return prepare(src).info.data_config or default_data_config()
 
 
+def label_names(class_names: list[str] | None, n: int) -> list[str] | None:
+    """The names of a ``n``-class head: the checkpoint's, else ImageNet-1k's for 1000 classes (the only
+    1000-class heads ConvNeXt ships), else None."""
+    if class_names and len(class_names) == n:
+        return list(class_names)
+    if n == 1000:
+        from ..data.classes import imagenet1k_classes
+
+        return [name for _, name in imagenet1k_classes()]
+    return None
+
+
 def to_data_config(cfg: dict[str, Any], base: DataConfig | None = None) -> DataConfig:
     """``cfg`` (timm's layout) as our DataConfig's geometry, on top of ``base``."""
     _, h, w = cfg["input_size"]

@@ -46,10 +46,20 @@ def check_destination(dst: Path, target: str, force: bool) -> None:
             )
         if dst.exists() and not dst.is_dir():
             raise UserError(f"{dst} exists and is not a folder; --to hf writes a folder")
+    elif target == "timm" and not dst.suffix:  # a folder: timm's hub layout (config.json + model.safetensors)
+        if dst.exists() and not dst.is_dir():
+            raise UserError(
+                f"{dst} exists and is not a folder; name a file ending in .safetensors or a folder"
+            )
     elif dst.suffix not in FILE_SUFFIXES[target]:
         raise UserError(f"--to {target} output {dst} must end in {', '.join(FILE_SUFFIXES[target])}")
     if dst.exists() and not force:
         raise UserError(f"{dst} already exists; pass --force to overwrite it")
+    sidecar = dst.with_suffix(".json")
+    if target == "timm" and dst.suffix and sidecar.exists() and not force:
+        raise UserError(
+            f"{sidecar} (timm's config for {dst.name}) already exists; pass --force to overwrite it"
+        )
 
 
 def _write_failed(e: BaseException, dst: Path) -> UserError | None:
@@ -140,7 +150,16 @@ def write(
             _atomic_file(dst, lambda tmp: _torch_save(obj, tmp))
     elif target == "official":
         _atomic_file(dst, lambda tmp: _torch_save({"model": formats.from_ours(sd, formats.OFFICIAL)}, tmp))
-    elif target in ("timm", "torchvision"):
+    elif target == "timm":
+        out = {k: v.contiguous() for k, v in formats.from_ours(sd, target, arch).items()}
+        cfg = timm_config(sd, arch, class_names, data_config)
+        if dst.suffix:  # a file, and timm's config.json beside it as <name>.json
+            _save(out, dst, {"format": "pt"})
+            text = json.dumps(cfg, indent=2) + "\n"
+            _atomic_file(dst.with_suffix(".json"), lambda tmp: tmp.write_text(text))
+        else:
+            _one_sentence(dst, lambda: _write_folder(dst, {"model.safetensors": out}, {"config.json": cfg}))
+    elif target == "torchvision":
         out = formats.from_ours(sd, target, arch)
         _save({k: v.contiguous() for k, v in out.items()}, dst, {"format": "pt"})
     elif target == "hf":
@@ -182,9 +201,44 @@ def hf_config(
     if not v2:
         cfg["layer_scale_init_value"] = 1e-6 if any(k.endswith(".gamma") for k in sd) else 0.0
     if n:
-        names = class_names if class_names and len(class_names) == n else [f"LABEL_{i}" for i in range(n)]
+        from .presets import label_names
+
+        names = label_names(class_names, n) or [f"LABEL_{i}" for i in range(n)]
         cfg["id2label"] = {str(i): name for i, name in enumerate(names)}
         cfg["label2id"] = {name: i for i, name in enumerate(names)}
+    return cfg
+
+
+def timm_config(
+    sd: dict[str, Tensor], arch: str, class_names: list[str] | None, data_config: dict[str, Any] | None
+) -> dict[str, Any]:
+    """timm's hub ``config.json`` for these weights: what ``timm.create_model("local-dir:FOLDER")`` (or
+    ``hf-hub:``) reads to build the architecture with its classes, label names and eval preprocessing."""
+    from .presets import default_data_config, label_names
+
+    d = data_config or default_data_config()
+    n = formats.num_classes_of(sd) or 0
+    names = label_names(class_names, n) if n else None
+    pretrained_cfg = {
+        "input_size": list(d["input_size"]),
+        "interpolation": d["interpolation"],
+        "mean": list(d["mean"]),
+        "std": list(d["std"]),
+        "crop_pct": float(d["crop_pct"]),
+        "crop_mode": d["crop_mode"],
+        "num_classes": n,
+        "first_conv": "stem.0",
+        "classifier": "head.fc",
+    }
+    cfg: dict[str, Any] = {
+        "architecture": arch,
+        "num_classes": n,
+        "num_features": int(sd["downsample_layers.3.1.weight"].shape[0]),
+        "global_pool": "avg",
+        "pretrained_cfg": pretrained_cfg,
+    }
+    if names:
+        cfg["label_names"] = names
     return cfg
 
 
@@ -226,8 +280,13 @@ def write_hf(
     """A Hugging Face model folder, written beside ``dst`` and renamed into place."""
     out = formats.from_ours(sd, formats.hf_format(sd), arch)
     size = int(data_config["input_size"][-1]) if data_config else 224
+    _one_sentence(dst, lambda: _write_hf(out, sd, dst, arch, class_names, data_config, size))
+
+
+def _one_sentence(dst: Path, write: Any) -> None:
+    """Run ``write``; a write the disk refused is one sentence (:func:`_write_failed`)."""
     try:
-        _write_hf(out, sd, dst, arch, class_names, data_config, size)
+        write()
     except Exception as e:
         failed = _write_failed(e, dst)
         if failed is None:
@@ -244,17 +303,25 @@ def _write_hf(
     data_config: dict[str, Any] | None,
     size: int,
 ) -> None:
+    docs = {"config.json": hf_config(sd, arch, class_names, size)}
+    pre = hf_preprocessor(data_config)
+    if pre is not None:
+        docs["preprocessor_config.json"] = pre
+    _write_folder(dst, {"model.safetensors": out}, docs)
+
+
+def _write_folder(dst: Path, tensors: dict[str, dict[str, Tensor]], docs: dict[str, Any]) -> None:
+    """A folder of safetensors files and JSON documents, written beside ``dst`` and renamed into place (an
+    existing ``dst`` is replaced only once the new one is complete)."""
     from safetensors.torch import save_file
 
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent))
     try:
-        save_file({k: v.clone() for k, v in out.items()}, str(tmp / "model.safetensors"), {"format": "pt"})
-        cfg = hf_config(sd, arch, class_names, size)
-        (tmp / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
-        pre = hf_preprocessor(data_config)
-        if pre is not None:
-            (tmp / "preprocessor_config.json").write_text(json.dumps(pre, indent=2) + "\n")
+        for name, sd in tensors.items():
+            save_file({k: v.clone() for k, v in sd.items()}, str(tmp / name), {"format": "pt"})
+        for name, doc in docs.items():
+            (tmp / name).write_text(json.dumps(doc, indent=2) + "\n")
         os.chmod(tmp, 0o777 & ~_umask())
         if dst.exists():
             old = dst.with_name(f".{dst.name}.old")
