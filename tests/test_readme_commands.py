@@ -430,6 +430,9 @@ def _run(work: Path, cmd: Command) -> None:
     )
 
 
+_LOCAL = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # 127.0.0.1 never through a proxy
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -456,7 +459,7 @@ def _serve(work: Path, cmd: Command) -> None:
         while True:
             assert proc.poll() is None, f"{cmd}\nran as: {text}\nstopped:\n{proc.communicate()[0][-3000:]}"
             try:
-                with urllib.request.urlopen(f"{base}/healthz", timeout=5) as r:
+                with _LOCAL.open(f"{base}/healthz", timeout=5) as r:
                     if r.status == 200:
                         break
             except (urllib.error.URLError, ConnectionError, TimeoutError):
@@ -468,7 +471,7 @@ def _serve(work: Path, cmd: Command) -> None:
         req = urllib.request.Request(
             f"{base}/v1/predict?topk=3", data=sample.read_bytes(), headers={"Content-Type": "image/png"}
         )
-        with urllib.request.urlopen(req, timeout=60) as r:
+        with _LOCAL.open(req, timeout=60) as r:
             body = json.loads(r.read())
         assert len(body["predictions"]) == 3, body
     finally:
