@@ -230,8 +230,10 @@ def timm_config(
         "first_conv": "stem.0",
         "classifier": "head.fc",
     }
+    depths, dims = _shape(sd)
     cfg: dict[str, Any] = {
         "architecture": arch,
+        "model_args": {"depths": depths, "dims": dims},  # a resized model (the quickstart's) builds too
         "num_classes": n,
         "num_features": int(sd["downsample_layers.3.1.weight"].shape[0]),
         "global_pool": "avg",
