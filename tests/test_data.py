@@ -196,7 +196,7 @@ def test_evaluation_drops_unreadable_files_with_workers(tmp_path: Path) -> None:
     from torch import nn
 
     from convnext.data.datasets import Relabeled
-    from convnext.engine.evaluate import evaluate
+    from convnext.evaluation.loop import evaluate
 
     root = _folder(tmp_path, per_class=3, split="val")
     good = _save(root / "val" / "dog" / "trunc.jpg").read_bytes()

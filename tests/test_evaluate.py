@@ -16,8 +16,8 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from convnext.cli.main import main
-from convnext.engine.evaluate import evaluate
-from convnext.engine.metrics import accuracy
+from convnext.evaluation.loop import evaluate
+from convnext.evaluation.metrics import accuracy
 
 IMG = 64  # reduced resolution: the point is the mapping and the counting, not the accuracy
 
@@ -326,7 +326,7 @@ def test_class_metrics_are_sklearns() -> None:
 
     from sklearn import metrics as skm
 
-    from convnext.engine.metrics import class_metrics
+    from convnext.evaluation.metrics import class_metrics
     from convnext.inference.report import confusion_counts
 
     g = torch.Generator().manual_seed(5)

@@ -22,8 +22,8 @@ from torchvision.io import decode_png, read_file, write_png
 import convnext
 from convnext.data import DataConfig
 from convnext.data.classes import imagenet1k_descriptions
-from convnext.engine.evaluate import evaluate
 from convnext.engine.plots import curves_figure, plot_curves
+from convnext.evaluation.loop import evaluate
 from convnext.inference import predict_paths
 from convnext.inference.cam import (
     PANEL_MAX,

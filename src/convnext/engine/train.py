@@ -26,10 +26,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from .. import dist
 from ..device import amp_dtype as resolve_amp
 from ..device import resolve_device
 from ..errors import UserError
-from . import distributed as D
 from .allocator import tune_cpu_allocator
 from .checkpoint import (
     CheckpointManager,
@@ -218,7 +218,7 @@ def _seed_all(seed: int) -> None:
 
 
 def _print(*args: Any) -> None:
-    if D.is_main():
+    if dist.is_main():
         print(*args, file=sys.stderr, flush=True)
 
 
@@ -241,14 +241,14 @@ def _writing(path: Path, intact: Path) -> Iterator[None]:
 def _on_main(fn: Callable[[], Any]) -> Any:
     """``fn()`` on rank 0, its result (or its UserError) on every rank, so all ranks stop together."""
     out: tuple[str, Any] = ("ok", None)
-    if D.is_main():
+    if dist.is_main():
         try:
             out = ("ok", fn())
         except UserError as e:
             out = ("error", str(e))
-            if not D.is_dist():
+            if not dist.is_dist():
                 raise
-    out = D.broadcast_object(out)
+    out = dist.broadcast_object(out)
     if out[0] == "error":
         raise UserError(out[1])
     return out[1]
@@ -331,7 +331,7 @@ def start_process(cfg: TrainConfig) -> Process:
     want = resolve_device(cfg.train.device, what="config key train.device").type
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
-    rank, world, local_rank = D.init_distributed(want)
+    rank, world, local_rank = dist.init_distributed(want)
     device = resolve_device(want, local_rank, what="config key train.device")
     if device.type == "cpu":
         tune_cpu_allocator()  # reuse the heap for activations instead of page-faulting them in every step
@@ -406,7 +406,7 @@ def build_data(cfg: TrainConfig, ckpt: dict | None, ckpt_path: Path | None, accu
         raise UserError(
             f"checkpoint {ckpt_path} was trained on other classes than data.root={cfg.data.root!r}"
         )
-    kw = {"cfg": cfg.data, "seed": cfg.seed, "distributed": D.is_dist()}
+    kw = {"cfg": cfg.data, "seed": cfg.seed, "distributed": dist.is_dist()}
     train_loader = build_loader(train_ds, cfg.train.batch_size, train=True, **kw)
     val_loader = None
     if val_ds is not None:
@@ -470,7 +470,7 @@ def build_trainer(cfg: TrainConfig, proc: Process, data: Data, resume_state: dic
     )
     ddp = None
     train_model: nn.Module = model
-    if D.is_dist():
+    if dist.is_dist():
         ddp = nn.parallel.DistributedDataParallel(
             model, device_ids=[proc.local_rank] if proc.device.type == "cuda" else None
         )
@@ -563,7 +563,7 @@ def save(run: Run, *, epoch_end: bool, is_best: bool = False, record: dict | Non
             "optim.lr or set optim.clip_grad"
         )
     loss_sum = None if epoch_end else prog.loss_sum.detach().cpu().clone()
-    per_rank = D.all_gather_object((rng_state(), loss_sum))
+    per_rank = dist.all_gather_object((rng_state(), loss_sum))
     if not run.proc.main:
         return
     partial = None
@@ -689,7 +689,7 @@ def train_one_epoch(run: Run, saved_rng: dict | None) -> bool:
                 if plain:
                     _print(_step_line(run, sum(vals) / len(vals), lr, rate, time.perf_counter() - t0))
             in_epoch = prog.step - prog.epoch * spe
-            if prog.step % check_every == 0 and D.any_rank(run.stop.signal is not None, run.proc.device):
+            if prog.step % check_every == 0 and dist.any_rank(run.stop.signal is not None, run.proc.device):
                 prog.elapsed = time.perf_counter() - t0
                 save(run, epoch_end=False)
                 last = run.ckpts.last
@@ -728,7 +728,7 @@ def _step_line(run: Run, loss: float, lr: float, rate: float, elapsed: float) ->
 
 def evaluate_epoch(run: Run) -> dict[str, float]:
     """Validation top-1/top-5/loss of the model (and of the EMA weights), every rank's shard counted once."""
-    from .evaluate import evaluate
+    from ..evaluation.loop import evaluate
 
     kw = {
         "amp_dtype": run.proc.amp_dtype,
@@ -752,7 +752,7 @@ def end_epoch(run: Run) -> None:
     cfg, prog, tr = run.cfg, run.prog, run.tr
     run.window.flush(prog.epoch)
     loss_sum = prog.loss_sum.clone()
-    if D.is_dist():
+    if dist.is_dist():
         torch.distributed.all_reduce(loss_sum)
         loss_sum /= run.proc.world
     prog.epoch += 1
@@ -954,8 +954,8 @@ def _finish(
         if logger is not None:  # the trackers get the curves, and end their runs
             files = {n.partition(".")[0]: run_dir / n for n in ("curves.png", "config.yaml", "metrics.jsonl")}
             logger.close("stopped" if stopped else "finished", files=files, step=prog.step)
-    D.barrier()
-    D.cleanup()
+    dist.barrier()
+    dist.cleanup()
     return TrainResult(
         run_dir=run_dir,
         epoch=prog.epoch,

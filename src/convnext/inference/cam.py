@@ -274,6 +274,6 @@ def write_cam_png(
     path: str | Path, image: Tensor, cam: Tensor, box: tuple[float, float, float, float], **kw: Any
 ) -> Path:
     """``cam_figure`` written as a PNG, atomically."""
-    from ..engine.plots import save_figure
+    from ..evaluation.figures import save_figure
 
     return save_figure(cam_figure(image, cam, box, **kw), path)

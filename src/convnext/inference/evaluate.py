@@ -1,5 +1,5 @@
 """Evaluate any weights on a labelled image folder (``convnext evaluate``): the data the flags or the run
-describe, labelled in the checkpoint's own class order, run through :func:`convnext.engine.evaluate.evaluate`.
+describe, labelled in the checkpoint's own class order, run through :func:`convnext.evaluation.loop.evaluate`.
 
 Under torchrun each process evaluates its shard (the sums are all-reduced; :attr:`Evaluation.main` says
 which process reports). Every readable file counts exactly once; a file that cannot be used (empty, not an
@@ -26,7 +26,7 @@ class Evaluation:
     loaded: Loaded  # the model, its arch, class names, checkpoint file
     data: DataConfig  # what was evaluated: dataset, root, split, eval geometry
     device: torch.device
-    metrics: dict[str, Any]  # convnext.engine.evaluate.evaluate's result (predictions when asked for)
+    metrics: dict[str, Any]  # convnext.evaluation.loop.evaluate's result (predictions when asked for)
     dropped: list[tuple[str, str]]  # every file left out, (file, why), sorted
     classes_present: int  # classes with at least one counted image
     ema: bool
@@ -45,8 +45,8 @@ class Evaluation:
     def class_table(self) -> list[dict[str, Any]]:
         """One row per class in the data or the predictions: index, class, n (true images), predicted
         (images predicted as it), precision, recall, f1 (percent; see
-        :func:`convnext.engine.metrics.class_metrics`)."""
-        from ..engine.metrics import class_metrics
+        :func:`convnext.evaluation.metrics.class_metrics`)."""
+        from ..evaluation.metrics import class_metrics
         from .loading import display_names
 
         m = class_metrics(self.metrics["confusion"])
@@ -61,7 +61,7 @@ class Evaluation:
 
     def class_summary(self) -> dict[str, float | None]:
         """macro_f1 and balanced_accuracy (percent; None without images)."""
-        from ..engine.metrics import class_metrics
+        from ..evaluation.metrics import class_metrics
 
         m = class_metrics(self.metrics["confusion"])
         return {"macro_f1": m["macro_f1"], "balanced_accuracy": m["balanced_accuracy"]}
@@ -199,16 +199,16 @@ def evaluate_weights(
     dataset order, and :attr:`Evaluation.files` names each sample's file (reports, ``--predictions``).
     Under torchrun this joins the process group, evaluates this rank's shard and leaves the group.
     """
+    from .. import dist
     from ..data import build_dataset, build_eval_transform, build_loader
     from ..device import amp_dtype, resolve_device
-    from ..engine import distributed as D
-    from ..engine.evaluate import evaluate
+    from ..evaluation.loop import evaluate
     from .loading import for_bf16_inference, load_for_inference
 
     want = resolve_device(device)
-    _, world, local_rank = D.init_distributed(want.type)
+    _, world, local_rank = dist.init_distributed(want.type)
     dev = torch.device("cuda", local_rank) if want.type == "cuda" and world > 1 else want
-    main = D.is_main()
+    main = dist.is_main()
     dtype = amp_dtype(amp, dev)
     try:
         loaded = load_for_inference(weights, model, ema=ema, img_size=img_size, crop_pct=crop_pct)
@@ -217,7 +217,7 @@ def evaluate_weights(
             warnings.filterwarnings("ignore", message=r".*skipped \d+ unusable file", category=RuntimeWarning)
             ds = build_dataset(cfg, cfg.val_split, build_eval_transform(cfg), on_error="drop")
         ds = _labelled(ds, loaded, cfg)
-        loader = build_loader(ds, batch_size, train=False, cfg=cfg, seed=0, distributed=D.is_dist())
+        loader = build_loader(ds, batch_size, train=False, cfg=cfg, seed=0, distributed=dist.is_dist())
         net = for_bf16_inference(loaded.model.to(dev), dev, dtype)
         if channels_last:
             net = net.to(memory_format=torch.channels_last)
@@ -233,8 +233,8 @@ def evaluate_weights(
             confusion=True,
         )
     finally:
-        if D.is_dist():
-            D.cleanup()
+        if dist.is_dist():
+            dist.cleanup()
     dropped, present = _dropped(ds, res)
     files = _files(ds, res) if predictions else None
     ev_ema = bool(getattr(loaded.info, "ema", ema))

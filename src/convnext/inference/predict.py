@@ -15,7 +15,7 @@ from torch import nn
 from ..data.config import DataConfig
 from ..data.images import IMG_EXTENSIONS, ImageError, dir_key, load_image, walk_files
 from ..data.transforms import build_eval_transform
-from ..engine.metrics import topk_indices
+from ..evaluation.metrics import topk_indices
 
 
 @dataclass

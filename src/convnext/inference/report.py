@@ -290,7 +290,7 @@ def write_confusion_png(
     """``confusion_figure`` as a PNG (atomically), and beside it ``<stem>_pairs.csv``: every confused
     pair, most errors first (``most_confused_pairs``) — the figure holds the top of that list, the CSV all
     of it (a 1000-class evaluation has thousands of pairs), to sort and grep. Returns both paths."""
-    from ..engine.plots import save_figure
+    from ..evaluation.figures import save_figure
 
     path = Path(path)
     csv_path = path.with_name(f"{path.stem}_pairs.csv")

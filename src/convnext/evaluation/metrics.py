@@ -49,7 +49,7 @@ def accuracy(logits: Tensor, targets: Tensor, topk: Sequence[int] = (1, 5)) -> l
 def class_metrics(confusion: Tensor) -> dict[str, Any]:
     """Per-class precision, recall and F1, macro F1 and balanced accuracy (percent) from confusion counts
     (rows: true class, columns: top-1 class), so that they are exact wherever the counts are (all-reduced
-    across ranks, :func:`convnext.engine.evaluate.evaluate` with ``confusion=True``).
+    across ranks, :func:`convnext.evaluation.loop.evaluate` with ``confusion=True``).
 
     The numbers of ``sklearn.metrics`` with its defaults (``precision_recall_fscore_support``,
     ``f1_score(average="macro")``, ``balanced_accuracy_score``; a test checks): the classes are those in the

@@ -92,7 +92,7 @@ def evaluate(
     the loader's order is not known, see ``_sample_indices``). With ``confusion``, ``confusion`` is the
     (C, C) int64 count of (true class, top-1 class) over every counted sample, all-reduced like the sums:
     exact under any number of ranks; per-class precision/recall/F1 come from it
-    (:func:`convnext.engine.metrics.class_metrics`).
+    (:func:`convnext.evaluation.metrics.class_metrics`).
 
     Unreadable files come from a "drop"-mode dataset (convnext.data.build_dataset for a split other than
     the training one) as a negative target; they are removed from the batch before the model sees it.
