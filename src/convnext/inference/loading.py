@@ -30,11 +30,11 @@ class Loaded:
     info: Any  # convnext.weights.load.CheckpointInfo
 
 
-def _run_config(run_dir: Path | None, raw_ckpt: dict | None) -> Any:
-    """The run's typed TrainConfig: the checkpoint's own copy, else config.yaml."""
+def _run_config(run_dir: Path | None, recorded: dict | None) -> Any:
+    """The run's typed TrainConfig: the checkpoint's own copy (``recorded``), else config.yaml."""
     from ..engine.config import config_from_dict, read_yaml, rebase_paths
 
-    raw = raw_ckpt.get("config") if raw_ckpt else None
+    raw = recorded
     if not isinstance(raw, dict) and run_dir is not None and (run_dir / "config.yaml").is_file():
         raw = read_yaml(run_dir / "config.yaml")
     if not isinstance(raw, dict):
@@ -76,7 +76,7 @@ def load_for_inference(
         return load_exported(str(weights), img_size=img_size, crop_pct=crop_pct)
     from ..models import build_model, get_variant
     from ..weights.containers import TRAIN_FORMAT
-    from ..weights.load import load_checkpoint, prepare, read_checkpoint
+    from ..weights.load import load_checkpoint, prepare
     from ..weights.presets import to_data_config
 
     arch = model_name.partition(".")[0] if model_name else None
@@ -92,7 +92,8 @@ def load_for_inference(
     train_cfg = None
     if info.format == TRAIN_FORMAT or run_dir is not None:
         # its config: the model options and the eval transform it was trained with
-        train_cfg = _run_config(run_dir, read_checkpoint(src) if info.format == TRAIN_FORMAT else None)
+        # (read with the weights by prepare: the file is read once)
+        train_cfg = _run_config(run_dir, prepared.run_config if info.format == TRAIN_FORMAT else None)
 
     held = (train_cfg.model.name.partition(".")[0] if train_cfg else None) or info.arch
     if arch is not None and held is not None and arch != held:

@@ -58,6 +58,8 @@ class Prepared:
 
     state_dict: dict[str, Tensor]
     info: CheckpointInfo
+    # a training checkpoint's recorded recipe (its plain dict), so a reader needs not read the file again
+    run_config: dict[str, Any] | None = None
 
 
 def read_checkpoint(src: str | Path) -> dict:
@@ -141,7 +143,8 @@ def prepare(src: str | Path | dict, *, ema: bool | None = None) -> Prepared:
         data_config=checkpoint_data_config(entry, meta.get("data"), fmt, arch, meta.get("data_config")),
         run_dir=str(run_dir) if run_dir else None,
     )
-    return Prepared(ours, info)
+    recorded = obj.get("config") if info.format == containers.TRAIN_FORMAT else None
+    return Prepared(ours, info, recorded if isinstance(recorded, dict) else None)
 
 
 # container keys that become CheckpointInfo fields rather than metadata
