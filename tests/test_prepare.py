@@ -650,3 +650,102 @@ def test_plain_class_folders_get_a_seeded_split(tmp_path: Path, capsys) -> None:
     assert "another --seed/--val-fraction" in capsys.readouterr().err
     with pytest.raises(UserError, match=r"is already split .*train.*data.root"):
         prepare("folders", dst, tmp_path / "again", progress=False)
+
+
+# ----------------------------------------------------------------------------------- one dataset catalog
+def _variants(spelling: str) -> list[str]:
+    return [spelling, spelling.upper(), spelling.replace("-", "_")]
+
+
+def test_every_catalog_spelling_means_one_dataset_to_build_prepare_help_and_config(
+    tmp_path: Path, capsys
+) -> None:
+    """build_dataset, prepare, `convnext prepare --help` and the config check all read data/catalog.py:
+    every spelling of every entry resolves to that entry everywhere, and prepare takes exactly the
+    entries the catalog calls preparable (the lists were once kept three times and drifted)."""
+    from convnext.data import catalog
+    from convnext.data.datasets import DATASETS
+    from convnext.engine.config import load_config
+
+    assert list(DATASETS) == catalog.names()
+    with pytest.raises(SystemExit):
+        cli(["prepare", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    missing = tmp_path / "no-such-source"
+    for spec in catalog.CATALOG:
+        assert (spec.layout is None) != (spec.builder is None), spec.name  # read one way, not two
+        assert spec.arrays is None or spec.builder is not None, spec.name
+        assert spec.layout is not None or not (spec.archives or spec.splits or spec.seeded_split), spec.name
+        for ref in (spec.builder, spec.arrays, spec.download):  # the lazily imported functions exist
+            if ref is not None and "." in ref.__qualname__:
+                module, name = ref.__qualname__.split(".")
+                assert callable(getattr(__import__(f"convnext.data.{module}", fromlist=[name]), name)), ref
+        for spelling in (s for a in spec.spellings for s in _variants(a)):
+            assert catalog.find_dataset(spelling) is spec, spelling
+            if spec.preparable:
+                with pytest.raises(UserError, match="source folder .* does not exist"):  # the name passed
+                    prepare(spelling, missing, tmp_path / "out", progress=False)
+            else:
+                with pytest.raises(UserError, match=f"cannot be prepared.*{spec.name} needs no preparation"):
+                    prepare(spelling, missing, tmp_path / "out", progress=False)
+        if spec.preparable:
+            assert all(a in help_text for a in spec.spellings), (spec.name, help_text)
+            assert spec.description in help_text
+        spelling = spec.aliases[-1] if spec.aliases else spec.name
+        try:
+            load_config(None, ["model.name=convnext_atto", f"data.dataset={spelling}"], check_paths=False)
+        except UserError as e:  # another key may object (e.g. data.root), never the dataset's name
+            assert "data.dataset" not in str(e), e
+    with pytest.raises(
+        UserError, match=r"data.dataset: 'imagenett' is not one of .*; did you mean imagenet\?"
+    ):
+        build_dataset(DataConfig(dataset="imagenett"), "train")
+    with pytest.raises(
+        UserError, match=r"'cifar_1O' cannot be prepared; choose one of .*did you mean cifar10\?"
+    ):
+        prepare("cifar_1O", missing, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_catalog_is_the_only_table_of_dataset_names() -> None:
+    """No module but data/catalog.py lists dataset names (an alias table, a dict keyed by them, a tuple of
+    several like the PREPARABLE there was) or picks a reader by comparing against one in data/ (the if-chain
+    that chose a layout a third time); two entries claiming one spelling are refused when it is built."""
+    import ast
+
+    import convnext
+    from convnext.data import catalog
+
+    spelled = {catalog._key(s) for spec in catalog.CATALOG for s in spec.spellings}
+
+    def is_name(node: ast.AST | None) -> bool:
+        return (
+            isinstance(node, ast.Constant)
+            and isinstance(node.value, str)
+            and catalog._key(node.value) in spelled
+        )
+
+    package = Path(convnext.__file__).parent
+    found = []
+    for path in sorted(package.rglob("*.py")):
+        rel = path.relative_to(package).as_posix()
+        if rel == "data/catalog.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Dict):  # an alias table (spelling -> name) or a registry keyed by names
+                keys, values = sum(map(is_name, node.keys)), sum(map(is_name, node.values))
+                if keys >= 3 or values >= 2 or (keys >= 2 and values):
+                    found.append(f"{rel}:{node.lineno} maps dataset names")
+            if isinstance(node, ast.Tuple | ast.List | ast.Set) and sum(map(is_name, node.elts)) >= 3:
+                found.append(f"{rel}:{node.lineno} lists dataset names")
+            if (
+                rel.startswith("data/")
+                and isinstance(node, ast.Compare)
+                and any(is_name(c) for c in [node.left, *node.comparators])
+            ):
+                found.append(f"{rel}:{node.lineno} compares with a dataset name")
+    assert not found, found
+
+    twice = (*catalog.CATALOG, catalog.DatasetSpec("tiny", "a copy", ("tiny_imagenet",)))
+    with pytest.raises(ValueError, match="'tiny_imagenet' of tiny is already tiny-imagenet's"):
+        catalog._index(twice)

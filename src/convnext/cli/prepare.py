@@ -5,15 +5,25 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..data.prepare import ALIASES, LINKS, PREPARABLE, canonical_name  # no torch: the parser needs these
+from ..data import catalog  # no torch: the parser needs the dataset names
+from ..data.prepare import LINKS
 from .common import add_progress, show_progress
 
 _OLD_MODES = {"link": "hard", "copy": "copy", "symlink": "symlink"}  # the deprecated --mode's values
 
 
+class _Formatter(argparse.HelpFormatter):
+    """The description wrapped as usual; the epilog's table one line per dataset."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        if text.startswith("datasets:\n"):
+            return "".join(indent + line for line in text.splitlines(keepends=True))
+        return super()._fill_text(text, width, indent)
+
+
 def _dataset(name: str) -> str:
     try:
-        return canonical_name(name)
+        return catalog.find_preparable(name).name
     except Exception as e:  # argparse: "argument dataset: invalid choice ..." in one line
         raise argparse.ArgumentTypeError(str(e)) from None
 
@@ -29,12 +39,16 @@ def register(sub: argparse._SubParsersAction) -> None:
         "written straight from the archives, with no extraction beside them; MNIST/CIFAR become PNG "
         "files. The source is checked before anything is written, a failed run removes what it wrote, "
         "and a second run adds only what is missing. Then train with data.root=DST.",
+        epilog="datasets:\n"
+        + "".join(f"  {s.name:<14} {s.description}\n" for s in catalog.CATALOG if s.preparable),
+        formatter_class=_Formatter,
     )
     p.add_argument(
         "dataset",
         type=_dataset,
         metavar="dataset",
-        help=f"one of: {', '.join(PREPARABLE)} (or {', '.join(sorted(ALIASES))})",
+        help=f"one of: {', '.join(catalog.names(preparable=True))} "
+        f"(or {', '.join(catalog.aliases(preparable=True))})",
     )
     p.add_argument(
         "src",

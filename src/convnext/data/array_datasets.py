@@ -173,6 +173,12 @@ def mnist_arrays(root: Path, train: bool) -> tuple[np.ndarray, np.ndarray]:
     return images, labels
 
 
+def mnist_split(root: Path, train: bool) -> tuple[np.ndarray, list[int], list[str]]:
+    """(images, targets, class names) of the train or test files: what ``convnext prepare`` writes."""
+    images, labels = mnist_arrays(root, train)
+    return images, labels.tolist(), [str(i) for i in range(10)]
+
+
 def mnist(
     cfg: DataConfig, split: str, transform: Transform = None, on_error: str = "substitute"
 ) -> ArrayDataset:
@@ -265,3 +271,15 @@ _TORCHVISION_FILES = {
 }
 cifar10 = _cifar("CIFAR10")
 cifar100 = _cifar("CIFAR100")
+
+
+def cifar10_split(root: Path, train: bool) -> tuple[np.ndarray, list[int], list[str]]:
+    """(images, targets, class names): what ``convnext prepare`` writes."""
+    data, targets, classes = cifar_arrays(root, "CIFAR10", train)
+    return np.asarray(data), list(targets), classes
+
+
+def cifar100_split(root: Path, train: bool) -> tuple[np.ndarray, list[int], list[str]]:
+    """(images, targets, class names): what ``convnext prepare`` writes."""
+    data, targets, classes = cifar_arrays(root, "CIFAR100", train)
+    return np.asarray(data), list(targets), classes

@@ -1,7 +1,7 @@
-"""Datasets by name: ``build_dataset(cfg, split)`` for an ImageFolder layout, scikit-learn's digits,
-MNIST/CIFAR, the raw layouts of Tiny-ImageNet-200, mini-ImageNet, ImageNet-1k and Caltech-101/256, and
-"folders" (root/<class>/<image> with no split: a seeded per-class split) (file_datasets.py,
-array_datasets.py), and :func:`relabel` (targets in a model's class order).
+"""Datasets by name: ``build_dataset(cfg, split)`` for every entry of catalog.py (an ImageFolder layout,
+scikit-learn's digits, MNIST/CIFAR, the raw layouts of Tiny-ImageNet-200, mini-ImageNet, ImageNet-1k,
+Caltech-101/256 and "folders"; the readers in file_datasets.py, array_datasets.py and layouts.py), and
+:func:`relabel` (targets in a model's class order).
 
 Every dataset yields ``(image, target)`` with image a uint8 (3, H, W) RGB tensor before the transform, and
 has ``.classes`` (class names in index order) and ``.skipped`` (list of (file, reason) left out at scan).
@@ -16,10 +16,9 @@ from typing import Any
 from torch.utils.data import Dataset
 
 from ..errors import UserError
-from . import layouts
-from .array_datasets import cifar10, cifar100, digits, mnist
+from .catalog import CATALOG, find_dataset
 from .config import DataConfig
-from .file_datasets import ON_ERROR, Transform, image_folder, raw_layout
+from .file_datasets import ON_ERROR, Transform, raw_layout
 
 
 class Relabeled(Dataset):
@@ -59,49 +58,11 @@ def relabel(ds: Dataset, names: list[str], source: str) -> Dataset:
 
 # -------------------------------------------------------------------------------------------- registry
 Builder = Callable[..., Dataset]  # (cfg, split, transform, on_error)
-_SAID: set[str] = set()
 
-
-def _notes_once(layout: Callable[..., layouts.RawSplit]) -> Callable[..., layouts.RawSplit]:
-    """The layout with each of its notes given once per process: training builds a split up to three
-    times (the class list, train, val), and the same note (e.g. mini-ImageNet's pooling) three times is
-    noise."""
-
-    def once(*args: Any, **kwargs: Any) -> layouts.RawSplit:
-        raw = layout(*args, **kwargs)
-        fresh = [n for n in raw.notes if n not in _SAID]
-        _SAID.update(fresh)
-        return layouts.RawSplit(raw.samples, raw.classes, fresh)
-
-    return once
-
-
+# name -> builder, one per catalog entry (catalog.py is the one list of datasets and their spellings)
 DATASETS: dict[str, Builder] = {
-    "imagefolder": image_folder,
-    "digits": digits,
-    "mnist": mnist,
-    "cifar10": cifar10,
-    "cifar100": cifar100,
-    "tiny-imagenet": raw_layout(layouts.tiny_imagenet),
-    "mini-imagenet": raw_layout(_notes_once(layouts.mini_imagenet), needs_split=True),
-    "imagenet": raw_layout(layouts.imagenet),
-    "caltech101": raw_layout(layouts.caltech, needs_split=True, version=101),
-    "caltech256": raw_layout(layouts.caltech, needs_split=True, version=256),
-    "folders": raw_layout(layouts.class_folders, needs_split=True),  # root/<class>/<image>, no split
-}
-
-
-_ALIASES = {
-    "tinyimagenet": "tiny-imagenet",
-    "tiny-imagenet-200": "tiny-imagenet",
-    "miniimagenet": "mini-imagenet",
-    "imagenet1k": "imagenet",
-    "imagenet-1k": "imagenet",
-    "caltech-101": "caltech101",
-    "caltech-256": "caltech256",
-    "cifar-10": "cifar10",
-    "cifar-100": "cifar100",
-    "class-folders": "folders",
+    s.name: s.builder if s.layout is None else raw_layout(s)  # type: ignore[misc]
+    for s in CATALOG
 }
 
 
@@ -124,13 +85,7 @@ def build_dataset(
         raise UserError(
             f"config key data.max_pixels must be a number of pixels (0: no limit), got {cfg.max_pixels!r}"
         )
-    name = cfg.dataset.lower().replace("_", "-")
-    builder = (
-        DATASETS.get(name) or DATASETS.get(name.replace("-", "")) or DATASETS.get(_ALIASES.get(name, ""))
-    )
-    if builder is None:
-        raise UserError(f"config key data.dataset: {cfg.dataset!r} is not one of {', '.join(DATASETS)}")
-    ds = builder(cfg, split, transform, on_error)
+    ds = DATASETS[find_dataset(cfg.dataset).name](cfg, split, transform, on_error)
     if len(ds) == 0:  # type: ignore[arg-type]
         raise UserError(
             f"the {split!r} split of dataset {cfg.dataset} ({cfg.root or 'built in'}) has no images"

@@ -18,16 +18,19 @@ import warnings
 from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
 from ..errors import UserError
-from . import layouts
 from .classes import resolve_class_list
 from .config import DEFAULT_MAX_PIXELS, DataConfig
 from .images import ImageError, check_file, dir_key, load_image, strict_error, unique_files, walk_files
+
+if TYPE_CHECKING:
+    from .catalog import DatasetSpec
 
 Transform = Callable[[torch.Tensor], torch.Tensor] | None
 _MAX_SUBSTITUTES = 64
@@ -340,26 +343,30 @@ def _file_dataset(
 
 
 # ---------------------------------------------------------------------------------------- raw layouts
-def raw_layout(
-    layout: Callable[..., layouts.RawSplit], needs_split: bool = False, **fixed: object
-) -> Callable[[DataConfig, str, Transform], FileDataset]:
+_SAID: set[str] = set()
+
+
+def raw_layout(spec: DatasetSpec) -> Callable[..., FileDataset]:
+    """The builder of a catalog entry read from its raw layout (the files in place, not copied). Each
+    note of the layout (e.g. mini-ImageNet's pooling) is given once per process: training builds a split up
+    to three times (the class list, train, val), and the same note three times is noise."""
+
     def build(
         cfg: DataConfig, split: str, transform: Transform = None, on_error: str = "substitute"
     ) -> FileDataset:
         if not cfg.root:
             raise UserError(f"config key data.root is required for data.dataset={cfg.dataset}")
         root = Path(cfg.root).expanduser()
-        if cfg.download and "version" in fixed:
+        if cfg.download and spec.download is not None:
             root.mkdir(parents=True, exist_ok=True)
-            _download_caltech(int(fixed["version"]), root)  # type: ignore[call-overload]
+            spec.download(root, **spec.options)
         if not root.is_dir():
             raise UserError(f"config key data.root: folder {root} does not exist")
-        kw = dict(fixed)
-        if needs_split:
-            kw.update(val_fraction=cfg.val_fraction, seed=cfg.split_seed)
-        raw = layout(root, split, **kw)
+        raw = spec.read(root, split, val_fraction=cfg.val_fraction, seed=cfg.split_seed)
         for note in raw.notes:
-            warnings.warn(note, UserWarning, stacklevel=3)
+            if note not in _SAID:
+                _SAID.add(note)
+                warnings.warn(note, UserWarning, stacklevel=3)
         classes = raw.classes
         if cfg.class_list:
             classes = resolve_class_list(cfg.class_list, sorted({c for _, c in raw.samples}))
@@ -377,7 +384,7 @@ def raw_layout(
     return build
 
 
-def _download_caltech(version: int, root: Path) -> None:
+def download_caltech(root: Path, *, version: int) -> None:
     """torchvision's downloader (it extracts into root/caltech<version>/<version>_ObjectCategories)."""
     top = f"{version}_ObjectCategories"
     if (root / top).is_dir() or (root / f"caltech{version}" / top).is_dir():

@@ -29,7 +29,8 @@ from pathlib import Path
 from typing import IO, Protocol
 
 from ..errors import UserError
-from .classes import is_imagenet_wnid
+from . import layouts
+from .classes import imagenet1k_wnids, is_imagenet_wnid
 
 TRAIN_TAR = "ILSVRC2012_img_train.tar"
 VAL_TAR = "ILSVRC2012_img_val.tar"
@@ -152,6 +153,16 @@ class Source:
     labels: dict[int, str] | None = None
     tars: list[Path] | None = None
 
+    @property
+    def whole(self) -> bool:
+        """The split comes from the archive alone (not a folder of class tars, beside which extracted class
+        folders are read as files)."""
+        return self.kind != "classes"
+
+    @property
+    def classes(self) -> list[str]:
+        return imagenet1k_wnids()
+
 
 def scan_train_archive(path: Path) -> Source:
     members = _headers(path)
@@ -271,3 +282,32 @@ def images(src: Source, tick: Callable[[int], object]) -> Iterator[tuple[str, st
                 raise UserError(f"ImageNet: {src.path} changed while it was read ({m.name})")
             for inner, img in _stream(data, m.size, f"{src.path}:{m.name}"):
                 yield wnid, os.path.basename(inner.name), inner.size, img
+
+
+# ---------------------------------------------------------------------------------------- what to read
+def find_archives(src: Path) -> dict[str, Source]:
+    """The ImageNet splits read from archives, headers checked (nothing written): ILSVRC2012_img_train.tar
+    when there is no extracted train folder, a train folder of <wnid>.tar files (the outer archive
+    extracted, the classes not yet), ILSVRC2012_img_val.tar (with the devkit or LOC labels) when there is
+    no extracted val folder."""
+    if (src / "wnids.txt").is_file():
+        return {}  # Tiny-ImageNet: layouts.imagenet names it
+    out: dict[str, Source] = {}
+    folder = layouts._imagenet_dir(src, "train")
+    archive = layouts.imagenet_archive(src, "train")
+    if folder is not None:
+        tars = scan_class_tars(folder)
+        if tars is not None:
+            out["train"] = tars
+    elif archive is not None:
+        out["train"] = scan_train_archive(archive)
+    archive = layouts.imagenet_archive(src, "val")
+    if layouts._imagenet_dir(src, "val") is None and archive is not None:
+        found = layouts.imagenet_val_labels(src)
+        if found is None:
+            raise UserError(
+                f"ImageNet: {archive} needs its labels: put ILSVRC2012_devkit_t12.tar.gz (as downloaded) or "
+                f"Kaggle's LOC_val_solution.csv in {src}"
+            )
+        out["val"] = scan_val_archive(archive, *found)
+    return out

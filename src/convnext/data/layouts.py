@@ -218,6 +218,13 @@ def _imagenet_dir(root: Path, split: str) -> Path | None:
     return None
 
 
+def imagenet_splits(root: Path) -> tuple[str, ...]:
+    """The splits ``prepare`` writes: val, and train when there is a train folder or archive (val alone is
+    fine: evaluation)."""
+    has_train = _imagenet_dir(root, "train") is not None or imagenet_archive(root, "train") is not None
+    return ("train", "val") if has_train else ("val",)
+
+
 def imagenet_archive(root: Path, split: str) -> Path | None:
     """``ILSVRC2012_img_<split>.tar`` as downloaded, in ``root``."""
     from .imagenet_archives import TRAIN_TAR, VAL_TAR

@@ -1,4 +1,5 @@
 """``convnext prepare``: a raw dataset layout -> ImageFolder (DST/{train,val}/<class>/<file>, classes.txt).
+Which datasets, and how each is read, is catalog.py's: a raw layout's files are linked, arrays written.
 
 JPEGs are never decoded: files are hard-linked (default; instant, no extra space, falls back to a copy
 across file systems), copied, or symlinked. ImageNet's archives as downloaded are read once as streams and
@@ -30,45 +31,12 @@ import numpy as np
 from tqdm import tqdm
 
 from ..errors import UserError
-from . import layouts
+from .catalog import DatasetSpec, find_preparable
 
 if TYPE_CHECKING:
     from .imagenet_archives import Readable, Source
 
-PREPARABLE = (
-    "imagenet",
-    "tiny-imagenet",
-    "mini-imagenet",
-    "caltech101",
-    "caltech256",
-    "mnist",
-    "cifar10",
-    "cifar100",
-    "folders",
-)
-ALIASES = {
-    "class-folders": "folders",
-    "caltech-101": "caltech101",
-    "caltech-256": "caltech256",
-    "tinyimagenet": "tiny-imagenet",
-    "tiny-imagenet-200": "tiny-imagenet",
-    "miniimagenet": "mini-imagenet",
-    "imagenet1k": "imagenet",
-    "imagenet-1k": "imagenet",
-    "cifar-10": "cifar10",
-    "cifar-100": "cifar100",
-}
 LINKS = ("hard", "copy", "symlink")
-_ARRAYS = ("mnist", "cifar10", "cifar100")
-
-
-def canonical_name(name: str) -> str:
-    """A dataset name as PREPARABLE spells it (``cifar-10`` -> ``cifar10``); UserError when there is none."""
-    key = name.lower().replace("_", "-")
-    key = ALIASES.get(key, key)
-    if key not in PREPARABLE:
-        raise UserError(f"dataset {name!r} cannot be prepared; choose one of {', '.join(PREPARABLE)}")
-    return key
 
 
 def _safe(name: str) -> str:
@@ -208,45 +176,32 @@ def _check_no_foreign_files(dst: Path, planned: Mapping[str, Container[str]]) ->
         )
 
 
-def _files_layout(
-    dataset: str, src: Path, split: str, val_fraction: float, seed: int, streamed: frozenset[str]
-) -> layouts.RawSplit:
-    if dataset == "imagenet":
-        return layouts.imagenet(src, split, streamed=streamed)
-    if dataset == "folders":
-        return layouts.class_folders(src, split, val_fraction=val_fraction, seed=seed)
-    if dataset == "tiny-imagenet":
-        return layouts.tiny_imagenet(src, split)
-    if dataset == "mini-imagenet":
-        return layouts.mini_imagenet(src, split, val_fraction=val_fraction, seed=seed)
-    return layouts.caltech(src, split, version=int(dataset[-3:]), val_fraction=val_fraction, seed=seed)
-
-
 def _read_files(
-    dataset: str, src: Path, val_fraction: float, seed: int, streams: dict[str, Source] | None = None
+    spec: DatasetSpec, src: Path, val_fraction: float, seed: int, streams: dict[str, Source] | None = None
 ) -> tuple[dict[str, list[tuple[str, str]]], list[str], list[tuple[str, str]], list[str]]:
     """Every split's (file, class) after the layout's checks, the class list, the files left out (not
-    images) and the layout's notes (each once). Reads and checks only. ``streams``: the ImageNet splits
-    read from archives (a split wholly from its archive is left out here)."""
+    images) and the layout's notes (each once). Reads and checks only. ``streams``: the splits read from
+    archives (a split wholly from its archive is left out here; the layout skips the classes streamed)."""
     from .file_datasets import scan_files
 
     streams = streams or {}
     plan: dict[str, list[tuple[str, str]]] = {}
     classes: list[str] = []
     notes: list[str] = []
-    for split in ("train", "val"):
-        if dataset == "imagenet" and split in streams and streams[split].kind != "classes":
-            classes = layouts.imagenet1k_wnids()
+    for split in spec.splits(src) if spec.splits is not None else ("train", "val"):
+        source = streams.get(split)
+        if source is not None and source.whole:
+            classes = source.classes
             continue
-        if dataset == "imagenet" and split == "train" and layouts._imagenet_dir(src, "train") is None:
-            continue  # val only is fine (evaluation)
-        streamed = frozenset(streams[split].wnids) if split in streams else frozenset()
-        raw = _files_layout(dataset, src, split, val_fraction, seed, streamed)
+        extra = {"streamed": frozenset(source.wnids if source else ())} if spec.archives else {}
+        raw = spec.read(src, split, val_fraction=val_fraction, seed=seed, **extra)
         notes += [n for n in raw.notes if n not in notes]
         classes = raw.classes
         missing = [p for p, _ in raw.samples if not os.path.exists(p)]
         if missing:
-            raise UserError(f"{dataset}: {missing[0]} is listed but does not exist ({len(missing)} missing)")
+            raise UserError(
+                f"{spec.name}: {missing[0]} is listed but does not exist ({len(missing)} missing)"
+            )
         plan[split] = raw.samples
     skipped: list[tuple[str, str]] = []
     for split, samples in plan.items():
@@ -270,36 +225,6 @@ class _ClassPrefix:
     def __contains__(self, rel: object) -> bool:
         w, _, name = str(rel).partition(os.sep)
         return rel in self.exact or (w in self.wnids and name.startswith(f"{w}_"))
-
-
-def _imagenet_streams(src: Path) -> dict[str, Source]:
-    """The ImageNet splits read from archives, headers checked (nothing written): ILSVRC2012_img_train.tar
-    when there is no extracted train folder, a train folder of <wnid>.tar files (the outer archive
-    extracted, the classes not yet), ILSVRC2012_img_val.tar (with the devkit or LOC labels) when there is
-    no extracted val folder."""
-    from . import imagenet_archives as ia
-
-    if (src / "wnids.txt").is_file():
-        return {}  # Tiny-ImageNet: layouts.imagenet names it
-    out: dict[str, Source] = {}
-    folder = layouts._imagenet_dir(src, "train")
-    archive = layouts.imagenet_archive(src, "train")
-    if folder is not None:
-        tars = ia.scan_class_tars(folder)
-        if tars is not None:
-            out["train"] = tars
-    elif archive is not None:
-        out["train"] = ia.scan_train_archive(archive)
-    archive = layouts.imagenet_archive(src, "val")
-    if layouts._imagenet_dir(src, "val") is None and archive is not None:
-        found = layouts.imagenet_val_labels(src)
-        if found is None:
-            raise UserError(
-                f"ImageNet: {archive} needs its labels: put ILSVRC2012_devkit_t12.tar.gz (as downloaded) or "
-                f"Kaggle's LOC_val_solution.csv in {src}"
-            )
-        out["val"] = ia.scan_val_archive(archive, *found)
-    return out
 
 
 def _check_space(dst: Path, streams: dict[str, Source]) -> None:
@@ -348,21 +273,14 @@ def _write_streams(
     return n
 
 
-def _read_arrays(dataset: str, src: Path) -> tuple[dict[str, tuple[np.ndarray, list[int]]], list[str]]:
+def _read_arrays(spec: DatasetSpec, src: Path) -> tuple[dict[str, tuple[np.ndarray, list[int]]], list[str]]:
     """Every split's (images (N, H, W[, 3]) uint8, targets) and the class names. Reads and checks only."""
-    from .array_datasets import cifar_arrays, mnist_arrays
-
+    assert spec.arrays is not None
     plan = {}
-    classes: list[str] = [str(i) for i in range(10)]
+    classes: list[str] = []
     for split, train in (("train", True), ("val", False)):
-        if dataset == "mnist":
-            images, labels = mnist_arrays(src, train)
-            plan[split] = (images, labels.tolist())
-        else:
-            data, targets, classes = cifar_arrays(
-                src, "CIFAR10" if dataset == "cifar10" else "CIFAR100", train
-            )
-            plan[split] = (np.asarray(data), list(targets))
+        images, targets, classes = spec.arrays(src, train)
+        plan[split] = (images, targets)
     return plan, classes
 
 
@@ -378,7 +296,8 @@ def prepare(
 ) -> dict[str, int]:
     """Write the ImageFolder; returns the number of images per split. ``link``: hard (hard links, a copy
     across file systems), copy or symlink (ignored for MNIST/CIFAR, which become PNG files)."""
-    dataset = canonical_name(dataset)
+    spec = find_preparable(dataset)
+    dataset = spec.name
     if link not in LINKS:
         raise UserError(f"--link {link!r} is not one of {', '.join(LINKS)}")
     src, dst = Path(src).expanduser(), Path(dst).expanduser()
@@ -386,8 +305,8 @@ def prepare(
         raise UserError(f"source folder {src} does not exist")
     _check_dst(src, dst)
     w = _Writer()
-    if dataset in _ARRAYS:
-        arrays, classes = _read_arrays(dataset, src)
+    if spec.arrays is not None:  # images in memory: written as PNG files
+        arrays, classes = _read_arrays(spec, src)
         names = [_safe(c) for c in classes]
         _check_no_foreign_files(
             dst,
@@ -411,8 +330,8 @@ def prepare(
             w.undo()
             raise
         return counts
-    streams = _imagenet_streams(src) if dataset == "imagenet" else {}
-    plan, classes, skipped, notes = _read_files(dataset, src, val_fraction, seed, streams)
+    streams = spec.archives(src) if spec.archives is not None else {}
+    plan, classes, skipped, notes = _read_files(spec, src, val_fraction, seed, streams)
     planned: dict[str, set[str] | _ClassPrefix] = {
         split: {os.path.join(_safe(c), os.path.basename(p)) for p, c in samples}
         for split, samples in plan.items()

@@ -517,10 +517,7 @@ def _validate_data(cfg: TrainConfig, check_paths: bool, model: Any) -> None:
 
     d = cfg.data
     name = d.dataset.lower().replace("_", "-")
-    aliases = getattr(datasets, "_ALIASES", {})
-    if not (name in datasets.DATASETS or name.replace("-", "") in datasets.DATASETS or name in aliases):
-        known = ", ".join(datasets.DATASETS)
-        raise UserError(f"config key data.dataset: {d.dataset!r} is not one of {known}")
+    datasets.find_dataset(d.dataset)  # data/catalog.py: UserError naming the known datasets
     for key in ("train_split", "val_split"):
         _check(bool(getattr(d, key).strip()), f"data.{key}", "must name a split folder", getattr(d, key))
     _check(
