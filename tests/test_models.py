@@ -14,13 +14,20 @@ from torch import nn
 
 from convnext import create_model
 from convnext.cli.main import main
+from convnext.models import FAMILIES as FAMILY_NAMES
 from convnext.models import (
+    GRN,
+    VARIANTS,
     Block,
+    BlockV2,
     ChunkedBlock,
     FusedBlock,
     build_model,
     chunked_mlp,
+    family_of_name,
     fuse_for_inference,
+    has_layer_scale_by_default,
+    layer_scale_option,
     list_models,
 )
 from convnext.models.chunked_mlp import set_chunked_mlp, use_chunked_mlp
@@ -405,6 +412,7 @@ def test_fused_model_keeps_the_plain_names_and_leaves_the_model_alone() -> None:
 
 # ----------------------------------------------------------------------------- one interface, every family
 
+FAMILIES_FIRST_BLOCK = {"v1": "stages.0.0", "v2": "stages.0.0", "isotropic": "blocks.0"}
 FAMILIES = {  # small members of each family, same code paths
     "v1": lambda **kw: create_model("convnext_atto", **kw),
     "v2": lambda **kw: create_model("convnextv2_atto", **kw),
@@ -440,14 +448,57 @@ def test_every_family_has_the_timm_interface(family: str) -> None:
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_forward_calls_the_trunk_modules_that_hooks_target(family: str) -> None:
-    # Grad-CAM hooks the last stage (hierarchical) or the block stack (isotropic).
+    # Grad-CAM hooks the deepest tap the model names in feature_info: the last stage, or the last block.
     model = FAMILIES[family]().eval()
-    target = model.stages[-1] if hasattr(model, "stages") else model.blocks
+    target = model.get_submodule(model.feature_info.module_name()[-1])
     seen: list[torch.Size] = []
     target.register_forward_hook(lambda _m, _i, out: seen.append(out.shape))
     with torch.no_grad():
         model(torch.randn(1, 3, 64, 64))
     assert len(seen) == 1
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_the_model_says_its_family_and_the_smallest_input_it_takes(family: str) -> None:
+    model = FAMILIES[family]().eval()
+    assert (
+        model.family
+        == family
+        == family_of_name(f"{model.variant}.some_tag")
+        == VARIANTS[model.variant].family
+    )
+    assert model.family in FAMILY_NAMES
+    side = model.reduction
+    assert side == (16 if family == "isotropic" else 32)
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, side, side)).shape == (1, 1000)
+        with pytest.raises(RuntimeError):
+            model(torch.randn(1, 3, side - 1, side - 1))
+    backbone = FAMILIES[family](features_only=True, out_indices=(0,))
+    assert backbone.family == family and backbone.reduction == side  # the trunk's, whatever is tapped
+    with pytest.raises(ValueError, match="unknown model"):
+        family_of_name("convnext_nonesuch")
+
+
+def test_the_layer_scale_key_applies_as_training_builds_each_family() -> None:
+    assert layer_scale_option("v1", 1e-6) == {"layer_scale_init_value": 1e-6}
+    assert layer_scale_option("v1", 0.0) == {"layer_scale_init_value": 0.0}
+    assert layer_scale_option("v2", 1e-6) == {}  # GRN replaces it
+    assert layer_scale_option("isotropic", 0.0) == {} and layer_scale_option("isotropic", 1e-6)
+    for name in ("convnext_atto", "convnextv2_atto", "convnext_isotropic_small"):
+        family = family_of_name(name)
+        gamma = build_model(name, num_classes=2).get_submodule(FAMILIES_FIRST_BLOCK[family]).gamma
+        assert (gamma is not None) == has_layer_scale_by_default(family)
+
+
+def test_blockv2_is_a_block_class_with_grn_and_no_layer_scale() -> None:
+    block = BlockV2(8, drop_path=0.1)
+    assert isinstance(block, Block) and issubclass(BlockV2, Block)
+    assert block.gamma is None and isinstance(block.grn, GRN) and block.drop_path.p == 0.1
+    plain = Block(8, 0.1, layer_scale_init_value=None, use_grn=True)
+    assert block.state_dict().keys() == plain.state_dict().keys()
+    # the networks build the one Block; set_chunked_mlp leaves GRN blocks alone whatever their class
+    assert type(set_chunked_mlp(nn.Sequential(block), True)[0]) is BlockV2
 
 
 def test_hierarchical_feature_info_and_out_indices() -> None:
@@ -531,15 +582,15 @@ def test_gradient_checkpointing_changes_nothing_but_memory(family: str) -> None:
 
 def test_model_grad_checkpointing_key_trains_every_family(tmp_path: Path) -> None:
     from convnext.engine.config import load_config
-    from convnext.engine.train import _build_model
+    from convnext.engine.train import build_model
 
     for name in ("convnext_isotropic_small", "convnextv2_atto"):
         overrides = [f"model.name={name}", "model.grad_checkpointing=true"]
-        model = _build_model(load_config(None, overrides, check_paths=False), 4)
+        model = build_model(load_config(None, overrides, check_paths=False), 4)
         assert model.grad_checkpointing
         model(torch.randn(1, 3, 32, 32)).sum().backward()
     # the recipe's layer-scale default is V1's: V2 keeps its official (GRN, no layer scale) parameters
-    v2 = _build_model(load_config(None, ["model.name=convnextv2_atto"], check_paths=False), 4)
+    v2 = build_model(load_config(None, ["model.name=convnextv2_atto"], check_paths=False), 4)
     assert not any(k.endswith(".gamma") and ".grn." not in k for k in v2.state_dict())
 
 

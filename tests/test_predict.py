@@ -132,6 +132,7 @@ class ColourNet(nn.Module):
                 conv.weight[c, c] = 1 / 16
             conv.bias.zero_()
         self.stages = nn.ModuleList([nn.Sequential(conv, nn.ReLU())])
+        self.feature_info = [{"num_chs": 3, "reduction": 4, "module": "stages.0"}]  # its taps, as timm's say
         self.head = nn.Linear(3, 3)
         with torch.no_grad():
             self.head.weight.copy_(torch.eye(3))
@@ -168,7 +169,7 @@ def test_gradcam_on_convnext_is_normalized_and_not_constant(timm_pair) -> None:
     assert float(maps.min()) >= 0 and float(maps.max()) <= 1
     assert all(float(m.max() - m.min()) > 0.5 for m in maps)
     iso = convnext.create_model("convnext_isotropic_small", num_classes=5, depth=2, dim=32)
-    (m,), _ = GradCAM(iso)(torch.randn(1, 3, 64, 64))  # target: model.blocks
+    (m,), _ = GradCAM(iso)(torch.randn(1, 3, 64, 64))  # target: the last block
     assert m.shape == (64, 64) and float(m.max()) == pytest.approx(1.0)
 
 

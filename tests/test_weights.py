@@ -826,3 +826,24 @@ def test_model_naming_another_architecture_is_one_sentence(
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and f"--model {other}" in err and "holds convnext_atto" in err, err
     assert not (tmp_path / "o.safetensors").exists()
+
+
+@pytest.mark.parametrize(
+    ("arch", "options"),
+    [
+        ("convnext_atto", {"layer_scale_init_value": 0.0}),  # V1 without its default layer scale
+        ("convnextv2_atto", {"layer_scale_init_value": 1e-6}),  # V2 (GRN) with one, as timm allows
+        ("convnext_isotropic_small", {"depth": 2, "dim": 32, "layer_scale_init_value": 1e-6}),
+    ],
+)
+def test_weights_whose_layer_scale_differs_from_the_familys_default_load_by_name(
+    arch: str, options: dict, tmp_path: Path
+) -> None:
+    # The family's default (models.factory) against what the weights hold, GRN's own gamma not counted.
+    src = convnext.create_model(arch, num_classes=3, **options).eval()
+    path = tmp_path / "w.pth"
+    torch.save(src.state_dict(), path)
+    loaded = convnext.create_model(arch, num_classes=3, pretrained=str(path)).eval()
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), src(x))

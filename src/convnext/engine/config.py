@@ -533,8 +533,7 @@ def _validate_data(cfg: TrainConfig, check_paths: bool, model: Any) -> None:
         if why is not None:
             raise UserError(f"config key data.val_fraction={d.val_fraction:g} {why}")
     _check(0 <= d.split_seed < 2**63, "data.split_seed", "must be in [0, 2**63)", d.split_seed)
-    hierarchical = hasattr(model, "stages")
-    smallest = 32 if hierarchical else 16  # the model's total stride: 4 x 2 x 2 x 2, or the 16 px patch stem
+    smallest = model.reduction  # the model's total stride: 4 x 2 x 2 x 2, or the 16 px patch stem
     _check(
         d.img_size >= smallest,
         "data.img_size",

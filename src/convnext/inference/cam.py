@@ -1,8 +1,9 @@
 """Grad-CAM (Selvaraju et al. 2017): where in the image the evidence for a class is.
 
 Hand-written because neither torch nor torchvision ships Grad-CAM (pytorch-grad-cam is an extra
-dependency for ~30 lines). Target layer: the last stage's output (``model.stages[-1]``, stride 32) of a
-hierarchical ConvNeXt, the block stack (``model.blocks``, stride 16) of an isotropic one.
+dependency for ~30 lines). Target layer: the deepest of the model's taps (``feature_info``): the last
+stage's output (``model.stages[-1]``, stride 32) of a hierarchical ConvNeXt, the last block (stride 16) of
+an isotropic one.
 """
 
 from __future__ import annotations
@@ -25,16 +26,23 @@ MIN_CAM_SIDE = 3  # a coarser map says nothing about where: Grad-CAM of a 1x1 ma
 
 def default_target_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """Candidate layers, deepest first: the stage outputs of a hierarchical ConvNeXt (strides 32, 16, 8, 4),
-    the block stack (stride 16) of an isotropic one. ``GradCAM`` uses the deepest whose map is at least
+    the last block (stride 16) of an isotropic one. ``GradCAM`` uses the deepest whose map is at least
     MIN_CAM_SIDE pixels on its short side for the input at hand: the last stage at 224 px (7x7), an
     earlier one for small inputs (at 32 px the last stage is 1x1 and its CAM would be blank)."""
     model = getattr(model, "module", model)
-    if hasattr(model, "stages"):
-        n = len(model.stages)
-        return [(f"stages[{i}]", model.stages[i]) for i in reversed(range(n))]
-    if hasattr(model, "blocks"):
-        return [("blocks", model.blocks)]
-    raise ValueError(f"{type(model).__name__} has neither .stages nor .blocks; pass the target layer")
+    info = getattr(model, "feature_info", None)
+    if not info or getattr(model, "features_only", False):
+        raise ValueError(
+            f"{type(model).__name__} names no layers in feature_info (a classifier's); pass the target layer"
+        )
+    # The model's taps (its feature_info), deepest first, the deepest of each stride: a shallower tap at the
+    # same stride gives a map as coarse and less evidence.
+    layers, strides = [], set()
+    for name, stride in reversed([(f["module"], f["reduction"]) for f in info]):  # timm's list of dicts too
+        if stride not in strides:
+            strides.add(stride)
+            layers.append((re.sub(r"\.(\d+)", r"[\1]", name), model.get_submodule(name)))
+    return layers
 
 
 def default_target_layer(model: nn.Module) -> nn.Module:

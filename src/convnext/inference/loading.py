@@ -128,7 +128,7 @@ def load_for_inference(
         data.img_size = int(img_size)
     if crop_pct is not None:
         data.crop_pct = float(crop_pct)
-    smallest = 32 if hasattr(model, "stages") else 16  # the total stride: 4 x 2 x 2 x 2, or the 16 px patches
+    smallest = model.reduction  # the total stride
     if data.img_size < smallest:  # the convolutions would fail deep inside, on the first image
         what = f"--img-size {data.img_size}" if img_size is not None else f"image size {data.img_size}"
         raise UserError(f"{what} is below the {smallest} px {arch} needs (it downsamples {smallest}x)")

@@ -1,10 +1,19 @@
 """The ConvNeXt family: V1 (``convnext.py``), V2 (``convnext_v2.py``), isotropic (``isotropic.py``)."""
 
-from .base import ConvNeXtBase, FeatureInfo
+from .base import FAMILIES, ConvNeXtBase, Family, FeatureInfo
 from .chunked_mlp import ChunkedBlock, set_chunked_mlp
 from .convnext import GRN, Block, ConvNeXt, LayerNorm2d
 from .convnext_v2 import BlockV2
-from .factory import VARIANTS, Variant, build_model, get_variant, list_models
+from .factory import (
+    VARIANTS,
+    Variant,
+    build_model,
+    family_of_name,
+    get_variant,
+    has_layer_scale_by_default,
+    layer_scale_option,
+    list_models,
+)
 from .fuse import FusedBlock, fuse_for_inference
 from .isotropic import ConvNeXtIsotropic
 
@@ -15,6 +24,8 @@ __all__ = [
     "ConvNeXt",
     "ConvNeXtBase",
     "ConvNeXtIsotropic",
+    "FAMILIES",
+    "Family",
     "FeatureInfo",
     "FusedBlock",
     "GRN",
@@ -22,8 +33,11 @@ __all__ = [
     "VARIANTS",
     "Variant",
     "build_model",
+    "family_of_name",
     "fuse_for_inference",
     "get_variant",
+    "has_layer_scale_by_default",
+    "layer_scale_option",
     "list_models",
     "set_chunked_mlp",
 ]

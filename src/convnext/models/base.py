@@ -4,18 +4,24 @@ V1, V2 and isotropic models subclass :class:`ConvNeXtBase` and describe only the
 *taps* (the hierarchical stages, or the isotropic blocks) whose outputs are the intermediate features. The
 base gives all of them the same methods timm puts on every model: ``forward_features``, ``forward_head``,
 ``forward_intermediates``, ``get_classifier``, ``reset_classifier``, ``set_grad_checkpointing``, the
-``features_only`` backbone with ``out_indices`` and ``feature_info``.
+``features_only`` backbone with ``out_indices`` and ``feature_info``. The facts other layers need about an
+architecture are asked of the model, here: its ``family`` and its total stride ``reduction`` (the smallest
+input it takes), never read off its attribute names.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from .layers import LayerNorm2d
+
+Family = Literal["v1", "v2", "isotropic"]
+FAMILIES: tuple[Family, ...] = ("v1", "v2", "isotropic")
 
 
 class FeatureInfo(list):
@@ -80,6 +86,19 @@ class ConvNeXtBase(nn.Module):
     feature_info: FeatureInfo
     grad_checkpointing: bool
     num_taps: int
+    _reduction: int
+
+    @property
+    def family(self) -> Family:
+        """``"v1"``, ``"v2"`` (GRN blocks) or ``"isotropic"``: what decides the peers' layouts that can hold
+        the weights and which recipe keys apply (V2 has no layer scale)."""
+        raise NotImplementedError
+
+    @property
+    def reduction(self) -> int:
+        """The trunk's total stride (32 hierarchical: 4 x 2 x 2 x 2; 16 isotropic: the patch stem): the
+        smallest input side in pixels, below which the convolutions fail deep inside."""
+        return self._reduction
 
     def _tap(self, i: int, x: Tensor) -> Tensor:
         raise NotImplementedError
@@ -101,6 +120,7 @@ class ConvNeXtBase(nn.Module):
         self.num_classes, self.num_features = num_classes, taps[-1]["num_chs"]
         self.features_only, self.grad_checkpointing = features_only, False
         self.num_taps = len(taps)
+        self._reduction = int(taps[-1]["reduction"])
         indices = tuple(range(len(taps))) if out_indices is None else tuple(out_indices)
         if not indices or sorted(set(indices)) != list(indices) or not 0 <= indices[-1] < len(taps):
             raise ValueError(

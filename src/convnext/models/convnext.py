@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 from torchvision.ops import StochasticDepth
 
-from .base import ConvNeXtBase, drop_path_rates
+from .base import ConvNeXtBase, Family, drop_path_rates
 from .layers import GRN, LayerNorm2d
 
 __all__ = ["GRN", "Block", "ConvNeXt", "LayerNorm2d"]
@@ -91,7 +91,7 @@ class ConvNeXt(ConvNeXtBase):
         out_indices: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
-        self.depths, self.dims = tuple(depths), tuple(dims)
+        self.depths, self.dims, self.use_grn = tuple(depths), tuple(dims), bool(use_grn)
         stem = nn.Sequential(
             nn.Conv2d(in_chans, dims[0], kernel_size=4, stride=4), LayerNorm2d(dims[0], eps=1e-6)
         )
@@ -108,6 +108,10 @@ class ConvNeXt(ConvNeXtBase):
         )
         taps = [{"num_chs": d, "reduction": 4 * 2**i, "module": f"stages.{i}"} for i, d in enumerate(dims)]
         self._finish(taps, num_classes, head_init_scale, features_only, out_indices, backbone_norms=True)
+
+    @property
+    def family(self) -> Family:
+        return "v2" if self.use_grn else "v1"
 
     def _tap(self, i: int, x: Tensor) -> Tensor:
         return self._blocks(self.stages[i], self.downsample_layers[i](x))

@@ -13,6 +13,12 @@ from .layers import GRN
 __all__ = ["GRN", "BlockV2"]
 
 
-def BlockV2(dim: int, drop_path: float = 0.0) -> Block:  # named like the class it replaced
-    """The V2 block: kept for code that built ``BlockV2(dim)``; it is the one ``Block`` with GRN."""
-    return Block(dim, drop_path, layer_scale_init_value=None, use_grn=True)
+class BlockV2(Block):
+    """The V2 block as a class: ``BlockV2(dim)`` is ``Block(dim, layer_scale_init_value=None, use_grn=True)``.
+
+    Public (``convnext.models.BlockV2``) for code that builds a V2 block by itself. The networks build
+    :class:`Block` with ``use_grn=True`` instead, so that the fast paths and rewrites, which check for
+    ``Block``, see one class whatever the family (a ``BlockV2`` is a ``Block`` for them too)."""
+
+    def __init__(self, dim: int, drop_path: float = 0.0) -> None:
+        super().__init__(dim, drop_path, layer_scale_init_value=None, use_grn=True)

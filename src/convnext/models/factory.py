@@ -10,6 +10,7 @@ from typing import Any
 
 from torch import nn
 
+from .base import FAMILIES, Family
 from .chunked_mlp import set_chunked_mlp
 from .convnext import ConvNeXt
 from .isotropic import ConvNeXtIsotropic
@@ -18,7 +19,7 @@ from .isotropic import ConvNeXtIsotropic
 @dataclass(frozen=True)
 class Variant:
     name: str
-    family: str  # "v1", "v2" or "isotropic"
+    family: Family
     build: Callable[..., nn.Module]
     kwargs: dict[str, Any] = field(default_factory=dict)
     input_size: int = 224
@@ -62,7 +63,7 @@ def list_models(filter: str | Sequence[str] = "", *, family: str | None = None) 
     """Names of every architecture matching the glob ``filter`` (or any of several), as timm's
     ``list_models("*tiny*")``; ``family`` keeps one family ("v1", "v2", "isotropic")."""
     patterns = [filter] if isinstance(filter, str) else list(filter)
-    if len(patterns) == 1 and patterns[0] in ("v1", "v2", "isotropic") and family is None:
+    if len(patterns) == 1 and patterns[0] in FAMILIES and family is None:
         warnings.warn(
             f"list_models({patterns[0]!r}): the first argument is a name pattern now; pass family=",
             DeprecationWarning,
@@ -86,13 +87,35 @@ def get_variant(name: str) -> Variant:
         raise ValueError(f"unknown model {name!r}; known models: {', '.join(VARIANTS)}") from None
 
 
+def family_of_name(name: str) -> Family:
+    """The family of the architecture ``name`` (a ``.tag`` suffix is ignored), for code that has a name and no
+    model; with a model, ask ``model.family``. An unknown name is ``get_variant``'s ValueError."""
+    return get_variant(name.partition(".")[0]).family
+
+
+def layer_scale_option(family: Family, value: float | None) -> dict[str, float]:
+    """The constructor option the recipe key ``model.layer_scale_init_value`` gives a ``family`` model.
+
+    The key's default (1e-6) is V1's layer scale, which V1 takes as set; V2 has none (GRN replaces it), so
+    the key is ignored there; isotropic blocks have none by default (0) and take the key when it is nonzero.
+    Training builds its model with this, and rebuilding a run's model for inference must do the same."""
+    if value is None or family == "v2" or (family == "isotropic" and not value):
+        return {}
+    return {"layer_scale_init_value": float(value)}
+
+
+def has_layer_scale_by_default(family: Family) -> bool:
+    """Whether a ``family`` model built without options has layer scale (``gamma``): V1 only."""
+    return family == "v1"
+
+
 def build_model(name: str, num_classes: int = 1000, chunked_mlp: bool = True, **options: Any) -> nn.Module:
     """An architecture by name, randomly initialised (no weights: see ``convnext.create_model``).
 
     With ``chunked_mlp`` (the default) the V1 blocks are :class:`~convnext.models.chunked_mlp.ChunkedBlock`:
     the same parameters, names and function (to float rounding), but on CPU in float32 the MLP runs in row
-    chunks wherever that is faster (training 1.2x, inference 1.3x the peers at batch 32, half the activation
-    memory; BENCHMARKS.md) and the plain ops everywhere else, so ``train``, ``evaluate`` and ``predict`` get
+    chunks wherever that is measured faster and lighter on activation memory (BENCHMARKS.md) and the plain
+    ops everywhere else, so ``train``, ``evaluate`` and ``predict`` get
     the speed without asking, and nothing is ever slower than the reference. ``chunked_mlp=False`` gives the
     reference model (plain :class:`~convnext.models.convnext.Block` modules, as the paper's code);
     :func:`~convnext.models.set_chunked_mlp` switches a built model either way.

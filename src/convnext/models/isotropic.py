@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
-from .base import ConvNeXtBase, drop_path_rates, to_channels_last
+from .base import ConvNeXtBase, Family, drop_path_rates, to_channels_last
 from .convnext import Block
 
 
@@ -42,9 +42,13 @@ class ConvNeXtIsotropic(ConvNeXtBase):
             out_indices = sorted({max((q + 1) * depth // 4 - 1, 0) for q in range(4)})
         self._finish(taps, num_classes, head_init_scale, features_only, out_indices, backbone_norms=False)
 
+    @property
+    def family(self) -> Family:
+        return "isotropic"
+
     def _tap(self, i: int, x: Tensor) -> Tensor:
         return self._blocks(self.blocks[i], self.stem(x) if i == 0 else x)
 
     def _features(self, x: Tensor) -> Tensor:
-        # The stack as one module call, so that hooks on ``blocks`` (Grad-CAM's target layer) see it.
+        # The stack as one module call, so that hooks on ``blocks`` see it (and on each block, Grad-CAM's).
         return self._blocks(self.blocks, self.stem(to_channels_last(x)))

@@ -136,19 +136,18 @@ def model_options_of(sd: StateDict, arch: str | None = None) -> dict[str, Any]:
     that has it (its default is none). With ``arch`` (the architecture about to be built), weights of its
     family whose depths and widths match no named variant (a run trained with ``model.options``, written
     out by ``convert`` or to a peer's layout) also give those shapes, so they load back as they were."""
-    from ..models.factory import get_variant
+    from ..models.factory import family_of_name, has_layer_scale_by_default
     from .formats import infer_arch, shape_options
 
     family = family_of(sd)
-    has_gamma = any(k.endswith(".gamma") for k in sd)
+    has_gamma = any(k.endswith(".gamma") and not k.endswith(".grn.gamma") for k in sd)  # layer scale's
+    has_blocks = any(k.endswith(".dwconv.weight") for k in sd)
     opts: dict[str, Any] = {}
-    if family == "v1" and not has_gamma and any(k.startswith("stages.") for k in sd):
-        opts["layer_scale_init_value"] = 0.0
-    if family == "isotropic" and has_gamma:
-        opts["layer_scale_init_value"] = 1e-6
+    if has_blocks and has_gamma != has_layer_scale_by_default(family):
+        opts["layer_scale_init_value"] = 1e-6 if has_gamma else 0.0  # the value is loaded over
     if arch is not None and infer_arch(sd) is None:
         try:
-            same_family = get_variant(arch.partition(".")[0]).family == family
+            same_family = family_of_name(arch) == family
         except ValueError:
             same_family = False
         if same_family:
@@ -161,16 +160,15 @@ def run_model_options(model_section: dict[str, Any] | None, arch: str) -> dict[s
     from its config's ``model:`` section, for rebuilding that model; drop path is a training-only knob."""
     if not model_section:
         return {}
-    from ..models.factory import get_variant
+    from ..models.factory import family_of_name, layer_scale_option
 
     opts = dict(model_section.get("options") or {})
-    ls = model_section.get("layer_scale_init_value")
     try:
-        family = get_variant(arch.partition(".")[0]).family
+        family = family_of_name(arch)
     except ValueError:
         family = None
-    # as engine/train.py builds it: the key (default 1e-6) is V1's; V2 has none (GRN), isotropic only if set
-    if ls is not None and (family == "v1" or (family == "isotropic" and ls)):
-        opts.setdefault("layer_scale_init_value", ls)
+    if family is not None:  # as training built it
+        for key, value in layer_scale_option(family, model_section.get("layer_scale_init_value")).items():
+            opts.setdefault(key, value)
     opts.pop("drop_path_rate", None)
     return opts

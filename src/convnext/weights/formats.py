@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch import Tensor
 
 from ..errors import UserError
+
+if TYPE_CHECKING:
+    from ..models.base import Family
 
 StateDict = dict[str, Tensor]
 
@@ -213,8 +216,9 @@ _TIMM_RULES = [  # ours -> timm, first match wins (the inverse of _timm)
 ]
 
 
-def family_of(sd: StateDict) -> str:
-    """ "v1", "v2" or "isotropic", read off the names."""
+def family_of(sd: StateDict) -> Family:
+    """ "v1", "v2" or "isotropic", read off our names (the isotropic patch stem, GRN): for weights without
+    a model. With a model, ask ``model.family``; with an architecture's name, ``family_of_name``."""
     if "stem.weight" in sd:
         return "isotropic"
     return "v2" if any(".grn." in k for k in sd) else "v1"
@@ -326,7 +330,8 @@ def infer_arch(sd: StateDict) -> str | None:
     """Which of our architectures has exactly these depths and widths (our names); None if none does."""
     from ..models.factory import VARIANTS
 
-    if "stem.weight" in sd:  # isotropic
+    family = family_of(sd)
+    if family == "isotropic":
         depth = len({k.split(".")[1] for k in sd if k.startswith("blocks.")})
         dim = int(sd["stem.weight"].shape[0])
         for name, v in VARIANTS.items():
@@ -342,7 +347,6 @@ def infer_arch(sd: StateDict) -> str | None:
         if f"downsample_layers.{i}.1.weight" in sd
     ]
     depths = [len({k.split(".")[2] for k in sd if k.startswith(f"stages.{i}.")}) for i in range(4)]
-    family = "v2" if any(".grn." in k for k in sd) else "v1"
     for name, v in VARIANTS.items():
         if (
             v.family == family
@@ -357,7 +361,7 @@ def shape_options(sd: StateDict) -> dict[str, Any]:
     """The depths and widths of these weights (our names) as constructor options (``depths``/``dims``, or
     ``depth``/``dim`` for the isotropic family): what rebuilds a model whose shapes no named variant has
     (a run trained with ``model.options``); empty when the weights do not show them all."""
-    if "stem.weight" in sd:
+    if family_of(sd) == "isotropic":
         depth = len({k.split(".")[1] for k in sd if k.startswith("blocks.")})
         return {"depth": depth, "dim": int(sd["stem.weight"].shape[0])} if depth else {}
     names = ["downsample_layers.0.0.weight", *(f"downsample_layers.{i}.1.weight" for i in (1, 2, 3))]
@@ -371,7 +375,7 @@ def shape_options(sd: StateDict) -> dict[str, Any]:
 
 def describe_shape(sd: StateDict) -> str:
     """Depths and widths in words, for an error message about weights that fit no architecture."""
-    if "stem.weight" in sd:
+    if family_of(sd) == "isotropic":
         depth = len({k.split(".")[1] for k in sd if k.startswith("blocks.")})
         return f"isotropic, depth {depth}, dim {sd['stem.weight'].shape[0]}"
     depths = [len({k.split(".")[2] for k in sd if k.startswith(f"stages.{i}.")}) for i in range(4)]
