@@ -304,8 +304,8 @@ def load_image(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS)
 
     The header is read first (PIL's ``Image.open`` parses only the header) and an image above
     ``max_pixels`` (0: no limit) is refused before decoding. JPEG, PNG and still WebP then decode with
-    torchvision.io (libjpeg-turbo, ~2x faster than PIL), the rest with PIL. Raises :class:`ImageError`
-    (a ValueError) naming the file when it cannot be used.
+    torchvision.io (libjpeg-turbo, faster than PIL: BENCHMARKS.md), the rest with PIL. Raises
+    :class:`ImageError` (a ValueError) naming the file when it cannot be used.
     """
     path = str(path)
     try:

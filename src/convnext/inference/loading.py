@@ -45,10 +45,10 @@ def _run_config(run_dir: Path | None, recorded: dict | None) -> Any:
 
 def _family(arch: str) -> str:
     """ "ConvNeXt V1", "ConvNeXt V2" or "isotropic ConvNeXt", for a sentence naming two architectures."""
-    from ..models import VARIANTS
+    from ..models import FAMILY_TITLES, VARIANTS
 
     family = VARIANTS[arch].family if arch in VARIANTS else "unknown"
-    return {"v1": "ConvNeXt V1", "v2": "ConvNeXt V2", "isotropic": "isotropic ConvNeXt"}.get(family, family)
+    return FAMILY_TITLES.get(family, family)
 
 
 def load_for_inference(

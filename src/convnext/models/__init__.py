@@ -1,6 +1,6 @@
 """The ConvNeXt family: V1 (``convnext.py``), V2 (``convnext_v2.py``), isotropic (``isotropic.py``)."""
 
-from .base import FAMILIES, ConvNeXtBase, Family, FeatureInfo
+from .base import FAMILIES, FAMILY_TITLES, ConvNeXtBase, Family, FeatureInfo
 from .chunked_mlp import ChunkedBlock, set_chunked_mlp
 from .convnext import GRN, Block, ConvNeXt, LayerNorm2d
 from .convnext_v2 import BlockV2
@@ -25,6 +25,7 @@ __all__ = [
     "ConvNeXtBase",
     "ConvNeXtIsotropic",
     "FAMILIES",
+    "FAMILY_TITLES",
     "Family",
     "FeatureInfo",
     "FusedBlock",

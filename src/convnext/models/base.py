@@ -20,8 +20,14 @@ from torch.utils.checkpoint import checkpoint
 
 from .layers import LayerNorm2d
 
+# The families, and their names in sentences: a new family adds itself here (ARCHITECTURE.md, "How to add").
 Family = Literal["v1", "v2", "isotropic"]
 FAMILIES: tuple[Family, ...] = ("v1", "v2", "isotropic")
+FAMILY_TITLES: dict[Family, str] = {
+    "v1": "ConvNeXt V1",
+    "v2": "ConvNeXt V2",
+    "isotropic": "isotropic ConvNeXt",
+}
 
 
 class FeatureInfo(list):
@@ -41,7 +47,7 @@ def to_channels_last(x: Tensor) -> Tensor:
     """The network runs in channels_last memory whatever the input's layout (same values, same shapes).
 
     Then the block's permutes to (N, H, W, C) are free views, the Linear layers read the data in place, and
-    the 7x7 depthwise conv takes oneDNN's NHWC kernel (2x NCHW's speed on CPU, BENCHMARKS.md); on GPU it is
+    the 7x7 depthwise conv takes oneDNN's NHWC kernel (faster than NCHW's on CPU: BENCHMARKS.md); on GPU it is
     the layout cuDNN prefers under mixed precision. Costs one copy of the image.
     """
     return x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
@@ -143,7 +149,7 @@ class ConvNeXtBase(nn.Module):
                 self.head.bias.mul_(head_init_scale)
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
-        """Recompute each block's activations in backward: less memory, about 30% more compute."""
+        """Recompute each block's activations in backward: less memory, at the cost of one more forward."""
         self.grad_checkpointing = enable
 
     def _blocks(self, blocks: nn.Module, x: Tensor) -> Tensor:

@@ -78,8 +78,7 @@ def cpu_features_line(flags: frozenset[str] | None = None) -> str:
 
 def cpu_has_native_bf16(flags: frozenset[str] | None = None) -> bool:
     """bf16 dot-product instructions (AVX512-BF16, AMX or Arm BF16). Without them bf16 matmuls are
-    emulated by converting to fp32 and run slower than fp32; with AVX512-BF16 alone they ran 2.2x fp32 here
-    (2048^3 GEMM, BENCHMARKS.md), with AMX ~4.5x."""
+    emulated by converting to fp32 and run slower than fp32; with them, faster than fp32 (BENCHMARKS.md)."""
     f = cpu_features(flags)
     return f["BF16"] or f["AMX"]
 

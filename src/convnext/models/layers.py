@@ -36,6 +36,6 @@ class GRN(nn.Module):
         gx = torch.linalg.vector_norm(x, ord=2, dim=(1, 2), keepdim=True)  # spatial L2 norm per channel
         nx = gx / (gx.mean(dim=-1, keepdim=True) + self.eps)  # divisive normalization across channels
         # gamma * (x * nx) + beta + x, the paper's formula, as one pass over x: the per-sample factor
-        # 1 + gamma * nx is small, x is the block's largest activation (4C wide). ConvNeXt-V2-T on CPU
-        # against timm: inference 0.93x -> 1.29x, training step 0.92x -> 1.41x (BENCHMARKS.md).
+        # 1 + gamma * nx is small, x is the block's largest activation (4C wide). What it gained on CPU:
+        # BENCHMARKS.md, "ConvNeXt V2 on CPU".
         return torch.addcmul(self.beta, x, 1 + self.gamma * nx)
