@@ -1,5 +1,5 @@
 """Faults of real use, through the real command line: kill -9 at exact points of a checkpoint write (the
-CONVNEXT_TEST_PAUSE_AT hook of convnext.engine.checkpoint stops the process there), SIGTERM, a damaged
+CONVNEXT_TEST_PAUSE_AT hook of convnext.engine.pauses stops the process there), SIGTERM, a damaged
 last.pth, a full disk, two trainings on one folder, --fresh over an older run. After each, nothing is lost:
 the run ends with weights bit-identical to an uninterrupted run, every checkpoint reads, and best.pth,
 metrics.jsonl and the printed summary agree.
@@ -23,7 +23,8 @@ import pytest
 import torch
 
 from convnext.cli.main import main
-from convnext.engine.checkpoint import TEST_PAUSE_ENV, load_train_checkpoint
+from convnext.engine.checkpoint import CheckpointManager, load_train_checkpoint
+from convnext.engine.pauses import TEST_PAUSE_ENV, PausePoints
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICK = ROOT / "configs" / "quickstart_digits.yaml"
@@ -61,8 +62,31 @@ def run_cli(run_dir: Path, *extra: str) -> subprocess.CompletedProcess:
     )
 
 
+def test_pause_points_are_handed_in_never_read_by_the_writer(tmp_path: Path, monkeypatch) -> None:
+    """The kill tests' hook lives outside the checkpoint code: a CheckpointManager stops only where the
+    PausePoints it is given say (train() reads CONVNEXT_TEST_PAUSE_AT once), so a library caller's writes
+    never stop, whatever the environment holds."""
+    monkeypatch.setenv(TEST_PAUSE_ENV, "last@1")
+    state = {"epoch": 1, "step": 3, "w": torch.zeros(4096)}
+    CheckpointManager(tmp_path / "plain").save(state, epoch_end=True, is_best=True)  # returns: no pause
+    assert (tmp_path / "plain" / "best.pth").is_file()
+
+    seen: list[str] = []
+
+    class Recording(PausePoints):
+        def __call__(self, point: str, n: int, until=None) -> None:
+            seen.append(f"{point}@{n}")
+
+    CheckpointManager(tmp_path / "hooked", pauses=Recording("last.tmp@1")).save(
+        state, epoch_end=True, is_best=True
+    )
+    # last.tmp is asked at every write once 4 KiB of last.pth are out (the real pause never returns)
+    assert list(dict.fromkeys(seen)) == ["last.tmp@1", "last@1", "epoch@1", "best@1"]
+    assert torch.load(tmp_path / "hooked" / "best.pth", weights_only=True)["step"] == 3
+
+
 def start_paused(run_dir: Path, point: str, *extra: str, own_group: bool = False) -> subprocess.Popen:
-    """A training that stops at ``point`` (see convnext.engine.checkpoint.TEST_PAUSE_ENV) and waits there;
+    """A training that stops at ``point`` (see convnext.engine.pauses) and waits there;
     ``own_group``: in a process group of its own, as a terminal's foreground job (for a Ctrl-C)."""
     proc = subprocess.Popen(
         _cmd(run_dir, *extra),

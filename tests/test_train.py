@@ -220,11 +220,11 @@ def test_cpu_training_reuses_the_heap_instead_of_page_faulting_every_step(opt_ou
 
 
 def test_model_chunked_mlp_key_switches_every_block() -> None:
-    from convnext.engine.train import _build_model
+    from convnext.engine.train import build_model
     from convnext.models import Block
 
     for value in (True, False):
         overrides = ["model.name=convnext_atto", f"model.chunked_mlp={str(value).lower()}"]
         cfg = load_config(None, overrides, check_paths=False)
-        blocks = [m for m in _build_model(cfg, 10).modules() if isinstance(m, Block)]
+        blocks = [m for m in build_model(cfg, 10).modules() if isinstance(m, Block)]
         assert blocks and all(b.chunked is value for b in blocks)

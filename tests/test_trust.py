@@ -54,9 +54,9 @@ def _custom_run(tmp_path: Path, arch: str, options: dict) -> tuple[Path, nn.Modu
     cfg.model.options = dict(options)
     cfg.model.layer_scale_init_value = 1e-6  # the key's default; V2 has none, isotropic one when set
     cfg.data.img_size, cfg.data.crop_pct, cfg.data.interpolation = 32, 1.0, "bilinear"
-    from convnext.engine.train import _build_model
+    from convnext.engine.train import build_model
 
-    model = randomize_(_build_model(cfg, len(CLASSES)))  # the model `convnext train` builds
+    model = randomize_(build_model(cfg, len(CLASSES)))  # the model `convnext train` builds
     run = tmp_path / "run"
     (run / "checkpoints").mkdir(parents=True)
     dump_yaml(cfg, run / "config.yaml")

@@ -25,9 +25,7 @@ import re
 import secrets
 import shutil
 import signal
-import sys
 import threading
-import time
 import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -38,31 +36,14 @@ import torch
 
 from ..errors import UserError
 from ..weights.containers import TRAIN_FORMAT, TRAIN_VERSION
+from .pauses import NO_PAUSES, PausePoints
 
 # The schema's name and version, defined where every container is read (their history: weights/containers.py).
 FORMAT, VERSION = TRAIN_FORMAT, TRAIN_VERSION
 
-# kill -9 tests need the process to stop at an exact point of a checkpoint write. Only tests set this:
-# CONVNEXT_TEST_PAUSE_AT=<point>@<n> makes the process print "convnext-test: paused at <point>@<n>" to stderr
-# and sleep (until it is killed) when it reaches <point> in epoch <n> (for "step", at optimizer step <n>).
-# Points, in the order of an epoch's end: last.tmp (last.pth's temporary file half written), last (last.pth
-# replaced), epoch (epoch_XXXX.pth copied), best (best.pth copied), metrics (metrics.jsonl appended); and
-# step (after optimizer step <n>: there a SIGTERM/SIGUSR1 also ends the pause, and the run stops as usual).
-# At last.tmp, two signals held back by the write (a double Ctrl-C, see signals_held) end the pause too.
-TEST_PAUSE_ENV = "CONVNEXT_TEST_PAUSE_AT"
 # The signals a checkpoint write holds back until its files are complete (signals_held).
 HELD_SIGNALS = ("SIGINT", "SIGTERM", "SIGUSR1")
 _held_now: list[int] | None = None  # the signals held by the write under way
-
-
-def pause_for_test(point: str, n: int, until: Callable[[], bool] | None = None) -> None:
-    """Stop here when the test hook ``CONVNEXT_TEST_PAUSE_AT`` names ``point@n`` (tests only), until the
-    process is killed or ``until()`` becomes true."""
-    if os.environ.get(TEST_PAUSE_ENV) != f"{point}@{n}":
-        return
-    print(f"convnext-test: paused at {point}@{n} (pid {os.getpid()})", file=sys.stderr, flush=True)
-    while not (until is not None and until()):
-        time.sleep(0.05)
 
 
 def train_state(
@@ -121,8 +102,8 @@ def is_epoch_end(ckpt: dict) -> bool:
     """Whether ``ckpt`` is the state at the end of its epoch (version 1 files say it through the step)."""
     if "epoch_end" in ckpt:
         return bool(ckpt["epoch_end"])
-    spe = ckpt.get("steps_per_epoch")
-    return spe is None or int(ckpt["step"]) == int(ckpt["epoch"]) * int(spe)
+    steps_per_epoch = ckpt.get("steps_per_epoch")
+    return steps_per_epoch is None or int(ckpt["step"]) == int(ckpt["epoch"]) * int(steps_per_epoch)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -212,30 +193,10 @@ def signals_held() -> Iterator[list[int]]:
                 signal.raise_signal(sig)
 
 
-class _PausingWriter:
-    """Test hook ``last.tmp@<epoch>``: stops the process after the first 4 KiB of a checkpoint are written,
-    until it is killed or two signals are held back (see :func:`signals_held`)."""
-
-    def __init__(self, f: Any, epoch: int) -> None:
-        self.f, self.epoch, self.n = f, epoch, 0
-
-    def write(self, b: bytes) -> int:
-        out = self.f.write(b)
-        self.n += len(b)
-        if self.n >= 4096:
-            self.f.flush()
-            pause_for_test("last.tmp", self.epoch, until=lambda: len(_held_now or ()) >= 2)
-        return out
-
-    def flush(self) -> None:
-        self.f.flush()
-
-
-def atomic_save(obj: Any, path: str | Path) -> None:
-    """torch.save ``obj`` to ``path`` atomically (see :func:`_write_atomically`)."""
-    epoch = obj.get("epoch", -1) if isinstance(obj, dict) else -1
-    pause = os.environ.get(TEST_PAUSE_ENV) == f"last.tmp@{epoch}" and Path(path).name == "last.pth"
-    _write_atomically(Path(path), lambda f: torch.save(obj, _PausingWriter(f, epoch) if pause else f))
+def atomic_save(obj: Any, path: str | Path, *, wrap: Callable[[Any], Any] | None = None) -> None:
+    """torch.save ``obj`` to ``path`` atomically (see :func:`_write_atomically`); ``wrap`` wraps the file
+    torch.save writes to (the tests' pause point inside a write, :mod:`convnext.engine.pauses`)."""
+    _write_atomically(Path(path), lambda f: torch.save(obj, wrap(f) if wrap is not None else f))
 
 
 def atomic_copy(src: str | Path, dst: str | Path) -> None:
@@ -372,11 +333,13 @@ def _epoch_of(name: str) -> int | None:
 
 
 class CheckpointManager:
-    """<run_dir>/checkpoints/{last.pth, best.pth, epoch_XXXX.pth}; keeps the last ``keep_last`` epochs."""
+    """<run_dir>/checkpoints/{last.pth, best.pth, epoch_XXXX.pth}; keeps the last ``keep_last`` epochs.
+    ``pauses``: where the kill tests stop the writes (:mod:`convnext.engine.pauses`; none by default)."""
 
-    def __init__(self, folder: str | Path, keep_last: int = 3) -> None:
+    def __init__(self, folder: str | Path, keep_last: int = 3, pauses: PausePoints = NO_PAUSES) -> None:
         self.folder = Path(folder)
         self.keep_last = keep_last
+        self.pauses = pauses
 
     @property
     def last(self) -> Path:
@@ -409,8 +372,12 @@ class CheckpointManager:
     def _save(self, state: dict, *, epoch_end: bool, is_best: bool) -> Path:
         epoch = int(state["epoch"])
         had_last = self.last.exists()
+
+        def two_held() -> bool:  # the pause inside last.pth's write also ends on a double Ctrl-C
+            return len(_held_now or ()) >= 2
+
         try:
-            atomic_save(state, self.last)
+            atomic_save(state, self.last, wrap=lambda f: self.pauses.writer(f, "last.tmp", epoch, two_held))
         except NoSpaceLeft as e:
             intact = (
                 f"the previous checkpoint {self.last} is intact"
@@ -419,11 +386,11 @@ class CheckpointManager:
             )
             raise UserError(f"no space left on the device writing {e.path}; {intact}") from None
         if epoch_end:
-            pause_for_test("last", epoch)
+            self.pauses("last", epoch)
         try:
             if epoch_end:
                 atomic_copy(self.last, self.epoch_file(epoch))
-                pause_for_test("epoch", epoch)
+                self.pauses("epoch", epoch)
                 self._rotate()
             if is_best:
                 atomic_copy(self.last, self.best)
@@ -433,7 +400,7 @@ class CheckpointManager:
                 "is intact"
             ) from None
         if epoch_end:
-            pause_for_test("best", epoch)
+            self.pauses("best", epoch)
         return self.last
 
     def _rotate(self) -> None:
