@@ -21,6 +21,7 @@ from torchvision.transforms import v2
 import convnext
 from convnext.cli.main import main
 from convnext.data import DataConfig, build_eval_transform, load_image
+from convnext.data.preprocessing import Preprocessing
 from convnext.errors import UserError
 from convnext.weights import registry
 
@@ -124,7 +125,7 @@ def squash_tag(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     torch.save({"model": model.state_dict()}, src)
     entry = registry.WeightEntry(
         "convnext_atto.test_squash384", "convnext_atto", src.as_uri(), "in22k->in1k", 1000,
-        input_size=384, crop_pct=1.0, crop_mode="squash",
+        preprocessing=Preprocessing(img_size=384, crop_pct=1.0, crop_mode="squash"),
     )  # fmt: skip
     registry.register(entry)
     yield entry.tag, model
@@ -277,3 +278,35 @@ def test_pretrained_cfg_carries_label_names(tmp_path: Path) -> None:
     names = convnext.create_model("convnext_atto", pretrained=bare).pretrained_cfg["label_names"]
     assert len(names) == 1000 and names[0] == "tench"
     assert convnext.create_model("convnext_atto").pretrained_cfg["label_names"] is None
+
+
+# ------------------------------------------------------------------ one record, every dialect
+
+
+def test_preprocessing_is_one_record_in_every_dialect() -> None:
+    """timm's dict, the JSON of exported files and DataConfig are views of one Preprocessing: each goes
+    there and back unchanged, and the registry, resolve_data_config and the defaults speak through it."""
+    tv = registry.find_tag("convnext_tiny.tv_in1k").preprocessing
+    assert isinstance(tv, Preprocessing) and tv.interpolation == "bilinear"
+    assert Preprocessing.from_timm(tv.to_timm()) == tv
+    assert Preprocessing.from_json(json.loads(json.dumps(tv.to_json()))) == tv  # lists become tuples
+    assert Preprocessing.of(tv.apply(DataConfig(dataset="digits"))) == tv
+    assert tv.apply(DataConfig(dataset="digits")).dataset == "digits"  # the rest of the recipe stays
+    assert convnext.resolve_data_config("convnext_tiny.tv_in1k") == tv.to_timm()
+    # the paper's defaults are DataConfig's, in one place
+    assert Preprocessing.of(DataConfig()) == Preprocessing()
+    assert convnext.resolve_data_config(None) == Preprocessing().to_timm()
+    assert Preprocessing.from_timm({"input_size": 64}).img_size == 64
+    with pytest.raises(UserError, match="not square"):
+        Preprocessing.from_timm({"input_size": (3, 224, 256)})
+
+
+def test_preprocessing_reads_json_written_before_it() -> None:
+    """An exported file's "preprocessing" as the code before this record wrote it (no crop_mode before
+    squash existed; keys of newer writers) still reads, the missing key keeping the base's value."""
+    old = {"img_size": 48, "crop_pct": 0.9, "interpolation": "bilinear", "mean": [0.5] * 3,
+           "std": [0.25] * 3, "layout": "NCHW", "input": "input", "output": "logits"}  # fmt: skip
+    p = Preprocessing.from_json(old)
+    assert (p.img_size, p.crop_pct, p.crop_mode, p.interpolation) == (48, 0.9, "center", "bilinear")
+    assert p.mean == (0.5,) * 3 and p.std == (0.25,) * 3
+    assert Preprocessing.from_json({}, base=p) == p

@@ -428,7 +428,12 @@ def test_registry() -> None:
     archs = set(convnext.list_models())
     for e in registry.REGISTRY.values():
         assert e.arch in archs and e.url.startswith("https://") and e.tag.startswith(e.arch + ".")
-    json.dumps([e.__dict__ for e in registry.REGISTRY.values()])  # plain data, printable by a CLI
+    json.dumps([e.as_dict() for e in registry.REGISTRY.values()])  # plain data, printable by a CLI
+    # `convnext models --weights --json` keeps its flat layout: the eval settings beside the other fields
+    row = registry.find_tag("convnext_base.fb_in1k_384").as_dict()
+    assert (row["input_size"], row["crop_pct"], row["crop_mode"], row["interpolation"]) == (
+        384, 1.0, "squash", "bicubic"
+    )  # fmt: skip
 
 
 # ----------------------------------------------------------------------- shapes, backbones, FCMAE

@@ -97,7 +97,6 @@ def _measured(args: argparse.Namespace) -> list[dict]:
 
 
 def _weights(args: argparse.Namespace) -> tuple[list[dict], list[str]]:
-    from dataclasses import asdict
     from fnmatch import fnmatchcase
 
     from ..models import get_variant
@@ -120,7 +119,7 @@ def _weights(args: argparse.Namespace) -> tuple[list[dict], list[str]]:
     table.append(
         "top-1: ImageNet-1k val as published with the weights. Use a tag as --weights or pretrained=."
     )
-    return [asdict(e) for e in entries], table
+    return [e.as_dict() for e in entries], table
 
 
 def _no_match(what: str, args: argparse.Namespace) -> str:

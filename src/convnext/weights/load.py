@@ -16,11 +16,12 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from ..data.preprocessing import TIMM_KEYS, Preprocessing
 from ..errors import UserError
 from . import containers, formats
 from .fetch import fetch, is_run_dir, resolve, run_checkpoint
 from .files import hf_class_names, hf_data_config, hf_weights, read_file
-from .registry import WeightEntry, find_file
+from .registry import WeightEntry, find_file, torchvision_entry
 
 log = logging.getLogger("convnext.weights")
 
@@ -82,8 +83,6 @@ def prepare(src: str | Path | dict, *, ema: bool | None = None) -> Prepared:
     refuses them before anything is built or written. ``ema``: True the EMA weights, False the model's,
     None (default) the ones a training run ranked its best by (the EMA for ``checkpoint.best_by: ema``, so
     a run folder gives the accuracy its summary printed); ``info.ema`` says which."""
-    from .presets import checkpoint_data_config
-
     class_names: list[str] | None = None
     entry: WeightEntry | None = None
     st_meta: dict[str, str] = {}
@@ -140,7 +139,7 @@ def prepare(src: str | Path | dict, *, ema: bool | None = None) -> Prepared:
         ema=ema,
         metadata={k: v for k, v in meta.items() if k not in _INFO_KEYS},
         # metadata["model"]: a training run's model section (options the architecture was built with)
-        data_config=checkpoint_data_config(entry, meta.get("data"), fmt, arch, meta.get("data_config")),
+        data_config=_data_config(entry, meta.get("data"), fmt, arch, meta.get("data_config")),
         run_dir=str(run_dir) if run_dir else None,
     )
     recorded = obj.get("config") if info.format == containers.TRAIN_FORMAT else None
@@ -149,6 +148,29 @@ def prepare(src: str | Path | dict, *, ema: bool | None = None) -> Prepared:
 
 # container keys that become CheckpointInfo fields rather than metadata
 _INFO_KEYS = ("arch", "class_names", "container", "data", "data_config")
+
+
+def _data_config(
+    entry: WeightEntry | None,
+    run_data: dict[str, Any] | None,
+    fmt: str,
+    arch: str | None,
+    recorded: dict[str, Any] | None = None,
+) -> dict[str, Any] | None:
+    """The eval settings loaded weights were made for (timm's layout): the registry release's, a training
+    run's ``data:`` section, those ``convnext convert`` recorded, or torchvision's preset for weights in
+    torchvision's layout; None when nothing says (defaults apply)."""
+    if entry is not None:
+        return entry.data_config()
+    if run_data is not None:
+        return Preprocessing.from_json(run_data).to_timm()
+    if isinstance(recorded, dict) and all(k in recorded for k in TIMM_KEYS):
+        return Preprocessing.from_timm(recorded).to_timm()
+    if fmt == "torchvision" and arch:
+        tv = torchvision_entry(arch)
+        if tv is not None:
+            return tv.data_config()
+    return None
 
 
 def _imagenet_names() -> list[str]:

@@ -4,67 +4,28 @@
 crop_pct, crop_mode) of a model built by ``create_model`` (its ``pretrained_cfg``), a registry entry or
 tag, a weights file, URL or training run folder; ``create_transform(cfg)`` the exact transform, built by
 ``convnext.data.build_eval_transform``, the one code path of train's validation, evaluate and predict.
+
+The settings themselves are one record, ``convnext.data.preprocessing.Preprocessing``; the dicts here are
+its timm view, kept because timm's users know them (``model.pretrained_cfg``, ``resolve_data_config``).
 """
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import Any
 
 from ..data.config import DataConfig
+from ..data.preprocessing import TIMM_KEYS, Preprocessing
 from ..errors import UserError
-from .registry import WeightEntry, find_file, find_tag, torchvision_entry
+from .load import prepare
+from .registry import WeightEntry, find_file, find_tag
 
-DATA_KEYS = ("input_size", "interpolation", "mean", "std", "crop_pct", "crop_mode")
+DATA_KEYS = TIMM_KEYS
 
 
 def default_data_config(img_size: int = 224) -> dict[str, Any]:
-    """The paper's 224 evaluation (resize 256, centre crop 224, bicubic, ImageNet mean/std)."""
-    d = DataConfig()
-    return {
-        "input_size": (3, img_size, img_size),
-        "interpolation": d.interpolation,
-        "mean": tuple(d.mean),
-        "std": tuple(d.std),
-        "crop_pct": d.crop_pct,
-        "crop_mode": d.crop_mode,
-    }
-
-
-def _from_data_section(data: dict[str, Any]) -> dict[str, Any]:
-    """A training run's ``data:`` section (its eval geometry) in timm's layout."""
-    cfg = default_data_config(int(data.get("img_size", 224)))
-    for key in ("interpolation", "crop_pct", "crop_mode"):
-        if data.get(key) is not None:
-            cfg[key] = data[key]
-    for key in ("mean", "std"):
-        if data.get(key) is not None:
-            cfg[key] = tuple(float(x) for x in data[key])
-    return cfg
-
-
-def checkpoint_data_config(
-    entry: WeightEntry | None,
-    run_data: dict[str, Any] | None,
-    fmt: str,
-    arch: str | None,
-    recorded: dict[str, Any] | None = None,
-) -> dict[str, Any] | None:
-    """The eval settings loaded weights were made for: the registry release's, a training run's, those
-    ``convnext convert`` recorded, or torchvision's preset for weights in torchvision's layout; None when
-    nothing says (defaults apply)."""
-    if entry is not None:
-        return entry.data_config()
-    if run_data is not None:
-        return _from_data_section(run_data)
-    if isinstance(recorded, dict) and all(k in recorded for k in DATA_KEYS):
-        return resolve_data_config(recorded)
-    if fmt == "torchvision" and arch:
-        tv = torchvision_entry(arch)
-        if tv is not None:
-            return tv.data_config()
-    return None
+    """The paper's evaluation (resize to img_size / 0.875, centre crop, bicubic, ImageNet mean/std)."""
+    return Preprocessing(img_size=int(img_size)).to_timm()
 
 
 def resolve_data_config(obj: Any = None, **overrides: Any) -> dict[str, Any]:
@@ -80,7 +41,7 @@ def resolve_data_config(obj: Any = None, **overrides: Any) -> dict[str, Any]:
     elif isinstance(obj, WeightEntry):
         cfg = obj.data_config()
     elif isinstance(obj, DataConfig):
-        cfg = _from_data_section(dataclasses.asdict(obj))
+        cfg = Preprocessing.of(obj).to_timm()
     elif isinstance(obj, dict):
         cfg = {**default_data_config(), **{k: obj[k] for k in DATA_KEYS if k in obj}}
     elif isinstance(obj, (str, Path)):
@@ -117,8 +78,7 @@ def _of_source(src: str) -> dict[str, Any]:
         known = find_file(src)
         if known is not None:
             return known.data_config()
-    from .load import prepare  # reads the file: its format and recorded settings decide
-
+    # reads the file: its format and recorded settings decide
     return prepare(src).info.data_config or default_data_config()
 
 
@@ -136,18 +96,7 @@ def label_names(class_names: list[str] | None, n: int) -> list[str] | None:
 
 def to_data_config(cfg: dict[str, Any], base: DataConfig | None = None) -> DataConfig:
     """``cfg`` (timm's layout) as our DataConfig's geometry, on top of ``base``."""
-    _, h, w = cfg["input_size"]
-    if h != w:
-        raise UserError(f"input_size {h}x{w} is not square; ConvNeXt's eval transforms here are square")
-    return dataclasses.replace(
-        base or DataConfig(),
-        img_size=int(h),
-        crop_pct=float(cfg["crop_pct"]),
-        crop_mode=str(cfg["crop_mode"]),
-        interpolation=str(cfg["interpolation"]),
-        mean=tuple(cfg["mean"]),
-        std=tuple(cfg["std"]),
-    )
+    return Preprocessing.from_timm(cfg).apply(base)
 
 
 def create_transform(cfg: Any = None, *, is_training: bool = False, **overrides: Any) -> Any:

@@ -18,7 +18,7 @@ from pathlib import PurePosixPath
 from typing import Any
 from urllib.parse import urlparse
 
-from ..data.config import IMAGENET_MEAN, IMAGENET_STD
+from ..data.preprocessing import Preprocessing
 
 _FB = "https://dl.fbaipublicfiles.com/convnext"
 _FB2 = "https://dl.fbaipublicfiles.com/convnext/convnextv2"
@@ -34,26 +34,61 @@ class WeightEntry:
     url: str
     dataset: str  # "in1k", "in22k", "in22k->in1k", "fcmae-in1k" (self-supervised, no labels)
     num_classes: int
-    input_size: int = 224
-    crop_pct: float = 0.875
-    crop_mode: str = "center"  # "center": resize to input/crop_pct then crop; "squash": resize to the square
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
-    interpolation: str = "bicubic"
-    top1: float | None = None  # ImageNet-1k val top-1 (%) published with the weights, at input_size
+    top1: float | None = None  # ImageNet-1k val top-1 (%) published with the weights, at its input size
     source: str = "facebookresearch/ConvNeXt"
     license: str = "MIT"
+    # the eval transform the weights were measured with (the paper's 224 evaluation unless said)
+    preprocessing: Preprocessing = Preprocessing()
+
+    @property
+    def input_size(self) -> int:
+        """The square side the weights were evaluated at (``preprocessing.img_size``)."""
+        return self.preprocessing.img_size
+
+    @property
+    def crop_pct(self) -> float:
+        return self.preprocessing.crop_pct
+
+    @property
+    def crop_mode(self) -> str:
+        return self.preprocessing.crop_mode
+
+    @property
+    def interpolation(self) -> str:
+        return self.preprocessing.interpolation
+
+    @property
+    def mean(self) -> tuple[float, ...]:
+        return self.preprocessing.mean
+
+    @property
+    def std(self) -> tuple[float, ...]:
+        return self.preprocessing.std
+
+    def as_dict(self) -> dict[str, Any]:
+        """The entry as flat plain data (``convnext models --weights --json``): its fields with the eval
+        settings spelled out beside them, in the layout that output has always had."""
+        p = self.preprocessing
+        return {
+            "tag": self.tag,
+            "arch": self.arch,
+            "url": self.url,
+            "dataset": self.dataset,
+            "num_classes": self.num_classes,
+            "input_size": p.img_size,
+            "crop_pct": p.crop_pct,
+            "crop_mode": p.crop_mode,
+            "mean": p.mean,
+            "std": p.std,
+            "interpolation": p.interpolation,
+            "top1": self.top1,
+            "source": self.source,
+            "license": self.license,
+        }
 
     def data_config(self) -> dict[str, Any]:
         """The eval settings, in timm's ``resolve_data_config`` layout (input_size is (3, H, W))."""
-        return {
-            "input_size": (3, self.input_size, self.input_size),
-            "interpolation": self.interpolation,
-            "mean": tuple(self.mean),
-            "std": tuple(self.std),
-            "crop_pct": self.crop_pct,
-            "crop_mode": self.crop_mode,
-        }
+        return self.preprocessing.to_timm()
 
     def pretrained_cfg(self) -> dict[str, Any]:
         """What ``model.pretrained_cfg`` holds for these weights (timm's keys)."""
@@ -69,16 +104,24 @@ class WeightEntry:
 
     def transforms(self) -> Any:
         """The exact eval transform of these weights: uint8 (3, H, W) tensor in, normalized float out."""
-        from .presets import create_transform
+        from ..data.transforms import build_eval_transform
 
-        return create_transform(self.data_config())
+        return build_eval_transform(self.preprocessing.apply())
 
 
 _ENTRIES: list[WeightEntry] = []
 
 
-def _add(tag: str, url: str, dataset: str, num_classes: int, top1: float | None, **kw: object) -> None:
-    _ENTRIES.append(WeightEntry(tag, tag.partition(".")[0], url, dataset, num_classes, top1=top1, **kw))
+_PREPROCESSING_KEYS = ("input_size", "crop_pct", "crop_mode", "interpolation", "mean", "std")
+
+
+def _add(tag: str, url: str, dataset: str, num_classes: int, top1: float | None, **kw: Any) -> None:
+    """One entry; ``kw`` mixes the entry's fields and its eval settings in timm's names (``input_size``)."""
+    pre = Preprocessing.from_timm({k: kw.pop(k) for k in _PREPROCESSING_KEYS if k in kw})
+    entry = WeightEntry(
+        tag, tag.partition(".")[0], url, dataset, num_classes, top1=top1, preprocessing=pre, **kw
+    )
+    _ENTRIES.append(entry)
 
 
 _SQUASH384 = {"input_size": 384, "crop_pct": 1.0, "crop_mode": "squash"}
