@@ -310,3 +310,28 @@ def test_preprocessing_reads_json_written_before_it() -> None:
     assert (p.img_size, p.crop_pct, p.crop_mode, p.interpolation) == (48, 0.9, "center", "bilinear")
     assert p.mean == (0.5,) * 3 and p.std == (0.25,) * 3
     assert Preprocessing.from_json({}, base=p) == p
+
+
+def test_exported_metadata_written_before_the_record_reads_and_writes_the_same() -> None:
+    """An exported file's metadata as the code before ``Preprocessing`` wrote it (its "preprocessing"
+    wins over its "data" section) loads with the same settings and is written back the same; a file from
+    before crop_mode existed reads as "center"."""
+    from convnext.inference.backends import ExportMeta
+
+    pre = {"img_size": 48, "crop_pct": 0.9, "crop_mode": "squash", "interpolation": "bilinear",
+           "mean": [0.5, 0.5, 0.5], "std": [0.229, 0.224, 0.225], "layout": "NCHW", "input": "input",
+           "output": "logits"}  # fmt: skip
+    old = {"convnext_export": 1, "arch": "convnext_atto", "num_classes": 3, "class_names": ["a", "b", "c"],
+           "format": "onnx", "precision": "fp32", "inference_precision": None, "preprocessing": pre,
+           "dataset": {"dataset": "digits", "root": "", "train_split": "train", "val_split": "val",
+                       "class_list": None, "val_fraction": 0.2, "split_seed": 0},
+           "data": {"dataset": "digits", "img_size": 224, "crop_pct": 0.875, "workers": 0},
+           "model_options": {}, "source": "", "run_dir": None}  # fmt: skip
+    meta = ExportMeta.from_json(json.dumps(old), "old.onnx")
+    assert Preprocessing.of(meta.data) == Preprocessing(48, 0.9, "squash", "bilinear", (0.5,) * 3)
+    assert meta.data.dataset == "digits" and meta.has_dataset
+    assert json.loads(meta.to_json())["preprocessing"] == pre
+    older = {**old, "preprocessing": {k: v for k, v in pre.items() if k != "crop_mode"}}
+    del older["data"]
+    back = ExportMeta.from_json(json.dumps(older), "older.onnx")
+    assert (back.data.crop_mode, back.data.img_size, back.data.mean) == ("center", 48, (0.5,) * 3)
