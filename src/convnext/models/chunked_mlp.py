@@ -12,13 +12,14 @@ same parameters and state-dict names, and :func:`set_chunked_mlp` swaps it in or
 path by :func:`use_chunked_mlp` (device, dtype, grad mode, rows, graph capture), so it is never slower than
 the plain ops it replaces (the thresholds are measured, BENCHMARKS.md "Per-shape rule"):
 
-* training (grad): one ``autograd.Function``. Saved for backward: the block's input rows, the pre-GELU hidden
-  ``a`` and LayerNorm's mean/rstd; the LN output and ``GELU(a)`` are recomputed per chunk (elementwise, no
-  GEMM redone), half the plain ops' activation memory. Layer scale is folded into the projection,
-  ``gamma * (W h + b) == (gamma W) h + gamma b``, its gradient by the chain rule,
-  ``dgamma_c = sum_j dW'_cj W_cj + db'_c b_c``. Weight gradients accumulate chunk by chunk with ``addmm_``.
-* inference (no grad): the same loop; the projection accumulates straight into ``shortcut + b`` (no separate
-  bias, scale or add pass).
+* training (grad): one ``autograd.Function`` over one forward and one backward loop (:func:`_mlp_forward`,
+  :func:`_mlp_backward`), the fp32 or bf16 kernels' GEMMs and casts in it. Saved for backward: the block's
+  input rows, the pre-GELU hidden ``a`` and LayerNorm's mean/rstd; the LN output and ``GELU(a)`` are
+  recomputed per chunk (elementwise, no GEMM redone), half the plain ops' activation memory. Layer scale is
+  folded into the projection, ``gamma * (W h + b) == (gamma W) h + gamma b``, its gradient by the chain
+  rule, ``dgamma_c = sum_j dW'_cj W_cj + db'_c b_c``. Weight gradients accumulate chunk by chunk in fp32.
+* inference (no grad): the same forward in :func:`mlp_chunks`; the projection accumulates straight into
+  ``shortcut + b`` (no separate bias, scale or add pass).
 * under CPU bf16 autocast, where the CPU has native bf16: the same loops with bf16 GEMMs
   (:class:`_ChannelMLPBf16`, :func:`mlp_chunks_bf16`), at any size; without native bf16, the fp32 paths.
 * anything else (GPU, other dtypes and autocast dtypes, tracing, export, compile, a dispatch mode such as
@@ -88,7 +89,7 @@ def native_bf16() -> bool:
 @functools.cache
 def _onednn_bf16() -> bool:
     """oneDNN's linear with the bias and GELU fused in (``mkldnn._linear_pointwise``, what inductor emits on
-    CPU) runs bf16. Measured on the four stages' chunk shapes: 1.3-2x ``addmm`` in bf16, whose bias
+    CPU) runs bf16. Measured faster than ``addmm`` in bf16 on the four stages' chunk shapes, whose bias
     broadcast pass costs as much as a small GEMM (BENCHMARKS.md, "bf16 on CPU")."""
     try:
         return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
@@ -153,26 +154,19 @@ def mlp_chunks(
     b2: Tensor | None,
     out: Tensor,
     step: int,
-    saved: tuple[Tensor, Tensor, Tensor] | None = None,
 ) -> Tensor:
-    """The one forward loop: ``out (+)= GELU(LN(x) w1t + b1) w2t`` over row chunks of ``x`` (rows, C).
+    """The fp32 inference loop: ``out (+)= GELU(LN(x) w1t + b1) w2t`` over row chunks of ``x`` (rows, C).
 
     ``b2=None`` accumulates into ``out`` (which holds the shortcut plus the bias), else ``out = ... + b2``.
-    ``saved=(a, mean, rstd)`` also stores the pre-GELU hidden and LN's statistics for backward.
+    Training runs :func:`_mlp_forward`, which also keeps what backward needs.
     """
     rows, dim = x.shape
     ln_w, ln_b, eps = norm
     h = x.new_empty(min(step, rows), w1t.shape[1])
     for s in range(0, rows, step):
         e = min(s + step, rows)
-        xn, mean, rstd = torch.ops.aten.native_layer_norm(x[s:e], [dim], ln_w, ln_b, eps)
-        hc = h[: e - s]
-        if saved is None:
-            torch.ops.aten.gelu_(torch.addmm(b1, xn, w1t, out=hc))
-        else:
-            a, saved_mean, saved_rstd = saved
-            saved_mean[s:e], saved_rstd[s:e] = mean, rstd
-            torch.ops.aten.gelu.out(torch.addmm(b1, xn, w1t, out=a[s:e]), out=hc)
+        xn = torch.ops.aten.native_layer_norm(x[s:e], [dim], ln_w, ln_b, eps)[0]
+        hc = torch.ops.aten.gelu_(torch.addmm(b1, xn, w1t, out=h[: e - s]))
         if b2 is None:
             out[s:e].addmm_(hc, w2t)
         else:
@@ -209,8 +203,8 @@ def mlp_chunks_bf16(
     bf16 (None: no residual). As autocast computes the plain
     block: LayerNorm on bf16 with fp32 statistics and affine, the GEMMs in bf16 with fp32 accumulation, each
     rounded once to bf16; the residual stream stays fp32. The projection is widened into ``out`` chunk by
-    chunk (a mixed bf16 + fp32 add is an unvectorised loop in ATen: ~4x slower than a conversion and an
-    fp32 add).
+    chunk (a mixed bf16 + fp32 add is an unvectorised loop in ATen, slower than a conversion and an fp32
+    add: BENCHMARKS.md).
     """
     rows, dim = y.shape
     ln_w, ln_b, eps = norm
@@ -230,143 +224,179 @@ def _fold_layer_scale(w2: Tensor, b2: Tensor, gamma: Tensor | None) -> tuple[Ten
     return (w2, b2) if gamma is None else (w2 * gamma[:, None], b2 * gamma)
 
 
-class _ChannelMLP(torch.autograd.Function):
+def bf16_chunk_rows(hidden: int) -> int:
+    return max(256, CHUNK_ELEMENTS_BF16 // hidden)
+
+
+class _Fp32Kernels:
+    """The fp32 training loop's ops: MKL's ``addmm`` on contiguous (in, out) weights (its faster orientation
+    for these GEMMs), written into preallocated chunks. ``GELU(a)`` is recomputed in backward (elementwise,
+    no GEMM redone): half the plain ops' activation memory."""
+
+    save_hidden = False
+    rows = staticmethod(chunk_rows)
+
     @staticmethod
-    def forward(  # type: ignore[override]
-        ctx: Any,
-        x: Tensor,
-        ln_w: Tensor,
-        ln_b: Tensor,
-        w1: Tensor,
-        b1: Tensor,
-        w2: Tensor,
-        b2: Tensor,
-        gamma: Tensor | None,
-        eps: float,
-    ) -> Tensor:
-        rows, hidden = x.shape[0], w1.shape[0]
-        w2g, b2g = _fold_layer_scale(w2, b2, gamma)
-        a, mean, rstd = x.new_empty(rows, hidden), x.new_empty(rows, 1), x.new_empty(rows, 1)
-        # Contiguous (in, out) weights: MKL's faster orientation for these GEMMs.
-        w1t, w2gt = w1.t().contiguous(), w2g.t().contiguous()
-        out = mlp_chunks(x, (ln_w, ln_b, eps), w1t, b1, w2gt, b2g, x.new_empty(x.shape), chunk_rows(hidden),
-                         saved=(a, mean, rstd))  # fmt: skip
-        ctx.save_for_backward(x, a, mean, rstd, ln_w, ln_b, w1, w2, b2, gamma, w2g)
-        ctx.eps = eps
-        return out
+    def weights(
+        w1: Tensor, b1: Tensor, w2g: Tensor, b2g: Tensor
+    ) -> tuple[tuple[Tensor, ...], Tensor, Tensor]:
+        """The forward GEMMs' weights, then the backward's ``w1`` and ``w2g`` (nn.Linear's layout)."""
+        return (w1.t().contiguous(), b1, w2g.t().contiguous(), b2g), w1, w2g
+
+    @staticmethod
+    def expand(xn: Tensor, fw: tuple[Tensor, ...], out: Tensor) -> Tensor:
+        return torch.addmm(fw[1], xn, fw[0], out=out)
+
+    @staticmethod
+    def project(hc: Tensor, fw: tuple[Tensor, ...], out: Tensor) -> None:
+        torch.addmm(fw[3], hc, fw[2], out=out)
+
+    @staticmethod
+    def grad_chunk(g: Tensor) -> Tensor:
+        return g
+
+    @staticmethod
+    def accumulate(acc: Tensor, a: Tensor, b: Tensor) -> None:
+        acc.addmm_(a, b)
+
+
+class _Bf16Kernels:
+    """The bf16 training loop's ops: the parameters cast to bf16 once per call (as autocast does per op),
+    oneDNN's fused linear + GELU where it runs bf16, each GEMM rounded once to bf16 and its weight gradient
+    accumulated in fp32 across chunks (where autocast rounds the whole batch's once). The bf16 hidden after
+    GELU is saved: as much memory as the fp32 path's one fp32 hidden, and recomputing GELU (an erf per
+    element) would cost a measurable share of the step (BENCHMARKS.md)."""
+
+    save_hidden = True
+    rows = staticmethod(bf16_chunk_rows)
+
+    @staticmethod
+    def weights(
+        w1: Tensor, b1: Tensor, w2g: Tensor, b2g: Tensor
+    ) -> tuple[tuple[Tensor, ...], Tensor, Tensor]:
+        fw = tuple(t.to(torch.bfloat16) for t in (w1, b1, w2g, b2g))
+        return fw, fw[0], fw[2]
+
+    @staticmethod
+    def expand(xn: Tensor, fw: tuple[Tensor, ...], out: Tensor) -> Tensor:
+        return out.copy_(linear_bf16(xn, fw[0], fw[1]))
+
+    @staticmethod
+    def project(hc: Tensor, fw: tuple[Tensor, ...], out: Tensor) -> None:
+        out.copy_(linear_bf16(hc, fw[2], fw[3]))  # widened to the fp32 output
+
+    @staticmethod
+    def grad_chunk(g: Tensor) -> Tensor:
+        return g.to(torch.bfloat16)
+
+    @staticmethod
+    def accumulate(acc: Tensor, a: Tensor, b: Tensor) -> None:
+        acc += torch.mm(a, b).float()
+
+
+Kernels = type[_Fp32Kernels] | type[_Bf16Kernels]
+
+
+def _mlp_forward(
+    ctx: Any,
+    k: Kernels,
+    y: Tensor,
+    ln_w: Tensor,
+    ln_b: Tensor,
+    w1: Tensor,
+    b1: Tensor,
+    w2: Tensor,
+    b2: Tensor,
+    gamma: Tensor | None,
+    eps: float,
+) -> Tensor:
+    """The one training forward loop, ``k``'s ops: ``gamma * (GELU(LN(y) w1^T + b1) w2^T + b2)`` in row
+    chunks of ``y`` (rows, C), float32 out. Layer scale is folded into the projection,
+    ``gamma * (W h + b) == (gamma W) h + gamma b``. Saved: ``y``, the pre-GELU hidden ``a`` (and the hidden
+    after GELU where ``k`` keeps it) and LayerNorm's mean/rstd."""
+    rows, dim = y.shape
+    hidden = w1.shape[0]
+    step = k.rows(hidden)
+    w2g, b2g = _fold_layer_scale(w2, b2, gamma)
+    fw, w1k, w2k = k.weights(w1, b1, w2g, b2g)
+    a = y.new_empty(rows, hidden)
+    h = y.new_empty(rows if k.save_hidden else min(step, rows), hidden)
+    mean, rstd = y.new_empty(rows, 1, dtype=torch.float32), y.new_empty(rows, 1, dtype=torch.float32)
+    out = y.new_empty(rows, dim, dtype=torch.float32)
+    for s in range(0, rows, step):
+        e = min(s + step, rows)
+        xn, mean[s:e], rstd[s:e] = torch.ops.aten.native_layer_norm(y[s:e], [dim], ln_w, ln_b, eps)
+        hc = h[s:e] if k.save_hidden else h[: e - s]
+        torch.ops.aten.gelu.out(k.expand(xn, fw, a[s:e]), out=hc)
+        k.project(hc, fw, out[s:e])
+    ctx.save_for_backward(y, a, h if k.save_hidden else None, mean, rstd, ln_w, ln_b, w1k, w2k, w2, b2, gamma)
+    ctx.eps = eps
+    return out
+
+
+def _mlp_backward(ctx: Any, k: Kernels, grad: Tensor) -> tuple[Tensor | None, ...]:
+    """The one backward loop: per chunk, the gradients of the projection, GELU, the expansion and
+    LayerNorm; weight and bias gradients accumulate in fp32 chunk by chunk, and layer scale's comes by the
+    chain rule from the folded projection's, ``dgamma_c = sum_j dW'_cj W_cj + db'_c b_c``."""
+    y, a, h, mean, rstd, ln_w, ln_b, w1k, w2k, w2, b2, gamma = ctx.saved_tensors
+    rows, dim = y.shape
+    hidden = w1k.shape[0]
+    step = k.rows(hidden)
+    grad = grad.contiguous()
+    gy = torch.empty_like(y)
+    g_lnw, g_lnb = torch.zeros_like(ln_w), torch.zeros_like(ln_b)
+    f32 = torch.float32
+    g_w1, g_b1 = y.new_zeros(hidden, dim, dtype=f32), y.new_zeros(hidden, dtype=f32)
+    g_w2g = y.new_zeros(dim, hidden, dtype=f32)
+    gh = y.new_empty(min(step, rows), hidden)
+    hbuf = None if k.save_hidden else y.new_empty(min(step, rows), hidden)
+    for s in range(0, rows, step):
+        e = min(s + step, rows)
+        yc, ac, gc, ghc = y[s:e], a[s:e], k.grad_chunk(grad[s:e]), gh[: e - s]
+        hc = h[s:e] if hbuf is None else torch.ops.aten.gelu.out(ac, out=hbuf[: e - s])
+        k.accumulate(g_w2g, gc.t(), hc)
+        torch.mm(gc, w2k, out=ghc)
+        torch.ops.aten.gelu_backward.grad_input(ghc, ac, grad_input=ghc)  # in place: grad of a
+        g_b1 += ghc.sum(0)  # bf16: fp32 accumulation inside; sum(dtype=f32) would convert ghc first
+        xn = torch.ops.aten.native_layer_norm(yc, [dim], ln_w, ln_b, ctx.eps)[0]
+        k.accumulate(g_w1, ghc.t(), xn)
+        gy[s:e], dw, db = torch.ops.aten.native_layer_norm_backward(
+            torch.mm(ghc, w1k), yc, [dim], mean[s:e], rstd[s:e], ln_w, ln_b, [True, True, True]
+        )
+        g_lnw += dw
+        g_lnb += db
+    g_b2g = grad.sum(0)
+    if gamma is None:
+        return gy, g_lnw, g_lnb, g_w1, g_b1, g_w2g, g_b2g, None, None
+    g_gamma = (g_w2g * w2).sum(1) + g_b2g * b2
+    return gy, g_lnw, g_lnb, g_w1, g_b1, g_w2g * gamma[:, None], g_b2g * gamma, g_gamma, None
+
+
+class _ChannelMLP(torch.autograd.Function):
+    """The training path in fp32: the shared loop with :class:`_Fp32Kernels`. Arguments: the block's rows
+    after the depthwise conv, LayerNorm's weight and bias, the two linears', layer scale (or None), eps."""
+
+    @staticmethod
+    def forward(ctx: Any, *args: Any) -> Tensor:  # type: ignore[override]
+        return _mlp_forward(ctx, _Fp32Kernels, *args)
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
-        x, a, mean, rstd, ln_w, ln_b, w1, w2, b2, gamma, w2g = ctx.saved_tensors
-        rows, dim = x.shape
-        hidden = w1.shape[0]
-        step = chunk_rows(hidden)
-        grad = grad.contiguous()
-        gx = torch.empty_like(x)
-        g_lnw, g_lnb = torch.zeros_like(ln_w), torch.zeros_like(ln_b)
-        g_w1, g_b1 = torch.zeros_like(w1), w1.new_zeros(hidden)
-        g_w2g = torch.zeros_like(w2)
-        h = x.new_empty(min(step, rows), hidden)
-        gh = x.new_empty(min(step, rows), hidden)
-        for s in range(0, rows, step):
-            e = min(s + step, rows)
-            xc, ac, gc, hc, ghc = x[s:e], a[s:e], grad[s:e], h[: e - s], gh[: e - s]
-            torch.ops.aten.gelu.out(ac, out=hc)
-            g_w2g.addmm_(gc.t(), hc)
-            torch.mm(gc, w2g, out=ghc)
-            torch.ops.aten.gelu_backward.grad_input(ghc, ac, grad_input=ghc)  # in place: grad of a
-            g_b1 += ghc.sum(0)
-            xn = torch.ops.aten.native_layer_norm(xc, [dim], ln_w, ln_b, ctx.eps)[0]
-            g_w1.addmm_(ghc.t(), xn)
-            gx[s:e], dw, db = torch.ops.aten.native_layer_norm_backward(
-                ghc @ w1, xc, [dim], mean[s:e], rstd[s:e], ln_w, ln_b, [True, True, True]
-            )
-            g_lnw += dw
-            g_lnb += db
-        g_b2g = grad.sum(0)
-        if gamma is None:
-            return gx, g_lnw, g_lnb, g_w1, g_b1, g_w2g, g_b2g, None, None
-        g_gamma = (g_w2g * w2).sum(1) + g_b2g * b2
-        return gx, g_lnw, g_lnb, g_w1, g_b1, g_w2g * gamma[:, None], g_b2g * gamma, g_gamma, None
+        return _mlp_backward(ctx, _Fp32Kernels, grad)
 
 
 class _ChannelMLPBf16(torch.autograd.Function):
-    """The training path under CPU bf16 autocast: :class:`_ChannelMLP`'s loop with the GEMMs in bf16.
-
-    ``y`` is the bf16 output of the depthwise conv, the parameters fp32 (cast once per call, as autocast
-    does per op); returns the branch in fp32, as the plain block's ``gamma * x`` gives it under autocast.
-    Saved: ``y``, LN's statistics and the bf16 hidden before and after GELU (as much memory as the fp32
-    path's one fp32 hidden; recomputing GELU, an erf per element, would cost ~5% of the step). Weight and
-    bias gradients accumulate in fp32 across chunks (each chunk's GEMM or sum rounded once to bf16, where
-    autocast rounds the whole batch's once).
-    """
+    """The training path under CPU bf16 autocast: the shared loop with :class:`_Bf16Kernels`. ``y`` is the
+    bf16 output of the depthwise conv, the parameters fp32; returns the branch in fp32, as the plain
+    block's ``gamma * x`` gives it under autocast."""
 
     @staticmethod
-    def forward(  # type: ignore[override]
-        ctx: Any,
-        y: Tensor,
-        ln_w: Tensor,
-        ln_b: Tensor,
-        w1: Tensor,
-        b1: Tensor,
-        w2: Tensor,
-        b2: Tensor,
-        gamma: Tensor | None,
-        eps: float,
-    ) -> Tensor:
-        bf16 = torch.bfloat16
-        rows, dim = y.shape
-        hidden = w1.shape[0]
-        w2g, b2g = _fold_layer_scale(w2, b2, gamma)
-        w1b, b1b, w2b, b2b = w1.to(bf16), b1.to(bf16), w2g.to(bf16), b2g.to(bf16)
-        a, h = y.new_empty(rows, hidden), y.new_empty(rows, hidden)
-        mean, rstd = y.new_empty(rows, 1, dtype=torch.float32), y.new_empty(rows, 1, dtype=torch.float32)
-        out = y.new_empty(rows, dim, dtype=torch.float32)
-        step = bf16_chunk_rows(hidden)
-        for s in range(0, rows, step):
-            e = min(s + step, rows)
-            xn, mean[s:e], rstd[s:e] = torch.ops.aten.native_layer_norm(y[s:e], [dim], ln_w, ln_b, eps)
-            ac, hc = a[s:e], h[s:e]
-            ac.copy_(linear_bf16(xn, w1b, b1b))
-            out[s:e].copy_(linear_bf16(torch.ops.aten.gelu.out(ac, out=hc), w2b, b2b))
-        ctx.save_for_backward(y, a, h, mean, rstd, ln_w, ln_b, w1b, w2b, w2, b2, gamma)
-        ctx.eps = eps
-        return out
+    def forward(ctx: Any, *args: Any) -> Tensor:  # type: ignore[override]
+        return _mlp_forward(ctx, _Bf16Kernels, *args)
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
-        y, a, h, mean, rstd, ln_w, ln_b, w1b, w2b, w2, b2, gamma = ctx.saved_tensors
-        bf16, f32 = torch.bfloat16, torch.float32
-        rows, dim = y.shape
-        hidden = w1b.shape[0]
-        step = bf16_chunk_rows(hidden)
-        grad = grad.contiguous()
-        gy = torch.empty_like(y)
-        g_lnw, g_lnb = torch.zeros_like(ln_w), torch.zeros_like(ln_b)
-        g_w1, g_b1 = w1b.new_zeros(hidden, dim, dtype=f32), w1b.new_zeros(hidden, dtype=f32)
-        g_w2g = w1b.new_zeros(dim, hidden, dtype=f32)
-        for s in range(0, rows, step):
-            e = min(s + step, rows)
-            yc, ac, gc = y[s:e], a[s:e], grad[s:e].to(bf16)
-            g_w2g += torch.mm(gc.t(), h[s:e]).float()
-            gh = torch.ops.aten.gelu_backward(torch.mm(gc, w2b), ac)  # grad of a
-            g_b1 += gh.sum(0).float()  # fp32 accumulation inside; sum(dtype=f32) would convert gh first
-            xn = torch.ops.aten.native_layer_norm(yc, [dim], ln_w, ln_b, ctx.eps)[0]
-            g_w1 += torch.mm(gh.t(), xn).float()
-            gy[s:e], dw, db = torch.ops.aten.native_layer_norm_backward(
-                torch.mm(gh, w1b), yc, [dim], mean[s:e], rstd[s:e], ln_w, ln_b, [True, True, True]
-            )
-            g_lnw += dw
-            g_lnb += db
-        g_b2g = grad.sum(0)
-        if gamma is None:
-            return gy, g_lnw, g_lnb, g_w1, g_b1, g_w2g, g_b2g, None, None
-        g_gamma = (g_w2g * w2).sum(1) + g_b2g * b2
-        return gy, g_lnw, g_lnb, g_w1, g_b1, g_w2g * gamma[:, None], g_b2g * gamma, g_gamma, None
-
-
-def bf16_chunk_rows(hidden: int) -> int:
-    return max(256, CHUNK_ELEMENTS_BF16 // hidden)
+        return _mlp_backward(ctx, _Bf16Kernels, grad)
 
 
 # dwconv weight and bias, w1, b1, w2, b2 in bf16, and the fp32 layer scale (None when folded into w2, b2).
