@@ -213,6 +213,44 @@ def test_chunked_block_equals_the_plain_ops_in_output_and_every_gradient(
         assert (fast(x) - plain_out).abs().max() <= 1e-5 * plain_out.abs().max()
 
 
+@pytest.mark.parametrize("layer_scale", [True, False])
+def test_the_fp32_and_bf16_training_loops_are_one_loop_with_other_kernels(
+    layer_scale: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Both autograd Functions called directly (any CPU: the bf16 GEMMs run emulated where not native), in
+    # ragged chunks, against the plain ops in fp32: the same function and gradients, bf16 to its rounding.
+    monkeypatch.setattr(chunked_mlp, "CHUNK_ELEMENTS", 1)  # 256-row chunks: 256, 256, 188
+    monkeypatch.setattr(chunked_mlp, "CHUNK_ELEMENTS_BF16", 1)
+    torch.manual_seed(0)
+    dim = 16
+    y = torch.randn(700, dim)
+    params = [1 + 0.2 * torch.randn(dim), 0.2 * torch.randn(dim), 0.2 * torch.randn(4 * dim, dim)]
+    params += [0.2 * torch.randn(4 * dim), 0.2 * torch.randn(dim, 4 * dim), 0.2 * torch.randn(dim)]
+    params.append(torch.rand(dim) + 0.5 if layer_scale else None)
+    g = torch.randn(700, dim)
+
+    def run(fn: object, y_in: torch.Tensor) -> list[torch.Tensor]:
+        leaves = [y_in.detach().requires_grad_()] + [
+            p.clone().requires_grad_() if p is not None else None for p in params
+        ]
+        if fn is None:  # the reference: the block's MLP as plain ops
+            yy, ln_w, ln_b, w1, b1, w2, b2, gamma = leaves
+            h = F.gelu(F.linear(F.layer_norm(yy, [dim], ln_w, ln_b, 1e-6), w1, b1))
+            out = F.linear(h, w2, b2) * (gamma if gamma is not None else 1)
+        else:
+            out = fn.apply(*leaves, 1e-6)
+        out.backward(g)
+        return [out.detach().float()] + [t.grad.float() for t in leaves if t is not None]
+
+    ref = run(None, y)
+    fp32 = run(chunked_mlp._ChannelMLP, y)
+    bf16 = run(chunked_mlp._ChannelMLPBf16, y.bfloat16())
+    for i, (a, b, c) in enumerate(zip(ref, fp32, bf16, strict=True)):
+        scale = a.abs().max()
+        assert (a - b).abs().max() <= 1e-5 * scale, i
+        assert (a - c).abs().max() <= 5e-2 * scale, i
+
+
 def test_a_partly_frozen_block_trains_what_is_left(always_chunked: None) -> None:
     torch.manual_seed(0)
     plain = Block(16, layer_scale_init_value=0.5)
