@@ -259,3 +259,14 @@ def test_cli_backend_list_is_the_modules() -> None:
     from convnext.cli import benchmark as cli
 
     assert cli.BACKENDS == bench.BACKENDS
+
+
+def test_smallest_img_size_is_the_models_reduction() -> None:
+    """A 16 px input fits the isotropic ConvNeXt (stride 16) and not a hierarchical one (stride 32)."""
+    from convnext.bench.models import check_img_size
+
+    check_img_size(16, "convnext_isotropic_small")
+    with pytest.raises(UserError, match="--img-size 16 is below the 32 px convnext_atto needs"):
+        check_img_size(16, "convnext_atto")
+    with pytest.raises(UserError, match="below the 32 px"):
+        run_backend_benchmark("convnext_atto", backends="torch", img_size=16, batch_size=1, repeats=1)

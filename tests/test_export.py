@@ -329,9 +329,9 @@ def test_bad_requests_are_one_line_and_leave_nothing(run_dir: Path, tmp_path: Pa
 def test_a_file_that_fails_verification_is_deleted(
     run_dir: Path, tmp_path: Path, monkeypatch, capsys
 ) -> None:
-    import convnext.export.core as core
+    import convnext.runtimes.base as base
 
-    monkeypatch.setattr(core, "PARITY_RTOL", -1.0)  # a limit nothing meets: the check must fire
+    monkeypatch.setattr(base, "PARITY_RTOL", -1.0)  # a limit nothing meets: the check must fire
     assert main(["export", "--weights", str(run_dir), "--out", str(tmp_path / "m.pt2")]) == 2
     err = [ln for ln in _lines(capsys.readouterr().err) if not ln.startswith("[export]")]  # progress
     assert len(err) == 1 and "differs from PyTorch by" in err[0] and "the file was deleted" in err[0]
@@ -510,3 +510,15 @@ def test_ctrl_c_during_an_int8_export_leaves_nothing_and_exits_130(run_dir: Path
     assert proc.wait(timeout=120) == 130, "".join(err)[-2000:]
     assert err[-1].strip() == "convnext export: interrupted; nothing was written"
     assert list(tmp_path.iterdir()) == []  # no file, no hidden work folder
+
+
+def test_img_size_below_the_models_stride_is_refused_by_its_reduction(
+    run_dir: Path, tmp_path: Path, capsys
+) -> None:
+    """The smallest input is the model's own total stride (``model.reduction``), not a constant."""
+    assert (
+        main(["export", "--weights", str(run_dir), "--img-size", "16", "--out", str(tmp_path / "m.pt2")]) == 2
+    )
+    err = _lines(capsys.readouterr().err)
+    assert len(err) == 1 and "--img-size 16 is below the 32 px convnext_atto needs" in err[0]
+    assert list(tmp_path.iterdir()) == []

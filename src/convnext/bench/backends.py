@@ -9,6 +9,7 @@ is the fp32 model and is run, and reported, as fp32; the others run files export
 from __future__ import annotations
 
 import contextlib
+import importlib
 import statistics
 import tempfile
 from collections.abc import Callable
@@ -20,16 +21,12 @@ from torch import nn
 
 from ..errors import UserError
 from ..models import build_model, get_variant
+from ..runtimes import BENCH, BENCH_BACKENDS, TORCH, is_exported, require_runtime
 from ..weights.containers import TRAIN_FORMAT
+from .models import check_img_size
 from .timing import Rounds, device_name, interleaved_rounds, matmul_peak_step, ratio_of_medians, ratio_spread
 
-BACKENDS = ("torch", "torch-bf16", "onnxruntime", "openvino", "openvino-bf16", "openvino-int8")
-BACKEND_EXPORT = {  # backend -> (format, precision) of the file it runs
-    "onnxruntime": ("onnx", "fp32"),
-    "openvino": ("openvino", "fp32"),
-    "openvino-bf16": ("openvino", "bf16"),
-    "openvino-int8": ("openvino", "int8"),
-}
+BACKENDS = BENCH_BACKENDS  # torch, torch-bf16, then each runtime's: convnext.runtimes.RUNTIMES' bench
 CPU = torch.device("cpu")
 
 
@@ -43,24 +40,20 @@ def parse_backends(spec: str | tuple[str, ...] | list[str]) -> tuple[str, ...]:
 
 
 def runtime_versions(backends: tuple[str, ...]) -> dict[str, str]:
+    """torch's version, and that of each runtime package the chosen backends ran in."""
     versions = {"torch": torch.__version__}
-    with contextlib.suppress(ImportError):
-        if "onnxruntime" in backends:
-            import onnxruntime
-
-            versions["onnxruntime"] = onnxruntime.__version__
-    with contextlib.suppress(ImportError):
-        if any(b.startswith("openvino") for b in backends):
-            import openvino
-
-            versions["openvino"] = openvino.get_version().split("-")[0]
+    for runtime in dict.fromkeys(BENCH[b][0] for b in backends):
+        for package in runtime.packages:
+            with contextlib.suppress(ImportError):
+                module = importlib.import_module(package)
+                version = getattr(module, "__version__", None) or module.get_version()
+                versions[package] = str(version).split("-")[0]
     return versions
 
 
 def _weights(model: str | None, weights: str | None, img_size: int | None) -> tuple:
     """(model, data config, arch, class names, from a run?, source): the given weights, else random ones."""
     if weights:
-        from ..inference.backends import is_exported
         from ..inference.loading import load_for_inference
 
         if is_exported(weights):
@@ -111,30 +104,27 @@ def _runners(
     tmp: Path,
     say: Callable[[str], None],
 ) -> dict[str, Any]:
-    """One callable per backend: our PyTorch models, or a verified exported file opened by its runtime."""
-    from ..export.core import OV_RUN_PRECISION, write_verified
-    from ..inference.backends import ExportMeta, TorchRunner, open_exported
+    """One runner per backend: our PyTorch models, or a verified exported file opened by its runtime."""
+    from ..runtimes.base import ExportMeta, open_exported, write_verified
+    from ..runtimes.pytorch import TorchRunner
 
     runners: dict[str, Any] = {}
     ov_cache: dict[str, Any] = {}  # one OpenVINO conversion for fp32, bf16 and int8
     for b in chosen:
-        if b == "torch":
-            runners[b] = TorchRunner(net, data, arch=arch, class_names=names, fuse=True, source=source)
-        elif b == "torch-bf16":
-            r = TorchRunner(
-                net, data, arch=arch, class_names=names, amp=torch.bfloat16, fuse=True, source=source
-            )
-            if r.model.compute_dtype == torch.float32:
+        runtime, precision = BENCH[b]
+        if runtime is TORCH:
+            amp = None if precision == "fp32" else getattr(torch, {"bf16": "bfloat16"}[precision])
+            r = TorchRunner(net, data, arch=arch, class_names=names, amp=amp, fuse=True, source=source)
+            if amp is not None and r.model.compute_dtype == torch.float32:
                 # No native bf16: fuse_for_inference gave the fp32 model, and it runs as it is; autocast
                 # around it would run its stem, downsampling and head in emulated bf16, neither fp32 nor bf16.
                 r.amp = None
             runners[b] = r
         else:
-            fmt, precision = BACKEND_EXPORT[b]
             say(f"exporting for {b}")
-            meta = ExportMeta(arch, getattr(net, "num_classes", 0), names, data, fmt, precision)
-            meta.inference_precision = OV_RUN_PRECISION[precision]
-            target = tmp / f"{b}{'.onnx' if fmt == 'onnx' else '.xml'}"
+            meta = ExportMeta(arch, getattr(net, "num_classes", 0), names, data, runtime.format, precision)
+            meta.inference_precision = runtime.inference_precision(precision)
+            target = tmp / f"{b}{runtime.suffix}"
             images = calib if precision == "int8" else None
             write_verified(plain, meta, target, images=images, ov_cache=ov_cache)
             runners[b] = open_exported(target)
@@ -187,9 +177,9 @@ def _cpu_notes(chosen: tuple[str, ...]) -> list[str]:
     from ..models.cpu import cpu_has_int8_dot, cpu_has_native_bf16
 
     notes = []
-    if any(b.startswith("openvino-int8") for b in chosen) and not cpu_has_int8_dot():
+    if any(BENCH[b][1] == "int8" for b in chosen) and not cpu_has_int8_dot():
         notes.append("no VNNI/AMX on this CPU: int8 runs without int8 dot-product instructions")
-    if "torch-bf16" in chosen and not cpu_has_native_bf16():
+    if TORCH.bench_name("bf16") in chosen and not cpu_has_native_bf16():
         notes.append("no native bf16 on this CPU: torch-bf16 ran our fp32 model (emulated bf16 is slower)")
     return notes
 
@@ -213,25 +203,25 @@ def run_backend_benchmark(
     else on random inputs (the timing holds; the accuracy of such a file means nothing). ``precision`` in
     each result is what the backend really ran.
     """
-    from ..export.core import check_packages, plain_copy
-    from ..inference.backends import relative_diff
+    from ..export.core import plain_copy
     from ..models.cpu import cpu_features, cpu_features_line
+    from ..runtimes.base import relative_diff
 
     say = progress or (lambda _msg: None)
     chosen = parse_backends(backends)
     if repeats < 1 or batch_size < 1:
         raise UserError("--repeats and --batch-size must be >= 1")
     for b in chosen:
-        if b in BACKEND_EXPORT:
-            check_packages(*BACKEND_EXPORT[b])
+        runtime, precision = BENCH[b]
+        if runtime.format:
+            require_runtime(runtime, f"--format {runtime.format}", precision)
     net, data, arch, names, from_run, source = _weights(model, weights, img_size)
-    if data.img_size < 32:
-        raise UserError("--img-size must be >= 32")
+    check_img_size(int(data.img_size), arch, net)
     size = int(data.img_size)
     net = net.eval()
     plain = plain_copy(net)
     calib, calib_note = None, ""
-    if "openvino-int8" in chosen:
+    if any(BENCH[b][1] == "int8" for b in chosen):
         calib, calib_note = _calibration(calibration, data, from_run, weights, size)
 
     with tempfile.TemporaryDirectory(prefix="convnext-bench-") as tmp:

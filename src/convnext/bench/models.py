@@ -112,15 +112,29 @@ def _check(
     """The device, the variant and the peers, or one sentence naming what is wrong."""
     if spec.mode not in ("infer", "train"):
         raise UserError(f"--mode must be infer or train, not {spec.mode!r}")
-    if repeats < 1 or spec.batch_size < 1 or spec.img_size < 32:
-        raise UserError("--repeats and --batch-size must be >= 1 and --img-size >= 32")
+    if repeats < 1 or spec.batch_size < 1:
+        raise UserError("--repeats and --batch-size must be >= 1")
     dev = resolve_device(device)
     amp_dtype(spec.amp, dev)  # fp16 needs CUDA; bf16 on a CPU without it is noted
     try:
         variant = get_variant(spec.model)
     except ValueError as e:
         raise UserError(str(e)) from None
+    check_img_size(spec.img_size, spec.model)
     return dev, variant, check_peers(compare)
+
+
+def check_img_size(img_size: int, name: str, model: nn.Module | None = None) -> None:
+    """Refuse an input smaller than the model's total stride (its ``reduction``), which would fail deep
+    inside the convolutions; the model is built on the meta device when not given (no memory, instant)."""
+    if model is None:
+        with torch.device("meta"):
+            model = build_model(name)
+    smallest = int(model.reduction)
+    if img_size < smallest:
+        raise UserError(
+            f"--img-size {img_size} is below the {smallest} px {name} needs (it downsamples {smallest}x)"
+        )
 
 
 def build_ours(name: str, variant: Any, device: torch.device) -> nn.Module:

@@ -10,10 +10,8 @@ from collections.abc import Callable
 from typing import Any
 
 from ..errors import UserError
+from ..runtimes import BENCH_BACKENDS as BACKENDS
 from .common import add_device, add_img_size, add_json, add_progress, json_only, json_output, positive_int
-
-# convnext.bench.BACKENDS, spelled here so that `--help` needs no torch
-BACKENDS = ("torch", "torch-bf16", "onnxruntime", "openvino", "openvino-bf16", "openvino-int8")
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -12,7 +12,7 @@ import signal
 import sys
 from typing import Any
 
-from ..errors import UserError
+from ..runtimes import EXPORTERS, FORMATS, PRECISIONS
 from .common import add_img_size, add_json, add_progress, add_weights, json_only, weights_source, write_json
 
 
@@ -26,12 +26,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_weights(p, ema="export the EMA weights of a training checkpoint")
     p.add_argument(
         "--format",
-        choices=("onnx", "openvino", "pt2"),
+        choices=tuple(FORMATS),
         help="onnx (onnxruntime), openvino (.xml + .bin IR) or pt2 (torch.export); default: from --out",
     )
     p.add_argument(
         "--precision",
-        choices=("fp32", "bf16", "int8"),
+        choices=PRECISIONS,
         default="fp32",
         help="fp32 (every format); bf16 and int8 (NNCF post-training quantization): --format openvino",
     )
@@ -92,8 +92,7 @@ def run(args: argparse.Namespace) -> int:
     from ..export import export_model
     from ..models.cpu import cpu_features_line
 
-    if args.img_size is not None and args.img_size < 32:
-        raise UserError(f"--img-size must be at least 32, got {args.img_size}")
+    # an --img-size below the model's total stride is refused by load_for_inference, naming the stride
     # Ctrl-C: export_model removes its work folder first, then this ends the process at once. Unwinding a
     # KeyboardInterrupt through OpenVINO's or NNCF's native code can abort the process (SIGABRT).
     if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
@@ -128,9 +127,7 @@ def run(args: argparse.Namespace) -> int:
     )
     print(f"format     {res.format} {res.precision}, dynamic batch, {d.img_size}x{d.img_size} input 'input'")
     if res.max_rel_diff is not None:
-        where = {"onnx": "onnxruntime", "openvino": "OpenVINO (fp32 graph)", "pt2": "torch.export"}[
-            res.format
-        ]
+        where = EXPORTERS[res.format].verified_as
         print(
             f"verified   {where} vs PyTorch at batch 1 and 3: max relative difference {res.max_rel_diff:.1e}"
         )

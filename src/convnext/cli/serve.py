@@ -11,6 +11,7 @@ import argparse
 import sys
 
 from ..errors import UserError
+from ..runtimes import SERVE_BACKENDS, by_suffix_help
 from .common import add_device, add_img_size, add_progress, add_weights, read_names_file, weights_source
 
 
@@ -24,9 +25,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_weights(p, exported=True)
     p.add_argument(
         "--backend",
-        choices=("auto", "torch", "onnxruntime", "openvino", "pt2"),
+        choices=SERVE_BACKENDS,
         default="auto",
-        help="auto: onnxruntime for .onnx, openvino for .xml, pt2 (torch.export) for .pt2, torch otherwise",
+        help=f"auto: {by_suffix_help()}, torch otherwise",
     )
     p.add_argument(
         "--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)"

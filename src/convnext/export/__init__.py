@@ -1,7 +1,7 @@
 """Export a trained ConvNeXt for deployment: ONNX, OpenVINO IR (fp32 / bf16 / int8) and torch.export (pt2).
 
-``export_model`` writes and verifies one file; the runners that execute exported files live in
-``convnext.inference.backends`` (predict, evaluate, benchmark and serve share them).
+``export_model`` writes and verifies one file; each format's writer and the runner that executes its files
+live in ``convnext.runtimes`` (predict, evaluate, benchmark and serve share them).
 """
 
 from .calibration import Calibration, load_calibration

@@ -14,6 +14,7 @@ from torch import nn
 
 from ..data.config import DataConfig
 from ..errors import UserError
+from ..runtimes import is_exported
 from ..weights.fetch import RUN_CHECKPOINTS, is_run_dir, run_checkpoint  # noqa: F401 (re-exported)
 
 
@@ -70,9 +71,7 @@ def load_for_inference(
     weights' own preset (registry release, by tag, URL or file name; torchvision's preset for
     torchvision-layout weights), else 224 / 0.875 / bicubic / ImageNet mean-std.
     """
-    if str(weights).lower().endswith((".onnx", ".xml", ".pt2")):  # exported: onnxruntime / OpenVINO / pt2
-        from .backends import load_exported
-
+    if is_exported(weights):  # a file of one of convnext.runtimes: onnxruntime / OpenVINO / pt2
         return load_exported(str(weights), img_size=img_size, crop_pct=crop_pct)
     from ..models import build_model, get_variant
     from ..weights.containers import TRAIN_FORMAT
@@ -134,6 +133,49 @@ def load_for_inference(
         raise UserError(f"{what} is below the {smallest} px {arch} needs (it downsamples {smallest}x)")
     names = list(info.class_names) if info.class_names else None
     return Loaded(model, arch, int(info.num_classes), names, data, info.path, run_dir, info)
+
+
+def load_exported(
+    path: str,
+    *,
+    img_size: int | None = None,
+    crop_pct: float | None = None,
+    device: str = "cpu",
+) -> Loaded:
+    """``Loaded`` for an exported file: ``model`` is a ``RunnerModule`` around its runtime's runner.
+
+    ``run_dir`` is the training run the file was exported from (the file's folder when that run is not
+    recorded), so ``evaluate`` without ``--data`` uses the run's validation split, from the dataset settings
+    the file carries; None when the file holds no dataset settings.
+    """
+    from ..runtimes.base import RunnerModule, open_exported, resize_data
+    from ..weights.load import CheckpointInfo
+
+    runner = open_exported(path, device=device)
+    resize_data(runner, path, img_size, crop_pct)
+    meta = runner.meta
+    info = CheckpointInfo(
+        source=str(path),
+        path=str(path),
+        format=meta.format if meta and meta.format else runner.backend,
+        num_classes=runner.num_classes,
+        class_names=runner.class_names,
+        arch=runner.arch,
+        metadata={"backend": runner.backend, "precision": runner.precision},
+    )
+    run_dir = None
+    if meta is not None and meta.has_dataset:  # exported from training: evaluate may default to its val split
+        run_dir = Path(meta.run_dir) if meta.run_dir else Path(path).parent
+    return Loaded(
+        model=RunnerModule(runner),
+        arch=runner.arch,
+        num_classes=runner.num_classes,
+        class_names=runner.class_names,
+        data=runner.data,
+        checkpoint=str(path),
+        run_dir=run_dir,
+        info=info,
+    )
 
 
 def for_bf16_inference(model: nn.Module, device: torch.device, amp: torch.dtype | None) -> nn.Module:
