@@ -22,6 +22,7 @@ LAYERS: dict[str, int] = {
     "models": 1,
     "weights": 2,
     "data": 2,
+    "runtimes": 3,  # the table of backends with their runners and writers (export, serve, bench, inference)
     "inference": 3,
     "engine": 3,
     "bench": 3,
