@@ -31,6 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from ..data.config import DataConfig
+from ..data.preprocessing import Preprocessing
 from ..device import note
 from ..errors import UserError
 
@@ -100,12 +101,7 @@ class ExportMeta:
             # floor(img_size / crop_pct) with `interpolation`, center crop img_size, scale to [0, 1],
             # normalize with mean/std; input NCHW float32 RGB.
             "preprocessing": {
-                "img_size": d.img_size,
-                "crop_pct": d.crop_pct,
-                "crop_mode": getattr(d, "crop_mode", "center"),
-                "interpolation": d.interpolation,
-                "mean": list(d.mean),
-                "std": list(d.std),
+                **Preprocessing.of(d).to_json(),
                 "layout": "NCHW",
                 "input": INPUT_NAME,
                 "output": OUTPUT_NAME,
@@ -126,10 +122,8 @@ class ExportMeta:
         try:
             doc = json.loads(text)
             data = data_from_dict(doc.get("data"))
-            pre = doc.get("preprocessing") or {}
-            for k in ("img_size", "crop_pct", "crop_mode", "interpolation", "mean", "std"):
-                if k in pre and hasattr(data, k):
-                    setattr(data, k, tuple(pre[k]) if isinstance(pre[k], list) else pre[k])
+            # an older file may lack keys: they keep what its data section (or the default) says
+            data = Preprocessing.from_json(doc.get("preprocessing") or {}, Preprocessing.of(data)).apply(data)
             known = {"arch", "num_classes", "class_names", "format", "precision", "inference_precision"}
             known |= {
                 "preprocessing",
@@ -219,16 +213,7 @@ class Runner:
 
     def describe(self) -> dict[str, Any]:
         d = self.data
-        prep = {
-            "img_size": d.img_size,
-            "crop_pct": d.crop_pct,
-            "resize_shorter_side": int(d.img_size / d.crop_pct),
-            "interpolation": d.interpolation,
-            "mean": list(d.mean),
-            "std": list(d.std),
-        }
-        if hasattr(d, "crop_mode"):
-            prep["crop_mode"] = d.crop_mode
+        prep = {**Preprocessing.of(d).to_json(), "resize_shorter_side": int(d.img_size / d.crop_pct)}
         return {
             "model": self.arch,
             "backend": self.backend,
