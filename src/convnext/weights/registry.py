@@ -18,7 +18,7 @@ from pathlib import PurePosixPath
 from typing import Any
 from urllib.parse import urlparse
 
-from ..data.preprocessing import Preprocessing
+from ..data.preprocessing import TIMM_KEYS, Preprocessing
 
 _FB = "https://dl.fbaipublicfiles.com/convnext"
 _FB2 = "https://dl.fbaipublicfiles.com/convnext/convnextv2"
@@ -112,12 +112,9 @@ class WeightEntry:
 _ENTRIES: list[WeightEntry] = []
 
 
-_PREPROCESSING_KEYS = ("input_size", "crop_pct", "crop_mode", "interpolation", "mean", "std")
-
-
 def _add(tag: str, url: str, dataset: str, num_classes: int, top1: float | None, **kw: Any) -> None:
     """One entry; ``kw`` mixes the entry's fields and its eval settings in timm's names (``input_size``)."""
-    pre = Preprocessing.from_timm({k: kw.pop(k) for k in _PREPROCESSING_KEYS if k in kw})
+    pre = Preprocessing.from_timm({k: kw.pop(k) for k in TIMM_KEYS if k in kw})
     entry = WeightEntry(
         tag, tag.partition(".")[0], url, dataset, num_classes, top1=top1, preprocessing=pre, **kw
     )

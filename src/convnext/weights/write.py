@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..data.preprocessing import Preprocessing
 from ..errors import UserError
 from . import formats
 
@@ -214,18 +215,13 @@ def timm_config(
 ) -> dict[str, Any]:
     """timm's hub ``config.json`` for these weights: what ``timm.create_model("local-dir:FOLDER")`` (or
     ``hf-hub:``) reads to build the architecture with its classes, label names and eval preprocessing."""
-    from .presets import default_data_config, label_names
+    from .presets import label_names
 
-    d = data_config or default_data_config()
+    pre = Preprocessing.from_timm(data_config or {})
     n = formats.num_classes_of(sd) or 0
     names = label_names(class_names, n) if n else None
     pretrained_cfg = {
-        "input_size": list(d["input_size"]),
-        "interpolation": d["interpolation"],
-        "mean": list(d["mean"]),
-        "std": list(d["std"]),
-        "crop_pct": float(d["crop_pct"]),
-        "crop_mode": d["crop_mode"],
+        **{k: list(v) if isinstance(v, tuple) else v for k, v in pre.to_timm().items()},
         "num_classes": n,
         "first_conv": "stem.0",
         "classifier": "head.fc",
@@ -247,27 +243,25 @@ def timm_config(
 def hf_preprocessor(data_config: dict[str, Any] | None) -> dict[str, Any] | None:
     """ConvNextImageProcessor settings giving the same eval transform, or None when its rule (crop below
     384, squash from 384) cannot express these settings."""
-    from .presets import default_data_config
-
-    d = data_config or default_data_config()
-    size = int(d["input_size"][-1])
-    squash = d["crop_mode"] == "squash"
-    if squash != (size >= 384) or (squash and d["crop_pct"] != 1.0):
+    pre = Preprocessing.from_timm(data_config or {})
+    size = pre.img_size
+    squash = pre.crop_mode == "squash"
+    if squash != (size >= 384) or (squash and pre.crop_pct != 1.0):
         return None
-    resample = {"bicubic": 3, "bilinear": 2, "nearest": 0}.get(d["interpolation"])
+    resample = {"bicubic": 3, "bilinear": 2, "nearest": 0}.get(pre.interpolation)
     if resample is None:
         return None
     return {
         "image_processor_type": "ConvNextImageProcessor",
         "do_resize": True,
         "size": {"shortest_edge": size},
-        "crop_pct": float(d["crop_pct"]),
+        "crop_pct": pre.crop_pct,
         "resample": resample,
         "do_rescale": True,
         "rescale_factor": 1 / 255,
         "do_normalize": True,
-        "image_mean": list(d["mean"]),
-        "image_std": list(d["std"]),
+        "image_mean": list(pre.mean),
+        "image_std": list(pre.std),
     }
 
 
