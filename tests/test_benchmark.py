@@ -180,6 +180,20 @@ def test_speedups_are_ratios_of_the_medians_printed_beside_them() -> None:
     assert ort["speedup_vs_torch_range"] == pytest.approx((0.4, 2.0))
 
 
+def test_the_peak_gemm_is_sized_to_take_about_a_second_where_its_dtype_is_slow() -> None:
+    """bf16 on a CPU without AVX512-BF16/AMX is emulated: a fixed 2048 GEMM took ~55 s a round there, and
+    `benchmark --amp bf16` (and two tests of it) spent minutes timing the peak. The side follows one probe's
+    rate; a native dtype keeps 2048."""
+    from convnext.bench.timing import gemm_side, matmul_peak_step
+
+    assert gemm_side(100e9) == 2048  # a native fp32 rate: 2 * 2048^3 is ~0.17 s
+    assert gemm_side(0.31e9) == 512  # emulated bf16 as measured on a 2-core AVX2 EPYC
+    assert gemm_side(1.0) == 256  # never below the probe's size
+    _, flops = matmul_peak_step(torch.device("cpu"), torch.float32)
+    side = round((flops / 2) ** (1 / 3))
+    assert 256 <= side <= 2048 and side % 256 == 0
+
+
 def test_benchmark_errors_are_one_clear_sentence(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(UserError, match="unknown peer"):
         run_benchmark("convnext_atto", batch_size=1, img_size=32, repeats=1, compare=("keras",))

@@ -106,10 +106,25 @@ def time_call(fn: Callable[[], Any], device: torch.device) -> float:
     return time.perf_counter() - start
 
 
+def gemm_side(flops_per_s: float, budget_s: float = 1.0, largest: int = 2048, smallest: int = 256) -> int:
+    """The side of a square GEMM that takes about ``budget_s`` at ``flops_per_s``, a multiple of 256 between
+    ``smallest`` and ``largest``. A fixed 2048 is quick where the dtype is native, but bf16 on a CPU without
+    AVX512-BF16 or AMX is emulated, and there one 2048 GEMM per round took longer than the model's steps
+    (BENCHMARKS.md, "The peak GEMM where bf16 is emulated")."""
+    side = (budget_s * flops_per_s / 2.0) ** (1.0 / 3.0)
+    return int(min(largest, max(smallest, side // 256 * 256)))
+
+
 def matmul_peak_step(
     device: torch.device, dtype: torch.dtype, n: int = 2048
 ) -> tuple[Callable[[], Any], float]:
-    """A large square GEMM and its FLOP count: the machine's practical peak for this dtype."""
+    """A large square GEMM and its FLOP count: the machine's practical peak for this dtype. Its side is at
+    most ``n``, smaller where one probe says the dtype is too slow for a 2048 GEMM to be a timing step."""
+    probe = 256
+    a = torch.randn(probe, probe, device=device).to(dtype)
+    torch.mm(a, a)  # first call: kernel selection and allocation, not the rate
+    rate = 2.0 * probe**3 / max(time_call(lambda: torch.mm(a, a), device), 1e-9)
+    n = gemm_side(rate, largest=n)
     a = torch.randn(n, n, device=device).to(dtype)
     b = torch.randn(n, n, device=device).to(dtype)
     return (lambda: torch.mm(a, b)), 2.0 * n**3
