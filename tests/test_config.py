@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 
 from convnext.cli.main import main
-from convnext.engine.config import config_from_dict, load_config, to_dict
+from convnext.engine.config import load_config
 from convnext.errors import UserError
+from convnext.recipe import config_from_dict, to_dict
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 RECIPES = sorted(p for p in CONFIGS.glob("*.yaml") if not p.name.startswith("_"))

@@ -1,9 +1,11 @@
 """The package's layering, read from its own imports (every ``import``, also inside functions).
 
-cli/ -> (inference/, engine/, bench/, export/, serve/, hub) -> (weights/, data/, device) -> models/;
-``errors`` is a utility below everything (``device`` re-exports ``models.cpu``, so it sits beside weights
-and data). A module may import its own layer or lower ones, never a higher one, and the top-level packages
-may not import each other in a cycle. ARCHITECTURE.md explains why.
+cli/ -> (inference/, engine/, bench/, export/, serve/, hub) -> (evaluation/, recipe/, runtimes/, dist)
+-> (weights/, data/, device) -> models/; ``errors`` is a utility below everything (``device`` re-exports
+``models.cpu``, so it sits beside weights and data). A module may import its own layer or lower ones, never a
+higher one, the top-level packages may not import each other in a cycle, and the parts of one layer import
+each other only as ``SIBLINGS`` allows: running trained weights (inference/) never imports training
+(engine/); what both need lives in the floor below them. ARCHITECTURE.md explains why.
 """
 
 from __future__ import annotations
@@ -22,16 +24,33 @@ LAYERS: dict[str, int] = {
     "models": 1,
     "weights": 2,
     "data": 2,
+    # the floor that training and inference share: the recipe a run records, the evaluation loop with its
+    # metrics and figures, torch.distributed plumbing
+    "recipe": 3,
+    "evaluation": 3,
+    "dist": 3,
     "runtimes": 3,  # the table of backends with their runners and writers (export, serve, bench, inference)
-    "inference": 3,
-    "engine": 3,
-    "bench": 3,
-    "export": 3,
-    "serve": 3,
-    "hub": 3,
-    "cli": 4,
-    "__init__": 5,
-    "__main__": 5,
+    "inference": 4,
+    "engine": 4,
+    "bench": 4,
+    "export": 4,
+    "serve": 4,
+    "hub": 4,
+    "cli": 5,
+    "__init__": 6,
+    "__main__": 6,
+}
+
+# The imports allowed between two parts of one layer (importer, imported); any other is an error. Absent on
+# purpose: (inference, engine): evaluate, predict and load_for_inference run without the training code.
+SIBLINGS: set[tuple[str, str]] = {
+    ("weights", "data"),  # a checkpoint's eval preset becomes the data pipeline's DataConfig
+    ("bench", "engine"),  # the CPU allocator tuning a training process gets, for fair timings
+    ("bench", "export"),
+    ("bench", "inference"),
+    ("export", "inference"),  # an exported file is checked against the PyTorch runner
+    ("serve", "inference"),
+    ("engine", "hub"),  # a training run starts from create_model (pretrained weights)
 }
 
 
@@ -81,6 +100,21 @@ def test_no_module_imports_a_higher_layer(path: Path) -> None:
         f"line {line}: {me} (layer {LAYERS[me]}) imports {mod} (layer {LAYERS[_part(mod)]})"
         for mod, line in _imports(path)
         if _part(mod) in LAYERS and LAYERS[_part(mod)] > LAYERS[me]
+    ]
+    assert not wrong, "; ".join(wrong)
+
+
+def test_parts_of_one_layer_import_each_other_only_as_allowed() -> None:
+    wrong = [
+        f"{p.relative_to(PKG)} line {line}: {me} imports {mod} ({_part(mod)}, the same layer {LAYERS[me]}); "
+        "move what both need to the layer below, or list the pair in SIBLINGS with its reason"
+        for p in _modules()
+        for me in [_part(str(p.relative_to(PKG).with_suffix("")).replace("/", "."))]
+        for mod, line in _imports(p)
+        if _part(mod) != me
+        and _part(mod) in LAYERS
+        and LAYERS[_part(mod)] == LAYERS[me]
+        and (me, _part(mod)) not in SIBLINGS
     ]
     assert not wrong, "; ".join(wrong)
 

@@ -11,7 +11,7 @@ import torch
 import convnext
 import convnext.weights.load as weights_load
 from convnext.engine.checkpoint import train_state
-from convnext.engine.config import TrainConfig, to_dict
+from convnext.recipe import TrainConfig, to_dict
 
 
 def test_a_training_checkpoint_is_read_once(tmp_path: Path, monkeypatch) -> None:

@@ -65,8 +65,8 @@ def run(args: argparse.Namespace) -> int:
     if args.dry_run:
         import yaml
 
-        from ..engine.config import to_dict
         from ..engine.preflight import dry_run
+        from ..recipe import to_dict
 
         plan = dry_run(cfg, resume=args.resume, fresh=args.fresh)  # the run's own checks, on this machine
         print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")

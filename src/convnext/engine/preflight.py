@@ -14,7 +14,8 @@ from typing import Any
 import torch
 
 from ..errors import UserError
-from .config import TrainConfig, _meta_model, to_dict
+from ..recipe import TrainConfig, to_dict
+from ..recipe.validate import meta_model
 
 
 def _say(msg: str) -> None:
@@ -68,7 +69,7 @@ def estimate_step_memory(cfg: TrainConfig, amp: str) -> int:
     x ``train.batch_size``, x 4 bytes in fp32 and 2 under bf16/fp16 autocast. Against a measured CPU step
     (ConvNeXt-atto/T, fp32 and bf16, with and without the chunked MLP) this is 1.2-2x the real growth of the
     process: an upper estimate, right in its order of magnitude, which is what refusing needs."""
-    model = _meta_model(cfg.model.name.partition(".")[0], cfg.model)
+    model = meta_model(cfg.model.name.partition(".")[0], cfg.model)
     leaves = [m for m in model.modules() if next(m.children(), None) is None]
     total = [0]
 

@@ -26,16 +26,6 @@ RUN_FILES = (
 )
 
 
-def check_run_dir(path: Path) -> None:
-    """run.dir must be a folder or not exist yet (checked before anything is created)."""
-    for p in (path, *path.parents):
-        if p.exists():
-            if not p.is_dir():
-                what = f"run.dir={path}" + ("" if p == path else f": {p}")
-                raise UserError(f"config key {what} is a file, not a folder; choose another run.dir")
-            return
-
-
 def has_checkpoint(run_dir: Path) -> bool:
     """``run_dir`` holds a checkpoint that a run of it resumes (last.pth, best.pth or epoch_XXXX.pth; whether
     it is intact is decided when the run reads it)."""

@@ -102,7 +102,7 @@ def load_calibration(
     if not path.is_dir():
         raise UserError(f"calibration folder {path} does not exist")
     if (path / "config.yaml").is_file():  # a training run folder: its data, this model's preprocessing
-        from ..engine.config import config_from_dict, read_yaml
+        from ..recipe import config_from_dict, read_yaml
 
         run = config_from_dict(read_yaml(path / "config.yaml"), check_paths=False).data
         for key in ("img_size", "crop_pct", "interpolation", "mean", "std"):

@@ -33,7 +33,7 @@ class Loaded:
 
 def _run_config(run_dir: Path | None, recorded: dict | None) -> Any:
     """The run's typed TrainConfig: the checkpoint's own copy (``recorded``), else config.yaml."""
-    from ..engine.config import config_from_dict, read_yaml, rebase_paths
+    from ..recipe import config_from_dict, read_yaml, rebase_paths
 
     raw = recorded
     if not isinstance(raw, dict) and run_dir is not None and (run_dir / "config.yaml").is_file():

@@ -24,13 +24,13 @@ import torch
 from torch import nn
 
 from ... import dist
+from ...recipe import TrainConfig, check_run_dir, dump_yaml, to_dict
 from ..checkpoint import CheckpointManager, is_epoch_end, rng_state, set_rng_state, train_state
-from ..config import TrainConfig, dump_yaml, to_dict
 from ..ema import ema_state_dict
 from ..logging import MetricsLogger, read_metrics, repair_metrics
 from ..pauses import PausePoints
 from ..preflight import check_resumable, check_step_memory, resume_changes
-from ..rundir import RunFolder, check_run_dir
+from ..rundir import RunFolder
 from ..trackers import check_loggers
 from .console import hms, print_main, say, writing
 from .divergence import LossWindow, check_weights_finite

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from ..config import TrainConfig
+from ...recipe import TrainConfig
 
 
 def export_samples(cfg: TrainConfig, run_dir: Path, n: int) -> None:

@@ -15,9 +15,9 @@ from ... import dist
 from ...device import amp_dtype as resolve_amp
 from ...device import resolve_device
 from ...errors import UserError
+from ...recipe import TrainConfig, to_dict
 from ..allocator import tune_cpu_allocator
 from ..checkpoint import CheckpointManager, load_train_checkpoint
-from ..config import TrainConfig, to_dict
 from ..ema import build_ema, load_ema_state_dict
 from ..logging import MetricsLogger
 from ..optim import build_optimizer

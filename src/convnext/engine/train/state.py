@@ -11,8 +11,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ...recipe import TrainConfig
 from ..checkpoint import CheckpointManager
-from ..config import TrainConfig
 from ..logging import MetricsLogger
 from ..pauses import PausePoints
 from ..schedule import LrSchedule
