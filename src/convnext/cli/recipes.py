@@ -27,8 +27,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..engine.config import bundled_recipes, find_recipe, read_yaml, recipe_summary
     from ..errors import UserError
+    from ..recipe import bundled_recipes, find_recipe, read_yaml, recipe_summary
 
     if args.name is None:
         if args.resolved:
