@@ -264,6 +264,32 @@ def test_int8_calibrates_on_the_runs_training_data(run_dir: Path, tmp_path: Path
     assert [src for op, src in _fed_by(out) if op == "GroupConvolution"][0] == "FakeQuantize"
 
 
+def test_calibration_from_another_run_takes_this_models_whole_eval_transform(
+    imagenet_sample: Path, tmp_path: Path
+) -> None:
+    """A run folder given as --calibration lends its images, never its preprocessing: all six settings are the
+    exported model's. crop_mode was left out of a hand-written list of five, so a squash model calibrated on a
+    centre-crop run's images saw them cropped."""
+    import yaml
+
+    from convnext.export.calibration import load_calibration
+
+    run = tmp_path / "other_run"
+    for src in sorted(imagenet_sample.glob("*/*.JPEG"))[:4]:
+        (run / "data" / "train" / src.parent.name).mkdir(parents=True, exist_ok=True)
+        shutil.copy(src, run / "data" / "train" / src.parent.name / src.name)
+    other = {"dataset": "imagefolder", "root": str(run / "data"), "crop_mode": "center", "img_size": 64}
+    (run / "config.yaml").write_text(yaml.safe_dump({"data": other}))
+    got = {
+        mode: load_calibration(
+            str(run), DataConfig(img_size=SIZE, crop_mode=mode), run_data=False, where="w", limit=4
+        ).images
+        for mode in ("center", "squash")
+    }
+    assert got["center"].shape == got["squash"].shape == (4, 3, SIZE, SIZE)
+    assert not torch.equal(got["center"], got["squash"])  # the photos are not square: squash differs
+
+
 def test_calibration_folder_with_broken_images_names_them(imagenet_sample: Path, tmp_path: Path) -> None:
     from convnext.export.calibration import load_calibration
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from ..data.config import DataConfig
+from ..data.preprocessing import Preprocessing
 from ..errors import UserError
 
 DEFAULT_SIZE = 300  # NNCF's default subset; more changes int8 ranges very little
@@ -105,7 +106,5 @@ def load_calibration(
         from ..recipe import config_from_dict, read_yaml
 
         run = config_from_dict(read_yaml(path / "config.yaml"), check_paths=False).data
-        for key in ("img_size", "crop_pct", "interpolation", "mean", "std"):
-            setattr(run, key, getattr(data, key))
-        return from_dataset(run, str(path), limit)
+        return from_dataset(Preprocessing.of(data).apply(run), str(path), limit)
     return from_folder(path, data, limit)
