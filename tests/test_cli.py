@@ -111,12 +111,14 @@ def test_sizes_table_equals_a_fresh_count_of_every_variant() -> None:
 
 def test_models_reads_the_table_and_builds_no_model(tmp_path: Path) -> None:
     """`convnext models` answers from the shipped table: torch is never imported (it built and counted all
-    twenty models on each call); --img-size, a size the table does not hold, still measures."""
+    twenty models on each call); nor by `--weights`, the registry being plain data (weights/ imports its
+    loader on first use); --img-size, a size the table does not hold, still measures."""
     code = (
         "import sys\n"
         "from convnext.cli.main import main\n"
         "rc = main(['models', '--json'])\n"
         "rc += main(['models', 'convnext_t*'])\n"
+        "rc += main(['models', '--weights', '--family', 'v2'])\n"
         "assert 'torch' not in sys.modules, 'convnext models imported torch'\n"
         "sys.exit(rc)\n"
     )
@@ -130,6 +132,7 @@ def test_models_reads_the_table_and_builds_no_model(tmp_path: Path) -> None:
     tiny = next(r for r in rows if r["model"] == "convnext_tiny")
     assert (round(tiny["params_m"], 1), round(tiny["gflops"], 1), tiny["input_size"]) == (28.6, 4.5, 224)
     assert "convnext_tiny " in out.stdout and "convnext_isotropic_small" in out.stdout
+    assert "convnextv2_atto.fcmae_ft_in1k" in out.stdout and "convnext_tiny.fb_in1k" not in out.stdout
 
 
 def test_models_at_another_size_measures(capsys: pytest.CaptureFixture[str]) -> None:

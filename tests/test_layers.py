@@ -20,6 +20,7 @@ PKG = Path(__file__).resolve().parents[1] / "src" / "convnext"
 LAYERS: dict[str, int] = {
     "errors": 0,
     "telemetry": 0,
+    "lazy": 0,
     "device": 2,
     "models": 1,
     "weights": 2,

@@ -60,13 +60,19 @@ def _architectures(args: argparse.Namespace) -> tuple[list[dict], list[str]]:
     return rows, table
 
 
+def _sizes() -> dict:
+    """models/sizes.json: every architecture's family, parameters, multiply-adds and input size."""
+    from importlib.resources import files
+
+    return json.loads(files("convnext").joinpath("models", "sizes.json").read_text(encoding="utf-8"))
+
+
 def _from_table(args: argparse.Namespace) -> list[dict]:
     """The shipped table (models/sizes.json, written by ``python -m convnext.models.profile``): read, not
     measured, so the answer needs no torch and no model built."""
     from fnmatch import fnmatchcase
-    from importlib.resources import files
 
-    table = json.loads(files("convnext").joinpath("models", "sizes.json").read_text(encoding="utf-8"))
+    table = _sizes()
     pattern, family = args.pattern, args.family
     if pattern in FAMILIES and family is None:  # as list_models: a family name given as the pattern
         pattern, family = None, pattern
@@ -99,13 +105,13 @@ def _measured(args: argparse.Namespace) -> list[dict]:
 def _weights(args: argparse.Namespace) -> tuple[list[dict], list[str]]:
     from fnmatch import fnmatchcase
 
-    from ..models import get_variant
-    from ..weights import REGISTRY
+    from ..weights import REGISTRY  # plain data: no torch, as the architectures' table
 
+    family = {name: m["family"] for name, m in _sizes()["models"].items()}
     entries = [
         e
         for e in REGISTRY.values()
-        if (args.family is None or get_variant(e.arch).family == args.family)
+        if (args.family is None or family[e.arch] == args.family)
         and (not args.pattern or fnmatchcase(e.tag, args.pattern) or fnmatchcase(e.arch, args.pattern))
     ]
     if not entries:
