@@ -89,6 +89,16 @@ def test_bad_config_is_one_sentence(override: str, message: str, tmp_path: Path)
     assert "\n" not in str(e.value)
 
 
+@pytest.mark.parametrize("spelling", ["ImageFolder", "image_folder", "image-folder"])
+def test_any_spelling_of_a_dataset_is_stored_as_its_name(spelling: str, tmp_path: Path) -> None:
+    """The catalog accepts any case, '-' or '_'; the checks that follow (an image folder needs data.root)
+    and the run's config.yaml compare the name, so the spelling is replaced by it, not passed on."""
+    with pytest.raises(UserError, match="data.root is required for an image folder"):
+        load_config(CONFIGS / "finetune_folder.yaml", [f"data.dataset={spelling}", "data.root=''"])
+    cfg = load_config(CONFIGS / "finetune_folder.yaml", [f"data.dataset={spelling}", f"data.root={tmp_path}"])
+    assert cfg.data.dataset == "imagefolder"
+
+
 def test_cli_reports_bad_config_before_any_work(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     run_dir = tmp_path / "run"
     code = main(

@@ -180,8 +180,9 @@ def _validate_data(cfg: TrainConfig, check_paths: bool, model: Any) -> None:
     from ..data.randaugment import parse_randaugment
 
     d = cfg.data
-    name = d.dataset.lower().replace("_", "-")
-    datasets.find_dataset(d.dataset)  # data/catalog.py: UserError naming the known datasets
+    # data/catalog.py: UserError naming the known datasets; any spelling (ImageFolder, image_folder) is
+    # stored as the catalog's name, so every later `d.dataset == "imagefolder"` holds for it too
+    d.dataset = name = datasets.find_dataset(d.dataset).name
     for key in ("train_split", "val_split"):
         _check(bool(getattr(d, key).strip()), f"data.{key}", "must name a split folder", getattr(d, key))
     _check(
