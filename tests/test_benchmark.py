@@ -207,8 +207,8 @@ def test_benchmark_errors_are_one_clear_sentence(capsys: pytest.CaptureFixture[s
 def _digits_checkpoint(path) -> str:
     """A training checkpoint of the quickstart's model on the digits (random weights, layer scale 1)."""
     from convnext.engine.checkpoint import train_state
-    from convnext.engine.config import TrainConfig, to_dict
     from convnext.models import build_model
+    from convnext.recipe import TrainConfig, to_dict
 
     cfg = TrainConfig()
     cfg.model.name, cfg.model.layer_scale_init_value = "convnext_atto", 1.0

@@ -235,7 +235,7 @@ def test_run_folder_class_names_define_the_order(tmp_path: Path, capsys) -> None
     follow the checkpoint's names, and the EMA weights are used with --ema."""
     import convnext
     from convnext.engine.checkpoint import train_state
-    from convnext.engine.config import TrainConfig, to_dict
+    from convnext.recipe import TrainConfig, to_dict
 
     names = ["zebra", "apple", "mango"]
     cfg = TrainConfig()
@@ -298,7 +298,7 @@ def tiny_run(root: Path, names: list[str] = TINY_NAMES, seed: int = 0) -> Path:
     cheapest real weights a verb accepts, with class names."""
     import convnext
     from convnext.engine.checkpoint import train_state
-    from convnext.engine.config import TrainConfig, to_dict
+    from convnext.recipe import TrainConfig, to_dict
 
     cfg = TrainConfig()
     cfg.model.name = "convnext_atto"

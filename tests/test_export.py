@@ -155,7 +155,7 @@ def test_metadata_round_trip() -> None:
 def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A training run folder on the digits (the quickstart's model, random weights with layer scale 1)."""
     from convnext.engine.checkpoint import train_state
-    from convnext.engine.config import TrainConfig, dump_yaml, to_dict
+    from convnext.recipe import TrainConfig, dump_yaml, to_dict
 
     cfg = TrainConfig()
     cfg.model.name, cfg.model.options, cfg.model.layer_scale_init_value = "convnext_atto", dict(QUICK), 1.0

@@ -14,10 +14,11 @@ import pytest
 import torch
 
 from convnext.cli.main import main
-from convnext.engine.config import RECIPES_DIR, bundled_recipes, find_recipe, load_config, read_yaml
+from convnext.engine.config import load_config
 from convnext.engine.optim import layer_ids, param_groups
 from convnext.errors import UserError
 from convnext.models import build_model
+from convnext.recipe import RECIPES_DIR, bundled_recipes, find_recipe, read_yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 PUBLIC = sorted(n for n in bundled_recipes() if not n.startswith("_"))
@@ -138,7 +139,8 @@ def test_installed_package_finds_its_recipes(tmp_path: Path) -> None:
     work.mkdir()
     (work / "mine.yaml").write_text("inherit: quickstart_digits\nepochs: 2\n")
     code = (
-        "from convnext.engine.config import load_config, RECIPES_DIR\n"
+        "from convnext.engine.config import load_config\n"
+        "from convnext.recipe import RECIPES_DIR\n"
         "print(RECIPES_DIR)\n"
         "print(load_config('quickstart_digits').model.name, load_config('mine.yaml').epochs)\n"
     )

@@ -18,8 +18,8 @@ from torch import nn
 import convnext
 from convnext.cli.main import main
 from convnext.engine.checkpoint import train_state
-from convnext.engine.config import TrainConfig, dump_yaml, to_dict
 from convnext.errors import UserError
+from convnext.recipe import TrainConfig, dump_yaml, to_dict
 
 CLASSES = ["ant", "bee", "cat"]
 

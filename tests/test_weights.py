@@ -777,7 +777,7 @@ def test_seed_project_checkpoint(
 
 
 def _run_folder(tmp_path: Path, model: torch.nn.Module, **model_section) -> Path:
-    from convnext.engine.config import TrainConfig, dump_yaml, to_dict
+    from convnext.recipe import TrainConfig, dump_yaml, to_dict
 
     cfg = TrainConfig()
     cfg.model.name = ARCH

@@ -2,35 +2,20 @@
 a checkpoint carries when resuming (:func:`resolve_config`), each checked before any work.
 
 The recipe itself (schema, files, coercion, validation, paths) is :mod:`convnext.recipe`, below engine/ so
-that inference reads a run's recipe without the training code; its names are re-exported here for the callers
-of this module."""
+that inference reads a run's recipe without the training code."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from ..errors import UserError
-from ..recipe import (  # noqa: F401 (re-exported)
-    RECIPES_DIR,
-    CheckpointConfig,
-    EmaConfig,
-    ModelConfig,
-    OptimConfig,
-    RunConfig,
-    ScheduleConfig,
+from ..recipe import (
     TrainConfig,
-    TrainLoopConfig,
     absolute_paths,
     apply_overrides,
     build,
-    bundled_recipes,
     config_from_dict,
-    dump_yaml,
-    find_recipe,
     read_yaml,
-    rebase_paths,
-    recipe_summary,
-    to_dict,
     validate,
 )
 
