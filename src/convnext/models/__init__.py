@@ -14,6 +14,7 @@ from .factory import (
     layer_scale_option,
     list_models,
 )
+from .fcmae import FCMAE, FCMAE_VARIANTS, FcmaeOutput, create_fcmae
 from .fuse import FusedBlock, fuse_for_inference
 from .isotropic import ConvNeXtIsotropic
 
@@ -24,6 +25,9 @@ __all__ = [
     "ConvNeXt",
     "ConvNeXtBase",
     "ConvNeXtIsotropic",
+    "FCMAE",
+    "FCMAE_VARIANTS",
+    "FcmaeOutput",
     "FAMILIES",
     "FAMILY_TITLES",
     "Family",
@@ -34,6 +38,7 @@ __all__ = [
     "VARIANTS",
     "Variant",
     "build_model",
+    "create_fcmae",
     "family_of_name",
     "fuse_for_inference",
     "get_variant",
