@@ -255,7 +255,8 @@ def test_class_names_shown() -> None:
 
     assert display_names(None, 1000)[0] == "tench, Tinca tinca"  # ImageNet-1k: full synonym list
     assert display_names(["n01440764", "my_cat"], 2) == ["tench, Tinca tinca", "my_cat"]  # run folders
-    assert display_names(None, 21841)[21840] == "class 21840"  # no 22k name list ships offline
+    assert display_names(None, 21841)[0] == "organism, being"  # ImageNet-22k: WordNet's words (#21)
+    assert display_names(None, 7)[6] == "class 6"  # nothing names them
     assert weights_source(None, "convnext_tiny.fb_in1k") == "convnext_tiny.fb_in1k"
     assert weights_source("w.pth", "convnext_tiny") == "w.pth"
 

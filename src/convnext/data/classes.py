@@ -3,10 +3,17 @@
 ImageNet-1k checkpoints (every ecosystem) use the 1000 synsets in sorted-wnid order; the package ships that
 list (``imagenet_synsets.txt``, one ``wnid name, synonym, ...`` per line, line i = class i), so a folder of
 100 of the 1000 classes still maps each wnid folder to its true index.
+
+ImageNet-22k heads (21841 classes: the official ConvNeXt 22k checkpoints, timm's ``*.fb_in22k``) use the
+21841 synsets of ImageNet's fall 2011 release in sorted-wnid order (what ``ImageFolder`` gives on it; timm's
+``ImageNetInfo("imagenet22k")``). ``imagenet22k_synsets.tsv.gz`` ships them, one ``wnid<TAB>words`` per
+line, line i = class i; taken from timm 1.0 (``timm/data/_info/imagenet22k_synsets.txt`` and
+``imagenet_synset_to_lemma.txt``, Apache-2.0; the words are WordNet 3.0's lemmas, WordNet licence).
 """
 
 from __future__ import annotations
 
+import gzip
 import re
 from functools import lru_cache
 from pathlib import Path
@@ -14,6 +21,8 @@ from pathlib import Path
 from ..errors import UserError
 
 _SYNSETS = Path(__file__).with_name("imagenet_synsets.txt")
+_SYNSETS_22K = Path(__file__).with_name("imagenet22k_synsets.tsv.gz")
+IMAGENET22K_CLASSES = 21841
 _WNID = re.compile(r"^n\d{8}$")
 
 #: ``class_list`` values with a meaning of their own (anything else is a file path).
@@ -57,6 +66,52 @@ def _wnid_index() -> dict[str, int]:
 
 def is_imagenet_wnid(name: str) -> bool:
     return name in _wnid_index()
+
+
+@lru_cache(maxsize=1)
+def _synset_lines_22k() -> tuple[tuple[str, str], ...]:
+    text = gzip.decompress(_SYNSETS_22K.read_bytes()).decode("utf-8")
+    rows = tuple(tuple(line.split("\t", 1)) for line in text.splitlines() if line.strip())
+    if len(rows) != IMAGENET22K_CLASSES:  # a broken install, not a user error
+        raise RuntimeError(f"{_SYNSETS_22K} has {len(rows)} synsets instead of {IMAGENET22K_CLASSES}")
+    return rows  # type: ignore[return-value]
+
+
+def imagenet22k_wnids() -> list[str]:
+    """The 21841 ImageNet-22k synsets in class-index order (sorted wnids)."""
+    return [wnid for wnid, _ in _synset_lines_22k()]
+
+
+def imagenet22k_descriptions() -> list[str]:
+    """WordNet's words for each ImageNet-22k class in class-index order, e.g. "organism, being"."""
+    return [desc for _, desc in _synset_lines_22k()]
+
+
+@lru_cache(maxsize=1)
+def wnid_descriptions() -> dict[str, str]:
+    """Words for every ImageNet wnid we ship (22k's and 1k's; 1k's own wording where both have one), so a
+    checkpoint that names its classes by wnid prints words."""
+    return {**dict(_synset_lines_22k()), **dict(_synset_lines())}
+
+
+def default_class_names(num_classes: int) -> list[str] | None:
+    """Short names for a head that carries none, by its size: ImageNet-1k's for 1000 classes, ImageNet-22k's
+    (first word of each synset) for 21841, else None (nothing can say what its classes are)."""
+    if num_classes == 1000:
+        return [name for _, name in imagenet1k_classes()]
+    if num_classes == IMAGENET22K_CLASSES:
+        return [desc.split(",")[0].strip() for desc in imagenet22k_descriptions()]
+    return None
+
+
+def default_descriptions(num_classes: int) -> list[str]:
+    """Full words to print for a head that carries no names: ImageNet-1k's or -22k's by its size, else
+    "class N"."""
+    if num_classes == 1000:
+        return imagenet1k_descriptions()
+    if num_classes == IMAGENET22K_CLASSES:
+        return imagenet22k_descriptions()
+    return [f"class {i}" for i in range(num_classes)]
 
 
 def looks_like_wnid(name: str) -> bool:

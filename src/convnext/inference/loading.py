@@ -205,14 +205,19 @@ def imagenet_wnid_names(names: list[str] | None, num_classes: int) -> list[str] 
 
 def display_names(names: list[str] | None, num_classes: int) -> list[str]:
     """Human names to print: ImageNet-1k descriptions ("tench, Tinca tinca") for ImageNet classes, the
-    checkpoint's names otherwise, and "class N" when nothing names them (e.g. a 21841-class ImageNet-22k
-    head: no 22k name list ships offline)."""
-    from ..data.classes import imagenet1k_descriptions, imagenet1k_wnids
+    checkpoint's names otherwise (wnids as words), ImageNet-22k's words for a nameless 21841-class head,
+    and "class N" when nothing names them."""
+    from ..data.classes import (
+        default_descriptions,
+        imagenet1k_descriptions,
+        imagenet1k_wnids,
+        wnid_descriptions,
+    )
 
     wnids = imagenet_wnid_names(names, num_classes)
     if wnids is not None and num_classes == 1000 and wnids == imagenet1k_wnids():
         return imagenet1k_descriptions()
     if names is not None and len(names) == num_classes:
-        desc = dict(zip(imagenet1k_wnids(), imagenet1k_descriptions()))
+        desc = wnid_descriptions()
         return [desc.get(n, n) for n in names]
-    return [f"class {i}" for i in range(num_classes)]
+    return default_descriptions(num_classes)

@@ -83,15 +83,13 @@ def _of_source(src: str) -> dict[str, Any]:
 
 
 def label_names(class_names: list[str] | None, n: int) -> list[str] | None:
-    """The names of a ``n``-class head: the checkpoint's, else ImageNet-1k's for 1000 classes (the only
-    1000-class heads ConvNeXt ships), else None."""
+    """The names of a ``n``-class head: the checkpoint's, else ImageNet-1k's for 1000 classes and
+    ImageNet-22k's for 21841 (the only such heads ConvNeXt ships), else None."""
     if class_names and len(class_names) == n:
         return list(class_names)
-    if n == 1000:
-        from ..data.classes import imagenet1k_classes
+    from ..data.classes import default_class_names
 
-        return [name for _, name in imagenet1k_classes()]
-    return None
+    return default_class_names(n)
 
 
 def to_data_config(cfg: dict[str, Any], base: DataConfig | None = None) -> DataConfig:
