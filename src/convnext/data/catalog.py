@@ -150,6 +150,13 @@ CATALOG: tuple[DatasetSpec, ...] = (
         layout=layouts.class_folders,
         seeded_split=True,
     ),
+    DatasetSpec(
+        "images",
+        "ROOT/**/<image>, flat or nested, unlabelled (one class; split as folders): for pretrain",
+        ("unlabeled", "unlabelled"),
+        layout=layouts.image_files,
+        seeded_split=True,
+    ),
 )
 
 

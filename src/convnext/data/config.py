@@ -42,6 +42,9 @@ class DataConfig:
     download: bool = False  # mnist/cifar/caltech: let torchvision download into data.root
     val_fraction: float = 0.2  # digits, raw Caltech, pooled mini-ImageNet: share of each class for val
     split_seed: int = 0  # seed of that split (fixed: the val set must not change between runs)
+    # few labels: keep N seeded images per class of the training split (the same N on every rank and resume,
+    # drawn with split_seed); None: all
+    labels_per_class: int | None = None
     # geometry (eval: resize shorter side to img_size / crop_pct, bicubic, center crop)
     img_size: int = 224
     crop_pct: float = 0.875

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
+from .pretrain import is_fcmae, split_fcmae, validate_pretraining
 from .schema import ModelConfig, TrainConfig
 
 
@@ -36,6 +37,7 @@ def validate(cfg: TrainConfig, *, check_paths: bool = True, resuming: bool = Fal
     _check(0 <= cfg.seed < 2**63, "seed", "must be in [0, 2**63)", cfg.seed)
     model = _validate_model(cfg, check_paths and not resuming)  # it checks model.pretrained's file only
     _validate_data(cfg, check_paths, model)
+    validate_pretraining(cfg)  # fcmae_* models: patch size, no labels (recipe/pretrain.py)
     _validate_optim(cfg, model)
     _validate_loop(cfg, check_paths)
 
@@ -45,7 +47,7 @@ def _validate_model(cfg: TrainConfig, check_paths: bool) -> Any:
     recipe's options, so the other checks can ask it what it supports."""
     from ..models import list_models
 
-    m = cfg.model
+    m, _ = split_fcmae(cfg.model)  # an FCMAE model is checked as its encoder
     arch = m.name.partition(".")[0]
     if arch not in list_models():
         close = difflib.get_close_matches(arch, list_models(), n=1)
@@ -114,6 +116,9 @@ def meta_model(arch: str, m: ModelConfig) -> Any:
 
     from ..models import build_model, get_variant
 
+    if is_fcmae(arch):  # pre-training: the encoder, without the FCMAE settings
+        m, _ = split_fcmae(m)
+        arch = m.name.partition(".")[0]
     cls, names = _option_names(arch)
     defaults = get_variant(arch).kwargs
     for key, value in m.options.items():
@@ -198,6 +203,9 @@ def _validate_data(cfg: TrainConfig, check_paths: bool, model: Any) -> None:
         if why is not None:
             raise UserError(f"config key data.val_fraction={d.val_fraction:g} {why}")
     _check(0 <= d.split_seed < 2**63, "data.split_seed", "must be in [0, 2**63)", d.split_seed)
+    n = d.labels_per_class
+    ok = n is None or (isinstance(n, int) and not isinstance(n, bool) and n >= 1)
+    _check(ok, "data.labels_per_class", "must be a positive number of images per class (or null: all)", n)
     smallest = model.reduction  # the model's total stride: 4 x 2 x 2 x 2, or the 16 px patch stem
     _check(
         d.img_size >= smallest,
