@@ -22,7 +22,8 @@ from ..telemetry import disable_telemetry
 # verb -> module in convnext.cli; each module has ``register(subparsers)`` which sets ``func``.
 # fmt: off
 VERBS = (
-    "models", "convert", "prepare", "train", "evaluate", "predict", "benchmark", "recipes", "serve", "export",
+    "models", "convert", "prepare", "train", "pretrain", "evaluate", "predict", "benchmark", "recipes",
+    "serve", "export",
 )
 # fmt: on
 

@@ -47,6 +47,7 @@ from .setup import (
 )
 from .signals import StopFlag
 from .state import Process, Progress, Run, TrainResult
+from .task import task_of
 
 
 def train(
@@ -269,8 +270,12 @@ def train_step(run: Run, batches: Iterator) -> tuple[torch.Tensor, float]:
 
 
 def evaluate_epoch(run: Run) -> dict[str, float]:
-    """Validation top-1/top-5/loss of the model (and of the EMA weights), every rank's shard counted once."""
+    """Validation top-1/top-5/loss of the model (and of the EMA weights), every rank's shard counted once;
+    a pre-training run's task evaluates its own way (task.py: reconstruction loss and figure)."""
     from ...evaluation.loop import evaluate
+
+    if task_of(run.cfg).evaluate is not None:
+        return task_of(run.cfg).evaluate(run)
 
     kw = {
         "amp_dtype": run.proc.amp_dtype,
@@ -322,6 +327,9 @@ def end_epoch(run: Run) -> None:
     if "val_top1" in record:
         val = f", val loss {record['val_loss']:.4f}, val top-1 {record['val_top1']:.2f}%"
         val += f", EMA top-1 {record['ema_val_top1']:.2f}%" if "ema_val_top1" in record else ""
+    elif "val_loss" in record:  # pre-training: the reconstruction loss
+        val = f", val loss {record['val_loss']:.4f}"
+        val += f", EMA val loss {record['ema_val_loss']:.4f}" if "ema_val_loss" in record else ""
     print_main(
         f"epoch {progress.epoch}/{cfg.epochs} done: train loss {record['train_loss']:.4f}{val}, "
         f"{record['images_per_s']:.0f} img/s, epoch time {hms(record['epoch_time_s'])}"

@@ -26,6 +26,7 @@ from ..rundir import RunFolder
 from ..schedule import LrSchedule, peak_lrs
 from .console import say
 from .state import Data, Process, Progress, Trainer
+from .task import task_of
 
 
 def seed_all(seed: int) -> None:
@@ -63,6 +64,8 @@ def build_model(cfg: TrainConfig, num_classes: int, resume_state: dict | None = 
     from ...models import get_variant, set_chunked_mlp
     from ...weights.containers import model_options_of
 
+    if task_of(cfg).build_model is not None:  # pre-training: the FCMAE model (task.py)
+        return task_of(cfg).build_model(cfg)
     opts = dict(cfg.model.options)
     opts.setdefault("drop_path_rate", cfg.model.drop_path_rate)
     opts.setdefault("head_init_scale", cfg.model.head_init_scale)
@@ -106,8 +109,9 @@ def describe_run(cfg: TrainConfig, proc: Process, data: Data, trainer: Trainer) 
         if cfg.optim.lr_base_batch
         else ""
     )
+    classes = f"{len(data.classes)} classes, " if task_of(cfg).labels else "labels unused, "
     return (
-        f"{describe_model(cfg, trainer.model)}, {len(data.classes)} classes, {data.n_train} train / "
+        f"{describe_model(cfg, trainer.model)}, {classes}{data.n_train} train / "
         f"{data.n_val} val images, {proc.world} process(es) on {proc.device.type}; effective batch "
         f"{trainer.eff_batch} = {per_batch}; peak lr {trainer.lr:.3g}{scaled}"
     )
@@ -176,16 +180,21 @@ def build_data(cfg: TrainConfig, ckpt: dict | None, ckpt_path: Path | None, accu
     train_ds = build_dataset(
         cfg.data, cfg.data.train_split, build_train_transform(cfg.data, finish=not on_device)
     )
+    if cfg.data.labels_per_class is not None:  # few labels: the same seeded subset on every rank and resume
+        from ...data.fewshot import labels_per_class
+
+        train_ds = labels_per_class(train_ds, cfg.data.labels_per_class, cfg.data.split_seed)
+    labels = task_of(cfg).labels  # pre-training reads the images only: no class checks, no MixUp
     do_eval = cfg.train.eval_every > 0
     val_ds = build_dataset(cfg.data, cfg.data.val_split, build_eval_transform(cfg.data)) if do_eval else None
-    classes = list(train_ds.classes)
-    if val_ds is not None and list(val_ds.classes) != classes:
+    classes = list(train_ds.classes) if labels else []
+    if labels and val_ds is not None and list(val_ds.classes) != classes:
         raise UserError(
             f"the {cfg.data.val_split!r} split has classes {list(val_ds.classes)[:5]}... but the "
             f"{cfg.data.train_split!r} split has {classes[:5]}...; both need the same class folders"
         )
     num_classes = cfg.model.num_classes or len(classes)
-    if num_classes != len(classes):
+    if labels and num_classes != len(classes):
         raise UserError(
             f"config key model.num_classes is {num_classes} but the dataset has {len(classes)} classes"
         )
@@ -210,7 +219,7 @@ def build_data(cfg: TrainConfig, ckpt: dict | None, ckpt_path: Path | None, accu
         train_loader=train_loader,
         val_loader=val_loader,
         finish=BatchFinish(cfg.data) if on_device else None,
-        mixup=build_mixup_cutmix(cfg.data, num_classes),
+        mixup=build_mixup_cutmix(cfg.data, num_classes) if labels else None,
         classes=classes,
         n_train=len(train_ds),
         n_val=len(val_ds) if val_ds is not None else 0,
@@ -273,7 +282,7 @@ def build_trainer(cfg: TrainConfig, proc: Process, data: Data, resume_state: dic
         peaks=peak_lrs(optimizer),
         scaler=torch.amp.GradScaler(proc.device.type, enabled=proc.amp_dtype == torch.float16),
         schedule=schedule,
-        criterion=nn.CrossEntropyLoss(label_smoothing=cfg.train.label_smoothing),
+        criterion=task_of(cfg).criterion(cfg),
         lr=lr,
         eff_batch=eff_batch,
         accum=accum,
