@@ -22,6 +22,8 @@ class _Formatter(argparse.HelpFormatter):
 
 
 def _dataset(name: str) -> str:
+    if name.lower() == "shards":  # not a layout: the tar shards of one (--from)
+        return "shards"
     try:
         return catalog.find_preparable(name).name
     except Exception as e:  # argparse: "argument dataset: invalid choice ..." in one line
@@ -38,16 +40,20 @@ def register(sub: argparse._SubParsersAction) -> None:
         "(ILSVRC2012_img_train.tar, ILSVRC2012_img_val.tar with ILSVRC2012_devkit_t12.tar.gz) are "
         "written straight from the archives, with no extraction beside them; MNIST/CIFAR become PNG "
         "files. The source is checked before anything is written, a failed run removes what it wrote, "
-        "and a second run adds only what is missing. Then train with data.root=DST.",
+        "and a second run adds only what is missing. Then train with data.root=DST. "
+        "`convnext prepare shards SRC DST` writes WebDataset tar shards instead (DST/train-000000.tar, ..., "
+        "classes.txt, shards.json) from an image folder or any layout below (--from): images stored byte "
+        "for byte; train with data.dataset=shards data.root=DST.",
         epilog="datasets:\n"
-        + "".join(f"  {s.name:<14} {s.description}\n" for s in catalog.CATALOG if s.preparable),
+        + "".join(f"  {s.name:<14} {s.description}\n" for s in catalog.CATALOG if s.preparable)
+        + f"  {'shards':<14} tar shards of SRC (an image folder, or the layout --from names)\n",
         formatter_class=_Formatter,
     )
     p.add_argument(
         "dataset",
         type=_dataset,
         metavar="dataset",
-        help=f"one of: {', '.join(catalog.names(preparable=True))} "
+        help=f"one of: {', '.join(catalog.names(preparable=True))}, shards "
         f"(or {', '.join(catalog.aliases(preparable=True))})",
     )
     p.add_argument(
@@ -70,6 +76,20 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="folders, Caltech, pooled mini-ImageNet: share of each class that goes to val (default 0.2)",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of that split (default 0)")
+    p.add_argument(
+        "--shard-size",
+        type=int,
+        default=1000,
+        metavar="N",
+        help="shards: samples per tar (default 1000, about 110 MB of ImageNet JPEGs)",
+    )
+    p.add_argument(
+        "--from",
+        dest="layout",
+        default=None,
+        metavar="DATASET",
+        help="shards: the layout of SRC, a dataset below (default: an image folder, SRC/train/<class>/)",
+    )
     add_progress(p)
     p.set_defaults(func=run)
 
@@ -77,6 +97,24 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..data.prepare import prepare
 
+    if args.dataset == "shards":
+        from ..data.shards import prepare_shards
+
+        counts = prepare_shards(
+            args.src,
+            args.dst,
+            layout=args.layout,
+            shard_size=args.shard_size,
+            val_fraction=args.val_fraction,
+            seed=args.seed,
+            progress=show_progress(args),
+        )
+        parts = ", ".join(f"{n} {split}" for split, n in counts.items())
+        print(
+            f"convnext prepare: shards: {parts} images in {args.dst} "
+            f"(train with data.dataset=shards data.root={args.dst})"
+        )
+        return 0
     link = args.link
     if args.mode is not None:
         print(f"convnext prepare: --mode is deprecated; use --link {_OLD_MODES[args.mode]}", file=sys.stderr)

@@ -144,6 +144,12 @@ CATALOG: tuple[DatasetSpec, ...] = (
         download=_lazy("file_datasets", "download_caltech"),
     ),
     DatasetSpec(
+        "shards",
+        "WebDataset tar shards: a folder with shards.json (convnext prepare shards) or a URL pattern",
+        ("webdataset", "wds"),
+        builder=_lazy("shards", "shards_dataset"),
+    ),
+    DatasetSpec(
         "folders",
         "ROOT/<class>/<image> with no split (split per class)",
         ("class-folders",),

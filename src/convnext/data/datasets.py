@@ -53,6 +53,8 @@ def relabel(ds: Dataset, names: list[str], source: str) -> Dataset:
             f"class {unknown[0]!r} of the data is not one of the {len(names)} classes of {source} "
             f"({shown}, ...; {len(unknown)} class(es) unknown): the head does not match this data"
         )
+    if hasattr(ds, "relabeled"):  # tar shards: relabelled as they stream
+        return ds.relabeled({t: index[own[t]] for t in used}, names)
     return Relabeled(ds, {t: index[own[t]] for t in used}, names)
 
 

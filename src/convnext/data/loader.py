@@ -73,17 +73,27 @@ class SeededSamples(Dataset):
         if not isinstance(key, tuple):
             return self.dataset[key]
         index, seed, epoch = key
-        s = sample_seed(seed, epoch, index)
-        if get_worker_info() is not None:
-            random.seed(s)
-            np.random.seed(s & 0xFFFFFFFF)
-        gen = torch.default_generator
-        saved = gen.get_state()
-        gen.manual_seed(s)
-        try:
-            return self.dataset[index]
-        finally:
-            gen.set_state(saved)
+        return with_sample_seed(
+            sample_seed(seed, epoch, index),
+            lambda: self.dataset[index],
+            in_worker=get_worker_info() is not None,
+        )
+
+
+def with_sample_seed(s: int, load: Callable[[], Any], *, in_worker: bool) -> Any:
+    """``load()`` with the RNGs seeded from ``s`` as :class:`SeededSamples` does (and the tar shards'
+    reader, convnext.data.shards): the CPU torch generator restored after, Python's and numpy's seeded in
+    a worker only."""
+    if in_worker:
+        random.seed(s)
+        np.random.seed(s & 0xFFFFFFFF)
+    gen = torch.default_generator
+    saved = gen.get_state()
+    gen.manual_seed(s)
+    try:
+        return load()
+    finally:
+        gen.set_state(saved)
 
 
 class EpochSampler(Sampler[tuple[int, int, int]]):
@@ -179,6 +189,11 @@ def build_loader(
         import torch.distributed as dist
 
         rank, world = dist.get_rank(), dist.get_world_size()
+    make = getattr(dataset, "make_loader", None)  # a streamed dataset (tar shards) brings its own loader
+    if make is not None:
+        return make(
+            batch_size, train=train, cfg=cfg, seed=seed, rank=rank, world=world, collate_fn=collate_fn
+        )
     sampler: Sampler
     if train:
         sampler = EpochSampler(len(dataset), seed=seed, rank=rank, world=world)  # type: ignore[arg-type]
@@ -216,6 +231,8 @@ def epoch_iterator(loader: DataLoader, seed: int, epoch: int, skip: int = 0) -> 
     them) and the loader, persistent workers included, is reused. Any other loader: ``set_epoch`` if its
     sampler has one, and the skipped batches are loaded and dropped.
     """
+    if hasattr(loader, "epoch_batches"):  # tar shards (convnext.data.shards.ShardLoader)
+        return loader.epoch_batches(seed, epoch, skip)
     sampler = loader.sampler
     if loader.generator is not None:  # workers' seeds per epoch (non-persistent workers restart each epoch)
         loader.generator.manual_seed(sample_seed(seed, epoch, -2) & ((1 << 63) - 1))
