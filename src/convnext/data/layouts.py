@@ -18,7 +18,6 @@ into an ImageFolder by ``convnext prepare``.
 - Caltech-101 (101_ObjectCategories/<class>/*.jpg, BACKGROUND_Google left out as torchvision does) and
   Caltech-256 (256_ObjectCategories/<NNN.name>/*.jpg): no official split; a seeded per-class split.
 - Any ROOT/<class>/<image> with no split ("folders"): the same seeded per-class split.
-- Any folder of images, flat or nested, unlabelled ("images"): one class, the same seeded split.
 """
 
 from __future__ import annotations
@@ -33,6 +32,14 @@ import numpy as np
 
 from ..errors import UserError
 from .classes import imagenet1k_wnids
+from .imagenet_devkit import (
+    DEVKIT_TAR,
+    TRAIN_TAR,
+    VAL_TAR,
+    devkit_archive_labels,
+    parse_ground_truth,
+    parse_meta_mat,
+)
 
 
 @dataclass
@@ -204,23 +211,6 @@ def class_folders(
     return RawSplit(seeded_split(samples, val_fraction, seed)[split], classes)
 
 
-def image_files(root: Path, split: str, *, val_fraction: float = 0.2, seed: int = 0) -> RawSplit:
-    """Every file under ROOT, flat or in sub-folders at any depth, as one class "images": unlabelled data
-    for pre-training (``convnext pretrain``), with the same seeded split as "folders" (the header scan
-    leaves out what is not an image)."""
-    if not root.is_dir():
-        raise UserError(f"images: {root} is not a folder")
-    files: list[str] = []
-    for folder, dirs, names in os.walk(root):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        files += [os.path.join(folder, n) for n in sorted(names) if not n.startswith(".")]
-    if not files:
-        raise UserError(f"images: {root} has no files")
-    if split not in ("train", "val"):
-        raise UserError(f"images: split {split!r} does not exist; use train or val")
-    return RawSplit(seeded_split([(f, "images") for f in files], val_fraction, seed)[split], ["images"])
-
-
 # ---------------------------------------------------------------------------------------------- ImageNet
 def _imagenet_dir(root: Path, split: str) -> Path | None:
     """The split's folder: ``train/``, the seed project's ``ILSVRC2012_img_train/`` (the archive's name)
@@ -245,8 +235,6 @@ def imagenet_splits(root: Path) -> tuple[str, ...]:
 
 def imagenet_archive(root: Path, split: str) -> Path | None:
     """``ILSVRC2012_img_<split>.tar`` as downloaded, in ``root``."""
-    from .imagenet_archives import TRAIN_TAR, VAL_TAR
-
     p = root / (TRAIN_TAR if split == "train" else VAL_TAR)
     return p if split in ("train", "val") and p.is_file() else None
 
@@ -261,8 +249,6 @@ def _find(root: Path, names: list[str]) -> Path | None:
 
 def _devkit_labels(gt: Path) -> dict[int, str]:
     """Validation image number -> wnid from the extracted devkit's ground truth and meta.mat."""
-    from .imagenet_archives import parse_ground_truth, parse_meta_mat
-
     meta = gt.with_name("meta.mat")
     if not meta.is_file():
         raise UserError(f"ImageNet: {meta} is missing (the devkit's meta.mat maps its class ids to wnids)")
@@ -272,8 +258,6 @@ def _devkit_labels(gt: Path) -> dict[int, str]:
 def imagenet_val_labels(root: Path) -> tuple[dict[int, str], str] | None:
     """(validation image number -> wnid, where the labels come from): the extracted devkit, the devkit
     archive as downloaded, or Kaggle's LOC_val_solution.csv, in ``root`` or up to 3 folders above it."""
-    from .imagenet_archives import DEVKIT_TAR, devkit_archive_labels
-
     gt = _find(
         root,
         [
