@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import contextlib
-import sys
 
 import torch
 
 from .errors import UserError
+from .messages import note
 from .models.cpu import cpu_has_native_bf16
 
 AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -55,16 +55,6 @@ def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.Abst
 
 # ----------------------------------------------------------------------------------------------------------
 # What the CPU can do natively: bf16 autocast, OpenVINO's precision choice and int8 speed all depend on it.
-
-_noted: set[str] = set()
-
-
-def note(message: str) -> None:
-    """One line on stderr, once per process: a fact the user should know, not an error."""
-    if message not in _noted:
-        _noted.add(message)
-        print(f"convnext: note: {message}", file=sys.stderr, flush=True)
-
 
 def bf16_cpu_note(what: str = "--amp", flags: frozenset[str] | None = None) -> str | None:
     """The sentence to show before bf16 runs on this CPU, or None when bf16 is native here."""

@@ -17,6 +17,7 @@ import warnings
 from collections.abc import Sequence
 
 from ..errors import UserError
+from ..messages import install_cli_handler, remove_cli_handler
 from ..telemetry import disable_telemetry
 
 # verb -> module in convnext.cli; each module has ``register(subparsers)`` which sets ``func``.
@@ -64,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     warnings.filterwarnings("ignore", message=_DECODER_DEPRECATION, category=DeprecationWarning)
+    install_cli_handler(args.verb)  # the package's notes and warnings: `convnext <verb>: note: ...` on stderr
     try:
         rc = int(args.func(args) or 0)
         sys.stdout.flush()  # a closed pipe shows here, inside the handler, not at interpreter exit
@@ -88,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
         where = f" writing {e.filename}" if e.filename else ""
         print(f"convnext {args.verb}: error: no space left on the device{where}", file=sys.stderr)
         return 2
+    finally:
+        remove_cli_handler()  # a caller of main() in its own process gets logging's defaults back
 
 
 if __name__ == "__main__":

@@ -32,8 +32,8 @@ from torch import Tensor, nn
 
 from ..data.config import DataConfig
 from ..data.preprocessing import Preprocessing
-from ..device import note
 from ..errors import UserError
+from ..messages import note
 
 META_KEY = "convnext"  # ONNX metadata_props key, OpenVINO rt_info key; pt2 extra file META_KEY + ".json"
 META_VERSION = 1

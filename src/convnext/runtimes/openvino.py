@@ -14,8 +14,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..device import note
 from ..errors import UserError
+from ..messages import note
 from ..models.cpu import cpu_features_line, cpu_has_int8_dot, cpu_has_native_bf16
 from . import require
 from .base import (

@@ -58,7 +58,7 @@ def load_runner(
     backend = resolve_backend(backend, weights)
     if backend != "torch":
         if amp:
-            from ..device import note
+            from ..messages import note
 
             note(f"--amp does not reach into {backend}: {weights} runs as exported")
         from ..inference.backends import load_backend
