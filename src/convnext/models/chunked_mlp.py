@@ -503,6 +503,8 @@ def set_chunked_mlp(model: nn.Module, enabled: bool) -> nn.Module:
     for module in model.modules():
         if not isinstance(module, Block) or not isinstance(module.grn, nn.Identity):
             continue
+        if type(module.norm) is not nn.LayerNorm:  # timm's rms/simple-norm variants: the kernels are LN's
+            continue
         if enabled and type(module) is Block:
             module.__class__ = ChunkedBlock
         elif not enabled and isinstance(module, ChunkedBlock):

@@ -8,15 +8,16 @@ path (``chunked_mlp.py``) and the inference rewrite (``fuse.py``) replace blocks
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
 from torchvision.ops import StochasticDepth
 
-from .base import ConvNeXtBase, Family, drop_path_rates
-from .layers import GRN, LayerNorm2d
+from .base import ConvNeXtBase, Family, drop_path_rates, init_weights
+from .layers import GRN, LayerNorm2d, NormKind, StemKind, norm_layers, overlap_stem
 
 __all__ = ["GRN", "Block", "ConvNeXt", "LayerNorm2d"]
 
@@ -37,6 +38,7 @@ class Block(nn.Module):
         drop_path: float = 0.0,
         layer_scale_init_value: float | None = 1e-6,
         use_grn: bool = False,
+        norm_layer: Callable[[int], nn.Module] | None = None,  # timm's variants: layers.norm_layers
     ) -> None:
         super().__init__()
         self.dwconv = nn.Conv2d(dim, dim, kernel_size=7, padding=3, groups=dim)
@@ -45,7 +47,7 @@ class Block(nn.Module):
         # every rank when a gradient's strides differ.
         w = self.dwconv.weight
         self.dwconv.weight = nn.Parameter(torch.empty_like(w, memory_format=torch.channels_last).copy_(w))
-        self.norm = nn.LayerNorm(dim, eps=1e-6)
+        self.norm = norm_layer(dim) if norm_layer else nn.LayerNorm(dim, eps=1e-6)
         self.pwconv1 = nn.Linear(dim, 4 * dim)
         self.act = nn.GELU()
         self.grn = GRN(4 * dim) if use_grn else nn.Identity()
@@ -75,6 +77,11 @@ class ConvNeXt(ConvNeXtBase):
     stage outputs in ``out_indices`` (strides 4, 8, 16, 32; default all four), each passed through its own
     LayerNorm (``norm0``..``norm3``, the official backbone's names). Stages after the last index are kept,
     so that any checkpoint loads, but not run.
+
+    The options after ``out_indices`` are timm's variants (their defaults are the paper's): ``stem``
+    (the ``*_ols`` overlapping 3x3 stems), ``norm`` and ``norm_eps`` (``*_rms``, ``xxlarge``'s 1e-5),
+    ``head_norm_first`` (``tiny_hnf``: the norm on the map, ``norm_pre``, before pooling) and
+    ``head_hidden_size`` (``large_mlp``: Linear + GELU, ``pre_logits``, before the classifier).
     """
 
     def __init__(
@@ -89,25 +96,70 @@ class ConvNeXt(ConvNeXtBase):
         head_init_scale: float = 1.0,
         features_only: bool = False,
         out_indices: Sequence[int] | None = None,
+        stem: StemKind = "patch",
+        norm: NormKind = "layernorm",
+        norm_eps: float = 1e-6,
+        head_norm_first: bool = False,
+        head_hidden_size: int | None = None,
     ) -> None:
         super().__init__()
         self.depths, self.dims, self.use_grn = tuple(depths), tuple(dims), bool(use_grn)
-        stem = nn.Sequential(
-            nn.Conv2d(in_chans, dims[0], kernel_size=4, stride=4), LayerNorm2d(dims[0], eps=1e-6)
+        norm2d, norm_cl = norm_layers(norm, norm_eps)  # LayerNorm2d and nn.LayerNorm, eps 1e-6, by default
+        stem_layers = (
+            nn.Sequential(nn.Conv2d(in_chans, dims[0], kernel_size=4, stride=4), norm2d(dims[0]))
+            if stem == "patch"
+            else overlap_stem(stem, in_chans, dims[0], norm2d)
         )
-        self.downsample_layers = nn.ModuleList([stem])
+        self.downsample_layers = nn.ModuleList([stem_layers])
         for i in range(3):
             self.downsample_layers.append(
-                nn.Sequential(
-                    LayerNorm2d(dims[i], eps=1e-6), nn.Conv2d(dims[i], dims[i + 1], kernel_size=2, stride=2)
-                )
+                nn.Sequential(norm2d(dims[i]), nn.Conv2d(dims[i], dims[i + 1], kernel_size=2, stride=2))
             )
         self.stages = nn.ModuleList(
-            nn.Sequential(*[Block(dims[i], p, layer_scale_init_value, use_grn) for p in rates])
+            nn.Sequential(*[Block(dims[i], p, layer_scale_init_value, use_grn, norm_cl) for p in rates])
             for i, rates in enumerate(drop_path_rates(drop_path_rate, depths))
         )
         taps = [{"num_chs": d, "reduction": 4 * 2**i, "module": f"stages.{i}"} for i, d in enumerate(dims)]
         self._finish(taps, num_classes, head_init_scale, features_only, out_indices, backbone_norms=True)
+        self.head_hidden_size = head_hidden_size
+        self.norm_pre, self.pre_logits = nn.Identity(), nn.Identity()
+        if not features_only:
+            self._timm_head(norm2d, norm_cl, head_norm_first, head_init_scale)
+
+    def _timm_head(
+        self,
+        norm2d: Callable[[int], nn.Module],
+        norm_cl: Callable[[int], nn.Module],
+        first: bool,
+        scale: float,
+    ) -> None:
+        """The head's norm in the variant's kind; ``norm_pre`` or ``pre_logits`` where the variant has one."""
+        self.norm = norm_cl(self.num_features)
+        if first:
+            self.norm_pre, self.norm = norm2d(self.num_features), nn.Identity()
+        if self.head_hidden_size:
+            fc = nn.Linear(self.num_features, self.head_hidden_size)
+            init_weights(fc)
+            self.pre_logits = nn.Sequential(OrderedDict(fc=fc, act=nn.GELU()))
+            self.reset_classifier(self.num_classes)
+            with torch.no_grad():
+                for p in self.head.parameters():
+                    p.mul_(scale)
+
+    def reset_classifier(self, num_classes: int) -> None:
+        super().reset_classifier(num_classes)
+        if num_classes > 0 and self.head_hidden_size:  # the classifier reads the MLP's output
+            self.head = nn.Linear(self.head_hidden_size, num_classes)
+            init_weights(self.head)
+
+    def _features(self, x: Tensor) -> Tensor:
+        return self.norm_pre(super()._features(x))
+
+    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        """Global average pool, LayerNorm (``norm_pre`` ran before the pool instead, in ``head_norm_first``
+        variants), the MLP of ``head_hidden_size`` variants, then the classifier."""
+        x = self.pre_logits(self.norm(x.mean((-2, -1))))
+        return x if pre_logits else self.head(x)
 
     @property
     def family(self) -> Family:

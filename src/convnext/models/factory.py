@@ -49,10 +49,31 @@ VARIANTS: dict[str, Variant] = {}
 for _size in ("atto", "femto", "pico", "nano", "tiny", "small", "base", "large", "xlarge"):
     _d, _w = _SHAPES[_size]
     VARIANTS[f"convnext_{_size}"] = Variant(f"convnext_{_size}", "v1", ConvNeXt, {"depths": _d, "dims": _w})
-for _size in ("atto", "femto", "pico", "nano", "tiny", "base", "large", "huge"):
+for _size in ("atto", "femto", "pico", "nano", "tiny", "small", "base", "large", "huge"):  # small: timm's
     _d, _w = _SHAPES[_size]
     _v2 = {"depths": _d, "dims": _w, "use_grn": True, "layer_scale_init_value": None}  # GRN replaces it
     VARIANTS[f"convnextv2_{_size}"] = Variant(f"convnextv2_{_size}", "v2", ConvNeXt, _v2)
+# timm's own variants, each the paper's network with timm's options (their constructor names in
+# ``ConvNeXt``'s docstring); the configs are timm's ``convnext_*`` entrypoints'.
+_TIMM_VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
+    "convnext_zepto_rms": ("zepto", {"norm": "simplenorm"}),
+    "convnext_zepto_rms_ols": ("zepto", {"norm": "simplenorm", "stem": "overlap_act"}),
+    "convnext_atto_ols": ("atto", {"stem": "overlap_tiered"}),
+    "convnext_atto_rms": ("atto", {"norm": "rmsnorm"}),
+    "convnext_femto_ols": ("femto", {"stem": "overlap_tiered"}),
+    "convnext_pico_ols": ("pico", {"stem": "overlap_tiered"}),
+    "convnext_nano_ols": ("nano", {"stem": "overlap"}),
+    "convnext_tiny_hnf": ("tiny", {"head_norm_first": True}),
+    "convnext_large_mlp": ("large", {"head_hidden_size": 1536}),
+    "convnext_xxlarge": ("xxlarge", {"norm_eps": 1e-5}),
+}
+_SHAPES_TIMM = {
+    "zepto": ((2, 2, 4, 2), (32, 64, 128, 256)),
+    "xxlarge": ((3, 4, 30, 3), (384, 768, 1536, 3072)),
+}
+for _name, (_size, _opts) in _TIMM_VARIANTS.items():
+    _d, _w = {**_SHAPES, **_SHAPES_TIMM}[_size]
+    VARIANTS[_name] = Variant(_name, "v1", ConvNeXt, {"depths": _d, "dims": _w, **_opts})
 for _size, (_depth, _dim) in {"small": (18, 384), "base": (18, 768), "large": (36, 1024)}.items():
     VARIANTS[f"convnext_isotropic_{_size}"] = Variant(
         f"convnext_isotropic_{_size}", "isotropic", ConvNeXtIsotropic, {"depth": _depth, "dim": _dim}
