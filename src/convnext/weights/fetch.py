@@ -1,4 +1,5 @@
-"""Where weights come from: a registry tag, a URL (torch.hub's cache), a file, an HF folder or a run folder.
+"""Where weights come from: a registry tag, a URL (torch.hub's cache), a file, an HF folder, a Hub repo
+(``hf-hub:ORG/NAME[@REVISION]``, huggingface_hub's cache: ``hf_hub.py``) or a run folder.
 
 Downloads use torch.hub's cache (``$TORCH_HOME/hub/checkpoints``), so a file fetched once is never fetched
 again and works offline.
@@ -70,9 +71,13 @@ def run_checkpoint(run_dir: Path) -> Path:
 
 
 def resolve(src: str | Path) -> tuple[Path, WeightEntry | None]:
-    """The local file (or HF / run folder) behind a path, URL or registry tag, and the registry entry of a
-    tag or of a release's URL."""
+    """The local file (or HF / run folder) behind a path, URL, Hub repo or registry tag, and the registry
+    entry of a tag or of a release's URL."""
     s = str(src)
+    if s.startswith("hf-hub:"):  # a Hub repo becomes a folder in huggingface_hub's cache
+        from .hf_hub import download
+
+        return download(s), None
     entry = find_tag(s)
     if entry is not None:
         return fetch(entry.url), entry

@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from ..data.preprocessing import Preprocessing
 from ..errors import UserError
 
 HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
@@ -252,14 +253,14 @@ def hf_weights(folder: Path) -> Path:
     )
 
 
-def hf_data_config(folder: Path) -> dict[str, Any] | None:
-    """The eval settings of a Hugging Face folder's ``preprocessor_config.json`` (ConvNextImageProcessor),
-    in timm's layout; None when it has none we can read. transformers' rule: below 384 px the shorter side
+def hf_preprocessing(folder: Path) -> Preprocessing | None:
+    """The eval settings of a Hugging Face folder's ``preprocessor_config.json`` (ConvNextImageProcessor);
+    None when it has none we can read. transformers' rule: below 384 px the shorter side
     goes to size / crop_pct and the centre size x size is cropped; from 384 px the image is warped to
     size x size whatever crop_pct says (squash, the official 384 evaluation)."""
     path = folder / "preprocessor_config.json"
     if not path.is_file():
-        return None
+        return _timm_preprocessing(folder)  # a timm repo (``timm/convnext_*``): config.json's pretrained_cfg
     try:
         cfg = json.loads(path.read_text())
     except (OSError, ValueError) as e:
@@ -272,14 +273,14 @@ def hf_data_config(folder: Path) -> dict[str, Any] | None:
         return None
     squash = size >= 384
     mean, std = cfg.get("image_mean", (0.485, 0.456, 0.406)), cfg.get("image_std", (0.229, 0.224, 0.225))
-    return {
-        "input_size": (3, size, size),
-        "interpolation": interpolation,
-        "mean": tuple(float(m) for m in mean),
-        "std": tuple(float(s) for s in std),
-        "crop_pct": 1.0 if squash else float(cfg.get("crop_pct") or 224 / 256),
-        "crop_mode": "squash" if squash else "center",
-    }
+    return Preprocessing(
+        img_size=size,
+        crop_pct=1.0 if squash else float(cfg.get("crop_pct") or 224 / 256),
+        crop_mode="squash" if squash else "center",
+        interpolation=interpolation,
+        mean=tuple(float(m) for m in mean),
+        std=tuple(float(s) for s in std),
+    )
 
 
 def hf_class_names(folder: Path) -> list[str] | None:
@@ -291,8 +292,30 @@ def hf_class_names(folder: Path) -> list[str] | None:
         cfg = json.loads(cfg_path.read_text())
     except (OSError, ValueError) as e:
         raise UserError(f"{cfg_path} is not valid JSON ({e})") from None
-    id2label = cfg.get("id2label") or {}
+    # transformers' id2label, else timm's label_names (a list, or a dict like id2label; top level, as timm's
+    # save_for_hf writes it, or inside pretrained_cfg)
+    id2label = (
+        cfg.get("id2label") or cfg.get("label_names") or (cfg.get("pretrained_cfg") or {}).get("label_names")
+    )
+    if isinstance(id2label, list):
+        id2label = dict(enumerate(id2label))
+    id2label = {str(k): v for k, v in (id2label or {}).items()}
     names = [id2label.get(str(i)) for i in range(len(id2label))]
     if not names or any(n is None for n in names) or all(n == f"LABEL_{i}" for i, n in enumerate(names)):
         return None
     return names  # type: ignore[return-value]
+
+
+def _timm_preprocessing(folder: Path) -> Preprocessing | None:
+    """The eval settings of a timm Hub folder (config.json's ``pretrained_cfg``, timm's layout); None when
+    it has none (a transformers folder without preprocessor_config.json, a partial config)."""
+    path = folder / "config.json"
+    try:
+        cfg = json.loads(path.read_text()) if path.is_file() else None
+    except (OSError, ValueError) as e:
+        raise UserError(f"{path} is not valid JSON ({e})") from None
+    pre = cfg.get("pretrained_cfg") if isinstance(cfg, dict) else None
+    keys = ("input_size", "interpolation", "mean", "std", "crop_pct")
+    if not isinstance(pre, dict) or any(pre.get(k) is None for k in keys):
+        return None
+    return Preprocessing.from_timm({**pre, "crop_mode": pre.get("crop_mode") or "center"})
