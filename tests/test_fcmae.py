@@ -234,3 +234,100 @@ def test_decoder_puts_the_mask_token_at_masked_sites() -> None:
     model.forward_decoder(feats, mask)
     torch.testing.assert_close(seen[0][0, :, 0, 0], model.mask_token[0, :, 0, 0])
     torch.testing.assert_close(seen[0][0, :, 1, 1], model.proj(feats)[0, :, 1, 1])
+
+
+# -- checkpoints in the official layout --------------------------------------------------------------------
+
+
+def _official_spec(depths, dims, dec: int, p: int) -> dict[str, tuple[int, ...]]:
+    """Keys and shapes of the official FCMAE's state dict (models/fcmae.py around convnextv2_sparse.py), as
+    its modules make them: MinkowskiConvolution kernel (k*k, in, out) and bias (1, out), the depthwise
+    kernel (k*k, C), MinkowskiLayerNorm's ``ln``, MinkowskiLinear's ``linear``, MinkowskiGRN (1, C)."""
+    spec: dict[str, tuple[int, ...]] = {"mask_token": (1, dec, 1, 1)}
+    e = "encoder.downsample_layers"
+    spec.update({f"{e}.0.0.weight": (dims[0], 3, 4, 4), f"{e}.0.0.bias": (dims[0],)})
+    spec.update({f"{e}.0.1.weight": (dims[0],), f"{e}.0.1.bias": (dims[0],)})
+    for i in range(1, 4):
+        spec.update({f"{e}.{i}.0.ln.weight": (dims[i - 1],), f"{e}.{i}.0.ln.bias": (dims[i - 1],)})
+        spec.update({f"{e}.{i}.1.kernel": (4, dims[i - 1], dims[i]), f"{e}.{i}.1.bias": (1, dims[i])})
+    for i, (d, c) in enumerate(zip(depths, dims)):
+        for j in range(d):
+            b = f"encoder.stages.{i}.{j}"
+            spec.update({f"{b}.dwconv.kernel": (49, c), f"{b}.dwconv.bias": (1, c)})
+            spec.update({f"{b}.norm.ln.weight": (c,), f"{b}.norm.ln.bias": (c,)})
+            spec.update({f"{b}.pwconv1.linear.weight": (4 * c, c), f"{b}.pwconv1.linear.bias": (4 * c,)})
+            spec.update({f"{b}.grn.gamma": (1, 4 * c), f"{b}.grn.beta": (1, 4 * c)})
+            spec.update({f"{b}.pwconv2.linear.weight": (c, 4 * c), f"{b}.pwconv2.linear.bias": (c,)})
+    spec.update({"proj.weight": (dec, dims[-1], 1, 1), "proj.bias": (dec,)})
+    b = "decoder.0"  # the dense V2 block (models/convnextv2.py)
+    spec.update({f"{b}.dwconv.weight": (dec, 1, 7, 7), f"{b}.dwconv.bias": (dec,)})
+    spec.update({f"{b}.norm.weight": (dec,), f"{b}.norm.bias": (dec,)})
+    spec.update({f"{b}.pwconv1.weight": (4 * dec, dec), f"{b}.pwconv1.bias": (4 * dec,)})
+    spec.update({f"{b}.grn.gamma": (1, 1, 1, 4 * dec), f"{b}.grn.beta": (1, 1, 1, 4 * dec)})
+    spec.update({f"{b}.pwconv2.weight": (dec, 4 * dec), f"{b}.pwconv2.bias": (dec,)})
+    spec.update({"pred.weight": (p * p * 3, dec, 1, 1), "pred.bias": (p * p * 3,)})
+    return spec
+
+
+def test_official_checkpoint_layout_round_trips(tmp_path) -> None:
+    from convnext.weights.fcmae import from_official, load_fcmae, save_fcmae, to_official
+
+    spec = _official_spec((2, 2, 6, 2), (40, 80, 160, 320), 512, 32)
+    g = torch.Generator().manual_seed(0)
+    official = {k: torch.randn(s, generator=g) for k, s in spec.items()}
+    model = create_fcmae("fcmae_convnextv2_atto", img_size=64)
+    model.load_state_dict(from_official(official), strict=True)  # every key, every shape
+    back = to_official(model.state_dict())
+    assert {k: tuple(v.shape) for k, v in back.items()} == spec
+    assert all(torch.equal(back[k], official[k]) for k in spec)
+    torch.save({"model": official, "epoch": 799}, tmp_path / "convnextv2_atto_1k_224_fcmae.pt")
+    ours = load_fcmae(tmp_path / "convnextv2_atto_1k_224_fcmae.pt")
+    assert all(torch.equal(ours[k], v) for k, v in model.state_dict().items())
+    save_fcmae(model, tmp_path / "again.pt")
+    written = torch.load(tmp_path / "again.pt", weights_only=True)["model"]
+    assert all(torch.equal(written[k], official[k]) for k in spec) and written.keys() == official.keys()
+
+
+def test_sparse_kernel_layout_becomes_the_dense_conv() -> None:
+    # remap_checkpoint_keys: dense W[o, i, h, w] = kernel[w * k + h, i, o] (the offsets run down columns)
+    from convnext.weights.fcmae import encoder_weights
+
+    dw = torch.zeros(49, 8)
+    dw[5 * 7 + 1, 3] = 1.0  # row 1, column 5
+    full = torch.zeros(4, 8, 16)
+    full[1 * 2 + 0, 2, 7] = 1.0  # row 0, column 1
+    sd = encoder_weights(
+        {"encoder.stages.0.0.dwconv.kernel": dw, "encoder.downsample_layers.1.1.kernel": full}
+    )
+    w = sd["stages.0.0.dwconv.weight"]
+    assert w.shape == (8, 1, 7, 7) and w[3, 0, 1, 5] == 1 and w.sum() == 1
+    w = sd["downsample_layers.1.1.weight"]
+    assert w.shape == (16, 8, 2, 2) and w[7, 2, 0, 1] == 1 and w.sum() == 1
+
+
+def test_fcmae_encoder_loads_into_the_classification_model(tmp_path) -> None:
+    from convnext import create_model
+    from convnext.models import build_model
+    from convnext.weights.fcmae import encoder_weights, save_fcmae, to_official
+
+    torch.manual_seed(0)
+    fcmae = create_fcmae("fcmae_convnextv2_atto", img_size=64)
+    with torch.no_grad():
+        for name, prm in fcmae.named_parameters():
+            if "grn" in name:
+                prm.normal_(0, 0.5)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        direct = fcmae.encoder.forward_features(x)
+        # nothing masked: the masked encoder is the plain trunk
+        torch.testing.assert_close(fcmae.forward_encoder(x, torch.zeros(2, 4)), direct)
+    clf = build_model("convnextv2_atto", num_classes=10)
+    missing, unexpected = clf.load_state_dict(encoder_weights(to_official(fcmae.state_dict())), strict=False)
+    assert sorted(missing) == ["head.bias", "head.weight", "norm.bias", "norm.weight"] and not unexpected
+    for official in (True, False):
+        path = save_fcmae(fcmae, tmp_path / f"fcmae_{official}.pt", official=official)
+        model = create_model("convnextv2_atto", pretrained=str(path), num_classes=10).eval()
+        assert model.pretrained_info.format == "fcmae"
+        with torch.no_grad():
+            torch.testing.assert_close(model.forward_features(x), direct)
+            torch.testing.assert_close(model(x), model.forward_head(direct))
