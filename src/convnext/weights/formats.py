@@ -3,8 +3,9 @@ and back: format detection, ``to_ours`` and its inverse ``from_ours``, and what 
 classes). Unwrapping containers and checking values is ``containers.py``.
 
 Each mapping below was read off the real modules (timm 1.0 ``ConvNeXt``, torchvision ``convnext_*``,
-transformers ``ConvNextForImageClassification`` / ``ConvNextV2ForImageClassification``) and is checked by
-tests/test_equivalence.py and tests/test_convert.py, which compare logits with the peer library. No
+transformers ``ConvNextForImageClassification`` / ``ConvNextV2ForImageClassification`` /
+``DINOv3ConvNextModel``) and is checked by tests/test_equivalence.py, tests/test_convert.py and
+tests/test_variants.py, which compare logits (or features) with the peer library. No
 library ships this translation (each only imports the official names into its own), hence the tables.
 """
 
@@ -23,19 +24,25 @@ if TYPE_CHECKING:
 
 StateDict = dict[str, Tensor]
 
-OFFICIAL, TIMM, TORCHVISION, HF, HF_V2, FCMAE = (
+OFFICIAL, TIMM, TORCHVISION, HF, HF_V2, FCMAE, DINOV3 = (
     "official",
     "timm",
     "torchvision",
     "transformers",
     "transformers-v2",
     "fcmae",
+    "transformers-dinov3",
 )
+# transformers' DINOv3ConvNextModel (``model.stages.{i}.layers.{j}``; ``stages...`` alone in its Backbone,
+# whose shared ``model.`` prefix strip_prefixes drops)
+_DINOV3_KEY = re.compile(r"^(model\.)?stages\.\d+\.(downsample_layers|layers)\.")
 
 
 def detect_format(sd: StateDict) -> str:
     """Which ecosystem named these keys; one sentence when none did."""
     keys = sd.keys()
+    if any(_DINOV3_KEY.match(k) for k in keys):
+        return DINOV3
     if any(k.startswith("convnextv2.") for k in keys):
         return HF_V2
     if any(k.startswith("convnext.embeddings.") for k in keys):
@@ -53,7 +60,7 @@ def detect_format(sd: StateDict) -> str:
     sample = ", ".join(list(keys)[:3])
     raise UserError(
         f"these weights are not a ConvNeXt from any known source (official, timm, torchvision, "
-        f"transformers); first keys: {sample or '(none)'}"
+        f"transformers, DINOv3); first keys: {sample or '(none)'}"
     )
 
 
@@ -64,6 +71,8 @@ def _timm(sd: StateDict) -> StateDict:
             k = "norm." + k[len("head.norm.") :]
         elif k.startswith("head.fc."):
             k = "head." + k[len("head.fc.") :]
+        elif k.startswith("head.pre_logits.fc."):  # large_mlp's MLP head; norm_pre (tiny_hnf) keeps its name
+            k = k[len("head.") :]
         elif k.startswith("stem."):
             k = "downsample_layers.0." + k[len("stem.") :]
         else:
@@ -181,6 +190,27 @@ def _fcmae(sd: StateDict) -> StateDict:
     return out
 
 
+_DINOV3_LAYER = {"depthwise_conv": "dwconv", "layer_norm": "norm", "pointwise_conv1": "pwconv1"}
+_DINOV3_LAYER["pointwise_conv2"] = "pwconv2"
+
+
+def _dinov3(sd: StateDict) -> StateDict:
+    """transformers' DINOv3 ConvNeXt: the official network under other names, and no classifier. Its final
+    ``layer_norm`` is our head norm (its pooled output is LayerNorm(mean over the map), as ours with
+    ``num_classes=0``), so the weights load as a backbone: a pooled-feature model, or ``features_only``."""
+    out: StateDict = {}
+    for k, v in sd.items():
+        k = k.removeprefix("model.")
+        if k.startswith("layer_norm."):
+            k = "norm." + k[len("layer_norm.") :]
+        elif m := re.match(r"^stages\.(\d+)\.downsample_layers\.(\d+)\.(.*)$", k):
+            k = f"downsample_layers.{m[1]}.{m[2]}.{m[3]}"
+        elif m := re.match(r"^stages\.(\d+)\.layers\.(\d+)\.(\w+)(.*)$", k):
+            k = f"stages.{m[1]}.{m[2]}.{_DINOV3_LAYER.get(m[3], m[3])}{m[4]}"
+        out[k] = v
+    return out
+
+
 def to_ours(sd: StateDict, fmt: str) -> StateDict:
     """``sd`` (in format ``fmt``) renamed and reshaped to our parameter names."""
     if fmt == OFFICIAL:
@@ -194,13 +224,22 @@ def to_ours(sd: StateDict, fmt: str) -> StateDict:
         return _transformers(sd, prefix if any(k.startswith(prefix) for k in sd) else "")
     if fmt == FCMAE:
         return _fcmae(sd)
+    if fmt == DINOV3:
+        return _dinov3(sd)
     raise ValueError(f"unknown format {fmt!r}")
 
 
 # ------------------------------------------------------------------------------------------ from ours
 TARGETS = (OFFICIAL, TIMM, TORCHVISION, HF)  # what from_ours writes (HF: V1 or V2 by the weights)
 TORCHVISION_ARCHS = ("convnext_tiny", "convnext_small", "convnext_base", "convnext_large")
-_TIMM_CONV_MLP = ("atto", "femto", "pico", "nano")  # timm builds these with conv_mlp=True: 1x1 conv MLPs
+# timm builds these with conv_mlp=True (1x1 conv MLPs): the light sizes, V1 or V2, any stem or norm; tiny_hnf
+_TIMM_CONV_MLP = ("zepto", "atto", "femto", "pico", "nano")
+
+
+def _timm_conv_mlp(arch: str | None) -> bool:
+    base = (arch or "").removeprefix("convnextv2_").removeprefix("convnext_")
+    return base.partition("_")[0] in _TIMM_CONV_MLP or base == "tiny_hnf"
+
 
 _TIMM_RULES = [  # ours -> timm, first match wins (the inverse of _timm)
     (r"^downsample_layers\.0\.(\d)\.", r"stem.\1."),
@@ -212,6 +251,7 @@ _TIMM_RULES = [  # ours -> timm, first match wins (the inverse of _timm)
     (r"^stages\.(\d)\.(\d+)\.grn\.beta$", r"stages.\1.blocks.\2.mlp.grn.bias"),
     (r"^stages\.(\d)\.(\d+)\.", r"stages.\1.blocks.\2."),
     (r"^norm\.", r"head.norm."),
+    (r"^pre_logits\.", r"head.pre_logits."),
     (r"^head\.", r"head.fc."),
 ]
 
@@ -297,8 +337,13 @@ def from_ours(sd: StateDict, fmt: str, arch: str | None = None) -> StateDict:
             f"{what} is an isotropic ConvNeXt, which only the official code has; use --to official"
         )
     if fmt == TIMM:
-        size = (arch or "").rpartition("_")[2]
-        return _to_timm(sd, conv_mlp=size in _TIMM_CONV_MLP)
+        return _to_timm(sd, conv_mlp=_timm_conv_mlp(arch))
+    timm_only = {k: v for k, v in structure_options(sd).items() if v != _PAPER_STRUCTURE[k]}
+    if arch and get_options(arch).get("norm_eps", 1e-6) != 1e-6:
+        timm_only["norm_eps"] = get_options(arch)["norm_eps"]
+    if timm_only:
+        what_opts = ", ".join(f"{k}={v!r}" for k, v in timm_only.items())
+        raise UserError(f"{what} has timm's options ({what_opts}), which only timm can hold; use --to timm")
     if fmt == TORCHVISION:
         if family == "v2":
             raise UserError(f"torchvision has no ConvNeXt V2, so it cannot hold {what}; use --to timm or hf")
@@ -326,6 +371,64 @@ def num_classes_of(sd: StateDict) -> int | None:
     return int(w.shape[0]) if w is not None else None
 
 
+_PAPER_STRUCTURE: dict[str, Any] = {
+    "stem": "patch",
+    "norm": "layernorm",
+    "head_norm_first": False,
+    "head_hidden_size": None,
+}
+
+
+def get_options(arch: str) -> dict[str, Any]:
+    """The constructor options of the named architecture (empty for an unknown name)."""
+    from ..models.factory import VARIANTS
+
+    v = VARIANTS.get(arch.partition(".")[0])
+    return dict(v.kwargs) if v is not None else {}
+
+
+def _stem_width(sd: StateDict) -> int | None:
+    """The stem's output width: its last conv's (the first of the two in timm's overlapping stems is
+    narrower in the tiered ones)."""
+    convs = [
+        (int(k.split(".")[2]), v)
+        for k, v in sd.items()
+        if re.match(r"^downsample_layers\.0\.\d+\.weight$", k) and v.ndim == 4
+    ]
+    return int(max(convs, key=lambda c: c[0])[1].shape[0]) if convs else None
+
+
+def structure_options(sd: StateDict) -> dict[str, Any]:
+    """What the keys and shapes say about timm's options (``ConvNeXt``'s ``stem``, ``norm``,
+    ``head_norm_first``, ``head_hidden_size``); the paper's values where they say nothing. A norm without
+    bias is timm's ``simplenorm`` (``convnext_zepto_rms``'s; ``rmsnorm`` has the same parameters, so only
+    the architecture's name can tell ``convnext_atto_rms``). ``norm_eps`` (``xxlarge``) has no trace."""
+    opts = dict(_PAPER_STRUCTURE)
+    w = sd.get("downsample_layers.0.0.weight")
+    if w is not None and w.ndim == 4 and w.shape[-1] == 3:
+        if "downsample_layers.0.3.weight" in sd:
+            opts["stem"] = "overlap_act"
+        else:
+            opts["stem"] = "overlap_tiered" if int(w.shape[0]) != _stem_width(sd) else "overlap"
+    if "downsample_layers.1.0.weight" in sd and "downsample_layers.1.0.bias" not in sd:
+        opts["norm"] = "simplenorm"
+    opts["head_norm_first"] = "norm_pre.weight" in sd
+    if "pre_logits.fc.weight" in sd:
+        opts["head_hidden_size"] = int(sd["pre_logits.fc.weight"].shape[0])
+    return opts
+
+
+def _same_structure(kwargs: dict[str, Any], opts: dict[str, Any]) -> bool:
+    for key, value in opts.items():
+        mine = kwargs.get(key, _PAPER_STRUCTURE[key])
+        if key == "norm":  # only the bias shows: LayerNorm has one, rms and simple norms none
+            if (mine == "layernorm") != (value == "layernorm"):
+                return False
+        elif mine != value:
+            return False
+    return True
+
+
 def infer_arch(sd: StateDict) -> str | None:
     """Which of our architectures has exactly these depths and widths (our names); None if none does."""
     from ..models.factory import VARIANTS
@@ -340,18 +443,20 @@ def infer_arch(sd: StateDict) -> str | None:
         return None
     if "downsample_layers.0.0.weight" not in sd:
         return None
-    dims = [int(sd["downsample_layers.0.0.weight"].shape[0])]
+    dims = [_stem_width(sd)]
     dims += [
         int(sd[f"downsample_layers.{i}.1.weight"].shape[0])
         for i in (1, 2, 3)
         if f"downsample_layers.{i}.1.weight" in sd
     ]
     depths = [len({k.split(".")[2] for k in sd if k.startswith(f"stages.{i}.")}) for i in range(4)]
+    structure = structure_options(sd)
     for name, v in VARIANTS.items():
         if (
             v.family == family
             and tuple(v.kwargs["depths"]) == tuple(depths)
             and tuple(v.kwargs["dims"]) == tuple(dims)
+            and _same_structure(v.kwargs, structure)
         ):
             return name
     return None
@@ -360,17 +465,19 @@ def infer_arch(sd: StateDict) -> str | None:
 def shape_options(sd: StateDict) -> dict[str, Any]:
     """The depths and widths of these weights (our names) as constructor options (``depths``/``dims``, or
     ``depth``/``dim`` for the isotropic family): what rebuilds a model whose shapes no named variant has
-    (a run trained with ``model.options``); empty when the weights do not show them all."""
+    (a run trained with ``model.options``), with timm's options they show (:func:`structure_options`) where
+    not the paper's; empty when the weights do not show them all."""
     if family_of(sd) == "isotropic":
         depth = len({k.split(".")[1] for k in sd if k.startswith("blocks.")})
         return {"depth": depth, "dim": int(sd["stem.weight"].shape[0])} if depth else {}
-    names = ["downsample_layers.0.0.weight", *(f"downsample_layers.{i}.1.weight" for i in (1, 2, 3))]
-    if not all(n in sd for n in names):
+    names = [f"downsample_layers.{i}.1.weight" for i in (1, 2, 3)]
+    if "downsample_layers.0.0.weight" not in sd or not all(n in sd for n in names):
         return {}
     depths = [len({k.split(".")[2] for k in sd if k.startswith(f"stages.{i}.")}) for i in range(4)]
     if not all(depths):
         return {}
-    return {"depths": depths, "dims": [int(sd[n].shape[0]) for n in names]}
+    timm = {k: v for k, v in structure_options(sd).items() if v != _PAPER_STRUCTURE[k]}
+    return {"depths": depths, "dims": [_stem_width(sd), *(int(sd[n].shape[0]) for n in names)], **timm}
 
 
 def describe_shape(sd: StateDict) -> str:
@@ -379,12 +486,13 @@ def describe_shape(sd: StateDict) -> str:
         depth = len({k.split(".")[1] for k in sd if k.startswith("blocks.")})
         return f"isotropic, depth {depth}, dim {sd['stem.weight'].shape[0]}"
     depths = [len({k.split(".")[2] for k in sd if k.startswith(f"stages.{i}.")}) for i in range(4)]
-    w = sd.get("downsample_layers.0.0.weight")
-    return f"depths {depths}, stem width {int(w.shape[0]) if w is not None else '?'}"
+    w = _stem_width(sd)
+    return f"depths {depths}, stem width {w if w is not None else '?'}"
 
 
 __all__ = [
     "detect_format",
+    "structure_options",
     "family_of",
     "from_ours",
     "describe_shape",

@@ -23,6 +23,13 @@ from ..data.preprocessing import TIMM_KEYS, Preprocessing
 _FB = "https://dl.fbaipublicfiles.com/convnext"
 _FB2 = "https://dl.fbaipublicfiles.com/convnext/convnextv2"
 _TIMM = "https://github.com/rwightman/pytorch-image-models/releases/download/v0.1-rsb-weights"
+_HUB = "hf-hub:timm"  # timm's Hub repos (``hf-hub:timm/<arch>.<tag>``), in timm's layout
+# CLIP's normalisation (OpenAI's, which LAION's OpenCLIP towers kept): timm's OPENAI_CLIP_MEAN / _STD
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+IMAGENET12K_CLASSES = (
+    11821  # timm's ImageNet-12k: the 22k synsets with enough images (imagenet12k_synsets.txt)
+)
 
 
 @dataclass(frozen=True)
@@ -32,13 +39,15 @@ class WeightEntry:
     tag: str
     arch: str
     url: str
-    dataset: str  # "in1k", "in22k", "in22k->in1k", "fcmae-in1k" (self-supervised, no labels)
+    # "in1k", "in22k", "in22k->in1k", "in12k", "fcmae-in1k" / "lvd1689m" (self-supervised, no labels), ...
+    dataset: str
     num_classes: int
     top1: float | None = None  # ImageNet-1k val top-1 (%) published with the weights, at its input size
     source: str = "facebookresearch/ConvNeXt"
     license: str = "MIT"
     # the eval transform the weights were measured with (the paper's 224 evaluation unless said)
     preprocessing: Preprocessing = Preprocessing()
+    note: str = ""  # what a user must know that the fields do not say (a head that is not classes, ...)
 
     @property
     def input_size(self) -> int:
@@ -84,6 +93,7 @@ class WeightEntry:
             "top1": self.top1,
             "source": self.source,
             "license": self.license,
+            "note": self.note,
         }
 
     def data_config(self) -> dict[str, Any]:
@@ -251,11 +261,108 @@ for _s, _h, _resize, _top1 in (
         license="BSD-3-Clause",
     )
 
+# timm's own trainings of its variants (timm's default_cfgs: URL, crop, mean/std), and ImageNet-12k.
+_T = {"source": "huggingface/pytorch-image-models", "license": "Apache-2.0"}
+_HALF = {"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)}
+for _tag, _url, _kw in (
+    ("convnext_zepto_rms.ra4_e3600_r224_in1k", None, _HALF),
+    ("convnext_zepto_rms_ols.ra4_e3600_r224_in1k", None, {**_HALF, "crop_pct": 0.9}),
+    ("convnext_atto_ols.a2_in1k", "convnext_atto_ols_a2-78d1c8f3.pth", {}),
+    ("convnext_femto_ols.d1_in1k", "convnext_femto_ols_d1-246bf2ed.pth", {}),
+    ("convnext_pico_ols.d1_in1k", "convnext_pico_ols_d1-611f0ca7.pth", {"crop_pct": 0.95}),
+    ("convnext_nano_ols.d1h_in1k", "convnext_nano_ols_d1h-ae424a9a.pth", {"crop_pct": 0.95}),
+    ("convnext_tiny_hnf.a2h_in1k", "convnext_tiny_hnf_a2h-ab7e9df2.pth", {"crop_pct": 0.95}),
+    ("convnext_nano.in12k_ft_in1k", None, {"crop_pct": 0.95}),
+    ("convnext_nano.r384_in12k_ft_in1k", None, {"input_size": 384, "crop_pct": 1.0}),
+    ("convnext_tiny.in12k_ft_in1k", None, {"crop_pct": 0.95}),
+    ("convnext_tiny.in12k_ft_in1k_384", None, _SQUASH384),
+    ("convnext_small.in12k_ft_in1k", None, {"crop_pct": 0.95}),
+    ("convnext_small.in12k_ft_in1k_384", None, _SQUASH384),
+):
+    _ds = "in12k->in1k" if "in12k" in _tag else "in1k"
+    _add(_tag, f"{_TIMM}/{_url}" if _url else f"{_HUB}/{_tag}", _ds, 1000, None, **_kw, **_T)
+_12K_NOTE = (
+    "ImageNet-12k head: 11821 classes, the WordNet synsets of timm's imagenet12k_synsets.txt in that order"
+)
+for _tag, _kw in (
+    ("convnext_nano.in12k", {"crop_pct": 0.95}),
+    ("convnext_nano.r384_in12k", {"input_size": 384, "crop_pct": 1.0}),
+    ("convnext_nano.r384_ad_in12k", {"input_size": 384, "crop_pct": 1.0}),
+    ("convnext_tiny.in12k", {"crop_pct": 0.95}),
+    ("convnext_small.in12k", {"crop_pct": 0.95}),
+):
+    _add(_tag, f"{_HUB}/{_tag}", "in12k", IMAGENET12K_CLASSES, None, **_kw, **_T, note=_12K_NOTE)
+
+# CLIP image towers trained by LAION with OpenCLIP, fine-tuned by timm (in1k, in12k, in12k then in1k), and
+# the towers themselves, whose "classes" are the CLIP embedding (the projection; no class names). CLIP's
+# mean/std, not ImageNet's; 256/320/384 px.
+_CLIP = {"mean": CLIP_MEAN, "std": CLIP_STD, "crop_pct": 1.0, "source": "LAION (OpenCLIP) via timm"}
+_CLIP.update(license="Apache-2.0")
+for _tag, _res, _mode in (
+    ("convnext_base.clip_laion2b_augreg_ft_in1k", 256, "center"),
+    ("convnext_base.clip_laion2b_augreg_ft_in12k_in1k", 256, "center"),
+    ("convnext_base.clip_laion2b_augreg_ft_in12k_in1k_384", 384, "squash"),
+    ("convnext_base.clip_laiona_augreg_ft_in1k_384", 384, "center"),
+    ("convnext_large_mlp.clip_laion2b_augreg_ft_in1k", 256, "center"),
+    ("convnext_large_mlp.clip_laion2b_augreg_ft_in1k_384", 384, "squash"),
+    ("convnext_large_mlp.clip_laion2b_soup_ft_in12k_in1k_320", 320, "center"),
+    ("convnext_large_mlp.clip_laion2b_soup_ft_in12k_in1k_384", 384, "squash"),
+    ("convnext_xxlarge.clip_laion2b_soup_ft_in1k", 256, "center"),
+):
+    _ds = "laion2b->in12k->in1k" if "in12k" in _tag else "laion2b->in1k"
+    _ds = _ds.replace("laion2b", "laiona") if "laiona" in _tag else _ds
+    _add(_tag, f"{_HUB}/{_tag}", _ds, 1000, None, input_size=_res, crop_mode=_mode, **_CLIP)
+for _tag, _res, _mode in (
+    ("convnext_base.clip_laion2b_augreg_ft_in12k", 256, "center"),
+    ("convnext_large_mlp.clip_laion2b_soup_ft_in12k_320", 320, "center"),
+    ("convnext_large_mlp.clip_laion2b_augreg_ft_in12k_384", 384, "squash"),
+    ("convnext_large_mlp.clip_laion2b_soup_ft_in12k_384", 384, "squash"),
+    ("convnext_xxlarge.clip_laion2b_soup_ft_in12k", 256, "center"),
+):
+    _add(
+        _tag, f"{_HUB}/{_tag}", "laion2b->in12k", IMAGENET12K_CLASSES, None,
+        input_size=_res, crop_mode=_mode, note=_12K_NOTE, **_CLIP,
+    )  # fmt: skip
+for _tag, _dim, _res in (
+    ("convnext_base.clip_laion2b", 640, 256),
+    ("convnext_base.clip_laion2b_augreg", 640, 256),
+    ("convnext_base.clip_laiona", 640, 256),
+    ("convnext_base.clip_laiona_320", 640, 320),
+    ("convnext_base.clip_laiona_augreg_320", 640, 320),
+    ("convnext_large_mlp.clip_laion2b_augreg", 768, 256),
+    ("convnext_large_mlp.clip_laion2b_ft_320", 768, 320),
+    ("convnext_large_mlp.clip_laion2b_ft_soup_320", 768, 320),
+    ("convnext_xxlarge.clip_laion2b_soup", 1024, 256),
+    ("convnext_xxlarge.clip_laion2b_rewind", 1024, 256),
+):
+    _add(
+        _tag, f"{_HUB}/{_tag}", "laiona" if "laiona" in _tag else "laion2b", _dim, None, input_size=_res,
+        note=f"CLIP image tower: the {_dim} outputs are the CLIP image embedding, not classes", **_CLIP,
+    )  # fmt: skip
+
+# Self-supervised backbones on LVD-1689M, no classifier (num_classes 0: pooled features, or features_only):
+# DINOv3's ConvNeXts (Meta's DINOv3 licence; transformers' facebook/dinov3-convnext-*-pretrain-lvd1689m
+# hold the same weights in its DINOv3ConvNextModel layout, which loads too) and EUPE's.
+for _s in ("tiny", "small", "base", "large"):
+    _add(
+        f"convnext_{_s}.dinov3_lvd1689m", f"{_HUB}/convnext_{_s}.dinov3_lvd1689m", "lvd1689m", 0, None,
+        crop_pct=1.0, source="facebookresearch/dinov3", license="DINOv3 License",
+        note="DINOv3 backbone without classifier: features (pooled, or features_only); licence terms apply "
+        "to outputs (https://ai.meta.com/resources/models-and-libraries/dinov3-license/)",
+    )  # fmt: skip
+for _s in ("tiny", "small", "base"):
+    _add(
+        f"convnext_{_s}.eupe_lvd1689m", f"{_HUB}/convnext_{_s}.eupe_lvd1689m", "lvd1689m", 0, None,
+        input_size=256, crop_pct=1.0, source="facebookresearch (EUPE) via timm",
+        license="FAIR Noncommercial Research License",
+        note="EUPE backbone without classifier: features (pooled, or features_only)",
+    )  # fmt: skip
+
 REGISTRY: dict[str, WeightEntry] = {e.tag: e for e in _ENTRIES}
 
 # The weights ``pretrained=True`` picks: the paper's ImageNet-1k model where there is one (what people
 # reproduce), else the 22k->1k fine-tuned one at 224.
-_DEFAULT_ORDER = ("fb_in1k", "fcmae_ft_in1k", "fb_in22k_ft_in1k", "d2_in1k", "d1_in1k", "d1h_in1k")
+_DEFAULT_ORDER = ("fb_in1k", "fcmae_ft_in1k", "fb_in22k_ft_in1k", "d2_in1k", "d1_in1k", "d1h_in1k", "a2_in1k")
 
 
 def register(entry: WeightEntry) -> None:
