@@ -317,3 +317,21 @@ def test_cli_predict_offline_from_the_cache(offline: dict, tmp_path: Path) -> No
     )
     # a run of the CLI in-process too (every verb resolves --weights through the same function)
     assert main(["predict", str(img), "--weights", "hf-hub:acme/gone", "--no-progress"]) == 2
+
+
+def test_train_model_pretrained_from_the_hub(offline: dict, tmp_path: Path) -> None:
+    """train's ``model.pretrained=hf-hub:...`` passes the recipe check (before: "does not exist") and the
+    run's model starts from the repo's weights."""
+    from convnext.engine.config import load_config
+    from convnext.engine.train.setup import build_model
+
+    configs = Path(convnext.__file__).parent / "configs"
+    overrides = [
+        f"data.root={tmp_path}",
+        "model.name=convnext_atto",
+        "model.pretrained=hf-hub:acme/convnext-atto",
+    ]
+    cfg = load_config(configs / "convnext_tiny_in1k.yaml", [*overrides, f"run.dir={tmp_path / 'run'}"])
+    model = build_model(cfg, num_classes=3).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model(_x()), offline["v1"](pixel_values=_x()).logits, rtol=1e-4, atol=1e-4)

@@ -163,7 +163,7 @@ def _check_pretrained(src: str, arch: str, check_paths: bool) -> None:
                 f"config key model.pretrained: weights {src} are for {entry.arch}, not model.name={arch}"
             )
         return
-    if src.startswith(("http://", "https://")) or not check_paths:
+    if src.startswith(("http://", "https://", "hf-hub:")) or not check_paths:  # read when the run starts
         return
     if Path(src).expanduser().exists():
         return
