@@ -42,7 +42,8 @@ def create_model(
     """Build a ConvNeXt by name, optionally loading weights.
 
     ``name`` is an architecture (``convnext_tiny``) or a weight tag (``convnext_tiny.fb_in1k``).
-    ``pretrained`` is a file, a URL, a registry tag, a Hugging Face folder or a training run folder;
+    ``pretrained`` is a file, a URL, a registry tag, a Hugging Face folder, a Hub repo
+    (``"hf-hub:ORG/NAME[@REVISION]"``, timm's spelling) or a training run folder;
     ``True`` takes the tag in ``name`` or the architecture's default weights. A ``num_classes`` other than
     the checkpoint's keeps the backbone and starts a fresh classifier (fine-tuning). The model's
     ``pretrained_cfg`` (timm's keys) says how its weights expect images: ``convnext.create_transform``.

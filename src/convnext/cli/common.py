@@ -169,8 +169,9 @@ def add_weights(
     p.add_argument(
         "--weights",
         metavar="SRC",
-        help="checkpoint file, URL, weights tag (convnext_tiny.fb_in1k), HF folder, training run folder"
-        f"{also} (default: the tag in --model, e.g. --model convnext_tiny.fb_in1k, or the arch's default "
+        help="checkpoint file, URL, weights tag (convnext_tiny.fb_in1k), HF folder, Hugging Face Hub repo "
+        f"(hf-hub:ORG/NAME[@REVISION]), training run folder{also} (default: the tag in --model, e.g. "
+        "--model convnext_tiny.fb_in1k, or the arch's default "
         "weights)",
     )
     p.add_argument("--model", metavar="ARCH", help="architecture (default: from the checkpoint or run)")

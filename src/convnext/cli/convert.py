@@ -27,7 +27,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "folder) to our layout (.safetensors or .pth) or to a peer's (--to).",
     )
     p.add_argument(
-        "src", help="checkpoint file, URL, weights tag (convnext_tiny.fb_in1k), HF folder or run folder"
+        "src",
+        help="checkpoint file, URL, weights tag (convnext_tiny.fb_in1k), HF folder, Hugging Face Hub repo "
+        "(hf-hub:ORG/NAME[@REVISION]) or run folder",
     )
     p.add_argument("dst", help="output file (.safetensors recommended, or .pth); a folder for --to hf")
     p.add_argument(

@@ -122,7 +122,7 @@ def download(src: str) -> Path:
         cache = constants.HF_HUB_CACHE
         if offline:
             raise UserError(
-                f"{name} ({at}) is not in the Hugging Face cache {cache} and HF_HUB_OFFLINE is set; "
+                f"{name} is not in the Hugging Face cache {cache} and HF_HUB_OFFLINE is set; "
                 "download it once online (same HF_HUB_CACHE)"
             ) from None
         raise UserError(
