@@ -163,6 +163,13 @@ def run_model_options(model_section: dict[str, Any] | None, arch: str) -> dict[s
     from ..models.factory import family_of_name, layer_scale_option
 
     opts = dict(model_section.get("options") or {})
+    if str(model_section.get("name") or "").startswith("fcmae_"):  # a pre-training run: its encoder's options
+        import inspect
+
+        from ..models.fcmae import FCMAE
+
+        for key in inspect.signature(FCMAE.__init__).parameters:  # mask_ratio, decoder_depth, ...
+            opts.pop(key, None)
     try:
         family = family_of_name(arch)
     except ValueError:
