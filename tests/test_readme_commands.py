@@ -157,6 +157,12 @@ RULES: tuple[Rule, ...] = (
     Rule(r"^convnext benchmark .*--device cuda", "needs a CUDA GPU (`make gpu-check` runs it)", kind="cuda"),
     Rule(r"^convnext prepare (imagenet /data/|tiny-imagenet |caltech101 |folders |mnist )", AGAIN),
     Rule(
+        r"hf-hub:(timm/|facebook/convnextv2)|^HF_HUB_OFFLINE=1 ",
+        AGAIN + "; each hf-hub: repo is a ConvNeXt-atto stand-in in a local Hugging Face cache (every "
+        "command runs with HF_HUB_OFFLINE=1: no test reaches the Hub; tests/test_hf_hub.py downloads from "
+        "one on 127.0.0.1)",
+    ),
+    Rule(
         r"^convnext prepare cifar-10 ",
         "CIFAR-10's batches are checked against their published MD5s: only the real 160 MB files pass",
         kind="skip",
@@ -330,11 +336,55 @@ _artefact(r"timm_convnext_tiny\.bin")(_timm_file)
 _artefact(r"ConvNext_tiny-ImageNet_1K\.pth\.tar")(_seed_project_file)
 
 
+@_artefact(r"hf-hub:")
+def _hub_cache(work: Path) -> None:
+    """The hf-hub: repos the README names, in huggingface_hub's cache layout (models--ORG--NAME/refs/main ->
+    snapshots/<commit>/) as a download leaves it, each holding random ConvNeXt-atto weights saved the way
+    its library saves them (transformers' save_pretrained, timm's save_for_hf)."""
+    import hashlib
+
+    tr, timm = pytest.importorskip("transformers"), pytest.importorskip("timm")
+    hf = {"depths": [2, 2, 6, 2], "hidden_sizes": [40, 80, 160, 320], "num_labels": 1000}
+    processor = tr.ConvNextImageProcessor(size={"shortest_edge": 224}, crop_pct=0.875)
+
+    def transformers_repo(v2: bool) -> Callable[[Path], None]:
+        def save(folder: Path) -> None:
+            cfg = tr.ConvNextV2Config(**hf) if v2 else tr.ConvNextConfig(**hf)
+            model = tr.ConvNextV2ForImageClassification(cfg) if v2 else tr.ConvNextForImageClassification(cfg)
+            model.save_pretrained(folder)
+            processor.save_pretrained(folder)
+
+        return save
+
+    def timm_repo(num_classes: int) -> Callable[[Path], None]:
+        def save(folder: Path) -> None:
+            model = timm.create_model("convnext_atto", num_classes=num_classes)
+            timm.models.save_for_hf(model, folder, safe_serialization=True)
+
+        return save
+
+    repos = {
+        "facebook/convnext-tiny-224": transformers_repo(v2=False),
+        "facebook/convnextv2-tiny-1k-224": transformers_repo(v2=True),
+        "timm/convnext_tiny.in12k_ft_in1k": timm_repo(1000),
+        "timm/convnext_tiny.fb_in22k": timm_repo(21841),
+    }
+    for repo, save in repos.items():
+        commit = hashlib.sha1(repo.encode()).hexdigest()
+        base = work / ".hf-cache" / f"models--{repo.replace('/', '--')}"
+        save(base / "snapshots" / commit)
+        (base / "snapshots" / commit / "pytorch_model.bin").unlink(missing_ok=True)
+        (base / "refs").mkdir(parents=True)
+        (base / "refs" / "main").write_text(commit)
+
+
 def _env(work: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "WANDB_", "CONVNEXT_"))}
     env.update(
         PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}",
         TORCH_HOME=str(work / ".torch"),  # the download cache: what ARTEFACTS puts there, nothing else
+        HF_HUB_CACHE=str(work / ".hf-cache"),  # huggingface_hub's cache, likewise (the hf-hub: repos)
+        HF_HUB_OFFLINE="1",  # never the real Hub
         NO_PROXY="127.0.0.1,localhost",
     )
     env.pop("PYTHONPATH", None)
