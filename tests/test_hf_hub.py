@@ -234,48 +234,47 @@ def test_online_errors_are_one_sentence_naming_the_repo(hub: dict) -> None:
 
 @pytest.mark.parametrize("repo", ["acme/convnext-atto", "acme/convnextv2-atto"])
 def test_transformers_repo_offline_same_logits_names_preprocessing(offline: dict, repo: str) -> None:
+    """What predict / evaluate / export / serve load (``load_for_inference``): transformers' logits, the
+    repo's id2label and its image processor's settings, without one request."""
     hits = offline["server"].hits
     ref = offline["v2" if "v2" in repo else "v1"]
-    arch = "convnextv2_atto" if "v2" in repo else "convnext_atto"
-    model = convnext.create_model(arch, pretrained=f"hf-hub:{repo}").eval()
-    with torch.no_grad():
-        torch.testing.assert_close(model(_x()), ref(pixel_values=_x()).logits, rtol=1e-4, atol=1e-4)
     loaded = convnext.load_for_inference(f"hf-hub:{repo}")
-    assert loaded.arch == arch and loaded.class_names == HF_NAMES
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.model(_x()), ref(pixel_values=_x()).logits, rtol=1e-4, atol=1e-4)
+    assert loaded.arch == ("convnextv2_atto" if "v2" in repo else "convnext_atto")
+    assert loaded.class_names == HF_NAMES
     d = loaded.data  # ConvNextImageProcessor: shortest_edge 64, crop_pct 0.8, bilinear, its mean / std
     assert (d.img_size, d.crop_pct, d.crop_mode, d.interpolation) == (64, 0.8, "center", "bilinear")
     assert tuple(d.mean) == pytest.approx((0.45, 0.4, 0.35)) and tuple(d.std) == pytest.approx((0.2,) * 3)
-    assert model.pretrained_cfg["label_names"] == HF_NAMES
     assert offline["server"].hits == hits  # offline: not one request
 
 
 def test_timm_repo_offline_same_logits_names_preprocessing(offline: dict) -> None:
-    model = convnext.create_model("convnext_atto", pretrained="hf-hub:timm/convnext_atto.test").eval()
-    with torch.no_grad():
-        torch.testing.assert_close(model(_x(48)), offline["timm"](_x(48)), rtol=1e-4, atol=1e-4)
-    loaded = convnext.load_for_inference("hf-hub:timm/convnext_atto.test")
-    assert loaded.class_names == TIMM_NAMES
-    d = loaded.data  # config.json's pretrained_cfg, as timm's resolve_data_config reads it
-    assert (d.img_size, d.crop_pct, d.interpolation) == (48, 0.75, "bilinear")
-    assert tuple(d.mean) == pytest.approx(TIMM_PRE["mean"]) and tuple(d.std) == pytest.approx(TIMM_PRE["std"])
-    # timm itself reading the same cached repo: the same eval settings
+    """timm itself reading the same cached repo (timm.create_model("hf-hub:...")) is the reference: its
+    logits, its eval settings; the class names are the config's label_names."""
     theirs = timm.create_model("hf-hub:timm/convnext_atto.test", pretrained=True).eval()
-    peer = {
-        k: tuple(v) if isinstance(v, list) else v
-        for k, v in timm.data.resolve_data_config({}, model=theirs).items()
-    }
-    ours = convnext.resolve_data_config(model)
-    assert {k: ours[k] for k in peer} == peer
+    loaded = convnext.load_for_inference("hf-hub:timm/convnext_atto.test")
     with torch.no_grad():
-        torch.testing.assert_close(model(_x(48)), theirs(_x(48)), rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(loaded.model(_x(48)), theirs(_x(48)), rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(loaded.model(_x(48)), offline["timm"](_x(48)), rtol=1e-4, atol=1e-4)
+    assert loaded.class_names == TIMM_NAMES
+    peer = timm.data.resolve_data_config({}, model=theirs)
+    d = loaded.data  # config.json's pretrained_cfg
+    assert (d.img_size, d.crop_pct, d.interpolation) == (peer["input_size"][1], peer["crop_pct"], "bilinear")
+    assert (tuple(d.mean), tuple(d.std)) == (tuple(peer["mean"]), tuple(peer["std"]))
+    assert (d.img_size, d.crop_pct, tuple(d.mean)) == (48, 0.75, TIMM_PRE["mean"])  # not timm's defaults
 
 
 def test_revision_tag_and_commit_resolve_offline(offline: dict) -> None:
+    """``create_model(pretrained="hf-hub:...@REV")``: a tag and a commit give the weights and names of
+    that commit, not main's."""
     for spec in ("hf-hub:acme/convnext-atto@v1", f"hf-hub:acme/convnext-atto@{V1}"):
         model = convnext.create_model("convnext_atto", pretrained=spec).eval()
         with torch.no_grad():
-            torch.testing.assert_close(model(_x()), offline["old"](pixel_values=_x()).logits)
-        assert convnext.load_for_inference(spec).class_names == ["old_a", "old_b", "old_c"]
+            torch.testing.assert_close(
+                model(_x()), offline["old"](pixel_values=_x()).logits, rtol=1e-4, atol=1e-4
+            )
+        assert model.pretrained_cfg["label_names"] == ["old_a", "old_b", "old_c"]
 
 
 def test_offline_errors_are_one_sentence(offline: dict) -> None:
@@ -291,9 +290,12 @@ def test_offline_errors_are_one_sentence(offline: dict) -> None:
     assert "HF_HUB_OFFLINE" in str(e.value) or "ORG/NAME" in str(e.value)
 
 
-def test_cli_predict_offline_from_the_cache(offline: dict, tmp_path: Path) -> None:
+def test_cli_predict_offline_from_the_cache(
+    offline: dict, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     """``convnext predict --weights hf-hub:...`` in a fresh process with HF_HUB_OFFLINE=1 and no endpoint:
-    the repo's class names and preprocessing, the transformers model's top-1; a missing repo exits 2."""
+    the repo's class names, the transformers model's top-1 under the repo's preprocessing; a repo not in
+    the cache exits 2 with one line."""
     img = tmp_path / "x.png"
     Image.new("RGB", (80, 70), (200, 120, 40)).save(img)
     env = {**os.environ, "HF_HUB_CACHE": str(offline["cache"]), "HF_HUB_OFFLINE": "1"}
@@ -304,19 +306,16 @@ def test_cli_predict_offline_from_the_cache(offline: dict, tmp_path: Path) -> No
     )
     assert r.returncode == 0, r.stderr
     row = json.loads(r.stdout.strip().splitlines()[0])
-    top = row["top"][0] if "top" in row else row["topk"][0]
+    top = row["top"][0]
     loaded = convnext.load_for_inference("hf-hub:acme/convnext-atto")
     x = convnext.data.build_eval_transform(loaded.data)(convnext.data.load_image(img))[None]
     with torch.no_grad():
         want = int(offline["v1"](pixel_values=x).logits.argmax())
-    assert HF_NAMES[want] in json.dumps(top), row
-    r = subprocess.run([*cmd, "--weights", "hf-hub:acme/gone"], env=env, capture_output=True, text=True)
-    err = r.stderr.strip().splitlines()
-    assert (
-        r.returncode == 2 and len(err) == 1 and err[0].startswith("convnext predict: error: hf-hub:acme/gone")
-    )
-    # a run of the CLI in-process too (every verb resolves --weights through the same function)
+    assert (top["index"], top["class"]) == (want, HF_NAMES[want]), row
+    # the CLI's error path, in this process (same cache, offline): exit 2, one line naming the repo
     assert main(["predict", str(img), "--weights", "hf-hub:acme/gone", "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("convnext predict: error: hf-hub:acme/gone is not in the"), err
 
 
 def test_train_model_pretrained_from_the_hub(offline: dict, tmp_path: Path) -> None:
