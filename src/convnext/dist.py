@@ -23,8 +23,41 @@ def init_distributed(device_kind: str) -> tuple[int, int, int]:
         backend = "nccl" if device_kind == "cuda" else "gloo"
         if device_kind == "cuda":
             torch.cuda.set_device(local_rank)
-        dist.init_process_group(backend=backend, init_method="env://")
+        store = _restarted_group_store(world)
+        if store is not None:
+            dist.init_process_group(backend=backend, store=store, rank=rank, world_size=world)
+        else:
+            dist.init_process_group(backend=backend, init_method="env://")
     return rank, world, local_rank
+
+
+def _restarted_group_store(world: int) -> dist.Store | None:
+    """The store of a group torchrun restarted (``--max-restarts``), with keys of its own; None otherwise.
+
+    torchrun's agent keeps one TCPStore for all the restarts of its group (TORCHELASTIC_USE_AGENT_STORE),
+    and the process group's keys (each rank's gloo or NCCL address) are the same names every time: a
+    restarted rank can read the address of the dead rank it replaces and fail to connect (pytorch/pytorch
+    #135712). The restart count, which every worker of one agent shares, names this attempt's keys. On several
+    nodes each agent counts its own restarts, so there the names could differ: that case is left to torchrun
+    (TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 gives each group a fresh store; the README says so).
+    """
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    if (
+        os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True"
+        or attempt == "0"
+        or os.environ.get("GROUP_WORLD_SIZE", "1") != "1"
+    ):
+        return None
+    from torch.distributed.constants import default_pg_timeout
+
+    store = dist.TCPStore(
+        os.environ["MASTER_ADDR"],
+        int(os.environ["MASTER_PORT"]),
+        world_size=world,
+        is_master=False,
+        timeout=default_pg_timeout,
+    )
+    return dist.PrefixStore(f"convnext/restart_{attempt}", store)
 
 
 def is_dist() -> bool:
