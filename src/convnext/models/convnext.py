@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from torchvision.ops import StochasticDepth
 
 from .base import ConvNeXtBase, Family, drop_path_rates, init_weights
+from .layer_ids import LayerIds, hierarchical_ids
 from .layers import GRN, LayerNorm2d, NormKind, StemKind, norm_layers, overlap_stem
 
 __all__ = ["GRN", "Block", "ConvNeXt", "LayerNorm2d"]
@@ -152,9 +153,6 @@ class ConvNeXt(ConvNeXtBase):
             self.head = nn.Linear(self.head_hidden_size, num_classes)
             init_weights(self.head)
 
-    def _features(self, x: Tensor) -> Tensor:
-        return self.norm_pre(super()._features(x))
-
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
         """Global average pool, LayerNorm (``norm_pre`` ran before the pool instead, in ``head_norm_first``
         variants), the MLP of ``head_hidden_size`` variants, then the classifier."""
@@ -165,5 +163,9 @@ class ConvNeXt(ConvNeXtBase):
     def family(self) -> Family:
         return "v2" if self.use_grn else "v1"
 
+    def layer_ids(self) -> LayerIds | None:
+        return hierarchical_ids(self.depths)
+
     def _tap(self, i: int, x: Tensor) -> Tensor:
-        return self._blocks(self.stages[i], self.downsample_layers[i](x))
+        x = self._blocks(self.stages[i], self.downsample_layers[i](x))
+        return self.norm_pre(x) if i == 3 else x  # identity unless head_norm_first (timm's norm_pre)
