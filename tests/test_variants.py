@@ -254,3 +254,29 @@ def test_variants_have_the_timm_interface(arch: str) -> None:
         assert torch.allclose(model(x), emb, atol=1e-6)
         backbone = convnext.create_model(arch, features_only=True, **SHRUNK.get(arch, {})).eval()
         assert [f.shape[1] for f in backbone(x)] == backbone.feature_info.channels()
+
+
+def test_a_tag_on_timms_hub_loads_from_the_hugging_face_cache(tmp_path: Path, monkeypatch) -> None:
+    # convnext_zepto_rms.ra4_e3600_r224_in1k lives at hf-hub:timm/...: a Hub cache laid out by hand, offline
+    constants = pytest.importorskip("huggingface_hub.constants")
+    from safetensors.torch import save_file
+
+    tag = "convnext_zepto_rms.ra4_e3600_r224_in1k"
+    ref = randomize_(timm.create_model("convnext_zepto_rms", num_classes=1000))
+    repo = tmp_path / f"models--timm--{tag}"
+    commit = "0" * 40
+    snapshot = repo / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    (snapshot / "config.json").write_text('{"architecture": "convnext_zepto_rms", "num_classes": 1000}')
+    save_file({k: v.contiguous() for k, v in ref.state_dict().items()}, snapshot / "model.safetensors")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    ours = convnext.create_model("convnext_zepto_rms", pretrained=tag).eval()
+    assert (
+        ours.pretrained_cfg["mean"] == (0.5, 0.5, 0.5) and ours.pretrained_cfg["tag"] == tag.partition(".")[2]
+    )
+    x = torch.randn(*X)
+    with torch.no_grad():
+        assert (ref(x) - ours(x)).abs().max().item() <= TOL

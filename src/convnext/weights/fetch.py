@@ -79,6 +79,10 @@ def resolve(src: str | Path) -> tuple[Path, WeightEntry | None]:
 
         return download(s), None
     entry = find_tag(s)
+    if entry is not None and entry.url.startswith("hf-hub:"):  # timm's Hub releases (in12k, CLIP, DINOv3)
+        from .hf_hub import download
+
+        return download(entry.url), entry
     if entry is not None:
         return fetch(entry.url), entry
     if s.startswith(("http://", "https://")):
