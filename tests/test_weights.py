@@ -427,7 +427,8 @@ def test_registry() -> None:
     assert registry.default_tag("convnextv2_atto") == "convnextv2_atto.fcmae_ft_in1k"
     archs = set(convnext.list_models())
     for e in registry.REGISTRY.values():
-        assert e.arch in archs and e.url.startswith(("https://", "hf-hub:")) and e.tag.startswith(e.arch + ".")
+        assert e.arch in archs and e.tag.startswith(e.arch + ".")
+        assert e.url.startswith(("https://", "hf-hub:timm/"))  # timm's Hub repos: in12k, CLIP, DINOv3
     json.dumps([e.as_dict() for e in registry.REGISTRY.values()])  # plain data, printable by a CLI
     # `convnext models --weights --json` keeps its flat layout: the eval settings beside the other fields
     row = registry.find_tag("convnext_base.fb_in1k_384").as_dict()
