@@ -386,13 +386,13 @@ def test_control_characters_in_names_are_quoted_in_text_exact_in_json(tmp_path: 
 
 
 @pytest.mark.parametrize("verb", ["evaluate", "predict", "export", "prepare", "benchmark", "convert", "serve",
-                                  "train", "models", "recipes"])  # fmt: skip
+                                  "train", "pretrain", "models", "recipes"])  # fmt: skip
 def test_every_verb_accepts_no_progress(verb: str) -> None:
     """A script that passes --no-progress to every verb it runs (a CI log, a cron job) must not fail on the
     verbs that draw no bar; export did."""
     from convnext.cli.main import VERBS, build_parser
 
-    assert verb in VERBS and len(VERBS) == 10  # a new verb: add it above
+    assert verb in VERBS and len(VERBS) == 11  # a new verb: add it above
     sub = build_parser((verb,))._subparsers._group_actions[0].choices[verb]  # type: ignore[union-attr]
     action = next(a for a in sub._actions if "--no-progress" in a.option_strings)
     assert action.dest == "no_progress" and action.default is False

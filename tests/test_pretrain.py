@@ -103,6 +103,16 @@ def test_reconstruction_figure_every_epoch(pretrained: Path) -> None:
             assert im.format == "PNG" and im.height > 200 and im.width > 300
 
 
+def test_curves_plot_the_reconstruction_loss(pretrained: Path) -> None:
+    from convnext.engine.plots import curves_figure
+
+    fig = curves_figure(read_metrics(pretrained), num_classes=0, reconstruction=True)
+    loss = fig.axes[0]
+    assert loss.get_ylabel() == "masked-patch MSE"
+    assert [ln.get_label() for ln in loss.get_lines()] == ["train loss", "val loss"]
+    assert any("masked patches" in t.get_text() for t in fig.texts)
+
+
 def test_finetune_from_the_pretrain_run_folder_loads_the_encoder(pretrained: Path) -> None:
     """``model.pretrained=<run folder>`` of a V2 classifier: every encoder tensor equals the run's."""
     cfg = load_config(

@@ -37,6 +37,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="start from scratch even when the run folder has a checkpoint to resume (the earlier run is "
         "moved aside into <run.dir>/previous-<date>/)",
     )
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="run the checks of a real run on this machine (the data, the checkpoint it would resume, "
+        "precision, memory of a training step), print the resolved config and stop; writes nothing",
+    )
     add_progress(p)  # the same as train.progress=false
     p.set_defaults(func=run)
 
@@ -56,6 +62,19 @@ def run(args: argparse.Namespace) -> int:
             "(fcmae_convnextv2_atto ...; `convnext recipes` lists the fcmae_* recipes); classifiers train "
             "with `convnext train`"
         )
+    if args.dry_run:
+        import sys
+
+        import yaml
+
+        from ..engine.preflight import dry_run
+        from ..recipe import to_dict
+
+        plan = dry_run(cfg, resume=args.resume, fresh=args.fresh)  # the run's own checks, on this machine
+        print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
+        for line in plan:
+            print(f"convnext pretrain: {line}", file=sys.stderr)
+        return 0
     from ..engine.train import train
 
     result = train(cfg, resume=args.resume, fresh=args.fresh)

@@ -72,6 +72,7 @@ def curves_figure(
     label_smoothing: float | None = None,
     mixup: bool | None = None,
     title: str = "",
+    reconstruction: bool = False,
 ) -> Figure:
     """Three panels from metrics.jsonl records: loss (train vs validation on one basis, see
     ``loss_basis``), accuracy (top-1, top-5, EMA; the best epoch marked) and the learning rate at the end
@@ -89,15 +90,22 @@ def curves_figure(
 
     val_key, ema_key, caption = loss_basis(records, label_smoothing, mixup)
     smoothed = val_key.endswith("_smoothed")
+    kind = "" if reconstruction else " (same smoothing)" if smoothed else " (plain CE)"
+    if reconstruction:  # FCMAE pre-training: no classes, the loss is the masked patches' error
+        val_key, ema_key = "val_loss", "ema_val_loss"
+        caption = (
+            "Loss: mean squared error on the masked patches (per-patch normalised pixels); train over each "
+            "epoch's batches, val with fixed masks at the end of the epoch."
+        )
     for key, label, color in (
         ("train_loss", "train loss", "C0"),
-        (val_key, "val loss" + (" (same smoothing)" if smoothed else " (plain CE)"), "C1"),
-        (ema_key, "EMA val loss" + (" (same smoothing)" if smoothed else " (plain CE)"), "C2"),
+        (val_key, "val loss" + kind, "C1"),
+        (ema_key, "EMA val loss" + kind, "C2"),
     ):
         x, y = _series(records, key)
         if x:
             ax_loss.plot(x, y, label=label, color=color, **style)
-    ax_loss.set_ylabel("cross-entropy")
+    ax_loss.set_ylabel("masked-patch MSE" if reconstruction else "cross-entropy")
     ax_loss.set_title("loss")
 
     x1, top1 = _series(records, "val_top1")
@@ -124,6 +132,8 @@ def curves_figure(
     if flat:
         ax_acc.plot([], [], " ", label="top-5: 100% every epoch")
     ax_acc.set_ylabel("accuracy (%)")
+    if reconstruction:
+        ax_acc.text(0.5, 0.5, "pre-training: no labels", ha="center", color="0.4", transform=ax_acc.transAxes)
     ax_acc.set_title("validation accuracy (* best)")
 
     xl, lr = _series(records, "lr")
@@ -151,9 +161,16 @@ def plot_curves(
     label_smoothing: float | None = None,
     mixup: bool | None = None,
     title: str = "",
+    reconstruction: bool = False,
 ) -> Path:
-    """``curves_figure`` written atomically to ``path`` (the run's curves.png)."""
+    """``curves_figure`` written atomically to ``path`` (the run's curves.png); ``reconstruction``: a
+    pre-training run's (the loss panel is the masked patches' error)."""
     fig = curves_figure(
-        records, num_classes=num_classes, label_smoothing=label_smoothing, mixup=mixup, title=title
+        records,
+        num_classes=num_classes,
+        label_smoothing=label_smoothing,
+        mixup=mixup,
+        title=title,
+        reconstruction=reconstruction,
     )
     return save_figure(fig, path)

@@ -128,6 +128,7 @@ def _train(
         "label_smoothing": cfg.train.label_smoothing,
         "mixup": data.mixup is not None,
         "title": f"{cfg.model.name}: {run_dir.name}",
+        "reconstruction": not task_of(cfg).labels,  # pre-training: the loss is the masked patches' error
     }
     try:
         while progress.epoch < cfg.epochs:
