@@ -161,6 +161,10 @@ def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
         "timm/convnext_atto.test": {"refs": {"main": MAIN}, MAIN: tm_files},
         "acme/vit": {"refs": {"main": MAIN}, MAIN: {"config.json": b'{"model_type": "vit"}'}},
         "acme/readme-only": {"refs": {"main": MAIN}, MAIN: {"README.md": b"# nothing"}},
+        "acme/unknown-variant": {
+            "refs": {"main": MAIN},
+            MAIN: {"config.json": b'{"architecture": "convnext_x"}'},
+        },
     }
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Hub)
     server.repos, server.hits = repos, 0  # type: ignore[attr-defined]
@@ -170,7 +174,7 @@ def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     specs = [
         "hf-hub:acme/convnext-atto", "hf-hub:acme/convnext-atto@v1", "hf-hub:acme/convnextv2-atto",
         "hf-hub:timm/convnext_atto.test", "hf-hub:acme/missing", "hf-hub:acme/convnext-atto@v9",
-        "hf-hub:acme/vit", "hf-hub:acme/readme-only",
+        "hf-hub:acme/vit", "hf-hub:acme/readme-only", "hf-hub:acme/unknown-variant",
     ]  # fmt: skip
     script = (
         "import json, sys\n"
@@ -226,6 +230,7 @@ def test_online_errors_are_one_sentence_naming_the_repo(hub: dict) -> None:
         ("hf-hub:acme/convnext-atto@v9", "has no revision 'v9'"),
         ("hf-hub:acme/vit", "is a transformers 'vit' model, not a ConvNeXt"),
         ("hf-hub:acme/readme-only", "has no config.json"),
+        ("hf-hub:acme/unknown-variant", "holds timm's convnext_x, which convnext cannot build"),
     ]:
         msg = online[spec]
         assert msg.startswith("error: ") and needle in msg and spec in msg and "\n" not in msg, msg

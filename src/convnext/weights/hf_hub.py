@@ -69,9 +69,15 @@ def _kind(config: Path, name: str) -> str:
             return "transformers"
         raise UserError(f"{name} is a transformers {model_type!r} model, not a ConvNeXt")
     if isinstance(arch, str):  # timm: "architecture": "convnext_atto"
-        if arch.startswith("convnext"):
-            return "timm"
-        raise UserError(f"{name} is a timm {arch!r} model, not a ConvNeXt")
+        if not arch.startswith("convnext"):
+            raise UserError(f"{name} is a timm {arch!r} model, not a ConvNeXt")
+        from ..models.factory import VARIANTS
+
+        if arch not in VARIANTS:  # e.g. a timm variant whose forward differs where the shapes do not
+            raise UserError(
+                f"{name} holds timm's {arch}, which convnext cannot build (see `convnext models`)"
+            )
+        return "timm"
     raise UserError(
         f"{name}: its config.json names neither a transformers model_type nor a timm architecture "
         "(not a ConvNeXt model repo)"
