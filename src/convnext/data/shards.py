@@ -196,10 +196,12 @@ def open_shard(url: str) -> Any:
     ...), else fsspec for any other ``scheme://`` (s3, gcs, az, hf, ...) when it is installed."""
     if not _is_url(url) or url.startswith("file://"):
         return open(url[7:] if url.startswith("file://") else url, "rb")
-    wds = _wds()
+    _wds()
+    from webdataset.gopen import gopen, gopen_schemes
+
     scheme = url.split(":", 1)[0]
-    if scheme in wds.gopen.gopen_schemes:
-        return wds.gopen.gopen(url, "rb")
+    if scheme in gopen_schemes:
+        return gopen(url, "rb")
     try:
         import fsspec
     except ImportError:
@@ -240,6 +242,12 @@ def _join(root: str, name: str) -> str:
 def _from_index(root: str, split: str, text: str) -> ShardList:
     try:
         index = json.loads(text)
+        if not split:  # `convnext evaluate --data DIR` names no split: the validation one, or the only one
+            split = (
+                "val"
+                if "val" in index["splits"] or len(index["splits"]) != 1
+                else next(iter(index["splits"]))
+            )
         entry = index["splits"][split]
         shards = entry["shards"]
         classes = list(index["classes"])
@@ -266,6 +274,12 @@ def _count(urls: list[str]) -> tuple[list[int], list[list[int]]]:
     return counts, targets
 
 
+def _tar_word(url: str) -> str | None:
+    """The shard file a URL names: the URL, or the last word of a ``pipe:`` command ending in .tar."""
+    words = [w for w in re.split(r"\s+", url.removeprefix("pipe:")) if w.endswith(".tar")]
+    return words[-1] if words else None
+
+
 def resolve(root: str, split: str, class_list: str | None = None) -> ShardList:
     """The shards of ``split`` under ``root``: a folder (or fsspec URL of one) holding shards.json, or a
     webdataset URL pattern (brace ranges, ``pipe:``, ``::``-joined lists) in which ``{split}`` is replaced
@@ -283,20 +297,21 @@ def resolve(root: str, split: str, class_list: str | None = None) -> ShardList:
         return _from_index(root, split, text)
     wds = _wds()
     urls = wds.shardlists.expand_urls(root.replace("{split}", split))
-    # a local index beside the shards: the last path-like word of the first URL's folder
-    words = [w for w in re.split(r"\s+", urls[0].removeprefix("pipe:")) if "/" in w or w.endswith(".tar")]
-    if words and not _is_url(words[-1]):
-        text = _read_text(str(Path(words[-1]).parent / INDEX))
+    # a local index beside the shards: the folder of the .tar each URL names (``pipe:cmd /x/a.tar``)
+    paths = [_tar_word(u) for u in urls]
+    if all(paths) and not _is_url(paths[0]):
+        folder = str(Path(paths[0]).parent)
+        text = _read_text(str(Path(folder) / INDEX))
         if text is not None:
             try:
-                known = _from_index(str(Path(words[-1]).parent), split, text)
+                known = _from_index(folder, split, text)
             except UserError:
                 known = None
             if known is not None:
                 by_name = {
                     os.path.basename(u): (c, t) for u, c, t in zip(known.urls, known.counts, known.targets)
                 }
-                names = [os.path.basename(re.split(r"\s+", u)[-1]) for u in urls]
+                names = [os.path.basename(p) for p in paths]
                 if all(n in by_name for n in names):
                     return ShardList(
                         urls, [by_name[n][0] for n in names], [by_name[n][1] for n in names], known.classes
