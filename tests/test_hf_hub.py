@@ -104,6 +104,7 @@ class _Hub(BaseHTTPRequestHandler):
     def _lookup(self) -> tuple[str, bytes] | None:
         parts = urlparse(self.path).path.lstrip("/").split("/")
         self.server.hits += 1  # type: ignore[attr-defined]
+        self.server.auth.add(self.headers.get("Authorization"))  # type: ignore[attr-defined]
         if len(parts) < 5 or parts[2] != "resolve":
             return self._fail(404, None)
         repo = self.server.repos.get("/".join(parts[:2]))  # type: ignore[attr-defined]
@@ -167,7 +168,7 @@ def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
         },
     }
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Hub)
-    server.repos, server.hits = repos, 0  # type: ignore[attr-defined]
+    server.repos, server.hits, server.auth = repos, 0, set()  # type: ignore[attr-defined]
     threading.Thread(target=server.serve_forever, daemon=True).start()
     endpoint = f"http://127.0.0.1:{server.server_address[1]}"
     cache = tmp / "hf-cache"
@@ -187,7 +188,7 @@ def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
         "print(json.dumps(out))\n"
     )
     env = {**os.environ, "HF_ENDPOINT": endpoint, "HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "0"}
-    env.pop("HF_TOKEN", None)
+    env["HF_TOKEN"] = "hf_test_token"  # huggingface_hub sends it: private and gated repos work
     r = subprocess.run([sys.executable, "-c", script, *specs], env=env, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     online = json.loads(r.stdout.strip().splitlines()[-1])
@@ -219,6 +220,7 @@ def test_online_download_lays_out_the_hub_cache(hub: dict) -> None:
     ]  # fmt: skip
     assert Path(online["hf-hub:acme/convnext-atto@v1"]).name == V1
     assert (hub["cache"] / "models--acme--convnext-atto" / "refs" / "v1").read_text() == V1
+    assert hub["server"].auth == {"Bearer hf_test_token"}  # HF_TOKEN went with every request
     timm_folder = Path(online["hf-hub:timm/convnext_atto.test"])
     assert sorted(p.name for p in timm_folder.iterdir()) == ["config.json", "model.safetensors"]
 
