@@ -9,6 +9,7 @@ runs the same launches with a probe worker that only joins the process group.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import os
@@ -325,4 +326,179 @@ def test_elastic_restart_after_a_killed_rank_resumes_bit_identical(
     r, run_dir = elastic_run(tmp_path, kill_rank)
     assert r.returncode == 0, r.stdout[-4000:]
     assert "resuming" in r.stdout, r.stdout[-4000:]
+    assert_same_run(two_procs, run_dir)
+
+
+# ------------------------------------------------------------------------------ the scheduler examples
+EXAMPLES = ROOT / "examples"
+
+
+def imagenet_folder(root: Path) -> Path:
+    """A reader's /data/imagenet in miniature (train/ and val/, three classes of two images)."""
+    from PIL import Image
+
+    from convnext.data import imagenet1k_wnids
+
+    for split in ("train", "val"):
+        for c, wnid in enumerate(imagenet1k_wnids()[:3]):
+            for i in range(2):
+                path = root / split / wnid / f"{wnid}_{i}.JPEG"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                Image.new("RGB", (40, 40), (80 * c, 40 * i, 0)).save(path)
+    return root
+
+
+def check_train_argv(argv: list[str], tmp_path: Path) -> None:
+    """``argv`` (what torchrun runs after ``-m convnext.cli.main``) is a `convnext train` command our CLI
+    accepts: its --dry-run passes, with the reader's /data and /runs as small folders here."""
+    from convnext.cli.main import main
+
+    assert argv[0] == "train", argv
+    data = imagenet_folder(tmp_path / "data" / "imagenet")
+    here = [a.replace("/data/imagenet", str(data)).replace("/runs/", f"{tmp_path}/runs/") for a in argv]
+    # the ImageNet recipe's memory check is for a GPU's batch of 128 at 224 px; this CPU may lack the RAM
+    assert main([*here, "--dry-run", "train.memory_check=false"]) == 0
+
+
+def torchrun_args(command: list[str]) -> argparse.Namespace:
+    """``command`` as torchrun's own parser reads it: the module it runs must be our CLI."""
+    from torch.distributed.run import get_args_parser
+
+    assert command[0] == "torchrun", command
+    args = get_args_parser().parse_args(command[1:])
+    assert args.module and args.training_script == "convnext.cli.main", command
+    return args
+
+
+def manifests(name: str) -> list[dict]:
+    yaml = pytest.importorskip("yaml")
+    return [d for d in yaml.safe_load_all((EXAMPLES / "kubernetes" / name).read_text()) if d]
+
+
+def test_kubernetes_job_runs_torchrun_elastic_on_a_headless_service(tmp_path: Path) -> None:
+    service, job = manifests("job.yaml")
+    assert service["kind"] == "Service" and service["spec"]["clusterIP"] == "None"
+    assert job["kind"] == "Job" and job["spec"]["completionMode"] == "Indexed"
+    pod = job["spec"]["template"]["spec"]
+    assert pod["subdomain"] == service["metadata"]["name"] and pod["restartPolicy"] == "Never"
+    assert service["spec"]["selector"] == {"job-name": job["metadata"]["name"]}
+    assert pod["terminationGracePeriodSeconds"] >= 60 and job["spec"]["backoffLimit"] > 0
+    (container,) = pod["containers"]
+    args = torchrun_args(container["command"] + container.get("args", []))
+    nodes = job["spec"]["completions"]
+    assert args.nnodes == str(nodes) == str(job["spec"]["parallelism"])
+    assert args.rdzv_backend == "c10d" and args.max_restarts > 0
+    host, port = args.rdzv_endpoint.split(":")
+    assert host == f"{job['metadata']['name']}-0.{service['metadata']['name']}"
+    assert int(port) in [p["port"] for p in service["spec"]["ports"]]
+    assert int(args.nproc_per_node) == container["resources"]["limits"]["nvidia.com/gpu"]
+    assert {"name": "TORCH_DISABLE_SHARE_RDZV_TCP_STORE", "value": "1"} in container["env"]
+    check_train_argv(args.training_script_args, tmp_path)
+
+
+def test_kubernetes_pytorchjob_gives_torchrun_a_fixed_elastic_group(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (job,) = manifests("pytorchjob.yaml")
+    assert job["apiVersion"] == "kubeflow.org/v1" and job["kind"] == "PyTorchJob"
+    spec, elastic = job["spec"], job["spec"]["elasticPolicy"]
+    worker = spec["pytorchReplicaSpecs"]["Worker"]
+    assert worker["replicas"] == elastic["minReplicas"] == elastic["maxReplicas"]
+    assert elastic["rdzvBackend"] == "c10d" and elastic["maxRestarts"] > 0
+    assert worker["restartPolicy"] == "OnFailure" and spec["runPolicy"]["backoffLimit"] > 0
+    pod = worker["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["name"] == "pytorch" and pod["terminationGracePeriodSeconds"] >= 60
+    # what the operator sets for torchrun (PET_*: torchrun's flags from the environment)
+    monkeypatch.setenv("PET_NNODES", f"{elastic['minReplicas']}:{elastic['maxReplicas']}")
+    monkeypatch.setenv("PET_NPROC_PER_NODE", spec["nprocPerNode"])
+    monkeypatch.setenv("PET_RDZV_BACKEND", elastic["rdzvBackend"])
+    monkeypatch.setenv("PET_RDZV_ENDPOINT", f"{job['metadata']['name']}-worker-0:29400")
+    monkeypatch.setenv("PET_MAX_RESTARTS", str(elastic["maxRestarts"]))
+    args = torchrun_args(container["command"] + container.get("args", []))
+    assert (args.nnodes, args.rdzv_backend, args.max_restarts) == ("2:2", "c10d", elastic["maxRestarts"])
+    assert int(args.nproc_per_node) == container["resources"]["limits"]["nvidia.com/gpu"]
+    assert {"name": "TORCH_DISABLE_SHARE_RDZV_TCP_STORE", "value": "1"} in container["env"]
+    check_train_argv(args.training_script_args, tmp_path)
+
+
+def slurm_bin(tmp_path: Path, srun: str, first_node: str) -> Path:
+    """Stand-ins for Slurm's srun and scontrol on PATH (scontrol requeue is written to scontrol.log)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "srun").write_text(f"#!/bin/sh\n{srun}\n")
+    (bin_dir / "scontrol").write_text(
+        f'#!/bin/sh\nif [ "$1" = show ]; then echo {first_node}; echo node-b; exit 0; fi\n'
+        f'echo "$@" >> {tmp_path / "scontrol.log"}\n'
+    )
+    for f in bin_dir.iterdir():
+        f.chmod(0o755)
+    return bin_dir
+
+
+SBATCH = EXAMPLES / "slurm" / "train_multinode.sbatch"
+SLURM_ENV = {"SLURM_JOB_ID": "4242", "SLURM_JOB_NODELIST": "node-[a-b]", "SLURM_NNODES": "2"}
+
+
+def test_multinode_sbatch_starts_one_torchrun_agent_per_node_at_a_c10d_rendezvous(tmp_path: Path) -> None:
+    """What examples/slurm/train_multinode.sbatch hands srun: torchrun (its own parser reads it) at a c10d
+    rendezvous on the job's first node, as many nodes as Slurm gave, running a `convnext train` that our CLI
+    accepts. Finished (exit 0): not requeued."""
+    bin_dir = slurm_bin(tmp_path, f'printf "%s\\n" "$@" > {tmp_path / "srun.args"}', "node-a")
+    env = {**ENV, **SLURM_ENV, "SLURM_GPUS_ON_NODE": "8", "PATH": f"{bin_dir}:{ENV['PATH']}"}
+    job = [
+        "bash",
+        str(SBATCH),
+        "--config",
+        "convnext_tiny_in1k",
+        "data.root=/data/imagenet",
+        "run.dir=/runs/t",
+    ]
+    r = subprocess.run(job, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and not (tmp_path / "scontrol.log").exists(), r.stderr
+    args = torchrun_args((tmp_path / "srun.args").read_text().splitlines())
+    assert (args.nnodes, args.nproc_per_node, args.rdzv_backend) == ("2", "8", "c10d")
+    assert (args.rdzv_endpoint, args.rdzv_id, args.max_restarts) == ("node-a:29500", "4242", 3)
+    check_train_argv(args.training_script_args, tmp_path)
+
+
+@pytest.mark.slow
+def test_multinode_sbatch_saves_requeues_and_resumes_exactly(two_procs: Path, tmp_path: Path) -> None:
+    """The whole Slurm story on one node of two processes: SIGUSR1 to the batch shell (--signal=B:USR1@120)
+    mid-epoch; the ranks save and stop, the job is requeued; the requeued job resumes and ends as the
+    uninterrupted run, bit for bit."""
+    bin_dir = slurm_bin(tmp_path, 'exec "$@"', "127.0.0.1")
+    env = {**ENV, **SLURM_ENV, "SLURM_NNODES": "1", "SLURM_GPUS_ON_NODE": "2", "RDZV_PORT": str(free_port())}
+    env["PATH"] = f"{bin_dir}:{Path(sys.executable).parent}:{ENV['PATH']}"
+    run_dir = tmp_path / "run"
+    job = ["bash", str(SBATCH), *train_args(run_dir)[3:]]  # the script says `train`
+    proc = subprocess.Popen(
+        job,
+        cwd=ROOT,
+        env={**env, TEST_PAUSE_ENV: "step@3"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    seen: list[str] = []
+    reader = threading.Thread(target=lambda: seen.extend(iter(proc.stdout.readline, "")), daemon=True)
+    reader.start()
+    deadline = time.monotonic() + 180
+    while "".join(seen).count("paused at step@3") < 2 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if proc.poll() is not None or "".join(seen).count("paused at step@3") < 2:
+        proc.kill()
+        pytest.fail("".join(seen)[-4000:])
+    os.kill(proc.pid, signal.SIGUSR1)  # what Slurm sends the batch shell 120 s before the time limit
+    proc.wait(timeout=120)
+    reader.join(timeout=10)
+    out = "".join(seen)
+    assert proc.returncode != 0 and "requeueing job 4242" in out, out[-4000:]
+    assert "SIGTERM received; saved" in out, out[-4000:]
+    assert (tmp_path / "scontrol.log").read_text() == "requeue 4242\n"
+    assert load_train_checkpoint(run_dir / "checkpoints" / "last.pth")["step"] == 3
+    again = subprocess.run(job, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    assert again.returncode == 0, (again.stdout + again.stderr)[-4000:]
+    assert (tmp_path / "scontrol.log").read_text() == "requeue 4242\n"  # done: not requeued again
+    assert "resuming" in again.stderr
     assert_same_run(two_procs, run_dir)
