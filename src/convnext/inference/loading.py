@@ -76,7 +76,6 @@ def load_for_inference(
     from ..models import build_model, get_variant
     from ..weights.containers import TRAIN_FORMAT
     from ..weights.load import load_checkpoint, prepare
-    from ..weights.presets import to_data_config
 
     arch = model_name.partition(".")[0] if model_name else None
     if arch is not None:
@@ -121,8 +120,8 @@ def load_for_inference(
     data = DataConfig()
     if train_cfg is not None:
         data = dataclasses.replace(train_cfg.data)
-    elif info.data_config is not None:
-        data = to_data_config(info.data_config, data)
+    elif info.preprocessing is not None:
+        data = info.preprocessing.apply(data)
     if img_size is not None:
         data.img_size = int(img_size)
     if crop_pct is not None:

@@ -20,7 +20,7 @@ from ..data.preprocessing import TIMM_KEYS, Preprocessing
 from ..errors import UserError
 from . import containers, formats
 from .fetch import fetch, is_run_dir, resolve, run_checkpoint
-from .files import hf_class_names, hf_data_config, hf_weights, read_file
+from .files import hf_class_names, hf_preprocessing, hf_weights, read_file
 from .registry import WeightEntry, find_file, torchvision_entry
 
 log = logging.getLogger("convnext.weights")
@@ -48,9 +48,15 @@ class CheckpointInfo:
     unexpected: list[str] = field(default_factory=list)
     mismatched: list[str] = field(default_factory=list)  # skipped (strict=False only): shapes differ
     metadata: dict[str, Any] = field(default_factory=dict)
-    # the eval settings the weights were made for (timm's resolve_data_config layout); None: unknown
-    data_config: dict[str, Any] | None = None
+    # the eval settings the weights were made for; None: unknown (defaults apply)
+    preprocessing: Preprocessing | None = None
     run_dir: str | None = None  # the training run folder the checkpoint came from, when one was given
+
+    @property
+    def data_config(self) -> dict[str, Any] | None:
+        """``preprocessing`` in timm's ``resolve_data_config`` layout, for the timm boundary (presets,
+        ``pretrained_cfg``, the files ``convert`` writes); None: unknown."""
+        return self.preprocessing.to_timm() if self.preprocessing is not None else None
 
 
 @dataclass
@@ -87,7 +93,7 @@ def prepare(src: str | Path | dict, *, ema: bool | None = None) -> Prepared:
     entry: WeightEntry | None = None
     st_meta: dict[str, str] = {}
     run_dir: Path | None = None
-    hf_eval: dict[str, Any] | None = None  # a Hugging Face folder's preprocessor_config.json
+    hf_eval: Preprocessing | None = None  # a Hugging Face folder's preprocessor_config.json
     if isinstance(src, dict):
         obj, path, src = src, Path("<state dict>"), "<state dict>"
     else:
@@ -96,7 +102,7 @@ def prepare(src: str | Path | dict, *, ema: bool | None = None) -> Prepared:
             run_dir, path = path, run_checkpoint(path)
         elif path.is_dir():
             class_names = hf_class_names(path)
-            hf_eval = hf_data_config(path)
+            hf_eval = hf_preprocessing(path)
             path = hf_weights(path)
         obj, st_meta = read_file(path)
     sd, meta = containers.unwrap(obj, str(path), ema)
@@ -114,8 +120,6 @@ def prepare(src: str | Path | dict, *, ema: bool | None = None) -> Prepared:
                 meta.setdefault(key, json.loads(st_meta[key]))
             except ValueError:
                 pass
-    if hf_eval is not None:
-        meta.setdefault("data_config", hf_eval)
     class_names = meta.get("class_names") or class_names
     num_classes = formats.num_classes_of(ours)
     shapes_arch = formats.infer_arch(ours)
@@ -139,7 +143,7 @@ def prepare(src: str | Path | dict, *, ema: bool | None = None) -> Prepared:
         ema=ema,
         metadata={k: v for k, v in meta.items() if k not in _INFO_KEYS},
         # metadata["model"]: a training run's model section (options the architecture was built with)
-        data_config=_data_config(entry, meta.get("data"), fmt, arch, meta.get("data_config")),
+        preprocessing=_preprocessing(entry, meta.get("data"), fmt, arch, meta.get("data_config"), hf_eval),
         run_dir=str(run_dir) if run_dir else None,
     )
     recorded = obj.get("config") if info.format == containers.TRAIN_FORMAT else None
@@ -150,26 +154,30 @@ def prepare(src: str | Path | dict, *, ema: bool | None = None) -> Prepared:
 _INFO_KEYS = ("arch", "class_names", "container", "data", "data_config")
 
 
-def _data_config(
+def _preprocessing(
     entry: WeightEntry | None,
     run_data: dict[str, Any] | None,
     fmt: str,
     arch: str | None,
     recorded: dict[str, Any] | None = None,
-) -> dict[str, Any] | None:
-    """The eval settings loaded weights were made for (timm's layout): the registry release's, a training
-    run's ``data:`` section, those ``convnext convert`` recorded, or torchvision's preset for weights in
-    torchvision's layout; None when nothing says (defaults apply)."""
+    hf_eval: Preprocessing | None = None,
+) -> Preprocessing | None:
+    """The eval settings loaded weights were made for: the registry release's, a training run's ``data:``
+    section, those ``convnext convert`` recorded (timm's keys, in the file's metadata), a Hugging Face or
+    timm folder's own, or torchvision's preset for weights in torchvision's layout; None when nothing says
+    (defaults apply)."""
     if entry is not None:
-        return entry.data_config()
+        return entry.preprocessing
     if run_data is not None:
-        return Preprocessing.from_json(run_data).to_timm()
+        return Preprocessing.from_json(run_data)
     if isinstance(recorded, dict) and all(k in recorded for k in TIMM_KEYS):
-        return Preprocessing.from_timm(recorded).to_timm()
+        return Preprocessing.from_timm(recorded)
+    if hf_eval is not None:
+        return hf_eval
     if fmt == "torchvision" and arch:
         tv = torchvision_entry(arch)
         if tv is not None:
-            return tv.data_config()
+            return tv.preprocessing
     return None
 
 
