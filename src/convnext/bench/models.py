@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from ..device import AMP_DTYPES, amp_dtype, autocast, resolve_device
 from ..engine.allocator import allocator_tuned, tune_cpu_allocator
 from ..errors import UserError
-from ..models import build_model, get_variant
+from ..models import Block, build_model, get_variant
 from ..models.chunked_mlp import set_chunked_mlp, use_chunked_mlp
 from ..models.fuse import fuse_for_inference
 from ..models.profile import count_macs, count_params
@@ -108,8 +108,8 @@ def make_steps(
 
 def _check(
     spec: Spec, repeats: int, device: str, compare: tuple[str, ...]
-) -> tuple[torch.device, Any, tuple[str, ...]]:
-    """The device, the variant and the peers, or one sentence naming what is wrong."""
+) -> tuple[torch.device, tuple[str, ...]]:
+    """The device and the peers, or one sentence naming what is wrong."""
     if spec.mode not in ("infer", "train"):
         raise UserError(f"--mode must be infer or train, not {spec.mode!r}")
     if repeats < 1 or spec.batch_size < 1:
@@ -117,11 +117,11 @@ def _check(
     dev = resolve_device(device)
     amp_dtype(spec.amp, dev)  # fp16 needs CUDA; bf16 on a CPU without it is noted
     try:
-        variant = get_variant(spec.model)
+        get_variant(spec.model)
     except ValueError as e:
         raise UserError(str(e)) from None
     check_img_size(spec.img_size, spec.model)
-    return dev, variant, check_peers(compare)
+    return dev, check_peers(compare)
 
 
 def check_img_size(img_size: int, name: str, model: nn.Module | None = None) -> None:
@@ -137,10 +137,11 @@ def check_img_size(img_size: int, name: str, model: nn.Module | None = None) -> 
         )
 
 
-def build_ours(name: str, variant: Any, device: torch.device) -> nn.Module:
-    """Our model with non-trivial layer scales and biases (V1), so weight copying and folding really count."""
+def build_ours(name: str, device: torch.device) -> nn.Module:
+    """Our model with non-trivial layer scales and biases where its blocks have layer scale (V1), so weight
+    copying and folding really count."""
     ours = build_model(name).to(device)
-    if variant.family == "v1":
+    if any(isinstance(m, Block) and m.gamma is not None for m in ours.modules()):
         with torch.no_grad():
             for pname, p in ours.named_parameters():
                 if pname.endswith("gamma") or pname.endswith("bias"):
@@ -148,11 +149,11 @@ def build_ours(name: str, variant: Any, device: torch.device) -> nn.Module:
     return ours
 
 
-def chunked_in_step(spec: Spec, ours: nn.Module, variant: Any, x: Tensor) -> bool:
+def chunked_in_step(spec: Spec, ours: nn.Module, x: Tensor) -> bool:
     """What the model's own switch will decide inside the timed step (autocast and compile are set there).
 
-    The rule looks at a block's input: the stage-1 (or, isotropic, the only) feature map."""
-    stride = 16 if variant.family == "isotropic" else 4
+    The rule looks at a block's input: the first tap's feature map (stage 1, or isotropic's only one)."""
+    stride = int(ours.feature_info[0]["reduction"])
     size = spec.img_size // stride
     block_in = x.new_empty(1).expand(spec.batch_size, 1, size, size)
     if spec.compile or not any(getattr(m, "chunked", False) for m in ours.modules()):
@@ -281,12 +282,12 @@ def run_benchmark(
     """
     say = progress or (lambda _msg: None)
     spec = Spec(model, batch_size, img_size, mode, channels_last, compile, amp, fuse, latency)
-    dev, variant, peers = _check(spec, repeats, device, compare)
+    dev, peers = _check(spec, repeats, device, compare)
     torch.manual_seed(0)  # ours, the peers (their init draws too), then the inputs: always the same tensors
-    ours = build_ours(model, variant, dev)
+    ours = build_ours(model, dev)
     others, skipped = peer_models(ours, model, peers, dev)
     x = torch.randn(batch_size, 3, img_size, img_size, device=dev)
-    has_chunked = chunked_in_step(spec, ours, variant, x)
+    has_chunked = chunked_in_step(spec, ours, x)
     x1 = torch.randn(1, 3, img_size, img_size, device=dev)
     targets = torch.randint(0, ours.num_classes, (batch_size,), device=dev)
 

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from .layer_ids import LayerIds
 from .layers import LayerNorm2d
 
 # The families, and their names in sentences: a new family adds itself here (ARCHITECTURE.md, "How to add").
@@ -105,6 +106,11 @@ class ConvNeXtBase(nn.Module):
         """The trunk's total stride (32 hierarchical: 4 x 2 x 2 x 2; 16 isotropic: the patch stem): the
         smallest input side in pixels, below which the convolutions fail deep inside."""
         return self._reduction
+
+    def layer_ids(self) -> LayerIds | None:
+        """Which layer each parameter is in, stem 0 to head, and the head's id: the order layer-wise lr
+        decay scales by (``models/layer_ids.py`` has the official ones); None: the family defines none."""
+        return None
 
     def _tap(self, i: int, x: Tensor) -> Tensor:
         raise NotImplementedError

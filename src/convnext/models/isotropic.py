@@ -12,6 +12,7 @@ from torch import Tensor, nn
 
 from .base import ConvNeXtBase, Family, drop_path_rates, to_channels_last
 from .convnext import Block
+from .layer_ids import LayerIds, isotropic_ids
 
 
 class ConvNeXtIsotropic(ConvNeXtBase):
@@ -45,6 +46,9 @@ class ConvNeXtIsotropic(ConvNeXtBase):
     @property
     def family(self) -> Family:
         return "isotropic"
+
+    def layer_ids(self) -> LayerIds:
+        return isotropic_ids(len(self.blocks))
 
     def _tap(self, i: int, x: Tensor) -> Tensor:
         return self._blocks(self.blocks[i], self.stem(x) if i == 0 else x)

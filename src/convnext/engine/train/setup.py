@@ -61,7 +61,7 @@ def build_model(cfg: TrainConfig, num_classes: int, resume_state: dict | None = 
     :func:`restore` to fill: the checkpoint holds every weight, so a resume needs no pretrained file (it may
     be gone) and prints nothing about it."""
     from ...hub import create_model
-    from ...models import get_variant, set_chunked_mlp
+    from ...models import family_of_name, layer_scale_option, set_chunked_mlp
     from ...weights.containers import model_options_of
 
     if task_of(cfg).build_model is not None:  # pre-training: the FCMAE model (task.py)
@@ -70,12 +70,12 @@ def build_model(cfg: TrainConfig, num_classes: int, resume_state: dict | None = 
     opts.setdefault("drop_path_rate", cfg.model.drop_path_rate)
     opts.setdefault("head_init_scale", cfg.model.head_init_scale)
     try:
-        family = get_variant(cfg.model.name.partition(".")[0]).family
+        family = family_of_name(cfg.model.name)
     except ValueError as e:
         raise UserError(f"config key model.name: {e}") from None
-    # The key's default is V1's layer scale; V2 has none (GRN) and isotropic none by default.
-    if family == "v1" or (family == "isotropic" and cfg.model.layer_scale_init_value):
-        opts.setdefault("layer_scale_init_value", cfg.model.layer_scale_init_value)
+    # the recipe key as the family takes it (models/factory.py), as inference rebuilds the run's model
+    for key, value in layer_scale_option(family, cfg.model.layer_scale_init_value).items():
+        opts.setdefault(key, value)
     pretrained = cfg.model.pretrained
     if resume_state is not None:  # the options the pretrained file would have implied, from the checkpoint
         opts = {**model_options_of(resume_state, cfg.model.name), **opts}
