@@ -62,6 +62,7 @@ def test_resume_needs_no_pretrained_file(
     assert main(["train", *args, f"run.dir={straight}"]) == 0
     assert "the classifier starts fresh" in caplog.text  # the file was loaded
     caplog.clear()
+    capsys.readouterr()  # the CLI said it on stderr too (convnext train: warning: ...)
     # what a run killed after epoch 1 leaves: its checkpoint (last.pth is a copy of epoch_0001.pth then)
     (run / "checkpoints").mkdir(parents=True)
     shutil.copy(straight / "checkpoints" / "epoch_0001.pth", run / "checkpoints" / "last.pth")

@@ -8,6 +8,7 @@ Nothing reaches a network: WANDB_MODE=offline, MLFLOW_TRACKING_URI=file:<tmp>.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -209,7 +210,7 @@ def test_only_a_resumed_run_continues_its_mlflow_run(stores: Path, monkeypatch: 
     monkeypatch.chdir(stores)
 
     def open_(resumed_step: int | None) -> str:
-        t = MLflowTracker(run, {"optim": {"lr": 0.1}, "epochs": 3}, resumed_step, say=print)
+        t = MLflowTracker(run, {"optim": {"lr": 0.1}, "epochs": 3}, resumed_step)
         t.close("stopped")
         return t.run_id
 
@@ -236,16 +237,19 @@ def test_fresh_start_moves_the_tracker_ids_aside(tmp_path: Path) -> None:
     assert not (tmp_path / STATE_FILE).exists() and not (tmp_path / "wandb").exists()
 
 
-def test_a_failing_tracker_is_dropped_with_one_warning(stores: Path) -> None:
+def test_a_failing_tracker_is_dropped_with_one_warning(
+    stores: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     """A tracking store going away mid-run costs its tracker, never the training or metrics.jsonl."""
-    said: list[str] = []
-    logger = MetricsLogger(stores / "run", loggers=["mlflow"], config={"a": 1}, say=said.append)
+    logger = MetricsLogger(stores / "run", loggers=["mlflow"], config={"a": 1})
     logger.log_step(1, {"loss": 2.0})
     shutil.rmtree(stores / "mlruns")
-    logger.log_step(2, {"loss": 1.5})
-    logger.log_epoch({"epoch": 1, "train_loss": 1.7})
-    logger.close()
-    assert len(said) == 1 and said[0].startswith("warning: mlflow failed logging a step (")
+    with caplog.at_level(logging.WARNING, logger="convnext"):
+        logger.log_step(2, {"loss": 1.5})
+        logger.log_epoch({"epoch": 1, "train_loss": 1.7})
+        logger.close()
+    said = [r.getMessage() for r in caplog.records if r.name.startswith("convnext")]
+    assert len(said) == 1 and said[0].startswith("mlflow failed logging a step (")
     assert said[0].endswith("continuing without it (metrics.jsonl has every record)")
     assert read_metrics(stores / "run") == [{"epoch": 1, "train_loss": 1.7}]
 

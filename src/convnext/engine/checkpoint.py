@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from ..errors import UserError
+from ..messages import note, warn
 from ..weights.containers import TRAIN_FORMAT, TRAIN_VERSION
 from .pauses import NO_PAUSES, PausePoints
 
@@ -418,7 +419,7 @@ class CheckpointManager:
             p.unlink(missing_ok=True)
         return gone
 
-    def find_resumable(self, warn: Callable[[str], None]) -> Path | None:
+    def find_resumable(self) -> Path | None:
         """The checkpoint to resume: last.pth, or when it is damaged (or gone) the newest intact end-of-epoch
         checkpoint (epoch_XXXX.pth or best.pth) with one warning line; None when the folder holds none.
 
@@ -450,7 +451,7 @@ class CheckpointManager:
                 "--resume PATH or start over with --fresh"
             )
         epoch, p = min(found, key=lambda t: (-t[0], t[1] == self.best))  # newest; epoch_XXXX before best
-        warn(f"warning: {damaged[0]}; resuming from the newest intact checkpoint {p} (epoch {epoch})")
+        warn(f"{damaged[0]}; resuming from the newest intact checkpoint {p} (epoch {epoch})")
         return p
 
     def epoch_record(self, epoch: int) -> tuple[dict, Path] | None:
@@ -469,7 +470,7 @@ class CheckpointManager:
                 return dict(record), p
         return None
 
-    def repair_best(self, ckpt: dict, source: Path, warn: Callable[[str], None]) -> None:
+    def repair_best(self, ckpt: dict, source: Path) -> None:
         """Make best.pth the epoch ``ckpt`` names as the best (a kill may have come between writing last.pth
         and copying best.pth); ``source`` is the file ``ckpt`` was read from."""
         want = ckpt.get("best_epoch")
@@ -490,13 +491,13 @@ class CheckpointManager:
             src = self.epoch_file(want)
         if src is None:
             warn(
-                f"warning: {self.best} is "
+                f"{self.best} is "
                 + (f"from epoch {have}" if have is not None else "missing or unreadable")
                 + f" but the run's best is epoch {want}, whose checkpoint is no longer kept"
             )
             return
         atomic_copy(src, self.best)
-        warn(
+        note(
             f"restored {self.best} to epoch {want}, the run's best (it was "
             + (f"epoch {have})" if have is not None else "missing)")
         )

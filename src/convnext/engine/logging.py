@@ -5,19 +5,19 @@ from __future__ import annotations
 
 import json
 import os
-import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
+from ..messages import note, warn
 from .trackers import Tracker, open_trackers
 
 
 class MetricsLogger:
     """Appends to <run_dir>/metrics.jsonl and feeds the trackers; does nothing on ranks other than 0.
 
-    A tracker that raises in the middle of a run is dropped with one warning (through ``say``): training and
+    A tracker that raises in the middle of a run is dropped with one warning (``messages.warn``): training and
     metrics.jsonl go on without it. Opening one that cannot start is a UserError (before the first step).
     """
 
@@ -28,14 +28,12 @@ class MetricsLogger:
         loggers: Iterable[str] = ("tensorboard",),
         config: dict[str, Any] | None = None,
         resumed_step: int | None = None,
-        say: Callable[[str], None] | None = None,
     ) -> None:
         self.enabled = enabled
         self.path = Path(run_dir) / "metrics.jsonl"
-        self.say = say or (lambda m: warnings.warn(m, stacklevel=3))
         self.trackers: list[Tracker] = []
         if enabled:
-            self.trackers = open_trackers(loggers, Path(run_dir), config or {}, resumed_step, self.say)
+            self.trackers = open_trackers(loggers, Path(run_dir), config or {}, resumed_step)
         self.closed = False
 
     def describe(self) -> str:
@@ -49,8 +47,8 @@ class MetricsLogger:
             except Exception as e:  # a tracker never stops training
                 self.trackers.remove(t)
                 msg = str(e).strip().splitlines()
-                self.say(
-                    f"warning: {t.name} failed {what} ({msg[0] if msg else type(e).__name__}); "
+                warn(
+                    f"{t.name} failed {what} ({msg[0] if msg else type(e).__name__}); "
                     f"continuing without it (metrics.jsonl has every record)"
                 )
 
@@ -88,7 +86,6 @@ def repair_metrics(
     path: Path,
     epoch: int,
     last_record: dict[str, Any] | None = None,
-    warn: Callable[[str], None] | None = None,
     record_of: Callable[[int], tuple[dict[str, Any], Path] | None] | None = None,
 ) -> None:
     """Make metrics.jsonl hold epochs up to ``epoch`` once each, as the checkpoint resumed from says: drop
@@ -97,8 +94,7 @@ def repair_metrics(
     came between the checkpoint and its line. An earlier epoch whose line is missing (torn) is rebuilt from
     ``record_of(epoch)`` (the record an end-of-epoch checkpoint of the run folder carries, and that file),
     else named as lost in one warning. Rewritten atomically."""
-    say = warn or (lambda m: warnings.warn(m, stacklevel=3))
-    records = read_metrics(path, warn=warn) if path.exists() else []
+    records = read_metrics(path) if path.exists() else []
     by_epoch = {r["epoch"]: r for r in records if r["epoch"] <= epoch}  # a repeated epoch: the later line
     if last_record and last_record.get("epoch") == epoch:
         by_epoch.setdefault(epoch, last_record)
@@ -112,7 +108,7 @@ def repair_metrics(
                 lost.append(e)
                 continue
             by_epoch[e] = found[0]
-            say(f"{path}: rebuilt the record of epoch {e} from {found[1]}")
+            note(f"{path}: rebuilt the record of epoch {e} from {found[1]}")
     if lost:
         spans: list[list[int]] = []  # 1, 2, 3, 7 -> "1-3, 7": one short line however many are lost
         for e in lost:
@@ -122,10 +118,7 @@ def repair_metrics(
                 spans.append([e, e])
         which = ", ".join(f"{a}-{b}" if b > a else str(a) for a, b in spans)
         what = f"the records of epochs {which} are" if len(lost) > 1 else f"the record of epoch {which} is"
-        say(
-            f"warning: {path}: {what} lost (its line is missing or torn, and no checkpoint of that epoch is "
-            "kept)"
-        )
+        warn(f"{path}: {what} lost (its line is missing or torn, and no checkpoint of that epoch is kept)")
     keep = [by_epoch[e] for e in sorted(by_epoch)]
     if not path.exists() and not keep:
         return
@@ -134,11 +127,11 @@ def repair_metrics(
     os.replace(tmp, path)
 
 
-def read_metrics(path: str | Path, warn: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
+def read_metrics(path: str | Path) -> list[dict[str, Any]]:
     """The records of metrics.jsonl (``path`` or ``path``/metrics.jsonl).
 
-    A torn last line (a kill while appending) is skipped with one warning, through ``warn`` (default:
-    ``warnings.warn``); a damaged line elsewhere is one sentence naming the file and line.
+    A torn last line (a kill while appending) is skipped with one warning; a damaged line elsewhere is one
+    sentence naming the file and line.
     """
     path = Path(path)
     if path.is_dir():
@@ -156,8 +149,7 @@ def read_metrics(path: str | Path, warn: Callable[[str], None] | None = None) ->
                 raise ValueError("not an epoch record")
         except ValueError:
             if i == len(lines):
-                msg = f"{path}: ignoring its torn last line (a run killed while writing it): {ln[:60]!r}"
-                (warn or (lambda m: warnings.warn(m, stacklevel=3)))(f"warning: {msg}" if warn else msg)
+                warn(f"{path}: ignoring its torn last line (a run killed while writing it): {ln[:60]!r}")
                 break
             raise UserError(f"{path} line {i} is not a metrics record: {ln[:60]!r}") from None
         out.append(rec)

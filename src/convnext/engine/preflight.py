@@ -17,13 +17,6 @@ from ..errors import UserError
 from ..recipe import TrainConfig, to_dict
 from ..recipe.validate import meta_model
 
-
-def _say(msg: str) -> None:
-    import sys
-
-    print(f"convnext train: {msg}", file=sys.stderr, flush=True)
-
-
 # ----------------------------------------------------------------------------------------------- precision
 
 
@@ -227,7 +220,7 @@ def find_resume(cfg: TrainConfig, resume: str | Path | None, fresh: bool) -> Pat
     if fresh or not cfg.run.auto_resume:
         return None
     folder = Path(cfg.run.dir).expanduser() / "checkpoints"
-    return CheckpointManager(folder, keep_last=cfg.checkpoint.keep_last).find_resumable(warn=_say)
+    return CheckpointManager(folder, keep_last=cfg.checkpoint.keep_last).find_resumable()
 
 
 def dry_run(cfg: TrainConfig, *, resume: str | Path | None = None, fresh: bool = False) -> list[str]:

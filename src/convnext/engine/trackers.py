@@ -45,11 +45,12 @@ import importlib.util
 import json
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
+from ..messages import warn
 
 LOGGERS = ("tensorboard", "mlflow", "wandb")
 STATE_FILE = "trackers.json"
@@ -226,9 +227,7 @@ class MLflowTracker(Tracker):
     name = "mlflow"
     STATUS = {"finished": "FINISHED", "stopped": "KILLED", "failed": "FAILED"}
 
-    def __init__(
-        self, run_dir: Path, config: dict[str, Any], resumed_step: int | None, say: Callable[[str], None]
-    ) -> None:
+    def __init__(self, run_dir: Path, config: dict[str, Any], resumed_step: int | None) -> None:
         try:
             from mlflow.exceptions import MlflowException
             from mlflow.tracking import MlflowClient
@@ -255,7 +254,7 @@ class MLflowTracker(Tracker):
                 try:
                     run = self.client.get_run(run_id)
                 except MlflowException:
-                    say(f"MLflow run {run_id} (trackers.json) is not in {uri}; starting a new one")
+                    warn(f"MLflow run {run_id} (trackers.json) is not in {uri}; starting a new one")
                     run_id = None
             if run_id is None:
                 run = self.client.create_run(
@@ -391,7 +390,6 @@ def open_trackers(
     run_dir: Path,
     config: dict[str, Any],
     resumed_step: int | None,
-    say: Callable[[str], None],
 ) -> list[Tracker]:
     """The trackers ``names`` (deduplicated, in order); ``resumed_step``: the optimizer step of the checkpoint
     this run continues (None for a new run). One that cannot start closes those opened before it and raises
@@ -402,7 +400,7 @@ def open_trackers(
             if name == "tensorboard":
                 opened.append(TensorBoardTracker(run_dir, config, resumed_step))
             elif name == "mlflow":
-                opened.append(MLflowTracker(run_dir, config, resumed_step, say))
+                opened.append(MLflowTracker(run_dir, config, resumed_step))
             elif name == "wandb":
                 opened.append(WandbTracker(run_dir, config, resumed_step))
             else:

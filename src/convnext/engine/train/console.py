@@ -1,4 +1,10 @@
-"""What a run prints (rank 0 only, to stderr) and the one sentence for a full disk."""
+"""What a run prints (rank 0 only, to stderr) and the one sentence for a full disk.
+
+These lines are the run's own log, its output read top to bottom as a record of the run (what it trains and
+how, "resuming ...", the per-epoch lines, where the trackers write), as a verb's table is its output: they
+keep their ``convnext train: ...`` form and their writer here. A fact found along the way (a damaged
+checkpoint, a torn metrics line, a tracker that failed) is a message: ``convnext.messages.warn``/``note``,
+shown by the command line as ``convnext train: warning: ...``."""
 
 from __future__ import annotations
 

@@ -388,12 +388,11 @@ def _repair(run_dir: Path, ckpts: CheckpointManager, ckpt: dict, path: Path) -> 
     own = path.resolve().parent == ckpts.folder.resolve()
     with writing(run_dir / "metrics.jsonl", ckpts.last):
         if own:
-            ckpts.repair_best(ckpt, path, warn=say)
+            ckpts.repair_best(ckpt, path)
         repair_metrics(
             run_dir / "metrics.jsonl",
             int(ckpt["epoch"]),
             ckpt.get("metrics") if own and is_epoch_end(ckpt) else None,
-            warn=say,
             record_of=ckpts.epoch_record if own else None,
         )
 
@@ -411,7 +410,7 @@ def _finish(
     metrics: list[dict[str, Any]] = []
     try:
         if proc.main and (run_dir / "metrics.jsonl").exists():
-            metrics = read_metrics(run_dir, warn=say)
+            metrics = read_metrics(run_dir)
             if metrics:
                 from ..plots import plot_curves
 

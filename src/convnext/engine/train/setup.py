@@ -144,7 +144,7 @@ def open_run(
         ckpts.clean_temporaries()
         if resume is not None:
             return resume
-        found = ckpts.find_resumable(warn=say) if cfg.run.auto_resume and not fresh else None
+        found = ckpts.find_resumable() if cfg.run.auto_resume and not fresh else None
         if found is not None:
             return found
         # a new run: whatever an earlier one left (checkpoints, or metrics without them) goes aside, whole
@@ -344,7 +344,6 @@ def open_logger(cfg: TrainConfig, proc: Process, run_dir: Path, resumed_step: in
                 loggers=cfg.run.loggers,
                 config=to_dict(cfg),
                 resumed_step=resumed_step,
-                say=say,
             )
         )
         if opened[0].trackers:
