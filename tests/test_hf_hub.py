@@ -272,6 +272,18 @@ def test_timm_repo_offline_same_logits_names_preprocessing(offline: dict) -> Non
     assert (d.img_size, d.crop_pct, tuple(d.mean)) == (48, 0.75, TIMM_PRE["mean"])  # not timm's defaults
 
 
+def test_create_model_with_the_repo_as_name_like_timm(offline: dict) -> None:
+    """``create_model("hf-hub:ORG/NAME", pretrained=True)``, timm's spelling: the repo names the
+    architecture (timm's config.json; transformers' depths and widths) and gives the weights."""
+    model = convnext.create_model("hf-hub:acme/convnextv2-atto", pretrained=True).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model(_x()), offline["v2"](pixel_values=_x()).logits, rtol=1e-4, atol=1e-4)
+    assert model.pretrained_cfg["label_names"] == HF_NAMES
+    fresh = convnext.create_model("hf-hub:timm/convnext_atto.test", num_classes=7)  # timm: no weights
+    assert type(fresh).__name__ == type(model).__name__ and fresh.head.out_features == 7
+    assert fresh.downsample_layers[0][0].weight.shape == (40, 3, 4, 4) and len(fresh.stages[2]) == 6  # atto
+
+
 def test_revision_tag_and_commit_resolve_offline(offline: dict) -> None:
     """``create_model(pretrained="hf-hub:...@REV")``: a tag and a commit give the weights and names of
     that commit, not main's."""

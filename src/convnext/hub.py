@@ -41,13 +41,18 @@ def create_model(
 ) -> nn.Module:
     """Build a ConvNeXt by name, optionally loading weights.
 
-    ``name`` is an architecture (``convnext_tiny``) or a weight tag (``convnext_tiny.fb_in1k``).
+    ``name`` is an architecture (``convnext_tiny``), a weight tag (``convnext_tiny.fb_in1k``) or, as in
+    timm, a Hub repo (``"hf-hub:ORG/NAME"``: its architecture; its weights with ``pretrained=True``).
     ``pretrained`` is a file, a URL, a registry tag, a Hugging Face folder, a Hub repo
     (``"hf-hub:ORG/NAME[@REVISION]"``, timm's spelling) or a training run folder;
     ``True`` takes the tag in ``name`` or the architecture's default weights. A ``num_classes`` other than
     the checkpoint's keeps the backbone and starts a fresh classifier (fine-tuning). The model's
     ``pretrained_cfg`` (timm's keys) says how its weights expect images: ``convnext.create_transform``.
     """
+    if name.startswith("hf-hub:"):  # timm's spelling: the repo names the architecture
+        from .weights.hf_hub import architecture
+
+        pretrained, name = (name if pretrained is True else pretrained), architecture(name)
     arch, _, tag = name.partition(".")
     get_variant(arch)  # an unknown name fails before any download
     src: str | dict | None

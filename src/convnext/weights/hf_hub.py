@@ -148,3 +148,26 @@ def download(src: str) -> Path:
             "(sharded weights are not supported)"
         )
     return config.parent
+
+
+def architecture(src: str) -> str:
+    """Our name for the architecture a Hub repo holds (timm's ``create_model("hf-hub:ORG/NAME")``): timm's
+    config.json names it; a transformers config by its depths and widths (the plain variant of them)."""
+    folder = download(src)
+    cfg = json.loads((folder / CONFIG).read_text())
+    if isinstance(cfg.get("architecture"), str):  # timm's; download checked that we build it
+        return cfg["architecture"]
+    from ..models.factory import VARIANTS
+
+    family = "v2" if cfg.get("model_type") == "convnextv2" else "v1"
+    shape = (tuple(cfg.get("depths") or ()), tuple(cfg.get("hidden_sizes") or ()))
+    for name, v in VARIANTS.items():
+        if (
+            v.family == family
+            and (tuple(v.kwargs.get("depths", ())), tuple(v.kwargs.get("dims", ()))) == shape
+        ):
+            return name
+    raise UserError(
+        f"{src}: no ConvNeXt variant has depths {list(shape[0])} and widths {list(shape[1])}; name the "
+        f"architecture: create_model(ARCH, pretrained={src!r})"
+    )
