@@ -259,6 +259,8 @@ def test_labels_per_class_is_the_same_seeded_subset_every_time() -> None:
     assert set(labels_per_class(ds, 5, seed=0).indices) != set(a.indices[:50])  # per class, not a prefix
     with pytest.raises(UserError, match=r"data.labels_per_class=1000: class '0' has only \d+"):
         labels_per_class(ds, 1000, seed=0)
+    with pytest.raises(UserError, match="streams its images with no list of labels"):
+        labels_per_class(torch.utils.data.TensorDataset(torch.zeros(3)), 1, seed=0)
 
 
 def test_labels_per_class_reaches_the_training_data(tmp_path: Path) -> None:

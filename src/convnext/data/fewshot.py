@@ -33,6 +33,11 @@ class LabelledSubset(Dataset):
 def labels_per_class(ds: Dataset, n: int, seed: int) -> LabelledSubset:
     """The first ``n`` of a seeded permutation of each class's indices (classes in index order; one
     generator for all, seeded once). One sentence when a class has fewer than ``n`` images."""
+    if not hasattr(ds, "targets") or not hasattr(ds, "__getitem__"):
+        raise UserError(
+            f"config key data.labels_per_class: the dataset ({type(ds).__name__}) streams its images with no "
+            "list of labels to draw from; use an image folder or a catalog dataset"
+        )
     targets = np.asarray(ds.targets, dtype=np.int64)  # type: ignore[attr-defined]
     classes = list(ds.classes)  # type: ignore[attr-defined]
     rng = np.random.default_rng(seed)
