@@ -140,6 +140,17 @@ RULES: tuple[Rule, ...] = (
     ),
     Rule(r"--nnodes 4\b", "four nodes and a rendezvous host", kind="skip"),
     Rule(
+        r"--nnodes 2 --nproc_per_node 1 --rdzv_backend c10d",
+        "one of two agents that must run side by side (alone it waits for the other at the rendezvous): "
+        "tests/test_launch.py runs the pair, and compares the run with one agent of two processes",
+        kind="skip",
+    ),
+    Rule(
+        r"^torchrun --nproc_per_node 2 --max-restarts",
+        "two processes, each starting torch (the dry-run restarts nothing): tests/test_launch.py kills a "
+        "rank of this launch and checks the restarted group's result",
+    ),
+    Rule(
         r"^torchrun --nproc_per_node 8\b",
         "8 GPUs: 2 CPU processes (gloo) run the same code path; each starts torch",
         sub=((r"--nproc_per_node 8\b", "--nproc_per_node 2"),),
