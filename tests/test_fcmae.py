@@ -231,8 +231,9 @@ def test_decoder_puts_the_mask_token_at_masked_sites() -> None:
     mask = torch.tensor([[1, 0, 0, 0, 0, 0, 0, 0, 0]], dtype=torch.float64)
     seen = []
     model.decoder.register_forward_pre_hook(lambda m, a: seen.append(a[0]))
-    model.forward_decoder(feats, mask)
+    out = model.forward_decoder(feats, mask)
     torch.testing.assert_close(seen[0][0, :, 0, 0], model.mask_token[0, :, 0, 0])
+    torch.testing.assert_close(out, model.pred(model.decoder(seen[0])))  # pred as the official 1x1 conv
     torch.testing.assert_close(seen[0][0, :, 1, 1], model.proj(feats)[0, :, 1, 1])
 
 
