@@ -724,8 +724,10 @@ def _sources(
                 f"{src} has no train/ or val/ folder; name its layout with --from (one of the datasets of "
                 "`convnext prepare --help`)"
             )
-        layout = "imagefolder"
-    spec = find_dataset(layout) if layout.lower() == "imagefolder" else find_preparable(layout)
+    folder = find_dataset(DataConfig().dataset)  # the default dataset: an image folder
+    spec = folder if layout is None else find_dataset(layout)
+    if spec is not folder:
+        spec = find_preparable(layout)  # type: ignore[arg-type]  # one sentence naming those it reads
     if spec.archives is not None and spec.archives(src):
         raise UserError(
             f"{src} holds {spec.name}'s archives: write the image folder first (convnext prepare {spec.name} "
@@ -738,7 +740,7 @@ def _sources(
             out[split] = [(images[i], int(t)) for i, t in enumerate(targets)]
         return out, [_safe(c) for c in classes], spec.name
     out, classes = {}, []
-    splits = [s for s in ("train", "val") if spec.name != "imagefolder" or (src / s).is_dir()]
+    splits = [s for s in ("train", "val") if spec is not folder or (src / s).is_dir()]
     for split in splits:
         cfg = DataConfig(
             dataset=spec.name, root=str(src), val_fraction=val_fraction, split_seed=seed, workers=0
