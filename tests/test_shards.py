@@ -120,7 +120,7 @@ def _model(classes: int = 3) -> torch.nn.Module:
     return create_model("convnext_atto", num_classes=classes, **TINY_OPTS).eval()
 
 
-def _eval(root: Path, dataset: str, workers: int, distributed: bool = False) -> dict:
+def _eval(root: Path | str, dataset: str, workers: int, distributed: bool = False) -> dict:
     cfg = DataConfig(dataset=dataset, root=str(root), img_size=32, crop_pct=1.0, workers=workers)
     ds = build_dataset(cfg, "val", build_eval_transform(cfg), on_error="drop")
     loader = build_loader(ds, 4, train=False, cfg=cfg, seed=0, distributed=distributed)
@@ -226,8 +226,26 @@ def test_url_pattern_through_a_pipe(data: tuple[Path, Path]) -> None:
     """A `pipe:` pattern (what a slow or remote store looks like): counts from the shards.json beside."""
     folder, shards = data
     ref = _eval(folder, "imagefolder", 0)
-    res = _eval(Path(f"pipe:cat {shards}/{{split}}-{{000000..000001}}.tar"), "shards", 0)
+    res = _eval(f"pipe:cat {shards}/{{split}}-{{000000..000001}}.tar", "shards", 0)
     assert res["n"] == 15 and res["top1"] == pytest.approx(ref["top1"])
+
+
+def test_fsspec_url_and_one_sample_by_index(data: tuple[Path, Path]) -> None:
+    """A folder behind an fsspec URL (here its in-memory file system; s3:// and gcs:// are read the same
+    way), and ``ds[i]`` (run.export_samples) giving the folder's image i."""
+    fsspec = pytest.importorskip("fsspec")
+    folder, shards = data
+    fs = fsspec.filesystem("memory")
+    for p in shards.iterdir():
+        fs.pipe(f"/shards-test/{p.name}", p.read_bytes())
+    ref = _eval(folder, "imagefolder", 0)
+    res = _eval("memory://shards-test", "shards", 0)
+    assert res["n"] == 15 and res["top1"] == pytest.approx(ref["top1"])
+    cfg = DataConfig(dataset="shards", root=str(shards))
+    ds, fd = build_dataset(cfg, "val"), build_dataset(DataConfig(root=str(folder)), "val")
+    for i in (0, 7, 14):  # val is written in the folder's order
+        (a, ta), (b, tb) = ds[i], fd[i]
+        assert torch.equal(a, b) and ta == tb
 
 
 # ----------------------------------------------------------------------------------- exact resume, kill -9

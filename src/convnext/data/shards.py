@@ -48,6 +48,7 @@ counted once across ranks, with the same numbers as the same images in a folder.
 
 from __future__ import annotations
 
+import bisect
 import io
 import json
 import os
@@ -401,6 +402,20 @@ class ShardDataset(IterableDataset):
 
     def __len__(self) -> int:
         return sum(self.shards.counts)
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        """One sample by its index in the split, for a few (``run.export_samples``): the shard holding it is
+        read up to it. Training and evaluation stream instead."""
+        offsets = self.shards.offsets
+        sid = bisect.bisect_right(offsets, index) - 1
+        if not 0 <= index < len(self) or sid < 0:
+            raise IndexError(index)
+        url = self.shards.urls[sid]
+        for pos, sample in enumerate(_samples(url)):
+            if offsets[sid] + pos == index:
+                item = self._decode(sample, url, index)
+                return item if item is not None else (self._placeholder(), unreadable_target(index))
+        raise UserError(f"shard {url} holds fewer samples than its index says: truncated or replaced")
 
     @property
     def targets(self) -> list[int]:
