@@ -268,7 +268,8 @@ def stop(proc: subprocess.Popen, pids: list[int]) -> None:
 def elastic_run(tmp_path: Path, kill_rank: int) -> tuple[subprocess.CompletedProcess, Path]:
     """`torchrun --nproc_per_node 2 --max-restarts 1` with a step checkpoint every 2 steps; both ranks stop
     after step 3 (step 2's checkpoint is on disk), rank ``kill_rank`` dies of SIGKILL there, torchrun tears
-    the group down and starts it again; returns the run's output (first attempt, then the rest)."""
+    the group down and starts it again; returns the run's output (first attempt, then the rest). Two loader
+    workers per rank (the reference run has none: the same run, as the README says)."""
     worker = tmp_path / "worker.py"
     worker.write_text(WORKER)
     run_dir = tmp_path / "run"
@@ -281,7 +282,7 @@ def elastic_run(tmp_path: Path, kill_rank: int) -> tuple[subprocess.CompletedPro
         "--monitor-interval",
         "0.2",
         str(worker),
-        *train_args(run_dir, "checkpoint.every_steps=2")[2:],
+        *train_args(run_dir, "checkpoint.every_steps=2", "data.workers=2")[2:],
     )
     proc = subprocess.Popen(
         cmd,
