@@ -280,3 +280,14 @@ def test_a_tag_on_timms_hub_loads_from_the_hugging_face_cache(tmp_path: Path, mo
     x = torch.randn(*X)
     with torch.no_grad():
         assert (ref(x) - ours(x)).abs().max().item() <= TOL
+
+
+def test_in12k_heads_get_timms_imagenet12k_words() -> None:
+    from convnext.data.classes import default_class_names, default_descriptions
+    from convnext.inference.loading import display_names
+
+    info = timm.data.ImageNetInfo("imagenet12k")  # timm's own labels for its 11821-class heads
+    words = [info.index_to_description(i) for i in range(11821)]
+    assert default_descriptions(11821) == words
+    assert display_names(None, 11821)[:3] == words[:3] == ["benthos", "cell", words[2]]
+    assert default_class_names(registry.IMAGENET12K_CLASSES)[2] == "person"

@@ -23,6 +23,10 @@ from ..errors import UserError
 _SYNSETS = Path(__file__).with_name("imagenet_synsets.txt")
 _SYNSETS_22K = Path(__file__).with_name("imagenet22k_synsets.tsv.gz")
 IMAGENET22K_CLASSES = 21841
+# timm's ImageNet-12k (the in12k heads): 11821 of the 22k synsets, in timm's order (imagenet12k_synsets.txt,
+# from timm 1.0's data/_info, Apache-2.0); their words are the 22k table's
+_SYNSETS_12K = Path(__file__).with_name("imagenet12k_synsets.txt")
+IMAGENET12K_CLASSES = 11821
 _WNID = re.compile(r"^n\d{8}$")
 
 #: ``class_list`` values with a meaning of their own (anything else is a file path).
@@ -87,6 +91,12 @@ def imagenet22k_descriptions() -> list[str]:
     return [desc for _, desc in _synset_lines_22k()]
 
 
+def imagenet12k_descriptions() -> list[str]:
+    """WordNet's words for each class of timm's ImageNet-12k heads, in class-index order."""
+    words = dict(_synset_lines_22k())
+    return [words[wnid] for wnid in _SYNSETS_12K.read_text(encoding="utf-8").split()]
+
+
 @lru_cache(maxsize=1)
 def wnid_descriptions() -> dict[str, str]:
     """Words for every ImageNet wnid we ship (22k's and 1k's; 1k's own wording where both have one), so a
@@ -101,6 +111,8 @@ def default_class_names(num_classes: int) -> list[str] | None:
         return [name for _, name in imagenet1k_classes()]
     if num_classes == IMAGENET22K_CLASSES:
         return [desc.split(",")[0].strip() for desc in imagenet22k_descriptions()]
+    if num_classes == IMAGENET12K_CLASSES:
+        return [desc.split(",")[0].strip() for desc in imagenet12k_descriptions()]
     return None
 
 
@@ -111,6 +123,8 @@ def default_descriptions(num_classes: int) -> list[str]:
         return imagenet1k_descriptions()
     if num_classes == IMAGENET22K_CLASSES:
         return imagenet22k_descriptions()
+    if num_classes == IMAGENET12K_CLASSES:
+        return imagenet12k_descriptions()
     return [f"class {i}" for i in range(num_classes)]
 
 

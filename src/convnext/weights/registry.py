@@ -281,9 +281,7 @@ for _tag, _url, _kw in (
 ):
     _ds = "in12k->in1k" if "in12k" in _tag else "in1k"
     _add(_tag, f"{_TIMM}/{_url}" if _url else f"{_HUB}/{_tag}", _ds, 1000, None, **_kw, **_T)
-_12K_NOTE = (
-    "ImageNet-12k head: 11821 classes, the WordNet synsets of timm's imagenet12k_synsets.txt in that order"
-)
+_12K_NOTE = "ImageNet-12k head: 11821 classes, timm's imagenet12k_synsets.txt (printed as WordNet's words)"
 for _tag, _kw in (
     ("convnext_nano.in12k", {"crop_pct": 0.95}),
     ("convnext_nano.r384_in12k", {"input_size": 384, "crop_pct": 1.0}),
