@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+import logging
+import re
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +31,16 @@ from convnext.errors import UserError
 
 
 # ---------------------------------------------------------------------------------------------- classes
+@contextlib.contextmanager
+def _warns(caplog: pytest.LogCaptureFixture, match: str) -> Iterator[None]:
+    """A warning of the package (convnext.messages, logging) matching ``match`` is said inside the block."""
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="convnext"):
+        yield
+    said = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any(re.search(match, m) for m in said), (match, said)
+
+
 def test_shipped_synsets_equal_shared_list(synset_file: Path) -> None:
     shipped = Path(convnext.data.classes.__file__).with_name("imagenet_synsets.txt")
     assert shipped.read_text() == synset_file.read_text()
@@ -95,7 +109,7 @@ def test_digits_split_is_seeded_stratified_and_disjoint() -> None:
         build_dataset(cfg, "nope", None)
 
 
-def test_image_folder_odd_images_and_bad_files(tmp_path: Path) -> None:
+def test_image_folder_odd_images_and_bad_files(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     root = _folder(tmp_path, per_class=2)
     cat = root / "train" / "cat"
     _save(cat / "cmyk.jpg", mode="CMYK")
@@ -108,15 +122,13 @@ def test_image_folder_odd_images_and_bad_files(tmp_path: Path) -> None:
     good = _save(cat / "trunc.jpg").read_bytes()
     (cat / "trunc.jpg").write_bytes(good[: len(good) // 2])
     cfg = DataConfig(root=str(root))
-    with pytest.warns(
-        RuntimeWarning, match=r"skipped 2 unusable file\(s\).*empty.jpg \(empty file\).*notes.txt"
-    ):
+    with _warns(caplog, r"skipped 2 unusable file\(s\).*empty.jpg \(empty file\).*notes.txt"):
         ds = build_dataset(cfg, "train", None)
     assert ds.classes == ["cat", "dog"] and len(ds.skipped) == 2
     names = [Path(p).name for p, _ in ds.samples]
     for i, name in enumerate(names):
         if name == "trunc.jpg":
-            with pytest.warns(RuntimeWarning, match="trunc.jpg.*truncated or corrupt"):
+            with _warns(caplog, "trunc.jpg.*truncated or corrupt"):
                 img, y = ds[i]
             assert torch.equal(img, ds[i + 1][0]) and ds.load_failures == 1  # the next sample instead
         else:
@@ -132,7 +144,9 @@ def test_image_folder_odd_images_and_bad_files(tmp_path: Path) -> None:
         [ds[i] for i in range(len(ds))]
 
 
-def test_symlink_loops_and_links_count_each_file_once(tmp_path: Path) -> None:
+def test_symlink_loops_and_links_count_each_file_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     """os.walk(followlinks=True) recursed through ``loop -> ..`` (2 images counted 41 times); each real
     folder is walked once and each real file counted once, under its own class."""
     import os
@@ -147,7 +161,7 @@ def test_symlink_loops_and_links_count_each_file_once(tmp_path: Path) -> None:
     os.symlink(outside, cat / "ext.jpg")  # a link to a file elsewhere: one more image
     os.symlink(dog / "sub", dog / "sub_again")  # a second link to a folder already walked
     os.symlink(cat / "nothing.jpg", cat / "broken.jpg")  # a dangling link is reported, not hidden
-    with pytest.warns(RuntimeWarning, match=r"skipped 1 unusable file\(s\): .*broken.jpg \(unreadable"):
+    with _warns(caplog, r"skipped 1 unusable file\(s\): .*broken.jpg \(unreadable"):
         ds = build_dataset(DataConfig(root=str(root)), "train", None)
     got = sorted((str(Path(p).relative_to(root / "train")), ds.classes[t]) for p, t in ds.samples)
     assert got == [
@@ -164,16 +178,24 @@ def _count_lines(text: str, needle: str) -> int:
     return sum(needle in ln for ln in text.splitlines())
 
 
-def test_training_substitution_is_said_once_across_workers(tmp_path: Path, capfd, monkeypatch) -> None:
+def test_training_substitution_is_said_once_across_workers(tmp_path: Path, capfd) -> None:
     """Each loader worker warned on its own (and again with each new set of workers every epoch); the
     shared record says it once per file, and no file is decoded twice."""
     import os
-    import warnings
 
-    def to_stderr(message, category, filename, lineno, file=None, line=None) -> None:
-        os.write(2, f"{category.__name__}: {message}\n".encode())  # from the worker processes too
+    class ToStderr(logging.Handler):  # from the worker processes too: caplog records in-process only
+        def emit(self, record: logging.LogRecord) -> None:
+            os.write(2, f"{record.levelname}: {record.getMessage()}\n".encode())
 
-    monkeypatch.setattr(warnings, "showwarning", to_stderr)  # pytest records warnings in-process only
+    to_stderr = ToStderr()
+    logging.getLogger("convnext").addHandler(to_stderr)
+    try:
+        _substitute_three_epochs(tmp_path, capfd)
+    finally:
+        logging.getLogger("convnext").removeHandler(to_stderr)
+
+
+def _substitute_three_epochs(tmp_path: Path, capfd) -> None:
     root = _folder(tmp_path, per_class=4)
     good = _save(root / "train" / "cat" / "trunc.jpg").read_bytes()
     (root / "train" / "cat" / "trunc.jpg").write_bytes(good[: len(good) // 2])
@@ -189,10 +211,10 @@ def test_training_substitution_is_said_once_across_workers(tmp_path: Path, capfd
     assert ds.load_failures == 1 and [Path(p).name for p in ds.failed_files()] == ["trunc.jpg"]
 
 
-def test_evaluation_drops_unreadable_files_with_workers(tmp_path: Path) -> None:
+def test_evaluation_drops_unreadable_files_with_workers(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     """ "drop" mode (every split but the training one): no substitute, the file in no metric, named."""
-    import warnings
-
     from torch import nn
 
     from convnext.data.datasets import Relabeled
@@ -208,11 +230,12 @@ def test_evaluation_drops_unreadable_files_with_workers(tmp_path: Path) -> None:
     model = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(3, 2))
     for k, data in enumerate((ds, Relabeled(ds, {0: 1, 1: 0}, ["dog", "cat"]))):
         loader = build_loader(data, 3, train=False, cfg=cfg, seed=0, distributed=False)
-        with warnings.catch_warnings(record=True) as said:
-            warnings.simplefilter("always")
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="convnext"):
             res = evaluate(model, loader, "cpu", progress=False, return_predictions=True)
         # named once per file per process (the training loop evaluates every epoch)
-        assert [str(w.message)[:36] for w in said] == ["evaluation: left out 2 unreadable fi"] * (k == 0)
+        said = [r.getMessage()[:36] for r in caplog.records if r.name == "convnext.evaluation.loop"]
+        assert said == ["evaluation: left out 2 unreadable fi"] * (k == 0)
         assert res["n"] == 6 and res["dropped"] == 2 and len(res["targets"]) == 6
         named = {Path(p).name: why for p, why in res["dropped_files"]}
         assert named["trunc.jpg"] == "truncated or corrupt"

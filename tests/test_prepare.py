@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import struct
 from pathlib import Path
 
@@ -132,7 +133,9 @@ def test_caltech_seeded_split(tmp_path: Path) -> None:
     assert sorted(_prepared(dst, "train")) == ["accordion", "airplanes"]
 
 
-def test_mini_imagenet_pools_disjoint_fewshot_splits(tmp_path: Path, capsys) -> None:
+def test_mini_imagenet_pools_disjoint_fewshot_splits(
+    tmp_path: Path, capsys, caplog: pytest.LogCaptureFixture
+) -> None:
     src = tmp_path / "mini"
     rows = {"train": ["n01532829", "n01558993"], "val": ["n01855672"], "test": ["n01930112"]}
     k = 0
@@ -145,16 +148,14 @@ def test_mini_imagenet_pools_disjoint_fewshot_splits(tmp_path: Path, capsys) -> 
                 k += 1
                 lines.append(f"{name},{c}")
         (src / f"{split}.csv").write_text("\n".join(lines) + "\n")
-    with pytest.warns(UserWarning, match="disjoint classes"):
+    with caplog.at_level(logging.INFO, logger="convnext"):  # a note (convnext.messages): logging's INFO
         tr = build_dataset(DataConfig(dataset="mini-imagenet", root=str(src)), "train", None)
-    assert len(tr.classes) == 4 and len(tr) == 16
-    import warnings
-
-    with warnings.catch_warnings(record=True) as again:  # `convnext train` builds val, train, val: said once
-        warnings.simplefilter("always")
-        for split in ("val", "train", "val"):
+        assert "disjoint classes" in caplog.text
+        assert len(tr.classes) == 4 and len(tr) == 16
+        caplog.clear()
+        for split in ("val", "train", "val"):  # `convnext train` builds val, train, val: said once
             build_dataset(DataConfig(dataset="mini-imagenet", root=str(src)), split, None)
-    assert not [w for w in again if "disjoint classes" in str(w.message)]
+    assert "disjoint classes" not in caplog.text
     dst = tmp_path / "out"
     assert prepare("mini-imagenet", src, dst, progress=False) == {"train": 16, "val": 4}
     capsys.readouterr()
@@ -592,7 +593,9 @@ def _mini_csvs(csv_dir: Path, images: Path, nested: bool, val_name: str = "valid
 
 
 @pytest.mark.parametrize("nested", [False, True])
-def test_mini_imagenet_valid_csv_under_mini_imagenet(tmp_path: Path, nested: bool, capsys) -> None:
+def test_mini_imagenet_valid_csv_under_mini_imagenet(
+    tmp_path: Path, nested: bool, capsys, caplog: pytest.LogCaptureFixture
+) -> None:
     """train.csv/valid.csv/test.csv with mini_imagenet/images (flat, or one folder per wnid as mmfewshot
     has it); the pooling note is said once, by prepare and by training's three builds of the splits."""
     src = tmp_path / "mini"
@@ -602,13 +605,11 @@ def test_mini_imagenet_valid_csv_under_mini_imagenet(tmp_path: Path, nested: boo
     assert capsys.readouterr().err.count("disjoint classes") == 1
     assert sum(len(v) for v in _prepared(tmp_path / "out", "val").values()) == 4
     cfg = DataConfig(dataset="mini-imagenet", root=str(src))
-    import warnings
-
-    with warnings.catch_warnings(record=True) as said:
-        warnings.simplefilter("always")
+    caplog.clear()  # prepare's note above
+    with caplog.at_level(logging.INFO, logger="convnext"):
         sizes = [len(build_dataset(cfg, s, None)) for s in ("val", "train", "val")]  # as `convnext train`
     assert sizes == [4, 16, 4]
-    assert sum("disjoint classes" in str(w.message) for w in said) == 1
+    assert sum("disjoint classes" in r.getMessage() for r in caplog.records) == 1
 
 
 def test_mini_imagenet_classification_csvs_and_class_folders(tmp_path: Path) -> None:

@@ -81,8 +81,11 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(
             f"serve needs the serve extra ({e.name} is missing): pip install 'convnext[serve]'"
         ) from None
+    import logging
+
     import torch
 
+    logging.getLogger("convnext").setLevel(args.log_level.upper())  # our notes as quiet as uvicorn's lines
     from ..serve.app import ServeSettings, create_app
     from ..serve.runners import check_backend, load_runner
     from ..serve.server import bind, serve_forever, url_of

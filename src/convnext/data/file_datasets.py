@@ -14,7 +14,6 @@ A file that turns out unreadable at load time (truncated, over the pixel limit, 
 from __future__ import annotations
 
 import os
-import warnings
 from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
@@ -25,6 +24,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..errors import UserError
+from ..messages import note, warn
 from .classes import resolve_class_list
 from .config import DEFAULT_MAX_PIXELS, DataConfig
 from .images import ImageError, check_file, dir_key, load_image, strict_error, unique_files, walk_files
@@ -42,9 +42,7 @@ def _warn_skipped(skipped: Sequence[tuple[str, str]], where: str) -> None:
         return
     shown = "; ".join(f"{p} ({r})" for p, r in skipped[:10])
     more = f"; and {len(skipped) - 10} more" if len(skipped) > 10 else ""
-    warnings.warn(
-        f"{where}: skipped {len(skipped)} unusable file(s): {shown}{more}", RuntimeWarning, stacklevel=3
-    )
+    warn(f"{where}: skipped {len(skipped)} unusable file(s): {shown}{more}")
 
 
 class FileDataset(Dataset):
@@ -121,11 +119,7 @@ class FileDataset(Dataset):
             first = not self._failed[index]
             self._failed[index] = 1
             if first and self.on_error == "substitute":
-                warnings.warn(
-                    f"{e}; training uses another image in its place (data.strict=true makes this an error)",
-                    RuntimeWarning,
-                    stacklevel=3,
-                )
+                warn(f"{e}; training uses another image in its place (data.strict=true makes this an error)")
             raise
 
     def load(self, index: int) -> tuple[torch.Tensor, int]:
@@ -343,7 +337,6 @@ def _file_dataset(
 
 
 # ---------------------------------------------------------------------------------------- raw layouts
-_SAID: set[str] = set()
 
 
 def raw_layout(spec: DatasetSpec) -> Callable[..., FileDataset]:
@@ -363,10 +356,8 @@ def raw_layout(spec: DatasetSpec) -> Callable[..., FileDataset]:
         if not root.is_dir():
             raise UserError(f"config key data.root: folder {root} does not exist")
         raw = spec.read(root, split, val_fraction=cfg.val_fraction, seed=cfg.split_seed)
-        for note in raw.notes:
-            if note not in _SAID:
-                _SAID.add(note)
-                warnings.warn(note, UserWarning, stacklevel=3)
+        for line in raw.notes:
+            note(line)  # once per process
         classes = raw.classes
         if cfg.class_list:
             classes = resolve_class_list(cfg.class_list, sorted({c for _, c in raw.samples}))

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import sys
 from collections.abc import Container, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -31,6 +30,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ..errors import UserError
+from ..messages import note, warn
 from .catalog import DatasetSpec, find_preparable
 
 if TYPE_CHECKING:
@@ -254,10 +254,9 @@ def _write_streams(
     from . import imagenet_archives as ia
 
     n = 0
-    print(
-        f"convnext prepare: imagenet {split}: reading {source.path} as it is ({len(source.wnids)} classes, "
-        f"{source.nbytes / 1e9:.1f} GB), no extraction",
-        file=sys.stderr,
+    note(
+        f"imagenet {split}: reading {source.path} as it is ({len(source.wnids)} classes, "
+        f"{source.nbytes / 1e9:.1f} GB), no extraction"
     )
     with tqdm(
         total=source.nbytes, unit="B", unit_scale=True, desc=f"imagenet {split}", disable=not progress
@@ -343,8 +342,8 @@ def prepare(
     _check_no_foreign_files(dst, planned)
     if streams:
         _check_space(dst, streams)
-    for note in notes:
-        print(f"convnext prepare: {note}", file=sys.stderr)
+    for line in notes:
+        note(line)
     _say_skipped(skipped)
     skipped = []
     try:
@@ -373,6 +372,4 @@ def prepare(
 def _say_skipped(skipped: list[tuple[str, str]]) -> None:
     if skipped:
         shown = ", ".join(p for p, _ in skipped[:5]) + (", ..." if len(skipped) > 5 else "")
-        print(
-            f"convnext prepare: left out {len(skipped)} file(s) that are not images: {shown}", file=sys.stderr
-        )
+        warn(f"left out {len(skipped)} file(s) that are not images: {shown}")

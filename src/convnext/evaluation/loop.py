@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import time
-import warnings
 from typing import Any
 
 import torch
@@ -17,6 +16,7 @@ from tqdm import tqdm
 
 from ..data.file_datasets import explain_unreadable, split_unreadable
 from ..errors import UserError
+from ..messages import warn
 from .metrics import correct_topk, hard_targets, topk_indices
 
 _warned_dropped: set[str] = set()  # files already named by a warning in this process (once per file)
@@ -216,11 +216,7 @@ def evaluate(
         _warned_dropped.update(p for p, _ in named)
         if new:
             more = f"; and {len(new) - 10} more" if len(new) > 10 else ""
-            warnings.warn(
-                f"evaluation: left out {len(new)} unreadable file(s): {'; '.join(new[:10])}{more}",
-                RuntimeWarning,
-                stacklevel=3,
-            )
+            warn(f"evaluation: left out {len(new)} unreadable file(s): {'; '.join(new[:10])}{more}")
     out: dict[str, Any] = {
         "top1": 100.0 * c1 / max(n, 1),
         "top5": 100.0 * c5 / max(n, 1),

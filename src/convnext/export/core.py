@@ -37,6 +37,7 @@ import torch
 from torch import nn
 
 from ..errors import UserError
+from ..messages import warn
 from ..runtimes import EXPORTERS, FORMATS, PRECISIONS, SUPPORTED, require_runtime
 from ..runtimes.base import (  # noqa: F401 (re-exported: the checks every format's writer runs)
     PARITY_RTOL,
@@ -221,7 +222,7 @@ def _export(
         if calib.skipped:
             shown = "; ".join(f"{p} ({why})" for p, why in calib.skipped[:10])
             more = f" and {len(calib.skipped) - 10} more" if len(calib.skipped) > 10 else ""
-            say(f"skipped {len(calib.skipped)} unreadable calibration image(s): {shown}{more}")
+            warn(f"skipped {len(calib.skipped)} unreadable calibration image(s): {shown}{more}")
     model = plain_copy(loaded.model)
 
     images = calib.images if calib is not None else None

@@ -23,7 +23,7 @@ from .fetch import fetch, is_run_dir, resolve, run_checkpoint
 from .files import hf_class_names, hf_preprocessing, hf_weights, read_file
 from .registry import WeightEntry, find_file, torchvision_entry
 
-log = logging.getLogger("convnext.weights")
+log = logging.getLogger(__name__)  # convnext.weights.load: messages.py says how the tree is shown
 
 __all__ = ["CheckpointInfo", "Prepared", "fetch", "load_checkpoint", "prepare", "read_checkpoint", "resolve"]
 
