@@ -19,6 +19,8 @@ Not messages, and so not here (tests/test_messages.py names each exception):
   "round 2/5") that the caller renders (the CLI as ``[export] ...``; a notebook passes ``print`` or nothing);
 - a deprecated call (``models/factory.py``): ``warnings.warn(DeprecationWarning)`` is the field's signal to a
   programmer, filtered and turned into errors with ``-W``; models/ also imports nothing of the package;
+- serve's request and lifecycle lines: uvicorn's own logger (``uvicorn.error``), which ``--log-level`` sets
+  with uvicorn's, so they read as one server log;
 - a signal handler's line (``engine/train/signals.py``): logging takes locks, which a handler may not;
 - the kill tests' pause protocol (``engine/pauses.py``), read by the tests, not by a user.
 
