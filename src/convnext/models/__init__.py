@@ -17,6 +17,7 @@ from .factory import (
 from .fcmae import FCMAE, FCMAE_VARIANTS, FcmaeOutput, create_fcmae
 from .fuse import FusedBlock, fuse_for_inference
 from .isotropic import ConvNeXtIsotropic
+from .upernet import UperNet
 
 __all__ = [
     "Block",
@@ -46,4 +47,5 @@ __all__ = [
     "layer_scale_option",
     "list_models",
     "set_chunked_mlp",
+    "UperNet",
 ]

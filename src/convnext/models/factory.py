@@ -14,6 +14,7 @@ from .base import FAMILIES, Family
 from .chunked_mlp import set_chunked_mlp
 from .convnext import ConvNeXt
 from .isotropic import ConvNeXtIsotropic
+from .upernet import upernet_builder
 
 
 @dataclass(frozen=True)
@@ -102,10 +103,13 @@ def list_models(filter: str | Sequence[str] = "", *, family: str | None = None) 
 
 def get_variant(name: str) -> Variant:
     """The architecture called ``name``; an unknown name is one sentence listing the known ones."""
-    try:
+    if name in VARIANTS:
         return VARIANTS[name]
-    except KeyError:
-        raise ValueError(f"unknown model {name!r}; known models: {', '.join(VARIANTS)}") from None
+    backbone = VARIANTS.get(name.removeprefix("upernet_")) if name.startswith("upernet_") else None
+    if backbone is not None and backbone.family != "isotropic":  # segmentation: models/upernet.py
+        build = upernet_builder(backbone.name, backbone.build)
+        return Variant(name, backbone.family, build, backbone.kwargs, input_size=512)
+    raise ValueError(f"unknown model {name!r}; known models: {', '.join(VARIANTS)}, upernet_<V1/V2 model>")
 
 
 def family_of_name(name: str) -> Family:
