@@ -680,6 +680,14 @@ class ShardLoader:
         return self.epoch_batches(self.seed, 0, 0)
 
     def _batches(self, chunks: Iterator[Any], limit: int | None) -> Iterator[Any]:
+        try:
+            yield from self._cut(chunks, limit)
+        finally:  # an epoch cut at its batch count, or a shard error: the workers go now, not at GC
+            shutdown = getattr(chunks, "_shutdown_workers", None)
+            if shutdown is not None:
+                shutdown()
+
+    def _cut(self, chunks: Iterator[Any], limit: int | None) -> Iterator[Any]:
         b, buf, have, done = self.batch_size, [], 0, 0
         if limit is not None and limit <= 0:
             return
