@@ -18,6 +18,7 @@ into an ImageFolder by ``convnext prepare``.
 - Caltech-101 (101_ObjectCategories/<class>/*.jpg, BACKGROUND_Google left out as torchvision does) and
   Caltech-256 (256_ObjectCategories/<NNN.name>/*.jpg): no official split; a seeded per-class split.
 - Any ROOT/<class>/<image> with no split ("folders"): the same seeded per-class split.
+- Any folder of images, flat or nested, unlabelled ("images"): one class, the same seeded split.
 """
 
 from __future__ import annotations
@@ -209,6 +210,23 @@ def class_folders(
     if split not in ("train", "val"):
         raise UserError(f"{name}: split {split!r} does not exist; use train or val")
     return RawSplit(seeded_split(samples, val_fraction, seed)[split], classes)
+
+
+def image_files(root: Path, split: str, *, val_fraction: float = 0.2, seed: int = 0) -> RawSplit:
+    """Every file under ROOT, flat or in sub-folders at any depth, as one class "images": unlabelled data
+    for pre-training (``convnext pretrain``), with the same seeded split as "folders" (the header scan
+    leaves out what is not an image)."""
+    if not root.is_dir():
+        raise UserError(f"images: {root} is not a folder")
+    files: list[str] = []
+    for folder, dirs, names in os.walk(root):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        files += [os.path.join(folder, n) for n in sorted(names) if not n.startswith(".")]
+    if not files:
+        raise UserError(f"images: {root} has no files")
+    if split not in ("train", "val"):
+        raise UserError(f"images: split {split!r} does not exist; use train or val")
+    return RawSplit(seeded_split([(f, "images") for f in files], val_fraction, seed)[split], ["images"])
 
 
 # ---------------------------------------------------------------------------------------------- ImageNet
