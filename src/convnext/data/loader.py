@@ -49,13 +49,13 @@ class SeededSamples(Dataset):
     before the sample is loaded and transformed and restored after it, so with ``workers=0`` the main
     process's stream (MixUp/CutMix, RandomErasing on the device batch, stochastic depth, all restored from
     a checkpoint on resume) is untouched. Only the CPU generator: ``torch.manual_seed`` would also reseed
-    the training GPU's. Costs ~2 us per sample (BENCHMARKS.md), against ~0.2 ms for a 32 px digit and
-    milliseconds for a JPEG decode. In a loader worker Python's ``random`` and numpy's global RNG are
+    the training GPU's. Costs little against even a 32 px digit's decode and transform (BENCHMARKS.md,
+    "Per-sample augmentation seed"). In a loader worker Python's ``random`` and numpy's global RNG are
     seeded too (for a custom transform that uses them; nothing in this package does): there nothing else
     draws from them, so they need no restoring. The main process leaves them alone, because saving and
-    restoring their states costs ~0.25 ms per sample; their streams are in the checkpoint, so a
-    ``workers=0`` resume stays exact, but such a transform would give another run with 0 workers than
-    with N.
+    restoring their states costs about a small image's whole transform per sample (BENCHMARKS.md); their
+    streams are in the checkpoint, so a ``workers=0`` resume stays exact, but such a transform would give
+    another run with 0 workers than with N.
     """
 
     def __init__(self, dataset: Dataset) -> None:

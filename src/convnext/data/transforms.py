@@ -109,8 +109,8 @@ class BatchFinish(torch.nn.Module):
     """The end of the train recipe, on a uint8 (B, 3, H, W) batch already on the training device:
     float + normalize, then RandomErasing drawn per sample.
 
-    Converting once per batch on the GPU instead of per image in the workers takes ~15% off each worker's
-    cost and moves a quarter of the bytes through pinned memory and PCIe (BENCHMARKS.md); the values are
+    Converting once per batch on the GPU instead of per image in the workers takes work off each worker
+    and moves a quarter of the bytes through pinned memory and PCIe (BENCHMARKS.md); the values are
     the same as the per-image transform's.
     """
 

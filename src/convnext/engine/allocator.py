@@ -5,9 +5,10 @@ adjustment) with a fresh ``mmap`` and hands it back on ``free``. A CPU training 
 hundreds of activations of 10-150 MB, so each step page-faults and zero-fills gigabytes again: on ConvNeXt-T
 batch 32, 5 million minor faults per few steps and a quarter of the step in the kernel. Raising the
 thresholds makes ``malloc`` reuse the freed heap, which is what jemalloc and tcmalloc (the usual
-``LD_PRELOAD`` advice for CPU PyTorch) do by design. Measured: ~1.3x images/s for every implementation on
-2 cores (BENCHMARKS.md, "Allocator"). Costs nothing on GPU (CUDA has its own caching allocator) and only
-changes when memory goes back to the OS: the process keeps its peak heap until it exits.
+``LD_PRELOAD`` advice for CPU PyTorch) do by design; every implementation trains faster with it on CPU
+(BENCHMARKS.md, "Where the training lead comes from, and the allocator"). Costs nothing on GPU (CUDA has
+its own caching allocator) and only changes when memory goes back to the OS: the process keeps its peak
+heap until it exits.
 
 No Python library exposes ``mallopt``, so this is ``ctypes``; it is a no-op off glibc.
 """

@@ -195,8 +195,8 @@ def _export(
         format=fmt,
         precision=precision,
         # OpenVINO's hint: fp32 exports run in fp32; int8's unquantized layers (LayerNorm, GELU, adds) in bf16
-        # where the CPU has bf16 units (OpenVINO falls back to fp32 elsewhere): measured 1.2x faster than
-        # fp32 there, with the same top-1 on the quickstart model (BENCHMARKS.md, "Export").
+        # where the CPU has bf16 units (OpenVINO falls back to fp32 elsewhere): measured faster than fp32
+        # there, with the same top-1 on the quickstart model (BENCHMARKS.md, "Export").
         inference_precision=EXPORTERS[fmt].inference_precision(precision),
         model_options=_model_options(loaded),
         source=str(loaded.checkpoint),

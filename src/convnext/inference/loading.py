@@ -179,9 +179,10 @@ def load_exported(
 
 def for_bf16_inference(model: nn.Module, device: torch.device, amp: torch.dtype | None) -> nn.Module:
     """The model ``predict`` / ``evaluate`` run: under bf16 on a CPU, ``fuse_for_inference``'s bf16 copy
-    (weights cast to bf16 once instead of by autocast on every call: 1.12x at batch 1, 1.02x at batch 32 on
-    ConvNeXt-T, 2-core AVX512-BF16 EPYC), else ``model`` itself; fp32 keeps the ops that training evaluated
-    with, so ``evaluate`` repeats the run's own top-1 exactly. Exported files pass through."""
+    (weights cast to bf16 once instead of by autocast on every call, which gains most at small batches:
+    BENCHMARKS.md, "predict / evaluate --amp bf16 on CPU"), else ``model`` itself; fp32 keeps the ops that
+    training evaluated with, so ``evaluate`` repeats the run's own top-1 exactly. Exported files pass
+    through."""
     if amp != torch.bfloat16 or device.type != "cpu" or getattr(model, "runner", None) is not None:
         return model
     from ..models import fuse_for_inference

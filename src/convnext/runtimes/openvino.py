@@ -44,7 +44,7 @@ OV_RUN_PRECISION = {"fp32": "fp32", "bf16": "bf16", "int8": "bf16"}  # the hint 
 INT8_FLOAT_PARTS = ("dwconv", "stem", "head")  # what --int8-float may keep out of int8
 # The depthwise convs stay in float by default: in int8 their input needs its own quantize pass (and two
 # layout reorders) on the residual stream, and the int8 depthwise kernel is slower than the bf16 one
-# (ConvNeXt-T, batch 32, 2-core VNNI EPYC: 67.2 against 60.6 images/s); they are 2% of the FLOPs.
+# (BENCHMARKS.md, "Export"); they are 2% of the FLOPs.
 DEFAULT_INT8_FLOAT = ("dwconv",)
 
 
@@ -152,9 +152,10 @@ def quantize_int8(
 
     ``ModelType.TRANSFORMER`` is NNCF's scheme for LayerNorm networks: the LayerNorm / GELU / residual adds
     stay in float (on the channels-first graph SmoothQuant only touches the head, its one MatMul). On the
-    quickstart digits model it loses nothing (98.61%, 100% agreement), where NNCF's CNN scheme, ~5% faster,
-    lost 0.28 points (BENCHMARKS.md, "Export"); ``keep_float`` (dwconv, stem, head) keeps more in float for
-    a model that needs it (slower). The depthwise convs are float by default (``DEFAULT_INT8_FLOAT``).
+    quickstart digits model it loses nothing (98.61%, 100% agreement), where NNCF's CNN scheme, a little
+    faster, lost 0.28 points (BENCHMARKS.md, "Export"); ``keep_float`` (dwconv, stem, head) keeps more in
+    float for a model that needs it (slower). The depthwise convs are float by default
+    (``DEFAULT_INT8_FLOAT``).
     """
     import contextlib
     import logging

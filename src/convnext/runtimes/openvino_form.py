@@ -3,12 +3,12 @@
 Our blocks (like the official code) run the two 1x1 convolutions as ``nn.Linear`` on channels-last data, with
 a permute on each side; PyTorch likes that. OpenVINO converts those permutes into Transpose nodes and the
 Linear layers into FullyConnected ones, and then reorders between its blocked NCHW layout and plain NHWC
-around every block: in an int8 model those moves and the LayerNorm around them took a third of the time.
+around every block: in an int8 model those moves and the LayerNorm around them took much of the time.
 Here each block is written as the paper draws it, in NCHW: 7x7 depthwise conv -> LayerNorm over channels
 (the official "channels_first" mean/variance formula) -> 1x1 conv -> GELU -> [GRN] -> 1x1 conv, with layer
 scale folded into the last conv. The network then stays in OpenVINO's blocked layout end to end and the
-int8 1x1 convolutions take ~75% of the time (ConvNeXt-T, batch 32, 2-core AVX512-VNNI EPYC: int8 35 ->
-63 images/s, fp32 18.6 -> 21.2; BENCHMARKS.md, "Export").
+int8 1x1 convolutions take most of the time, as they should (BENCHMARKS.md, "The channels-first OpenVINO
+graph").
 
 Only the OpenVINO conversion uses it; ONNX keeps the plain model (one LayerNormalization op per norm). The
 converted file is checked against the plain PyTorch model, as every export is.
