@@ -67,6 +67,8 @@ def create_model(
     else:
         src = None
 
+    if arch.startswith("upernet_"):  # segmentation: weights/upernet.py reads its checkpoints
+        return _create_upernet(arch, src, num_classes, options)
     prepared = None
     if src is not None:
         from .weights.load import prepare
@@ -90,6 +92,25 @@ def create_model(
         from .weights.load import load_checkpoint
 
         info = load_checkpoint(model, prepared)
+        model.pretrained_info = info  # type: ignore[assignment]
+    model.pretrained_cfg = _pretrained_cfg(arch, n, info)  # type: ignore[assignment]
+    return model
+
+
+def _create_upernet(arch: str, src: str | dict | None, num_classes: int | None, options: dict) -> nn.Module:
+    """``upernet_<backbone>`` from a UperNet checkpoint (mmseg's, transformers') or a classifier's, whose
+    weights initialise the backbone; 150 classes (ADE20K) unless the checkpoint or ``num_classes`` says."""
+    from .weights.upernet import is_upernet, load_upernet, prepare_upernet, upernet_options
+
+    prepared = prepare_upernet(src) if src is not None else None
+    if prepared is not None:
+        options = {**upernet_options(prepared, arch), **options}
+        if num_classes is None and is_upernet(prepared.state_dict):  # a classifier's count is not ours
+            num_classes = prepared.info.num_classes
+    n = num_classes if num_classes is not None else 150
+    model = build_model(arch, num_classes=n, **options)
+    info = load_upernet(model, prepared) if prepared is not None else None
+    if info is not None:
         model.pretrained_info = info  # type: ignore[assignment]
     model.pretrained_cfg = _pretrained_cfg(arch, n, info)  # type: ignore[assignment]
     return model

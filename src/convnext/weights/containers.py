@@ -113,7 +113,7 @@ def check_tensors(sd: StateDict, where: str) -> None:
     probabilities) or a NaN/inf (a diverged run). One pass, no copies: a tensor's sum is finite exactly
     when all its values are, barring an overflow, which the exact check then settles."""
     for k, v in sd.items():
-        if v.device.type == "meta":
+        if v.device.type == "meta" or k.endswith(".num_batches_tracked"):  # BatchNorm's counter (UperNet's)
             continue
         if not v.is_floating_point():
             raise UserError(

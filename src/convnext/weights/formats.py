@@ -41,6 +41,11 @@ _DINOV3_KEY = re.compile(r"^(model\.)?stages\.\d+\.(downsample_layers|layers)\."
 def detect_format(sd: StateDict) -> str:
     """Which ecosystem named these keys; one sentence when none did."""
     keys = sd.keys()
+    if any(k.startswith(("decode_head.", "auxiliary_head.")) for k in keys):  # weights/upernet.py reads these
+        raise UserError(
+            "these weights are a UperNet segmentation model (decode_head.*): create it as "
+            "upernet_<backbone>, e.g. upernet_convnext_tiny"
+        )
     if any(_DINOV3_KEY.match(k) for k in keys):
         return DINOV3
     if any(k.startswith("convnextv2.") for k in keys):

@@ -1,0 +1,221 @@
+"""UperNet on ConvNeXt (models/upernet.py, weights/upernet.py) and mmseg's segmentation metrics
+(evaluation/segmentation.py): against transformers' UperNetForSemanticSegmentation, the official mmseg
+checkpoint layout, and an independent (numpy / scikit-learn) metric computation."""
+
+from __future__ import annotations
+
+import logging
+import re
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import convnext
+from convnext.models.upernet import UperNet, official_drop_path
+from convnext.weights.upernet import (
+    HF_UPERNET,
+    MMSEG,
+    upernet_from_ours,
+    upernet_to_ours,
+)
+
+transformers = pytest.importorskip("transformers")
+
+DEPTHS, DIMS = [1, 1, 2, 1], [8, 16, 24, 32]
+
+
+def _randomise(module: torch.nn.Module, seed: int = 0) -> None:
+    """Every parameter and BatchNorm statistic random, so that a dropped or misnamed one shows."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, t in module.state_dict().items():
+            if not t.is_floating_point():
+                continue
+            r = torch.randn(t.shape, generator=g)
+            if name.endswith("running_var"):
+                t.copy_(r.abs() + 0.5)
+            elif t.dim() > 1 and t.shape[0] > 1:  # a conv or linear: unit gain, whatever the fan-in
+                t.copy_(r / t[0].numel() ** 0.5)
+            else:  # norms, biases, layer scale, GRN
+                t.copy_(r * 0.2 + (1.0 if name.endswith(("weight", "layer_scale_parameter")) else 0.0))
+
+
+def _hf_upernet(v2: bool = False, num_labels: int = 5):
+    from transformers import ConvNextConfig, ConvNextV2Config, UperNetConfig, UperNetForSemanticSegmentation
+
+    cfg_cls = ConvNextV2Config if v2 else ConvNextConfig
+    extra = {} if v2 else {"layer_scale_init_value": 1.0}
+    backbone = cfg_cls(
+        depths=DEPTHS, hidden_sizes=DIMS, out_features=["stage1", "stage2", "stage3", "stage4"], **extra
+    )
+    cfg = UperNetConfig(backbone_config=backbone, hidden_size=16, auxiliary_channels=8, num_labels=num_labels)
+    torch.manual_seed(0)
+    model = UperNetForSemanticSegmentation(cfg).eval()
+    _randomise(model)
+    return model
+
+
+def _hf_logits(hf, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    with torch.no_grad():
+        logits = hf(pixel_values=x).logits
+        feats = hf.backbone(x).feature_maps  # transformers' output has no auxiliary logits: as its forward
+        aux = F.interpolate(hf.auxiliary_head(feats), size=x.shape[2:], mode="bilinear", align_corners=False)
+    return logits, aux
+
+
+@pytest.mark.parametrize("v2", [False, True])
+def test_transformers_upernet_logits(v2: bool) -> None:
+    hf = _hf_upernet(v2)
+    arch = "upernet_convnextv2_atto" if v2 else "upernet_convnext_atto"
+    ours = convnext.create_model(arch, pretrained=hf.state_dict()).eval()
+    assert ours.num_classes == 5 and ours.decode_head.conv_seg.in_channels == 16
+    x = torch.randn(2, 3, 96, 128)
+    ref, ref_aux = _hf_logits(hf, x)
+    with torch.no_grad():
+        logits, aux = ours.forward_all(x)
+    assert logits.shape == (2, 5, 96, 128)
+    torch.testing.assert_close(logits, ref, atol=1e-4, rtol=0)
+    torch.testing.assert_close(aux, ref_aux, atol=1e-4, rtol=0)
+    torch.testing.assert_close(ours(x), ref, atol=1e-4, rtol=0)
+    # and back: our weights in transformers' names load strictly into transformers' model
+    back = upernet_from_ours(ours.state_dict(), HF_UPERNET)
+    assert set(back) == set(hf.state_dict())
+    hf2 = _hf_upernet(v2)
+    hf2.load_state_dict(back, strict=True)
+    torch.testing.assert_close(_hf_logits(hf2, x)[0], ref, atol=1e-5, rtol=0)
+
+
+def test_hf_folder_odd_size_and_class_names(tmp_path) -> None:
+    hf = _hf_upernet(num_labels=3)
+    hf.config.id2label = {0: "wall", 1: "floor", 2: "sky"}
+    hf.config.label2id = {v: k for k, v in hf.config.id2label.items()}
+    hf.save_pretrained(tmp_path)
+    ours = convnext.create_model("upernet_convnext_atto", pretrained=str(tmp_path)).eval()
+    assert ours.pretrained_info.class_names == ["wall", "floor", "sky"]
+    x = torch.randn(1, 3, 70, 101)  # neither square nor a multiple of 32
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), hf(pixel_values=x).logits, atol=1e-4, rtol=0)
+
+
+def _official_mmseg_keys(depths, dims, channels, aux_channels, n_cls, scales=4) -> dict[str, tuple]:
+    """The official checkpoint's names and shapes, written from the official backbone file
+    (semantic_segmentation/backbone/convnext.py) and mmseg's UPerHead/FCNHead/ConvModule, not from ours."""
+    keys: dict[str, tuple] = {}
+
+    def conv_module(prefix: str, cin: int, cout: int, k: int) -> None:  # ConvModule: no conv bias
+        keys[f"{prefix}.conv.weight"] = (cout, cin, k, k)
+        for p in ("weight", "bias", "running_mean", "running_var"):
+            keys[f"{prefix}.bn.{p}"] = (cout,)
+        keys[f"{prefix}.bn.num_batches_tracked"] = ()
+
+    b = "backbone"
+    keys[f"{b}.downsample_layers.0.0.weight"], keys[f"{b}.downsample_layers.0.0.bias"] = (
+        (dims[0], 3, 4, 4),
+        (dims[0],),
+    )
+    keys[f"{b}.downsample_layers.0.1.weight"] = keys[f"{b}.downsample_layers.0.1.bias"] = (dims[0],)
+    for i in (1, 2, 3):
+        keys[f"{b}.downsample_layers.{i}.0.weight"] = keys[f"{b}.downsample_layers.{i}.0.bias"] = (
+            dims[i - 1],
+        )
+        keys[f"{b}.downsample_layers.{i}.1.weight"] = (dims[i], dims[i - 1], 2, 2)
+        keys[f"{b}.downsample_layers.{i}.1.bias"] = (dims[i],)
+    for i, (d, c) in enumerate(zip(depths, dims)):
+        for j in range(d):
+            s = f"{b}.stages.{i}.{j}"
+            keys[f"{s}.gamma"] = keys[f"{s}.dwconv.bias"] = (c,)
+            keys[f"{s}.dwconv.weight"] = (c, 1, 7, 7)
+            keys[f"{s}.norm.weight"] = keys[f"{s}.norm.bias"] = (c,)
+            keys[f"{s}.pwconv1.weight"], keys[f"{s}.pwconv1.bias"] = (4 * c, c), (4 * c,)
+            keys[f"{s}.pwconv2.weight"], keys[f"{s}.pwconv2.bias"] = (c, 4 * c), (c,)
+        keys[f"{b}.norm{i}.weight"] = keys[f"{b}.norm{i}.bias"] = (c,)
+    for i in range(scales):
+        conv_module(f"decode_head.psp_modules.{i}.1", dims[3], channels, 1)
+    conv_module("decode_head.bottleneck", dims[3] + scales * channels, channels, 3)
+    for i in range(3):
+        conv_module(f"decode_head.lateral_convs.{i}", dims[i], channels, 1)
+        conv_module(f"decode_head.fpn_convs.{i}", channels, channels, 3)
+    conv_module("decode_head.fpn_bottleneck", 4 * channels, channels, 3)
+    keys["decode_head.conv_seg.weight"], keys["decode_head.conv_seg.bias"] = (n_cls, channels, 1, 1), (n_cls,)
+    conv_module("auxiliary_head.convs.0", dims[2], aux_channels, 3)
+    keys["auxiliary_head.conv_seg.weight"] = (n_cls, aux_channels, 1, 1)
+    keys["auxiliary_head.conv_seg.bias"] = (n_cls,)
+    return keys
+
+
+def test_official_mmseg_layout_round_trip(tmp_path) -> None:
+    """An mmseg checkpoint (``state_dict`` + ``meta``) synthesised with the official names and shapes loads
+    strictly, and the mapping both ways is the identity on it."""
+    expected = _official_mmseg_keys(DEPTHS, DIMS, 16, 8, 4)
+    g = torch.Generator().manual_seed(1)
+    sd = {k: (torch.tensor(3) if not s else torch.rand(s, generator=g) + 0.5) for k, s in expected.items()}
+    classes = ["a", "b", "c", "d"]
+    path = tmp_path / "upernet_mmseg.pth"
+    torch.save({"meta": {"CLASSES": classes, "mmseg_version": "0.20.2"}, "state_dict": sd}, path)
+    opts = {"depths": DEPTHS, "dims": DIMS}
+    model = convnext.create_model("upernet_convnext_atto", pretrained=str(path), **opts).eval()
+    mine = model.state_dict()
+    assert {k: tuple(v.shape) for k, v in mine.items()} == expected
+    assert all(torch.equal(mine[k], sd[k]) for k in expected)
+    assert model.pretrained_info.format == MMSEG and model.pretrained_info.class_names == classes
+    assert upernet_to_ours(sd).keys() == sd.keys() and upernet_from_ours(mine, MMSEG).keys() == mine.keys()
+    # HF's names and back are exactly the inverse
+    there = upernet_from_ours(mine, HF_UPERNET)
+    back = upernet_to_ours(there)
+    assert back.keys() == mine.keys() and all(back[k] is mine[k] for k in mine)
+
+
+def test_classification_checkpoint_initialises_backbone(caplog) -> None:
+    clf = convnext.create_model("convnext_atto", num_classes=10)
+    with caplog.at_level(logging.WARNING, logger="convnext"):
+        seg = convnext.create_model("upernet_convnext_atto", pretrained=clf.state_dict(), channels=16)
+    assert (
+        seg.num_classes == 150 and sum("initialises the backbone" in r.message for r in caplog.records) == 1
+    )
+    want = {k: v for k, v in clf.state_dict().items() if not k.startswith(("head.", "norm."))}
+    got = seg.backbone.state_dict()
+    assert all(torch.equal(got[k], v) for k, v in want.items())
+    # a timm state dict too (what prepare reads today)
+    timm = pytest.importorskip("timm")
+    tm = timm.create_model("convnext_atto", pretrained=False)
+    seg2 = convnext.create_model("upernet_convnext_atto", pretrained=tm.state_dict(), channels=16)
+    torch.testing.assert_close(
+        seg2.backbone.stages[0][0].dwconv.weight, tm.stages[0].blocks[0].conv_dw.weight
+    )
+
+
+def test_fine_tune_classes_and_errors() -> None:
+    hf = _hf_upernet()
+    ours = convnext.create_model("upernet_convnext_atto", pretrained=hf.state_dict(), num_classes=7)
+    assert ours.decode_head.conv_seg.out_channels == 7 and ours.auxiliary_head.conv_seg.out_channels == 7
+    no_aux = convnext.create_model("upernet_convnext_atto", pretrained=hf.state_dict(), aux=False)
+    assert no_aux.auxiliary_head is None
+    with pytest.raises(convnext.errors.UserError, match="does not fit"):
+        convnext.create_model("upernet_convnext_atto", pretrained=hf.state_dict(), channels=32)
+    with pytest.raises(convnext.errors.UserError, match="UperNet segmentation"):
+        convnext.create_model("convnext_atto", pretrained=hf.state_dict())
+
+
+def test_model_names_and_official_settings() -> None:
+    names = [n for n in convnext.list_models() if "isotropic" not in n]
+    for n in names:
+        assert convnext.models.get_variant(f"upernet_{n}").family in ("v1", "v2")
+    with pytest.raises(ValueError):
+        convnext.models.get_variant("upernet_convnext_isotropic_small")
+    assert [official_drop_path(f"convnext_{s}") for s in ("tiny", "small", "base")] == [0.4, 0.3, 0.4]
+    m = convnext.create_model("upernet_convnext_atto", channels=16, aux_channels=8, pool_scales=(1, 2))
+    assert isinstance(m, UperNet) and m.num_classes == 150 and len(m.decode_head.psp_modules) == 2
+    assert float(m.backbone.stages[0][0].gamma[0]) == 1.0  # the official configs' layer_scale_init_value
+    x = torch.randn(1, 3, 45, 77)
+    m.eval()
+    with torch.no_grad():
+        assert m(x).shape == (1, 150, 45, 77)
+    m.train()
+    logits, aux = m.forward_all(torch.randn(2, 3, 64, 96))
+    (logits.mean() + 0.4 * aux.mean()).backward()
+    assert all(p.grad is not None for p in m.parameters() if p.requires_grad)
+
+
+def test_names_do_not_leak_into_list_models() -> None:
+    assert not any(re.match("upernet_", n) for n in convnext.list_models())
