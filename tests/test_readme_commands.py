@@ -151,9 +151,26 @@ RULES: tuple[Rule, ...] = (
         "rank of this launch and checks the restarted group's result",
     ),
     Rule(
-        r"^torchrun --nproc_per_node 8\b",
+        r"^torchrun --nproc_per_node 8\b(?!.*( pretrain |_ft_in1k ))",
         "8 GPUs: 2 CPU processes (gloo) run the same code path; each starts torch",
         sub=((r"--nproc_per_node 8\b", "--nproc_per_node 2"),),
+    ),
+    Rule(
+        r"^convnext pretrain --config quickstart_fcmae$",
+        "30 epochs of pre-training take minutes of CPU: 2 here",
+        add="epochs=2 schedule.warmup_epochs=1",
+    ),
+    Rule(
+        r"^torchrun --nproc_per_node 8 .* pretrain --config fcmae_",
+        "1600 epochs on 8 GPUs: 2 CPU processes (gloo) check it with --dry-run (RAM check off: the recipe "
+        "is sized for GPUs)",
+        sub=((r"--nproc_per_node 8\b", "--nproc_per_node 2"),),
+        add="--dry-run train.memory_check=false",
+    ),
+    Rule(
+        r"--config convnextv2_\w+_ft_in1k .*model\.pretrained=runs/fcmae_",
+        "fine-tunes the run folder of a 1600-epoch ImageNet pre-training on 8 GPUs",
+        kind="skip",
     ),
     Rule(r"^convnext (evaluate|predict|serve) .*--weights convnext_tiny\.fb_in1k", TINY),
     Rule(
@@ -443,6 +460,22 @@ _READS = r"(?<!run\.dir=)"  # a run folder named anywhere but as the run.dir a t
 @_artefact(_READS + r"runs/quickstart_digits\b")
 def _quickstart_run(work: Path) -> None:
     _train(work, QUICKSTART)
+
+
+@_artefact(_READS + r"runs/quickstart_fcmae\b")
+def _fcmae_run(work: Path) -> None:
+    """The pre-training run folder the few-label lines fine-tune: quickstart_fcmae, one step on my_photos."""
+    args = ["epochs=1", "schedule.warmup_epochs=0", "data.dataset=images", "data.root=my_photos"]
+    args += ["train.batch_size=3", "model.options.decoder_embed_dim=16", "run.loggers=[]"]
+    out = subprocess.run(
+        ["convnext", "pretrain", "--config", "quickstart_fcmae", *args, "--no-progress"],
+        cwd=work,
+        env=_env(work),
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT_S,
+    )
+    assert out.returncode == 0, f"pre-training a run folder for the README's commands failed:\n{out.stderr}"
 
 
 @_artefact(_READS + r"runs/tiny\b")
