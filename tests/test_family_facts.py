@@ -87,3 +87,9 @@ def test_benchmark_makes_layer_scale_non_trivial_where_the_model_has_it() -> Non
     v1, v2 = build_ours("convnext_atto", cpu), build_ours("convnextv2_atto", cpu)
     assert not all(torch.all(b.gamma == 1e-6) for b in v1.stages[0])  # V1's layer scale made non-trivial
     assert all(torch.all(b.grn.gamma == 0) for b in v2.stages[0])  # V2 has none: left as built
+
+
+def test_the_models_verb_takes_its_families_from_the_shipped_table() -> None:
+    from convnext.cli.models import _families
+
+    assert set(_families()) == set(convnext.models.FAMILIES)

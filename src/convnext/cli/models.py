@@ -9,7 +9,11 @@ import json
 from ..errors import UserError
 from .common import add_img_size, add_json, add_progress, json_only, json_output
 
-FAMILIES = ("v1", "v2", "isotropic")
+
+def _families() -> tuple[str, ...]:
+    """The families the shipped table lists (each model's own ``family``, recorded by the profiler): no list
+    of family names to keep here, and no torch for ``--help``."""
+    return tuple(dict.fromkeys(m["family"] for m in _sizes()["models"].values()))
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -26,7 +30,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="PATTERN",
         help="glob on the name (quote it: 'convnext_t*'); with --weights on the tag or its architecture",
     )
-    p.add_argument("--family", choices=FAMILIES, help="only this family")
+    p.add_argument("--family", choices=_families(), help="only this family")
     add_img_size(p, crop=False, help="count FLOPs at this resolution (default: each model's own)")
     add_json(p, "one object per line")
     p.add_argument(
@@ -74,7 +78,7 @@ def _from_table(args: argparse.Namespace) -> list[dict]:
 
     table = _sizes()
     pattern, family = args.pattern, args.family
-    if pattern in FAMILIES and family is None:  # as list_models: a family name given as the pattern
+    if pattern in _families() and family is None:  # as list_models: a family name given as the pattern
         pattern, family = None, pattern
     return [
         {
