@@ -113,6 +113,28 @@ def test_prepare_refuses_a_used_destination_and_a_folder_without_splits(data, tm
     assert counts == {"train": 39, "val": 9}
 
 
+def test_prepare_from_arrays_writes_the_pngs_prepare_writes(tmp_path: Path) -> None:
+    """MNIST (images in memory) as PNG shards: the same pixels and classes as `convnext prepare mnist`."""
+    from test_prepare import _idx
+
+    from convnext.data.prepare import prepare
+
+    raw = tmp_path / "mnist"
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", 6), ("t10k", 4)):
+        _idx(raw / f"{prefix}-images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28)))
+        _idx(raw / f"{prefix}-labels-idx1-ubyte", np.arange(n) % 3)
+    assert prepare_shards(raw, tmp_path / "shards", layout="mnist", progress=False) == {"train": 6, "val": 4}
+    prepare("mnist", raw, tmp_path / "folder", progress=False)
+    shards = build_dataset(DataConfig(dataset="shards", root=str(tmp_path / "shards")), "val")
+    folder = build_dataset(DataConfig(root=str(tmp_path / "folder")), "val")
+    assert shards.classes == folder.classes
+    where = {Path(p).name: i for i, (p, _) in enumerate(folder.samples)}  # the folder sorts by class
+    for k in range(4):  # val is written in the arrays' order: key k is <class>/0000k.png
+        (a, ta), (b, tb) = shards[k], folder[where[f"{k:05d}.png"]]
+        assert torch.equal(a, b) and ta == tb
+
+
 def _model(classes: int = 3) -> torch.nn.Module:
     from convnext.hub import create_model
 
