@@ -151,6 +151,7 @@ def test_preempted_mid_epoch_then_resumed_equals_straight(images: Path, tmp_path
     """The fast variant of the kill test below (no workers, one process): stopped at step 6 of 8 (epoch 2,
     batch 2), resumed from last.pth: weights, optimizer, RNG and every logged loss bit-identical."""
     recipe = [*TINY, "data.dataset=images", f"data.root={images}", "data.workers=0", "train.eval_every=2"]
+    recipe += ["ema.enabled=true", "ema.decay=0.9"]  # EMA on: its weights resume exactly too
     train(load_config("quickstart_fcmae", [*recipe, f"run.dir={tmp_path / 'straight'}"]))
     cfg = load_config("quickstart_fcmae", [*recipe, f"run.dir={tmp_path / 'stopped'}"])
     stopped = train(cfg, pauses=_PreemptAt(6))
@@ -159,11 +160,26 @@ def test_preempted_mid_epoch_then_resumed_equals_straight(images: Path, tmp_path
     _assert_same_run(tmp_path / "straight", tmp_path / "stopped")
 
 
+def test_bf16_autocast_and_ema(images: Path, tmp_path: Path) -> None:
+    """AMP (bf16 autocast, emulated where the CPU has no bf16) and the EMA weights' val loss and figure."""
+    cfg = load_config(
+        "quickstart_fcmae",
+        [*TINY, "epochs=1", "schedule.warmup_epochs=0", "data.dataset=images", f"data.root={images}",
+         "train.amp=bf16", "train.emulated_bf16=true", "ema.enabled=true", "ema.decay=0.9",
+         f"run.dir={tmp_path}"],
+    )  # fmt: skip
+    train(cfg)
+    (record,) = read_metrics(tmp_path)
+    assert np.isfinite(record["train_loss"]) and np.isfinite(record["val_loss"])
+    assert np.isfinite(record["ema_val_loss"]) and record["ema_val_loss"] != record["val_loss"]
+    assert (tmp_path / "reconstructions" / "epoch_0001.png").is_file()
+
+
 def _assert_same_run(a_dir: Path, b_dir: Path) -> None:
     a = load_train_checkpoint(a_dir / "checkpoints" / "last.pth")
     b = load_train_checkpoint(b_dir / "checkpoints" / "last.pth")
     assert (a["epoch"], a["step"]) == (b["epoch"], b["step"]) == (2, 8)
-    for key in ("model", "optimizer", "rng"):
+    for key in ("model", "model_ema", "optimizer", "rng"):
         ta, tb = _tensors(a[key]), _tensors(b[key])
         assert ta.keys() == tb.keys(), key
         assert all(ta[n].equal(tb[n]) for n in ta), f"{key} differs"
