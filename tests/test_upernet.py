@@ -167,7 +167,8 @@ def test_official_mmseg_layout_round_trip(tmp_path) -> None:
 
 
 def test_classification_checkpoint_initialises_backbone(caplog) -> None:
-    clf = convnext.create_model("convnext_atto", num_classes=10)
+    small = {"depths": DEPTHS, "dims": DIMS}
+    clf = convnext.create_model("convnext_atto", num_classes=10, **small)
     with caplog.at_level(logging.WARNING, logger="convnext"):
         seg = convnext.create_model("upernet_convnext_atto", pretrained=clf.state_dict(), channels=16)
     assert (
@@ -178,7 +179,7 @@ def test_classification_checkpoint_initialises_backbone(caplog) -> None:
     assert all(torch.equal(got[k], v) for k, v in want.items())
     # a timm state dict too (what prepare reads today)
     timm = pytest.importorskip("timm")
-    tm = timm.create_model("convnext_atto", pretrained=False)
+    tm = timm.create_model("convnext_atto", pretrained=False, **small)
     seg2 = convnext.create_model("upernet_convnext_atto", pretrained=tm.state_dict(), channels=16)
     torch.testing.assert_close(
         seg2.backbone.stages[0][0].dwconv.weight, tm.stages[0].blocks[0].conv_dw.weight
@@ -204,9 +205,11 @@ def test_model_names_and_official_settings() -> None:
     with pytest.raises(ValueError):
         convnext.models.get_variant("upernet_convnext_isotropic_small")
     assert [official_drop_path(f"convnext_{s}") for s in ("tiny", "small", "base")] == [0.4, 0.3, 0.4]
-    m = convnext.create_model("upernet_convnext_atto", channels=16, aux_channels=8, pool_scales=(1, 2))
+    m = convnext.create_model(
+        "upernet_convnext_atto", channels=16, aux_channels=8, pool_scales=(1, 2), depths=DEPTHS, dims=DIMS
+    )
     assert isinstance(m, UperNet) and m.num_classes == 150 and len(m.decode_head.psp_modules) == 2
-    assert float(m.backbone.stages[0][0].gamma[0]) == 1.0  # the official configs' layer_scale_init_value
+    assert m.backbone.stages[0][0].gamma[0].item() == 1.0  # the official configs' layer_scale_init_value
     x = torch.randn(1, 3, 45, 77)
     m.eval()
     with torch.no_grad():
