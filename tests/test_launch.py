@@ -189,12 +189,18 @@ def test_two_agents_form_one_group_with_one_main_rank(tmp_path: Path) -> None:
     ]
 
 
-def test_a_restarted_group_never_reads_the_dead_groups_addresses(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "rendezvous", ["static", pytest.param("c10d", marks=pytest.mark.slow)], ids=["static", "standalone"]
+)
+def test_a_restarted_group_never_reads_the_dead_groups_addresses(tmp_path: Path, rendezvous: str) -> None:
     """torchrun --max-restarts keeps its store across restarts; the restarted group's keys are its own (rank
-    1 reading the dead rank 0's gloo address failed with 'Connection refused' before)."""
+    1 reading the dead rank 0's gloo address failed with 'Connection refused' before). Both of torchrun's
+    one-node rendezvous: static (the README's `torchrun --nproc_per_node 2 --max-restarts 3`), and c10d
+    (--standalone) under -m slow."""
     script = tmp_path / "probe.py"
     script.write_text(PROBE)
-    cmd = torchrun("--standalone", "--nproc_per_node", "2", "--max-restarts", "1", str(script))
+    where = ["--standalone"] if rendezvous == "c10d" else ["--master_port", str(free_port())]
+    cmd = torchrun(*where, "--nproc_per_node", "2", "--max-restarts", "1", str(script))
     r = subprocess.run(
         cmd,
         cwd=ROOT,
