@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import re
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -222,3 +223,113 @@ def test_model_names_and_official_settings() -> None:
 
 def test_names_do_not_leak_into_list_models() -> None:
     assert not any(re.match("upernet_", n) for n in convnext.list_models())
+
+
+# ------------------------------------------------------------------------------------ segmentation metrics
+
+
+def _mmseg_intersect_and_union(pred, label, num_classes, ignore_index, reduce_zero):
+    """mmseg 0.x ``intersect_and_union``, transcribed: torch.histc on floats, its reduce_zero_label steps."""
+    label = label.clone()
+    if reduce_zero:
+        label[label == 0] = 255
+        label = label - 1
+        label[label == 254] = 255
+    mask = label != ignore_index
+    pred, label = pred[mask], label[mask]
+    inter = pred[pred == label]
+    args = {"bins": num_classes, "min": 0, "max": num_classes - 1}
+    a_i, a_p, a_l = (torch.histc(t.float(), **args) for t in (inter, pred, label))
+    return a_i, a_p + a_l - a_i, a_p, a_l
+
+
+def _random_maps(seed: int, n: int, num_classes: int, reduce_zero: bool):
+    """Label maps with ignored pixels, a class absent from everything and one only predicted."""
+    g = torch.Generator().manual_seed(seed)
+    top = num_classes + 1 if reduce_zero else num_classes
+    out = []
+    for i in range(n):
+        h, w = 13 + i, 17 + 2 * i
+        label = torch.randint(0, top, (h, w), generator=g)
+        label[torch.rand(h, w, generator=g) < 0.15] = 255
+        pred = torch.where(
+            torch.rand(h, w, generator=g) < 0.6, label, torch.randint(0, num_classes, (h, w), generator=g)
+        )
+        pred = pred.clamp_max(num_classes - 1)
+        absent = num_classes - 1  # never in the ground truth; predicted only in the first image
+        label[label == (absent + 1 if reduce_zero else absent)] = 255
+        pred[pred == absent] = 0
+        pred[pred == absent - 1] = 0  # absent - 1: neither predicted nor (after the next line) labelled
+        label[label == (absent if reduce_zero else absent - 1)] = 255
+        if i == 0:
+            pred[0, 0] = absent
+        out.append((pred, label))
+    return out
+
+
+@pytest.mark.parametrize("reduce_zero", [False, True])
+def test_segmentation_metrics_are_mmsegs(reduce_zero: bool) -> None:
+    from sklearn.metrics import confusion_matrix, jaccard_score, recall_score
+
+    from convnext.evaluation.segmentation import SegmentationMeter, intersect_and_union, segmentation_metrics
+
+    c = 6
+    maps = _random_maps(0, 4, c, reduce_zero)
+    meter = SegmentationMeter(c, reduce_zero=reduce_zero)
+    ref = [torch.zeros(c, dtype=torch.float64) for _ in range(4)]
+    for pred, label in maps:
+        meter.update(pred, label)
+        for total, area in zip(ref, _mmseg_intersect_and_union(pred, label, c, 255, reduce_zero)):
+            total += area.double()
+    assert torch.equal(meter.hist.double(), torch.stack(ref))
+    got = meter.compute()
+    iou, acc = (ref[0] / ref[1]).numpy(), (ref[0] / ref[3]).numpy()
+    assert np.isnan(iou[c - 2]) and iou[c - 1] == 0 and np.isnan(acc[c - 1])  # absent; only predicted
+    assert got["mIoU"] == pytest.approx(np.nanmean(iou), abs=1e-12)
+    assert got["mAcc"] == pytest.approx(np.nanmean(acc), abs=1e-12)
+    assert got["aAcc"] == pytest.approx(float(ref[0].sum() / ref[3].sum()), abs=1e-12)
+    # scikit-learn over all kept pixels at once: the same figures
+    ys, ps = [], []
+    for pred, label in maps:
+        lab = label - 1 if reduce_zero else label
+        lab = torch.where(
+            (label == 0) if reduce_zero else torch.zeros_like(label, dtype=torch.bool), 255, lab
+        )
+        keep = (lab != 255) & (label != 255)
+        ys.append(lab[keep].numpy())
+        ps.append(pred[keep].numpy())
+    y, p = np.concatenate(ys), np.concatenate(ps)
+    present = np.union1d(y, p)  # sklearn averages over the labels it is given: those seen anywhere
+    assert got["mIoU"] == pytest.approx(jaccard_score(y, p, labels=present, average="macro"), abs=1e-12)
+    assert got["mAcc"] == pytest.approx(recall_score(y, p, labels=np.unique(y), average="macro"), abs=1e-12)
+    sk_iou = jaccard_score(y, p, labels=list(range(c)), average=None, zero_division=0)
+    np.testing.assert_allclose(np.nan_to_num(got["IoU"]), sk_iou, atol=1e-12)
+    cm = confusion_matrix(y, p, labels=list(range(c)))
+    assert got["aAcc"] == pytest.approx(np.trace(cm) / cm.sum(), abs=1e-12)
+    # logits are arg-maxed; halves on two "ranks" sum to the whole
+    logits = F.one_hot(maps[0][0], c).permute(2, 0, 1)[None].float()
+    one = SegmentationMeter(c, reduce_zero=reduce_zero)
+    one.update(logits, maps[0][1][None])
+    assert torch.equal(one.hist, intersect_and_union(maps[0][0], maps[0][1], c, reduce_zero=reduce_zero))
+    a, b = (SegmentationMeter(c, reduce_zero=reduce_zero) for _ in range(2))
+    for i, (pred, label) in enumerate(maps):
+        (a if i % 2 else b).update(pred, label)
+    assert torch.equal(a.hist + b.hist, meter.hist)
+    assert segmentation_metrics(a.hist + b.hist)["mIoU"] == got["mIoU"]
+
+
+def test_segmentation_counts_all_reduce(tmp_path) -> None:
+    """The meter's all_reduce goes through torch.distributed (gloo, one process: the sum is itself)."""
+    import torch.distributed as dist
+
+    from convnext.evaluation.segmentation import SegmentationMeter
+
+    store = dist.FileStore(str(tmp_path / "store"), 1)
+    dist.init_process_group("gloo", store=store, rank=0, world_size=1)
+    try:
+        m = SegmentationMeter(3)
+        m.update(torch.tensor([[0, 1, 2]]), torch.tensor([[0, 2, 255]]))
+        before = m.hist.clone()
+        assert torch.equal(m.all_reduce(), before) and m.hist.dtype == torch.long
+    finally:
+        dist.destroy_process_group()
