@@ -8,7 +8,7 @@ from convnext.models import FCMAE, create_fcmae
 
 
 def test_forward_shapes_and_gradients() -> None:
-    model = create_fcmae("fcmae_convnextv2_atto", img_size=64)
+    model = create_fcmae("fcmae_convnextv2_atto", img_size=64, decoder_embed_dim=64)
     x = torch.randn(2, 3, 64, 64)
     out = model(x, generator=torch.Generator().manual_seed(0))
     assert out.pred.shape == (2, 4, 32 * 32 * 3) and out.mask.shape == (2, 4) and out.loss.dim() == 0
@@ -273,10 +273,12 @@ def _official_spec(depths, dims, dec: int, p: int) -> dict[str, tuple[int, ...]]
 def test_official_checkpoint_layout_round_trips(tmp_path) -> None:
     from convnext.weights.fcmae import from_official, load_fcmae, save_fcmae, to_official
 
-    spec = _official_spec((2, 2, 6, 2), (40, 80, 160, 320), 512, 32)
+    spec = _official_spec((1, 1, 2, 1), (8, 16, 24, 32), 16, 32)
     g = torch.Generator().manual_seed(0)
     official = {k: torch.randn(s, generator=g) for k, s in spec.items()}
-    model = create_fcmae("fcmae_convnextv2_atto", img_size=64)
+    model = create_fcmae(
+        "fcmae_convnextv2_atto", depths=(1, 1, 2, 1), dims=(8, 16, 24, 32), decoder_embed_dim=16
+    )
     model.load_state_dict(from_official(official), strict=True)  # every key, every shape
     back = to_official(model.state_dict())
     assert {k: tuple(v.shape) for k, v in back.items()} == spec
@@ -312,7 +314,9 @@ def test_fcmae_encoder_loads_into_the_classification_model(tmp_path) -> None:
     from convnext.weights.fcmae import encoder_weights, save_fcmae, to_official
 
     torch.manual_seed(0)
-    fcmae = create_fcmae("fcmae_convnextv2_atto", img_size=64)
+    fcmae = create_fcmae(
+        "fcmae_convnextv2_atto", img_size=64, decoder_embed_dim=16
+    )  # the decoder plays no part
     with torch.no_grad():
         for name, prm in fcmae.named_parameters():
             if "grn" in name:
@@ -332,3 +336,16 @@ def test_fcmae_encoder_loads_into_the_classification_model(tmp_path) -> None:
         with torch.no_grad():
             torch.testing.assert_close(model.forward_features(x), direct)
             torch.testing.assert_close(model(x), model.forward_head(direct))
+
+
+def test_gradient_checkpointing_gives_the_same_gradients() -> None:
+    model = _tiny()
+    imgs = torch.randn(2, 3, 96, 96, dtype=torch.float64)
+    mask = model.gen_random_mask(imgs, 0.6, torch.Generator().manual_seed(6))
+    model(imgs, mask=mask).loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad(set_to_none=True)
+    model.encoder.set_grad_checkpointing(True)
+    model(imgs, mask=mask).loss.backward()
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, grads[n], msg=n)
