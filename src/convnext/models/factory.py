@@ -109,7 +109,17 @@ def get_variant(name: str) -> Variant:
     if backbone is not None and backbone.family != "isotropic":  # segmentation: models/upernet.py
         build = upernet_builder(backbone.name, backbone.build)
         return Variant(name, backbone.family, build, backbone.kwargs, input_size=512)
-    raise ValueError(f"unknown model {name!r}; known models: {', '.join(VARIANTS)}, upernet_<V1/V2 model>")
+    detector, _, rest = name.partition("_")
+    backbone = VARIANTS.get(rest) if detector in ("maskrcnn", "fasterrcnn") else None
+    if backbone is not None and backbone.family != "isotropic":  # detection: models/detection.py
+        from .detection import detection_builder  # lazy: torchvision.models.detection is slow to import
+
+        build = detection_builder(detector, rest, backbone.build)
+        return Variant(name, backbone.family, build, backbone.kwargs, input_size=800)
+    raise ValueError(
+        f"unknown model {name!r}; known models: {', '.join(VARIANTS)}, upernet_<V1/V2 model>, "
+        "maskrcnn_<V1/V2 model>, fasterrcnn_<V1/V2 model>"
+    )
 
 
 def family_of_name(name: str) -> Family:
