@@ -126,8 +126,8 @@ def test_convert_targets_are_the_writers() -> None:
 
 # -------------------------------------------------------------------------------------- models, globs
 def test_list_models_takes_a_glob_as_timm() -> None:
-    assert convnext.list_models("*tiny*") == ["convnext_tiny", "convnextv2_tiny"]
-    assert convnext.list_models("convnext_t*") == ["convnext_tiny"]
+    assert convnext.list_models("*tiny*") == ["convnext_tiny", "convnextv2_tiny", "convnext_tiny_hnf"]
+    assert convnext.list_models("convnext_t*") == ["convnext_tiny", "convnext_tiny_hnf"]
     assert convnext.list_models(["*_atto", "convnext_isotropic_s*"]) == [
         "convnext_atto",
         "convnextv2_atto",
