@@ -291,3 +291,11 @@ def test_in12k_heads_get_timms_imagenet12k_words() -> None:
     assert default_descriptions(11821) == words
     assert display_names(None, 11821)[:3] == words[:3] == ["benthos", "cell", words[2]]
     assert default_class_names(registry.IMAGENET12K_CLASSES)[2] == "person"
+
+
+def test_weights_table_keeps_its_columns_for_long_tags(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["models", "--weights", "*clip*"]) == 0
+    rows = capsys.readouterr().out.splitlines()[:-1]  # the last line is the footnote
+    start = rows[0].index("dataset")
+    assert all(r[start - 1] == " " and r[start] != " " for r in rows[1:]), rows[:3]
+    assert any(len(r.split()[0]) > 44 for r in rows[1:])  # e.g. ..._soup_ft_in12k_in1k_320

@@ -120,11 +120,13 @@ def _weights(args: argparse.Namespace) -> tuple[list[dict], list[str]]:
     ]
     if not entries:
         raise UserError(_no_match("released weights tag", args))
-    table = [f"{'tag':<44}{'dataset':<13}{'classes':>8}{'size':>6}{'crop':>7}{'top-1':>7}"]
+    tw = max(44, *(len(e.tag) + 2 for e in entries))  # timm's CLIP tags run past 44 characters
+    dw = max(13, *(len(e.dataset) + 2 for e in entries))
+    table = [f"{'tag':<{tw}}{'dataset':<{dw}}{'classes':>8}{'size':>6}{'crop':>7}{'top-1':>7}"]
     for e in entries:
         top1 = f"{e.top1:.1f}" if e.top1 is not None else "-"
         table.append(
-            f"{e.tag:<44}{e.dataset:<13}{e.num_classes:>8}{e.input_size:>6}{e.crop_pct:>7.3f}{top1:>7}"
+            f"{e.tag:<{tw}}{e.dataset:<{dw}}{e.num_classes:>8}{e.input_size:>6}{e.crop_pct:>7.3f}{top1:>7}"
         )
     table.append(
         "top-1: ImageNet-1k val as published with the weights. Use a tag as --weights or pretrained=."
