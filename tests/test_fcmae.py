@@ -349,3 +349,17 @@ def test_gradient_checkpointing_gives_the_same_gradients() -> None:
     model(imgs, mask=mask).loss.backward()
     for n, p in model.named_parameters():
         torch.testing.assert_close(p.grad, grads[n], msg=n)
+
+
+def test_wrong_sizes_are_one_sentence() -> None:
+    import pytest
+
+    model = _tiny()
+    with pytest.raises(ValueError, match="multiple of the patch size"):
+        model(torch.zeros(1, 3, 80, 96, dtype=torch.float64))
+    with pytest.raises(ValueError, match="mask must be"):
+        model(torch.zeros(1, 3, 96, 96, dtype=torch.float64), mask=torch.zeros(1, 4))
+    with pytest.raises(ValueError, match="total stride"):
+        FCMAE("convnextv2_atto", patch_size=16, depths=(1, 1, 1, 1), dims=(8, 8, 8, 8))
+    with pytest.raises(ValueError, match="unknown FCMAE model"):
+        create_fcmae("fcmae_convnext_isotropic_small")

@@ -30,7 +30,7 @@ sparse convolution does not have:
 So at visible sites the dense result equals the sparse one to float rounding, and masked sites hold zero, as
 the official ``x.dense()`` densifies them (tests/test_fcmae.py checks this against an explicit gather over
 the visible sites). The price: the dense trunk also computes on the masked 60%, which sparse convolution
-skips (BENCHMARKS.md, "FCMAE").
+skips (BENCHMARKS.md, "FCMAE pre-training step against the plain V2 step").
 
 The decoder, mask token, patchify, random mask and loss are the official ``models/fcmae.py``'s: a 1x1
 projection to ``decoder_embed_dim``, the mask token at masked sites, ``decoder_depth`` dense V2 blocks, a 1x1
@@ -297,10 +297,16 @@ class FCMAE(nn.Module):
     ) -> FcmaeOutput:
         """Mask (a random one at ``mask_ratio``, default ``self.mask_ratio``, or the given ``mask``), encode,
         decode, and the loss."""
+        p, (hh, ww) = self.patch_size, imgs.shape[-2:]
+        if hh % p or ww % p:
+            raise ValueError(f"image size {hh}x{ww} is not a multiple of the patch size {p}")
+        shape = (imgs.shape[0], (hh // p) * (ww // p))
         if mask is None:
             mask = self.gen_random_mask(
                 imgs, self.mask_ratio if mask_ratio is None else mask_ratio, generator
             )
+        elif tuple(mask.shape) != shape:
+            raise ValueError(f"mask must be (N, L) = {shape} for these images, not {tuple(mask.shape)}")
         mask = mask.to(device=imgs.device, dtype=torch.float32)
         feats = self.forward_encoder(imgs, mask)
         pred = self.forward_decoder(feats, mask)
