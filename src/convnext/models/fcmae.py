@@ -25,12 +25,15 @@ sparse convolution does not have:
   (``patch_size`` = the trunk's total stride 32), so at every stage a patch covers whole aligned 2x2 windows:
   a visible output reads four visible inputs, a masked one four masked inputs (the LayerNorm's bias there is
   never read by a visible site). The sparse strided conv's output sites are exactly the visible windows; the
-  dense output is multiplied by ``keep`` at the new resolution.
+  dense output is multiplied by ``keep`` at the new resolution. (Its 2x2 taps are the dense conv's, as the
+  official ``remap_checkpoint_keys`` reads the sparse kernel: the offsets (0, 0) .. (1, 1) of each window.)
 
 So at visible sites the dense result equals the sparse one to float rounding, and masked sites hold zero, as
 the official ``x.dense()`` densifies them (tests/test_fcmae.py checks this against an explicit gather over
 the visible sites). The price: the dense trunk also computes on the masked 60%, which sparse convolution
-skips (BENCHMARKS.md, "FCMAE pre-training step against the plain V2 step").
+skips (BENCHMARKS.md, "FCMAE pre-training step against the plain V2 step"). The blocks run
+``_masked_block``, never ``Block.forward``: the CPU fast path of ``chunked_mlp.py`` does not apply (it never
+takes GRN blocks anyway: GRN needs the whole map between the two GEMMs).
 
 The decoder, mask token, patchify, random mask and loss are the official ``models/fcmae.py``'s: a 1x1
 projection to ``decoder_embed_dim``, the mask token at masked sites, ``decoder_depth`` dense V2 blocks, a 1x1
