@@ -21,8 +21,6 @@ from convnext.weights.upernet import (
     upernet_to_ours,
 )
 
-transformers = pytest.importorskip("transformers")
-
 DEPTHS, DIMS = [1, 1, 2, 1], [8, 16, 24, 32]
 
 
@@ -43,6 +41,7 @@ def _randomise(module: torch.nn.Module, seed: int = 0) -> None:
 
 
 def _hf_upernet(v2: bool = False, num_labels: int = 5):
+    pytest.importorskip("transformers")
     from transformers import ConvNextConfig, ConvNextV2Config, UperNetConfig, UperNetForSemanticSegmentation
 
     cfg_cls = ConvNextV2Config if v2 else ConvNextConfig

@@ -22,8 +22,9 @@ from .base import ConvNeXtBase, Family
 
 __all__ = ["ConvModule", "FCNHead", "UPerHead", "UperNet", "official_drop_path", "upernet_builder"]
 
-# The backbone's stochastic depth in the official ADE20K configs (upernet_convnext_*_160k_ade20k_*.py);
-# sizes the official code never trained take the nearest official value (0.4 above base, 0.1 below tiny).
+# The backbone's stochastic depth in the official ADE20K configs (upernet_convnext_*_160k_ade20k_*.py), V1
+# and V2 alike. Sizes the official code never trained: huge/xxlarge take the large sizes' 0.4; the light
+# ones (atto..nano, zepto) 0.1, our choice (timm trains them with little or none).
 _OFFICIAL_DROP_PATH = {"tiny": 0.4, "small": 0.3, "base": 0.4, "large": 0.4, "xlarge": 0.4}
 
 
