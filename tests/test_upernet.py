@@ -332,3 +332,20 @@ def test_segmentation_counts_all_reduce(tmp_path) -> None:
         assert torch.equal(m.all_reduce(), before) and m.hist.dtype == torch.long
     finally:
         dist.destroy_process_group()
+
+
+def test_layer_ids_are_the_official_stage_wise() -> None:
+    """semantic_segmentation/mmcv_custom/layer_decay_optimizer_constructor.py, stage_wise, num_layers=6."""
+
+    def official(var_name: str, num_max_layer: int = 6 + 2) -> int:  # get_num_layer_stage_wise, transcribed
+        if var_name.startswith("backbone.downsample_layers"):
+            return 0
+        if var_name.startswith("backbone.stages"):
+            return int(var_name.split(".")[2]) + 1
+        return num_max_layer - 1
+
+    m = convnext.create_model("upernet_convnext_atto", channels=16, aux_channels=8, depths=DEPTHS, dims=DIMS)
+    layer_of, head = m.layer_ids()
+    for name, _ in m.named_parameters():
+        assert layer_of(name) == official(name)
+        assert 0.9 ** (head - layer_of(name)) == 0.9 ** (8 - official(name) - 1)  # the official lr_scale

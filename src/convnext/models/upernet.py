@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .base import ConvNeXtBase, Family
+from .layer_ids import LayerIds
 
 __all__ = ["ConvModule", "FCNHead", "UPerHead", "UperNet", "official_drop_path", "upernet_builder"]
 
@@ -26,6 +27,9 @@ __all__ = ["ConvModule", "FCNHead", "UPerHead", "UperNet", "official_drop_path",
 # and V2 alike. Sizes the official code never trained: huge/xxlarge take the large sizes' 0.4; the light
 # ones (atto..nano, zepto) 0.1, our choice (timm trains them with little or none).
 _OFFICIAL_DROP_PATH = {"tiny": 0.4, "small": 0.3, "base": 0.4, "large": 0.4, "xlarge": 0.4}
+
+
+_HEAD_ID = 7  # the official LearningRateDecayOptimizerConstructor's num_layers (6) + 2 - 1
 
 
 def official_drop_path(backbone: str) -> float:
@@ -149,6 +153,20 @@ class UperNet(nn.Module):
     @property
     def reduction(self) -> int:
         return self.backbone.reduction
+
+    def layer_ids(self) -> LayerIds:
+        """The official segmentation layer decay (``stage_wise``, ``num_layers`` 6 in every official ADE20K
+        config, decay 0.9): downsampling 0, stage i -> i + 1, the rest (per-stage norms, heads) 7; ids 5
+        and 6 are unused there too, so stage 3 decays by 0.9 ** 3."""
+
+        def layer_of(name: str) -> int:
+            if name.startswith("backbone.downsample_layers."):
+                return 0
+            if name.startswith("backbone.stages."):
+                return int(name.split(".")[2]) + 1
+            return _HEAD_ID
+
+        return layer_of, _HEAD_ID
 
     def forward_all(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
         """(logits, auxiliary logits or None), both (N, num_classes, H, W)."""
