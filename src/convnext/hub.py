@@ -69,6 +69,8 @@ def create_model(
 
     if arch.startswith("upernet_"):  # segmentation: weights/upernet.py reads its checkpoints
         return _create_upernet(arch, src, num_classes, options)
+    if arch.startswith(("maskrcnn_", "fasterrcnn_")):  # detection: weights/detection.py reads its checkpoints
+        return _create_detector(arch, src, num_classes, options)
     prepared = None
     if src is not None:
         from .weights.load import prepare
@@ -110,6 +112,26 @@ def _create_upernet(arch: str, src: str | dict | None, num_classes: int | None, 
     n = num_classes if num_classes is not None else 150
     model = build_model(arch, num_classes=n, **options)
     info = load_upernet(model, prepared) if prepared is not None else None
+    if info is not None:
+        model.pretrained_info = info  # type: ignore[assignment]
+    model.pretrained_cfg = _pretrained_cfg(arch, n, info)  # type: ignore[assignment]
+    return model
+
+
+def _create_detector(arch: str, src: str | dict | None, num_classes: int | None, options: dict) -> nn.Module:
+    """``maskrcnn_<backbone>`` / ``fasterrcnn_<backbone>`` from a detector's checkpoint (mmdet's, ours) or a
+    classifier's, whose weights initialise the backbone; 91 labels (torchvision's COCO, background
+    included) unless the checkpoint or ``num_classes`` says."""
+    from .weights.detection import detection_options, is_detection, load_detection, prepare_detection
+
+    prepared = prepare_detection(src) if src is not None else None
+    if prepared is not None:
+        options = {**detection_options(prepared, arch), **options}
+        if num_classes is None and is_detection(prepared.state_dict):  # a classifier's count is not ours
+            num_classes = prepared.info.num_classes
+    n = num_classes if num_classes is not None else 91
+    model = build_model(arch, num_classes=n, **options)
+    info = load_detection(model, prepared) if prepared is not None else None
     if info is not None:
         model.pretrained_info = info  # type: ignore[assignment]
     model.pretrained_cfg = _pretrained_cfg(arch, n, info)  # type: ignore[assignment]
