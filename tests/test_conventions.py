@@ -142,7 +142,8 @@ def test_list_models_takes_a_glob_as_timm() -> None:
 
 def test_models_pattern_filters_architectures_and_weights(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["models", "convnext_t*", "--json"]) == 0
-    assert [json.loads(line)["model"] for line in capsys.readouterr().out.splitlines()] == ["convnext_tiny"]
+    models = [json.loads(line)["model"] for line in capsys.readouterr().out.splitlines()]
+    assert models == ["convnext_tiny", "convnext_tiny_hnf"]
     assert main(["models", "--weights", "convnextv2_tiny*", "--json"]) == 0
     tags = [json.loads(line)["tag"] for line in capsys.readouterr().out.splitlines()]
     assert tags and all(t.startswith("convnextv2_tiny.") for t in tags)
