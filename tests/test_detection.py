@@ -113,6 +113,14 @@ def test_backbone_is_the_classifier_with_per_stage_norms(tmp_path) -> None:
         pyramid = det.backbone(x)
     assert list(pyramid) == ["0", "1", "2", "3", "pool"]
     assert [p.shape[-1] for p in pyramid.values()] == [24, 12, 6, 3, 2]
+    # another library's classifier (timm's names) initialises the backbone too
+    timm = pytest.importorskip("timm")
+    peer = timm.create_model("convnext_atto", pretrained=False, num_classes=5).state_dict()
+    det2 = convnext.create_model("fasterrcnn_convnext_atto", pretrained=peer, num_classes=3, **SMALL)
+    assert torch.equal(det2.backbone.body.downsample_layers[0][0].weight, peer["stem.0.weight"])
+    assert torch.equal(
+        det2.backbone.body.stages[3][1].pwconv2.weight, peer["stages.3.blocks.1.mlp.fc2.weight"].flatten(1)
+    )
 
 
 # the official mmdet names of each of our (torchvision's) layers, written from mask_rcnn_convnext_fpn.py
@@ -321,29 +329,46 @@ def test_no_detections_is_zero_not_a_crash() -> None:
     assert out["bbox"]["map"] == 0.0 and out["segm"]["mar_100"] == 0.0
 
 
-def _gather_worker(rank: int, port: int, gt: dict, preds: dict, q) -> None:
-    import torch.distributed as dist
+_RANK_SCRIPT = """
+import json, sys, torch, torch.distributed as dist
+from convnext.evaluation.coco import evaluate_coco
+gt, preds = json.load(open(sys.argv[1]))
+preds = {int(k): {n: torch.tensor(v) for n, v in p.items()} for k, p in preds.items()}
+dist.init_process_group("gloo")
+rank = dist.get_rank()
+mine = {k: preds[k] for k in ((1, 2) if rank == 0 else (3, 1))}  # padded: image 1 on both ranks
+print(json.dumps(evaluate_coco(gt, mine)))
+dist.destroy_process_group()
+"""
 
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
-    # a padded sampler: rank 0 has images 1, 2; rank 1 has 3 and image 1 again
-    mine = {k: preds[k] for k in ((1, 2) if rank == 0 else (3, 1))}
-    q.put((rank, evaluate_coco(gt, mine)))
-    dist.destroy_process_group()
 
-
-@pytest.mark.slow  # two spawned interpreters importing torch: ~25 s on 2 busy cores
-def test_two_ranks_count_each_image_once() -> None:
-    import torch.multiprocessing as mp
+def test_two_ranks_count_each_image_once(tmp_path) -> None:
+    import json
+    import os
+    import subprocess
+    import sys
 
     gt, preds = _gt(), _perfect(_gt())
     preds[1]["scores"] = torch.tensor([0.3, 0.9])
     preds[3]["boxes"] = preds[3]["boxes"] + 2
+    data = tmp_path / "data.json"
+    data.write_text(json.dumps([gt, {k: {n: t.tolist() for n, t in p.items()} for k, p in preds.items()}]))
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    ctx = mp.get_context("spawn")
-    q = ctx.SimpleQueue()
-    mp.start_processes(_gather_worker, args=(port, gt, preds, q), nprocs=2, start_method="spawn")
-    got = dict(q.get() for _ in range(2))
+    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "WORLD_SIZE": "2"}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _RANK_SCRIPT, str(data)],
+            env={**env, "RANK": str(r), "LOCAL_RANK": str(r)},
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for r in range(2)
+    ]
+    outs = [p.communicate(timeout=120)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs)
+    got = [json.loads(o.strip().splitlines()[-1]) for o in outs]
     single = evaluate_coco(gt, preds)
     assert got[0] == got[1] == single
+    assert single["bbox"]["map"] < 1  # the moved boxes and swapped scores count, once each
