@@ -13,6 +13,7 @@ import torch
 from torchvision.models.detection import FasterRCNN, MaskRCNN
 
 import convnext
+from convnext.errors import UserError
 from convnext.models import build_model
 from convnext.models.factory import VARIANTS, get_variant
 
@@ -205,6 +206,11 @@ def test_mask_rcnn_weights_into_faster_rcnn_drop_the_mask_head(tmp_path) -> None
     m = convnext.create_model("fasterrcnn_convnext_atto", pretrained=src.state_dict(), **SMALL)
     assert m.roi_heads.box_predictor.cls_score.out_features == 4
     assert torch.equal(m.roi_heads.box_head.fc7.weight, src.roi_heads.box_head.fc7.weight)
+    broken = {k: v for k, v in src.state_dict().items() if "fpn.layer_blocks.2" not in k}
+    with pytest.raises(
+        UserError, match=r"does not fit fasterrcnn_convnext_atto: 0 shape mismatches, 2 missing"
+    ):
+        convnext.create_model("fasterrcnn_convnext_atto", pretrained=broken, **SMALL)
 
 
 # ---- COCO metrics -------------------------------------------------------------------------------------
