@@ -66,6 +66,10 @@ def test_every_v1_v2_name_resolves_and_isotropic_does_not() -> None:
                 assert get_variant(f"{det}_{name}").family == v.family
     m = convnext.create_model("fasterrcnn_convnextv2_atto", num_classes=4, **SMALL)
     assert isinstance(m, FasterRCNN) and not isinstance(m, MaskRCNN) and m.family == "v2"
+    # the official COCO settings by default: drop path by size (tiny's 0.4), 1000 RPN training proposals
+    d = build_model("fasterrcnn_convnext_tiny", num_classes=2)
+    assert d.backbone.body.stages[-1][-1].drop_path.p == 0.4 and d.rpn._post_nms_top_n["training"] == 1000
+    assert d.transform.min_size == (800,) and d.transform.max_size == 1333
 
 
 def test_maskrcnn_trains_and_predicts() -> None:

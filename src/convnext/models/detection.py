@@ -11,12 +11,16 @@ batch), ``AnchorGenerator`` (sizes 32-512, ratios 0.5/1/2), ``RPNHead`` + ``Regi
 
 Where the official mmdet config (``mask_rcnn_convnext_fpn.py``) differs: its Mask R-CNN heads have the same
 shapes (mmdet's ``Shared2FCBBoxHead`` is torchvision's ``TwoMLPHead``, its ``FCNMaskHead`` 4 convs + deconv
-the mask heads), but mmdet's RoIAlign is ``aligned=True`` with adaptive sampling (torchvision's
-``MultiScaleRoIAlign``: ``aligned=False``, 2 samples), torchvision rounds the base anchors to integers
-(mmdet does not), mmdet's classifier puts the background last and predicts no box for it (torchvision:
-first, with one), and labels here count the background (``num_classes`` 91 is torchvision's COCO, category
-ids as labels; the official 80 classes are 81). The Cascade Mask R-CNN configs (``4conv1fc`` box heads with
-SyncBN, GIoU loss, three stages) have no torchvision counterpart and are not built here.
+the mask heads), RoIs go to pyramid levels by the same rule (mmdet's ``finest_scale=56`` is torchvision's
+canonical 224 at level 4) and the samplers, IoU thresholds and test-time limits are the same numbers (the
+RPN's 1000 training proposals per image are set here: torchvision's default is 2000). What differs: mmdet's
+RoIAlign is ``aligned=True`` with adaptive sampling (torchvision's ``MultiScaleRoIAlign``: ``aligned=False``,
+2 samples), torchvision rounds the base anchors to integers (mmdet does not), its box losses are smooth L1
+(beta 1/9; mmdet's L1) and its RoI matcher takes no low-quality matches; mmdet's classifier puts the
+background last and predicts no box for it (torchvision: first, with one), and labels here count the
+background (``num_classes`` 91 is torchvision's COCO, category ids as labels; the official 80 classes are
+81). The Cascade Mask R-CNN configs (``4conv1fc`` box heads with SyncBN, GIoU loss, three stages) have no
+torchvision counterpart and are not built here.
 
 The backbone takes the official detection settings unless told otherwise: layer scale initialised to 1.0
 (V1) and the drop-path rate of the official COCO config for its size (:func:`official_drop_path`).
@@ -24,6 +28,7 @@ The backbone takes the official detection settings unless told otherwise: layer 
 
 from __future__ import annotations
 
+import inspect
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
@@ -88,10 +93,12 @@ def detection_builder(
     if detector not in DETECTORS:
         raise ValueError(f"unknown detector {detector!r}; known: {', '.join(DETECTORS)}")
     cls = MaskRCNN if detector == "maskrcnn" else FasterRCNN
-    head_keys = set(cls.__init__.__code__.co_varnames) - {"self", "backbone", "num_classes"}
+    head_keys = {p for c in {cls, FasterRCNN} for p in inspect.signature(c.__init__).parameters}
+    head_keys -= {"self", "backbone", "num_classes", "kwargs"}
 
     def build(num_classes: int = 91, **options: Any) -> nn.Module:
         head = {k: options.pop(k) for k in list(options) if k in head_keys}
+        head.setdefault("rpn_post_nms_top_n_train", 1000)  # the official config's (torchvision: 2000)
         fpn_channels = int(options.pop("fpn_channels", 256))
         options.setdefault("drop_path_rate", official_drop_path(backbone_name))
         if not options.get("use_grn"):
