@@ -292,6 +292,18 @@ def test_perfect_predictions_score_one() -> None:
         assert out[iou]["mar_100"] == pytest.approx(1.0)
 
 
+def test_contiguous_labels_map_to_category_ids() -> None:
+    gt = _gt()
+    preds = _perfect(gt)  # labels 1, 2
+    ids = {1: 3, 2: 7}
+    for a in gt["annotations"]:
+        a["category_id"] = ids[a["category_id"]]
+    for c in gt["categories"]:
+        c["id"] = ids[c["id"]]
+    assert evaluate_coco(gt, preds, iou_types=("bbox",))["bbox"]["map"] == 0.0
+    assert evaluate_coco(gt, preds, iou_types=("bbox",), label_to_category=ids)["bbox"]["map"] == 1.0
+
+
 def test_numbers_are_cocoevals_on_the_same_predictions() -> None:
     gt = _gt()
     g = torch.Generator().manual_seed(1)

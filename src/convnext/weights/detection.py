@@ -20,7 +20,7 @@ the same thing, and no library ships the translation:
 
 Labels then count the background first (80 COCO classes become 81). What does not map: Cascade Mask
 R-CNN's heads (``roi_head.bbox_head.{0,1,2}``, ``4conv1fc`` with SyncBN/GN; torchvision has no cascade) —
-such a checkpoint gives its backbone and FPN and RPN, with one warning naming what is dropped. The numbers
+such a checkpoint gives its backbone, FPN and RPN, and a warning names what is dropped. The numbers
 still differ slightly from mmdet's (RoIAlign ``aligned``, rounded anchors: ``models/detection.py``).
 """
 
