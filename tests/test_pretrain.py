@@ -147,15 +147,28 @@ class _PreemptAt(PausePoints):
             os.kill(os.getpid(), signal.SIGUSR1)
 
 
-def test_preempted_mid_epoch_then_resumed_equals_straight(images: Path, tmp_path: Path) -> None:
+def test_preempted_mid_epoch_then_resumed_equals_straight(
+    images: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """The fast variant of the kill test below (no workers, one process): stopped at step 6 of 8 (epoch 2,
-    batch 2), resumed from last.pth: weights, optimizer, RNG and every logged loss bit-identical."""
+    batch 2), resumed from last.pth: weights, optimizer, RNG and every logged loss bit-identical. The stop
+    line names the verb that resumes it (pretrain shares training's loop, not its name)."""
+    from convnext.messages import install_cli_handler, remove_cli_handler
+
     recipe = [*TINY, "data.dataset=images", f"data.root={images}", "data.workers=0", "train.eval_every=2"]
     recipe += ["ema.enabled=true", "ema.decay=0.9"]  # EMA on: its weights resume exactly too
     train(load_config("quickstart_fcmae", [*recipe, f"run.dir={tmp_path / 'straight'}"]))
     cfg = load_config("quickstart_fcmae", [*recipe, f"run.dir={tmp_path / 'stopped'}"])
-    stopped = train(cfg, pauses=_PreemptAt(6))
+    capsys.readouterr()
+    install_cli_handler("pretrain")
+    try:
+        stopped = train(cfg, pauses=_PreemptAt(6))
+    finally:
+        remove_cli_handler()
     assert stopped.stopped_early and stopped.step == 6
+    err = capsys.readouterr().err
+    assert "convnext pretrain: SIGUSR1 received" in err and "convnext pretrain --resume" in err, err
+    assert "convnext train" not in err, err
     assert train(cfg).step == 8
     _assert_same_run(tmp_path / "straight", tmp_path / "stopped")
 

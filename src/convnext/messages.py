@@ -108,6 +108,11 @@ def install_cli_handler(verb: str) -> None:
         _set_level = True
 
 
+def cli_verb(default: str = "train") -> str:
+    """The verb the command line runs now (``pretrain`` shares training's loop and its log lines)."""
+    return _cli.verb if _cli is not None else default
+
+
 def remove_cli_handler() -> None:
     """Undo ``install_cli_handler`` (the end of an in-process ``main``): a library caller gets logging's
     defaults back, and its own ``once``."""

@@ -16,6 +16,7 @@ from typing import Any
 
 from ... import dist
 from ...errors import UserError
+from ...messages import cli_verb
 from ..checkpoint import no_space
 
 
@@ -25,7 +26,7 @@ def print_main(*args: Any) -> None:
 
 
 def say(msg: str) -> None:
-    print_main(f"convnext train: {msg}")
+    print_main(f"convnext {cli_verb()}: {msg}")
 
 
 @contextlib.contextmanager

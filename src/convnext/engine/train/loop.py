@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from ... import dist
+from ...messages import cli_verb
 from ...recipe import TrainConfig, check_run_dir, dump_yaml, to_dict
 from ..checkpoint import CheckpointManager, is_epoch_end, rng_state, set_rng_state, train_state
 from ..ema import ema_state_dict
@@ -208,11 +209,11 @@ def train_one_epoch(run: Run, saved_rng: dict | None) -> bool:
             ):
                 progress.elapsed = time.perf_counter() - t0
                 save(run, epoch_end=False)
-                last = run.ckpts.last
+                last, verb = run.ckpts.last, cli_verb()
                 print_main(
-                    f"\nconvnext train: {run.stop.signal or 'a stop signal'} received; saved {last} at step "
+                    f"\nconvnext {verb}: {run.stop.signal or 'a stop signal'} received; saved {last} at step "
                     f"{progress.step} (epoch {progress.epoch + 1}, batch {in_epoch}/{steps_per_epoch}); "
-                    f"resume with: convnext train --resume {last}"
+                    f"resume with: convnext {verb} --resume {last}"
                 )
                 return True
             if (

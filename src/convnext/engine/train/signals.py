@@ -7,6 +7,8 @@ import signal
 import sys
 from typing import Any
 
+from ...messages import cli_verb
+
 STOP_SIGNALS = ("SIGTERM", "SIGUSR1", "SIGINT")
 
 
@@ -38,8 +40,8 @@ class StopFlag:
                 raise KeyboardInterrupt
             if self.announce:
                 print(
-                    "\nconvnext train: Ctrl-C: saving a checkpoint at the next step (Ctrl-C again stops at "
-                    "once, losing the steps since the last checkpoint)",
+                    f"\nconvnext {cli_verb()}: Ctrl-C: saving a checkpoint at the next step "
+                    "(Ctrl-C again stops at once, losing the steps since the last checkpoint)",
                     file=sys.stderr,
                     flush=True,
                 )
