@@ -338,7 +338,7 @@ def test_every_recipe_fits_the_machine_it_is_for(recipe: Path, tmp_path: Path) -
     from convnext.engine.preflight import check_step_memory
 
     cfg = load_config(recipe, [f"data.root={tmp_path}"], check_paths=False)
-    on_cpu = recipe.stem in ("quickstart_digits", "finetune_folder")
+    on_cpu = recipe.stem in ("quickstart_digits", "finetune_folder", "quickstart_fcmae", "quickstart_fewshot")
     device, amp = (torch.device("cpu"), "none") if on_cpu else (torch.device("cuda"), cfg.train.amp)
     line = check_step_memory(cfg, device, amp, available=((16 if on_cpu else 32) * 2**30, "test"))
     assert line is not None and line.startswith("a training step needs about")
