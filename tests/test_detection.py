@@ -22,7 +22,7 @@ from pycocotools import mask as mask_util  # noqa: E402
 from pycocotools.coco import COCO  # noqa: E402
 from pycocotools.cocoeval import COCOeval  # noqa: E402
 
-from convnext.evaluation.coco import STAT_NAMES, evaluate_coco  # noqa: E402
+from convnext.evaluation.coco import STAT_NAMES, CocoEvaluator, evaluate_coco  # noqa: E402
 
 # small images (GeneralizedRCNNTransform resizes to these), a narrow FPN and few proposals: a fast test
 SMALL = {
@@ -290,6 +290,18 @@ def test_perfect_predictions_score_one() -> None:
     for iou in ("bbox", "segm"):
         assert out[iou]["map"] == pytest.approx(1.0) and out[iou]["map_50"] == pytest.approx(1.0)
         assert out[iou]["mar_100"] == pytest.approx(1.0)
+
+
+def test_evaluator_accumulates_batches_and_counts_a_repeat_once() -> None:
+    gt, preds = _gt(), _perfect(_gt())
+    ev = CocoEvaluator(gt)
+    ev.update({1: preds[1]})
+    ev.update({2: preds[2], 3: preds[3]})
+    ev.update({1: {**preds[1], "boxes": preds[1]["boxes"] + 9}})  # a padded sampler's repeat: ignored
+    assert ev.compute() == evaluate_coco(gt, preds)
+    assert ev.compute()["segm"]["map"] == pytest.approx(1.0)
+    with pytest.raises(UserError, match=r"image ids \[42\]"):
+        ev.update({42: preds[1]})
 
 
 def test_contiguous_labels_map_to_category_ids() -> None:

@@ -2,9 +2,10 @@
 
 The metrics are pycocotools' (the COCO leaderboard's and mmdet's): nothing here re-implements matching or
 the 101-point interpolation; this module only turns torchvision-style predictions (``boxes`` xyxy,
-``labels``, ``scores``, ``masks`` as probabilities) into COCO results (xywh boxes, masks as RLE through
-``pycocotools.mask``), gathers them across ranks so that each image counts once (a distributed sampler pads
-by repeating images), and names ``COCOeval.stats`` as torchmetrics does (``map``, ``map_50``, ...).
+``labels``, ``scores``, ``masks`` as probabilities) into COCO results as they come (xywh boxes, masks as
+RLE through ``pycocotools.mask``), gathers those compact results across ranks so that each image counts
+once (a distributed sampler pads by repeating images), and names ``COCOeval.stats`` as torchmetrics does
+(``map``, ``map_50``, ...).
 Evaluation covers the images that have predictions (an image without detections is still one: pass it
 with empty tensors), as torchvision's detection reference does.
 """
@@ -24,7 +25,7 @@ from torch import Tensor
 
 from ..errors import UserError
 
-__all__ = ["STAT_NAMES", "coco_results", "evaluate_coco", "gather_predictions", "load_coco"]
+__all__ = ["STAT_NAMES", "CocoEvaluator", "coco_results", "evaluate_coco", "load_coco"]
 
 # COCOeval.summarize()'s twelve numbers, in its order, under torchmetrics' names
 STAT_NAMES = (
@@ -113,23 +114,6 @@ def coco_results(
     return boxes_out, masks_out
 
 
-def gather_predictions(predictions: Predictions) -> dict[int, Mapping[str, Tensor]]:
-    """Every rank's predictions on every rank (``all_gather_object``), one entry per image: an image a
-    padded sampler gave twice keeps its first copy. Without torch.distributed, the predictions as given."""
-    import torch.distributed as dist
-
-    local = {int(k): {n: t.detach().cpu() for n, t in v.items()} for k, v in predictions.items()}
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return local
-    parts: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(parts, local)
-    merged: dict[int, Mapping[str, Tensor]] = {}
-    for part in parts:
-        for k, v in part.items():
-            merged.setdefault(k, v)
-    return merged
-
-
 def _results_coco(coco_gt: Any, results: list[dict[str, Any]]) -> Any:
     """``coco_gt.loadRes(results)``; with no results, an empty result set (loadRes cannot take one)."""
     COCO = _require()
@@ -143,6 +127,77 @@ def _results_coco(coco_gt: Any, results: list[dict[str, Any]]) -> Any:
         return res
 
 
+class CocoEvaluator:
+    """COCO results accumulated batch by batch (``update``: boxes to xywh, masks to RLE at once, so no
+    full-size mask is kept or sent between ranks), then ``compute``: every rank's results gathered
+    (``all_gather_object``), each image counted once (a padded sampler's repeat is dropped), and COCOeval."""
+
+    def __init__(
+        self,
+        gt: Any,
+        iou_types: Sequence[str] = ("bbox", "segm"),
+        label_to_category: Mapping[int, int] | Sequence[int] | None = None,
+        mask_threshold: float = 0.5,
+    ) -> None:
+        bad = [t for t in iou_types if t not in ("bbox", "segm")]
+        if bad:
+            raise ValueError(f"iou_types must be 'bbox' and/or 'segm', not {bad}")
+        self.coco_gt = load_coco(gt)
+        self.iou_types = tuple(iou_types)
+        self.label_to_category = label_to_category
+        self.mask_threshold = mask_threshold
+        self.results: dict[int, tuple[list[dict[str, Any]], list[dict[str, Any]] | None]] = {}
+
+    def update(self, predictions: Predictions) -> None:
+        """Add ``predictions``: image id -> torchvision's output dict (``boxes``, ``labels``, ``scores``,
+        ``masks`` for a Mask R-CNN). An image already added keeps its first predictions."""
+        known = set(self.coco_gt.getImgIds())
+        unknown = sorted(int(k) for k in predictions if int(k) not in known)
+        if unknown:
+            raise UserError(f"image ids {unknown[:5]} are not in the COCO ground truth")
+        for image_id, pred in predictions.items():
+            if int(image_id) in self.results:
+                continue
+            boxes, masks = coco_results({int(image_id): pred}, self.label_to_category, self.mask_threshold)
+            self.results[int(image_id)] = (boxes, masks if "masks" in pred else None)
+
+    def _gathered(self, gather: bool) -> dict[int, tuple[list[dict[str, Any]], list[dict[str, Any]] | None]]:
+        import torch.distributed as dist
+
+        if not gather or not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+            return dict(self.results)
+        parts: list[Any] = [None] * dist.get_world_size()
+        dist.all_gather_object(parts, self.results)
+        merged: dict[int, tuple[list[dict[str, Any]], list[dict[str, Any]] | None]] = {}
+        for part in parts:  # rank order: an image on two ranks keeps the lower rank's copy
+            for k, v in part.items():
+                merged.setdefault(k, v)
+        return merged
+
+    def compute(self, gather: bool = True) -> dict[str, dict[str, float]]:
+        """``{"bbox": {"map": ..., "map_50": ..., ...}, "segm": {...}}`` by ``COCOeval`` over the images
+        added (on every rank when ``gather``, each rank getting the same numbers)."""
+        from pycocotools.cocoeval import COCOeval
+
+        results = self._gathered(gather)
+        out: dict[str, dict[str, float]] = {}
+        for iou_type in self.iou_types:
+            if iou_type == "segm" and results and all(m is None for _, m in results.values()):
+                raise UserError(
+                    "mask mAP needs predicted masks (a Mask R-CNN's); this model predicts boxes only"
+                )
+            dets = [r for b, m in results.values() for r in (b if iou_type == "bbox" else (m or []))]
+            res = _results_coco(self.coco_gt, dets)
+            ev = COCOeval(self.coco_gt, res, iou_type)
+            ev.params.imgIds = sorted(results)
+            with contextlib.redirect_stdout(io.StringIO()):
+                ev.evaluate()
+                ev.accumulate()
+                ev.summarize()
+            out[iou_type] = {name: float(v) for name, v in zip(STAT_NAMES, ev.stats)}
+        return out
+
+
 def evaluate_coco(
     gt: Any,
     predictions: Predictions,
@@ -150,29 +205,9 @@ def evaluate_coco(
     label_to_category: Mapping[int, int] | Sequence[int] | None = None,
     gather: bool = True,
 ) -> dict[str, dict[str, float]]:
-    """``{"bbox": {"map": ..., "map_50": ..., ...}, "segm": {...}}`` for ``predictions`` (image id ->
-    torchvision's output dict) against the COCO ground truth ``gt``, by ``COCOeval``; ``gather`` collects
-    every rank's first (each rank gets the same numbers). ``segm`` needs ``masks`` in the predictions."""
-    from pycocotools.cocoeval import COCOeval
-
-    coco_gt = load_coco(gt)
-    preds = gather_predictions(predictions) if gather else dict(predictions)
-    unknown = sorted(set(preds) - set(coco_gt.getImgIds()))
-    if unknown:
-        raise UserError(f"image ids {unknown[:5]} are not in the COCO ground truth")
-    boxes, masks = coco_results(preds, label_to_category)
-    out: dict[str, dict[str, float]] = {}
-    for iou_type in iou_types:
-        if iou_type not in ("bbox", "segm"):
-            raise ValueError(f"iou_type must be 'bbox' or 'segm', not {iou_type!r}")
-        if iou_type == "segm" and preds and not any("masks" in p for p in preds.values()):
-            raise UserError("mask mAP needs predicted masks (a Mask R-CNN's); this model predicts boxes only")
-        res = _results_coco(coco_gt, boxes if iou_type == "bbox" else masks)
-        ev = COCOeval(coco_gt, res, iou_type)
-        ev.params.imgIds = sorted(preds)
-        with contextlib.redirect_stdout(io.StringIO()):
-            ev.evaluate()
-            ev.accumulate()
-            ev.summarize()
-        out[iou_type] = {name: float(v) for name, v in zip(STAT_NAMES, ev.stats)}
-    return out
+    """:class:`CocoEvaluator` in one call: ``predictions`` (image id -> torchvision's output dict) against
+    the COCO ground truth ``gt`` (a json file, its dict or a ``COCO``); with ``gather`` every rank calls it
+    and gets the numbers of all ranks' images together."""
+    ev = CocoEvaluator(gt, iou_types, label_to_category)
+    ev.update(predictions)
+    return ev.compute(gather)
