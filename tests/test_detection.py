@@ -205,6 +205,18 @@ def test_official_mmdet_checkpoint_loads(tmp_path, caplog) -> None:
     assert torch.equal(m3.rpn.head.cls_logits.weight, src.rpn.head.cls_logits.weight)
 
 
+def test_rpn_anchors_are_the_official_configs_in_its_order() -> None:
+    """mmdet's AnchorGenerator (strides 4-64, scale 8, ratios 0.5/1/2 as h/w, ratio-major, centred on the
+    cell's corner) written out: torchvision's anchors are the same ones in the same order, rounded."""
+    m = build_model("fasterrcnn_convnext_atto", num_classes=2)
+    gen = m.rpn.anchor_generator
+    for stride, cell in zip((4, 8, 16, 32, 64), gen.cell_anchors):
+        h_ratios = torch.tensor([0.5, 1.0, 2.0]).sqrt()
+        ws, hs = stride * 8 / h_ratios, stride * 8 * h_ratios
+        mmdet = torch.stack([-0.5 * ws, -0.5 * hs, 0.5 * ws, 0.5 * hs], 1)
+        assert torch.equal(cell, mmdet.round()) and (cell - mmdet).abs().max() <= 0.5
+
+
 def test_mask_rcnn_weights_into_faster_rcnn_drop_the_mask_head(tmp_path) -> None:
     src = convnext.create_model("maskrcnn_convnext_atto", num_classes=4, **SMALL)
     m = convnext.create_model("fasterrcnn_convnext_atto", pretrained=src.state_dict(), **SMALL)
