@@ -70,6 +70,26 @@ def test_every_v1_v2_name_resolves_and_isotropic_does_not() -> None:
     d = build_model("fasterrcnn_convnext_tiny", num_classes=2)
     assert d.backbone.body.stages[-1][-1].drop_path.p == 0.4 and d.rpn._post_nms_top_n["training"] == 1000
     assert d.transform.min_size == (800,) and d.transform.max_size == 1333
+    # layer decay: mmdet's get_num_layer_layer_wise with the tiny config's num_layers=6 (the rest: 7)
+    layer_of, head = d.layer_ids()
+    assert head == 7 and (d.family, d.reduction) == ("v1", 32)
+    official = {
+        "backbone.body.downsample_layers.0.0.weight": 0,
+        "backbone.body.stages.0.2.gamma": 1,
+        "backbone.body.downsample_layers.1.1.weight": 2,
+        "backbone.body.stages.1.0.pwconv1.weight": 2,
+        "backbone.body.downsample_layers.2.1.bias": 3,
+        "backbone.body.stages.2.2.norm.weight": 3,
+        "backbone.body.stages.2.3.dwconv.weight": 4,
+        "backbone.body.stages.2.8.gamma": 5,
+        "backbone.body.downsample_layers.3.1.weight": 6,
+        "backbone.body.stages.3.2.pwconv2.bias": 6,
+        "backbone.body.norm2.weight": 7,
+        "backbone.fpn.inner_blocks.0.0.weight": 7,
+        "rpn.head.conv.0.0.bias": 7,
+    }
+    assert set(official) <= dict(d.named_parameters()).keys()
+    assert {k: layer_of(k) for k in official} == official
 
 
 def test_maskrcnn_trains_and_predicts() -> None:

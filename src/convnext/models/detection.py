@@ -38,8 +38,16 @@ from torchvision.models.detection import FasterRCNN, MaskRCNN
 from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastLevelMaxPool
 
 from .base import ConvNeXtBase, Family
+from .layer_ids import LayerIds
 
-__all__ = ["ConvNeXtFPN", "DETECTORS", "detection_builder", "official_drop_path"]
+__all__ = [
+    "ConvNeXtFPN",
+    "ConvNeXtFasterRCNN",
+    "ConvNeXtMaskRCNN",
+    "DETECTORS",
+    "detection_builder",
+    "official_drop_path",
+]
 
 DETECTORS = ("maskrcnn", "fasterrcnn")
 
@@ -80,7 +88,42 @@ class ConvNeXtFPN(nn.Module):
         return self.fpn(OrderedDict((str(i), f) for i, f in enumerate(feats)))
 
 
-_BACKBONE_KEYS = ("fpn_channels",)
+class _ConvNeXtDetector:
+    """What every family answers (``family``, ``reduction``, ``layer_ids()``), for torchvision's detectors."""
+
+    backbone: ConvNeXtFPN
+
+    @property
+    def family(self) -> Family:
+        return self.backbone.body.family
+
+    @property
+    def reduction(self) -> int:
+        return self.backbone.body.reduction
+
+    def layer_ids(self) -> LayerIds | None:
+        """The official detection layer decay (``layer_wise``: the classifier's ids, ``num_layers`` 6 for
+        tiny and 12 for the 27-block sizes as the official COCO configs set it); the per-stage norms, FPN and
+        heads take the last id (no decay), as mmdet's ``get_num_layer_layer_wise`` gives everything else."""
+        ids = self.backbone.body.layer_ids()
+        if ids is None:
+            return None
+        of_body, head = ids
+
+        def layer_of(name: str) -> int:
+            if name.startswith("backbone.body."):
+                return of_body(name[len("backbone.body.") :])
+            return head
+
+        return layer_of, head
+
+
+class ConvNeXtMaskRCNN(_ConvNeXtDetector, MaskRCNN):
+    """torchvision's ``MaskRCNN`` over :class:`ConvNeXtFPN`."""
+
+
+class ConvNeXtFasterRCNN(_ConvNeXtDetector, FasterRCNN):
+    """torchvision's ``FasterRCNN`` over :class:`ConvNeXtFPN`."""
 
 
 def detection_builder(
@@ -92,8 +135,9 @@ def detection_builder(
     ``box_detections_per_img``, ...)."""
     if detector not in DETECTORS:
         raise ValueError(f"unknown detector {detector!r}; known: {', '.join(DETECTORS)}")
-    cls = MaskRCNN if detector == "maskrcnn" else FasterRCNN
-    head_keys = {p for c in {cls, FasterRCNN} for p in inspect.signature(c.__init__).parameters}
+    cls = ConvNeXtMaskRCNN if detector == "maskrcnn" else ConvNeXtFasterRCNN
+    base = MaskRCNN if detector == "maskrcnn" else FasterRCNN
+    head_keys = {p for c in {base, FasterRCNN} for p in inspect.signature(c.__init__).parameters}
     head_keys -= {"self", "backbone", "num_classes", "kwargs"}
 
     def build(num_classes: int = 91, **options: Any) -> nn.Module:
@@ -105,9 +149,6 @@ def detection_builder(
             options.setdefault("layer_scale_init_value", 1.0)
         options.pop("num_classes", None)
         body = build_backbone(num_classes=0, features_only=True, out_indices=(0, 1, 2, 3), **options)
-        model = cls(ConvNeXtFPN(body, fpn_channels), num_classes=num_classes, **head)
-        model.family = body.family  # type: ignore[assignment]
-        model.reduction = body.reduction  # type: ignore[assignment]
-        return model
+        return cls(ConvNeXtFPN(body, fpn_channels), num_classes=num_classes, **head)
 
     return build
