@@ -23,7 +23,9 @@ background (``num_classes`` 91 is torchvision's COCO, category ids as labels; th
 torchvision counterpart and are not built here.
 
 The backbone takes the official detection settings unless told otherwise: layer scale initialised to 1.0
-(V1) and the drop-path rate of the official COCO config for its size (:func:`official_drop_path`).
+(V1) and the drop-path rate of the official COCO config for its size (:func:`official_drop_path`);
+``layer_ids()`` gives the official layer-wise ids (the decay rate is the recipe's: 0.95 in the official
+Mask R-CNN tiny config, 0.7-0.8 in the Cascade ones).
 """
 
 from __future__ import annotations
