@@ -397,7 +397,13 @@ def test_a_foreign_onnx_file_runs_with_default_preprocessing(
     proto = onnx.load(str(exported[0]))
     del proto.metadata_props[:]
     onnx.save(proto, str(tmp_path / "foreign.onnx"))
-    runner = open_exported(tmp_path / "foreign.onnx")
+    from convnext.messages import install_cli_handler, remove_cli_handler
+
+    install_cli_handler("predict")  # the note as the command line shows it
+    try:
+        runner = open_exported(tmp_path / "foreign.onnx")
+    finally:
+        remove_cli_handler()
     assert runner.num_classes == 10 and runner.class_names is None and runner.data.img_size == 224
     assert "carries no convnext metadata" in capsys.readouterr().err
     with pytest.raises(UserError, match="does not exist"):
@@ -419,9 +425,15 @@ def test_bf16_on_a_cpu_without_native_bf16_is_noted_once(monkeypatch, capsys) ->
     assert cpu._cap_flags(full, "avx512_core_vnni") == full - {"avx512_bf16"}
     assert cpu._cap_flags(full, "ALL") == cpu._cap_flags(full, None) == full
     monkeypatch.setattr(cpu, "cpu_flags", lambda: frozenset({"avx2", "fma"}))
-    monkeypatch.setattr(device, "_noted", set())
-    for _ in range(2):
-        assert device.amp_dtype("bf16", torch.device("cpu")) is torch.bfloat16
+    from convnext.messages import install_cli_handler, remove_cli_handler
+
+    capsys.readouterr()
+    install_cli_handler("export")  # a fresh command: its notes, each once
+    try:
+        for _ in range(2):
+            assert device.amp_dtype("bf16", torch.device("cpu")) is torch.bfloat16
+    finally:
+        remove_cli_handler()
     err = _lines(capsys.readouterr().err)
     assert len(err) == 1 and "no native bf16" in err[0] and "--amp bf16" in err[0]
 
