@@ -26,7 +26,6 @@ still differ slightly from mmdet's (RoIAlign ``aligned``, rounded anchors: ``mod
 
 from __future__ import annotations
 
-import logging
 import re
 from pathlib import Path
 from typing import Any
@@ -39,9 +38,7 @@ from . import containers, formats
 from .fetch import is_run_dir, resolve
 from .files import read_file
 from .formats import StateDict
-from .load import CheckpointInfo, Prepared, load_checkpoint, prepare
-
-log = logging.getLogger(__name__)
+from .load import CheckpointInfo, Prepared, load_backbone, load_fitting, prepare
 
 MMDET, OURS = "mmdet", "torchvision-detection"
 _MMDET_PARTS = ("neck.", "rpn_head.", "roi_head.")
@@ -186,16 +183,7 @@ def load_detection(model: nn.Module, prepared: Prepared) -> CheckpointInfo:
     if body is None:
         raise UserError(f"{type(model).__name__} is not a ConvNeXt detector")
     if not is_detection(sd):
-        extra = ("pre_logits.", "norm_pre.")  # timm's head variants' parts: the classifier's, not the trunk's
-        kept = Prepared({k: v for k, v in sd.items() if not k.startswith(extra)}, info, prepared.run_config)
-        info = load_checkpoint(body, kept)
-        log.warning(
-            "%s is a classification checkpoint: it initialises the backbone; the per-stage norms, the FPN "
-            "and the detection heads start fresh",
-            info.source,
-        )
-        info.class_names = None
-        return info
+        return load_backbone(body, prepared, "the per-stage norms, the FPN and the detection heads")
     target = model.state_dict()
     notes: list[str] = []
     fresh: set[str] = set()
@@ -219,17 +207,4 @@ def load_detection(model: nn.Module, prepared: Prepared) -> CheckpointInfo:
         notes.append(f"{w.shape[0]} classes, the model {n_model}: the class-wise outputs start fresh")
         info.class_names = None
         fresh |= {k for k in target if k.startswith(_CLASSIFIERS)}
-    missing = [k for k in target if k not in sd and k not in fresh]
-    unexpected = [k for k in sd if k not in target]
-    mismatched = [k for k in sd if k in target and sd[k].shape != target[k].shape]
-    if missing or unexpected or mismatched:
-        bad = mismatched[:2] + missing[:2] + unexpected[:2]
-        raise UserError(
-            f"{info.source} ({info.format}) does not fit {getattr(model, 'variant', 'the model')}: "
-            f"{len(mismatched)} shape mismatches, {len(missing)} missing and {len(unexpected)} unexpected "
-            f"keys (first: {', '.join(bad)})"
-        )
-    for note in notes:
-        log.warning("%s: %s", info.source, note)
-    model.load_state_dict(sd, strict=False)
-    return info
+    return load_fitting(model, sd, info, fresh, notes)

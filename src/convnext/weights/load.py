@@ -18,9 +18,11 @@ from torch import Tensor, nn
 
 from ..data.preprocessing import TIMM_KEYS, Preprocessing
 from ..errors import UserError
+from ..messages import warn
 from . import containers, formats
 from .fetch import fetch, is_run_dir, resolve, run_checkpoint
 from .files import hf_class_names, hf_preprocessing, hf_weights, read_file
+from .formats import StateDict
 from .registry import WeightEntry, find_file, torchvision_entry
 
 log = logging.getLogger(__name__)  # convnext.weights.load: messages.py says how the tree is shown
@@ -282,4 +284,39 @@ def load_checkpoint(
     sd = {k: v for k, v in sd.items() if k not in mismatched and k not in unexpected}
     model.load_state_dict(sd, strict=False, assign=assign)
     info.missing, info.unexpected, info.mismatched = missing, unexpected, mismatched
+    return info
+
+
+def load_fitting(
+    model: nn.Module, sd: StateDict, info: CheckpointInfo, fresh: set[str], notes: list[str]
+) -> CheckpointInfo:
+    """Load a whole-model state dict (a detector's, a segmenter's) whose every key must fit ``model`` but
+    those in ``fresh`` (parts that start anew, e.g. another class count's classifiers): a misfit is one
+    sentence with the counts and the first keys, and ``notes`` (what was left out) are said once each."""
+    target = model.state_dict()
+    missing = [k for k in target if k not in sd and k not in fresh]
+    unexpected = [k for k in sd if k not in target]
+    mismatched = [k for k in sd if k in target and sd[k].shape != target[k].shape]
+    if missing or unexpected or mismatched:
+        bad = mismatched[:2] + missing[:2] + unexpected[:2]
+        raise UserError(
+            f"{info.source} ({info.format}) does not fit {getattr(model, 'variant', 'the model')}: "
+            f"{len(mismatched)} shape mismatches, {len(missing)} missing and {len(unexpected)} unexpected "
+            f"keys (first: {', '.join(bad)})"
+        )
+    for note in notes:
+        warn(f"{info.source}: {note}")
+    model.load_state_dict(sd, strict=False)
+    return info
+
+
+def load_backbone(backbone: nn.Module, prepared: Prepared, fresh: str) -> CheckpointInfo:
+    """A classifier's checkpoint (any we load) initialises a dense model's backbone; ``fresh`` names what
+    starts anew (said once). timm's head variants' parts (``pre_logits``, ``norm_pre``) are the classifier's,
+    not the trunk's, so they are left out."""
+    extra = ("pre_logits.", "norm_pre.")
+    sd = {k: v for k, v in prepared.state_dict.items() if not k.startswith(extra)}
+    info = load_checkpoint(backbone, Prepared(sd, prepared.info, prepared.run_config))
+    warn(f"{info.source} is a classification checkpoint: it initialises the backbone; {fresh} start fresh")
+    info.class_names = None
     return info

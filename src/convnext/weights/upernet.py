@@ -9,7 +9,6 @@ and no library ships the translation back, hence the small table here (tested ag
 
 from __future__ import annotations
 
-import logging
 import re
 from pathlib import Path
 from typing import Any
@@ -21,9 +20,7 @@ from . import containers, formats
 from .fetch import is_run_dir, resolve
 from .files import hf_class_names, hf_weights, read_file
 from .formats import StateDict
-from .load import CheckpointInfo, Prepared, load_checkpoint, prepare
-
-log = logging.getLogger(__name__)
+from .load import CheckpointInfo, Prepared, load_backbone, load_fitting, prepare
 
 MMSEG, HF_UPERNET = "mmseg-upernet", "transformers-upernet"
 HEADS = ("decode_head.", "auxiliary_head.")
@@ -171,16 +168,7 @@ def load_upernet(model: nn.Module, prepared: Prepared) -> CheckpointInfo:
     if backbone is None:
         raise UserError(f"{type(model).__name__} is not a UperNet")
     if not is_upernet(sd):
-        extra = ("pre_logits.", "norm_pre.")  # timm's head variants' parts: the classifier's, not the trunk's
-        kept = Prepared({k: v for k, v in sd.items() if not k.startswith(extra)}, info, prepared.run_config)
-        info = load_checkpoint(backbone, kept)
-        log.warning(
-            "%s is a classification checkpoint: it initialises the backbone; the per-stage norms and the "
-            "segmentation heads start fresh",
-            info.source,
-        )
-        info.class_names = None
-        return info
+        return load_backbone(backbone, prepared, "the per-stage norms and the segmentation heads")
     target = model.state_dict()
     notes, fresh = [], set()
     if getattr(model, "auxiliary_head", None) is None and any(k.startswith("auxiliary_head.") for k in sd):
@@ -191,17 +179,4 @@ def load_upernet(model: nn.Module, prepared: Prepared) -> CheckpointInfo:
         sd = {k: v for k, v in sd.items() if ".conv_seg." not in k}
         notes.append(f"{w.shape[0]} classes, the model {model.num_classes}: the classifiers start fresh")
         info.class_names, fresh = None, {k for k in target if ".conv_seg." in k}
-    missing = [k for k in target if k not in sd and k not in fresh]
-    unexpected = [k for k in sd if k not in target]
-    mismatched = [k for k in sd if k in target and sd[k].shape != target[k].shape]
-    if missing or unexpected or mismatched:
-        bad = mismatched[:2] + missing[:2] + unexpected[:2]
-        raise UserError(
-            f"{info.source} ({info.format}) does not fit {getattr(model, 'variant', 'the model')}: "
-            f"{len(mismatched)} shape mismatches, {len(missing)} missing and {len(unexpected)} unexpected "
-            f"keys (first: {', '.join(bad)})"
-        )
-    for note in notes:
-        log.warning("%s: %s", info.source, note)
-    model.load_state_dict(sd, strict=False)
-    return info
+    return load_fitting(model, sd, info, fresh, notes)
