@@ -67,10 +67,8 @@ def create_model(
     else:
         src = None
 
-    if arch.startswith("upernet_"):  # segmentation: weights/upernet.py reads its checkpoints
-        return _create_upernet(arch, src, num_classes, options)
-    if arch.startswith(("maskrcnn_", "fasterrcnn_")):  # detection: weights/detection.py reads its checkpoints
-        return _create_detector(arch, src, num_classes, options)
+    if arch.startswith(("upernet_", "maskrcnn_", "fasterrcnn_")):  # segmentation, detection
+        return _create_dense(arch, src, num_classes, options)
     prepared = None
     if src is not None:
         from .weights.load import prepare
@@ -99,39 +97,31 @@ def create_model(
     return model
 
 
-def _create_upernet(arch: str, src: str | dict | None, num_classes: int | None, options: dict) -> nn.Module:
-    """``upernet_<backbone>`` from a UperNet checkpoint (mmseg's, transformers') or a classifier's, whose
-    weights initialise the backbone; 150 classes (ADE20K) unless the checkpoint or ``num_classes`` says."""
-    from .weights.upernet import is_upernet, load_upernet, prepare_upernet, upernet_options
+def _create_dense(arch: str, src: str | dict | None, num_classes: int | None, options: dict) -> nn.Module:
+    """``upernet_<backbone>`` (150 classes, ADE20K's) or ``maskrcnn_``/``fasterrcnn_<backbone>`` (91 labels,
+    torchvision's COCO with its background) from its task's checkpoints (mmseg's, mmdet's, transformers',
+    ours) or a classifier's, whose weights initialise the backbone; the checkpoint's or ``num_classes``'s
+    count wins over the default. Each task's reader is its ``weights/`` module."""
+    if arch.startswith("upernet_"):
+        from .weights import upernet as task
 
-    prepared = prepare_upernet(src) if src is not None else None
+        prepare, options_of, is_own, load, default = (
+            task.prepare_upernet, task.upernet_options, task.is_upernet, task.load_upernet, 150
+        )  # fmt: skip
+    else:
+        from .weights import detection as task  # type: ignore[no-redef]
+
+        prepare, options_of, is_own, load, default = (
+            task.prepare_detection, task.detection_options, task.is_detection, task.load_detection, 91
+        )  # fmt: skip
+    prepared = prepare(src) if src is not None else None
     if prepared is not None:
-        options = {**upernet_options(prepared, arch), **options}
-        if num_classes is None and is_upernet(prepared.state_dict):  # a classifier's count is not ours
+        options = {**options_of(prepared, arch), **options}
+        if num_classes is None and is_own(prepared.state_dict):  # a classifier's count is not ours
             num_classes = prepared.info.num_classes
-    n = num_classes if num_classes is not None else 150
+    n = num_classes if num_classes is not None else default
     model = build_model(arch, num_classes=n, **options)
-    info = load_upernet(model, prepared) if prepared is not None else None
-    if info is not None:
-        model.pretrained_info = info  # type: ignore[assignment]
-    model.pretrained_cfg = _pretrained_cfg(arch, n, info)  # type: ignore[assignment]
-    return model
-
-
-def _create_detector(arch: str, src: str | dict | None, num_classes: int | None, options: dict) -> nn.Module:
-    """``maskrcnn_<backbone>`` / ``fasterrcnn_<backbone>`` from a detector's checkpoint (mmdet's, ours) or a
-    classifier's, whose weights initialise the backbone; 91 labels (torchvision's COCO, background
-    included) unless the checkpoint or ``num_classes`` says."""
-    from .weights.detection import detection_options, is_detection, load_detection, prepare_detection
-
-    prepared = prepare_detection(src) if src is not None else None
-    if prepared is not None:
-        options = {**detection_options(prepared, arch), **options}
-        if num_classes is None and is_detection(prepared.state_dict):  # a classifier's count is not ours
-            num_classes = prepared.info.num_classes
-    n = num_classes if num_classes is not None else 91
-    model = build_model(arch, num_classes=n, **options)
-    info = load_detection(model, prepared) if prepared is not None else None
+    info = load(model, prepared) if prepared is not None else None
     if info is not None:
         model.pretrained_info = info  # type: ignore[assignment]
     model.pretrained_cfg = _pretrained_cfg(arch, n, info)  # type: ignore[assignment]
