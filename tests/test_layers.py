@@ -20,7 +20,7 @@ PKG = Path(__file__).resolve().parents[1] / "src" / "convnext"
 LAYERS: dict[str, int] = {
     "errors": 0,
     "telemetry": 0,
-    "messages": 0,  # a message to the user (logging, stdlib only): every layer but models/ says them through it
+    "messages": 0,  # a message to the user (logging, stdlib only): every layer but models/ uses it
     "lazy": 0,
     "device": 2,
     "models": 1,

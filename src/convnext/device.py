@@ -56,6 +56,7 @@ def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.Abst
 # ----------------------------------------------------------------------------------------------------------
 # What the CPU can do natively: bf16 autocast, OpenVINO's precision choice and int8 speed all depend on it.
 
+
 def bf16_cpu_note(what: str = "--amp", flags: frozenset[str] | None = None) -> str | None:
     """The sentence to show before bf16 runs on this CPU, or None when bf16 is native here."""
     if cpu_has_native_bf16(flags):
