@@ -81,7 +81,9 @@ def run(args: argparse.Namespace) -> int:
     epochs = f"{result.epoch} epoch" + ("" if result.epoch == 1 else "s")
     best = ""
     if result.best_top1 is not None:
+        from ..engine.train.task import task_of
+
         at = f" (epoch {result.best_epoch}, checkpoints/best.pth)" if result.best_epoch is not None else ""
-        best = f"; best top-1 {result.best_top1:.2f}%{at}"
+        best = f"; best {task_of(cfg).metric_label} {result.best_top1:.2f}%{at}"
     print(f"convnext train: done, {epochs} in {result.run_dir}{best}")
     return 0

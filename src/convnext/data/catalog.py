@@ -42,6 +42,9 @@ class DatasetSpec:
     archives: Callable[[Path], dict[str, Source]] | None = None  # prepare: splits read from archives
     splits: Callable[[Path], tuple[str, ...]] | None = None  # prepare: the splits present (default both)
     download: Callable[..., None] | None = None  # (root, **options) when data.download is set
+    # what its samples are for: "classify" ((image, class index)), "segmentation" ((image, label map)) or
+    # "detection" ((image, target dict)); a recipe's model must be of the same task (recipe/validate.py)
+    task: str = "classify"
 
     @property
     def preparable(self) -> bool:

@@ -73,11 +73,13 @@ def curves_figure(
     mixup: bool | None = None,
     title: str = "",
     reconstruction: bool = False,
+    metric: tuple[str | None, str] = ("top1", "top-1"),
 ) -> Figure:
     """Three panels from metrics.jsonl records: loss (train vs validation on one basis, see
     ``loss_basis``), accuracy (top-1, top-5, EMA; the best epoch marked) and the learning rate at the end
     of each epoch. Top-5 is left out with 5 classes or fewer (always 100%), or, when ``num_classes`` is
-    unknown, when it is 100% at every epoch (the legend says so)."""
+    unknown, when it is 100% at every epoch (the legend says so). ``metric``: the records' val_<key> and its
+    label for the second panel (segmentation's mIoU, detection's box mAP; top-5 belongs to top-1 only)."""
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(15, 4.6), dpi=100, facecolor="white")
@@ -108,17 +110,18 @@ def curves_figure(
     ax_loss.set_ylabel("masked-patch MSE" if reconstruction else "cross-entropy")
     ax_loss.set_title("loss")
 
-    x1, top1 = _series(records, "val_top1")
-    x5, top5 = _series(records, "val_top5")
+    key, name = metric
+    val_metric, ema_metric = f"val_{key}", f"ema_val_{key}"
+    x5, top5 = _series(records, "val_top5") if key == "top1" else ([], [])
     few = num_classes is not None and num_classes <= 5
     flat = num_classes is None and top5 and all(v >= 99.995 for v in top5)
-    for key, label, color in (("val_top1", "val top-1", "C1"), ("ema_val_top1", "EMA val top-1", "C2")):
-        x, y = _series(records, key)
+    for k, label, color in ((val_metric, f"val {name}", "C1"), (ema_metric, f"EMA val {name}", "C2")):
+        x, y = _series(records, k)
         if x:
             ax_acc.plot(x, y, label=label, color=color, **style)
     if x5 and not few and not flat:
         ax_acc.plot(x5, top5, label="val top-5", color="C1", ls="--", alpha=0.7, **style)
-    for key, color in (("val_top1", "C1"), ("ema_val_top1", "C2")):
+    for key, color in ((val_metric, "C1"), (ema_metric, "C2")):
         x, y = _series(records, key)
         if x:
             i = max(range(len(y)), key=lambda j: (y[j], -j))  # the first epoch with the best value
@@ -131,10 +134,11 @@ def curves_figure(
             )  # fmt: skip
     if flat:
         ax_acc.plot([], [], " ", label="top-5: 100% every epoch")
-    ax_acc.set_ylabel("accuracy (%)")
+    ax_acc.set_ylabel("accuracy (%)" if metric[0] == "top1" else f"{metric[1]} (%)")
     if reconstruction:
         ax_acc.text(0.5, 0.5, "pre-training: no labels", ha="center", color="0.4", transform=ax_acc.transAxes)
-    ax_acc.set_title("validation accuracy (* best)")
+    what = "accuracy" if metric[0] == "top1" else metric[1]
+    ax_acc.set_title(f"validation {what} (* best)")
 
     xl, lr = _series(records, "lr")
     if xl:
@@ -162,6 +166,7 @@ def plot_curves(
     mixup: bool | None = None,
     title: str = "",
     reconstruction: bool = False,
+    metric: tuple[str | None, str] = ("top1", "top-1"),
 ) -> Path:
     """``curves_figure`` written atomically to ``path`` (the run's curves.png); ``reconstruction``: a
     pre-training run's (the loss panel is the masked patches' error)."""
@@ -172,5 +177,6 @@ def plot_curves(
         mixup=mixup,
         title=title,
         reconstruction=reconstruction,
+        metric=metric,
     )
     return save_figure(fig, path)

@@ -128,6 +128,13 @@ class ConvNeXtFasterRCNN(_ConvNeXtDetector, FasterRCNN):
     """torchvision's ``FasterRCNN`` over :class:`ConvNeXtFPN`."""
 
 
+def head_options(detector: str) -> tuple[str, ...]:
+    """The options of ``<detector>_*`` that go to torchvision's detector (and ``fpn_channels`` to the FPN)."""
+    base = MaskRCNN if detector == "maskrcnn" else FasterRCNN
+    keys = {p for c in {base, FasterRCNN} for p in inspect.signature(c.__init__).parameters}
+    return ("fpn_channels", *sorted(keys - {"self", "backbone", "num_classes", "kwargs"}))
+
+
 def detection_builder(
     detector: str, backbone_name: str, build_backbone: Callable[..., nn.Module]
 ) -> Callable[..., nn.Module]:
@@ -138,9 +145,7 @@ def detection_builder(
     if detector not in DETECTORS:
         raise ValueError(f"unknown detector {detector!r}; known: {', '.join(DETECTORS)}")
     cls = ConvNeXtMaskRCNN if detector == "maskrcnn" else ConvNeXtFasterRCNN
-    base = MaskRCNN if detector == "maskrcnn" else FasterRCNN
-    head_keys = {p for c in {base, FasterRCNN} for p in inspect.signature(c.__init__).parameters}
-    head_keys -= {"self", "backbone", "num_classes", "kwargs"}
+    head_keys = set(head_options(detector)) - {"fpn_channels"}
 
     def build(num_classes: int = 91, **options: Any) -> nn.Module:
         head = {k: options.pop(k) for k in list(options) if k in head_keys}

@@ -101,6 +101,27 @@ def list_models(filter: str | Sequence[str] = "", *, family: str | None = None) 
     ]
 
 
+def dense_backbone(name: str) -> str | None:
+    """The backbone of a segmentation or detection model name (``upernet_convnext_tiny`` ->
+    ``convnext_tiny``), None for any other name."""
+    for prefix in ("upernet_", "maskrcnn_", "fasterrcnn_"):
+        if name.startswith(prefix) and name[len(prefix) :] in VARIANTS:
+            return name[len(prefix) :]
+    return None
+
+
+def dense_head_options(name: str) -> tuple[str, ...]:
+    """The constructor options of a dense model's head (UperNet's, torchvision's detector's and the FPN's),
+    beside its backbone's own."""
+    if name.startswith("upernet_"):
+        from .upernet import HEAD_OPTIONS
+
+        return HEAD_OPTIONS
+    from .detection import head_options
+
+    return head_options(name.partition("_")[0])
+
+
 def get_variant(name: str) -> Variant:
     """The architecture called ``name``; an unknown name is one sentence listing the known ones."""
     if name in VARIANTS:

@@ -29,6 +29,9 @@ __all__ = ["ConvModule", "FCNHead", "UPerHead", "UperNet", "official_drop_path",
 _OFFICIAL_DROP_PATH = {"tiny": 0.4, "small": 0.3, "base": 0.4, "large": 0.4, "xlarge": 0.4}
 
 
+#: the options of ``upernet_*`` that go to the heads (the rest go to the backbone)
+HEAD_OPTIONS = ("channels", "pool_scales", "aux", "aux_channels", "aux_index", "dropout")
+
 _HEAD_ID = 7  # the official LearningRateDecayOptimizerConstructor's num_layers (6) + 2 - 1
 
 
@@ -185,7 +188,7 @@ def upernet_builder(backbone_name: str, build_backbone: Callable[..., nn.Module]
     """The constructor of ``upernet_<backbone_name>``: head options go to :class:`UperNet`, the rest to the
     backbone, which takes the official ADE20K settings unless told otherwise (drop path by size, layer
     scale initialised to 1.0 in V1) and is always ``features_only`` over its four stages."""
-    head_keys = ("channels", "pool_scales", "aux", "aux_channels", "aux_index", "dropout")
+    head_keys = HEAD_OPTIONS
 
     def build(num_classes: int = 150, **options: Any) -> UperNet:
         head = {k: options.pop(k) for k in head_keys if k in options}

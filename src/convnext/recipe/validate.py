@@ -46,10 +46,11 @@ def _validate_model(cfg: TrainConfig, check_paths: bool) -> Any:
     """model.*; returns the architecture built on the meta device (no memory, no weights) with the
     recipe's options, so the other checks can ask it what it supports."""
     from ..models import list_models
+    from ..models.factory import dense_backbone
 
     m, _ = split_fcmae(cfg.model)  # an FCMAE model is checked as its encoder
     arch = m.name.partition(".")[0]
-    if arch not in list_models():
+    if arch not in list_models() and dense_backbone(arch) is None:
         close = difflib.get_close_matches(arch, list_models(), n=1)
         hint = f"; did you mean {close[0]}?" if close else "; see `convnext models`"
         raise UserError(f"config key model.name: unknown model {m.name!r}{hint}")
@@ -115,12 +116,16 @@ def meta_model(arch: str, m: ModelConfig) -> Any:
     import torch
 
     from ..models import build_model, get_variant
+    from ..models.factory import dense_backbone, dense_head_options
 
     if is_fcmae(arch):  # pre-training: the encoder, without the FCMAE settings
         m, _ = split_fcmae(m)
         arch = m.name.partition(".")[0]
-    cls, names = _option_names(arch)
-    defaults = get_variant(arch).kwargs
+    backbone = dense_backbone(arch)  # segmentation / detection: the backbone's options and the heads'
+    cls, names = _option_names(backbone or arch)
+    if backbone is not None:
+        names = (*names, *dense_head_options(arch))
+    defaults = get_variant(backbone or arch).kwargs
     for key, value in m.options.items():
         where = f"config key model.options.{key}"
         if key in _OWN_KEY:
@@ -154,11 +159,12 @@ def meta_model(arch: str, m: ModelConfig) -> Any:
 
 
 def _check_pretrained(src: str, arch: str, check_paths: bool) -> None:
+    from ..models.factory import dense_backbone
     from ..weights.registry import find_tag, list_tags
 
     entry = find_tag(src)
     if entry is not None:
-        if entry.arch != arch:
+        if entry.arch not in (arch, dense_backbone(arch)):  # a dense model starts from its backbone's
             raise UserError(
                 f"config key model.pretrained: weights {src} are for {entry.arch}, not model.name={arch}"
             )

@@ -130,6 +130,7 @@ def _train(
         "mixup": data.mixup is not None,
         "title": f"{cfg.model.name}: {run_dir.name}",
         "reconstruction": not task_of(cfg).labels,  # pre-training: the loss is the masked patches' error
+        "metric": (task_of(cfg).metric, task_of(cfg).metric_label),
     }
     try:
         while progress.epoch < cfg.epochs:
@@ -231,33 +232,30 @@ def train_one_epoch(run: Run, saved_rng: dict | None) -> bool:
 
 def train_step(run: Run, batches: Iterator) -> tuple[torch.Tensor, float]:
     """One optimizer step over ``accum`` micro-batches; returns its mean loss (on device) and its lr."""
-    cfg, trainer, progress, data, device = run.cfg, run.trainer, run.progress, run.data, run.proc.device
+    cfg, trainer, progress, device = run.cfg, run.trainer, run.progress, run.proc.device
     lr = trainer.schedule.apply(trainer.optimizer, trainer.peaks, progress.step)
     autocast = (
         torch.autocast(device.type, dtype=run.proc.amp_dtype)
         if run.proc.amp_dtype is not None
         else contextlib.nullcontext()
     )
+    task = task_of(cfg)
+    prepare = task.prepare or classifier_batch
     step_loss = torch.zeros((), device=device)
     for micro in range(trainer.accum):
-        images, targets = next(batches)
-        images = images.to(device, non_blocking=True)
-        if data.finish is not None:
-            images = data.finish(images)
-        targets = targets.to(device, non_blocking=True)
-        if data.mixup is not None:
-            images, targets = data.mixup(images, targets)
-        if cfg.train.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
+        inputs, targets, n = prepare(run, *next(batches))
         # accumulation: skip the gradient all-reduce until the last micro-batch
         last = micro == trainer.accum - 1
         sync = trainer.ddp.no_sync() if trainer.ddp is not None and not last else contextlib.nullcontext()
         with sync:
             with autocast:
-                loss = trainer.criterion(trainer.train_model(images), targets)
+                if task.loss is not None:  # segmentation (with its auxiliary loss), detection (its sum)
+                    loss = task.loss(trainer.train_model, trainer.criterion, inputs, targets)
+                else:
+                    loss = trainer.criterion(trainer.train_model(inputs), targets)
             trainer.scaler.scale(loss / trainer.accum).backward()
         step_loss += loss.detach() / trainer.accum
-        progress.images += images.shape[0]
+        progress.images += n
     trainer.scaler.unscale_(trainer.optimizer)  # a no-op unless fp16
     if cfg.optim.clip_grad:
         nn.utils.clip_grad_norm_(trainer.model.parameters(), cfg.optim.clip_grad)
@@ -269,6 +267,20 @@ def train_step(run: Run, batches: Iterator) -> tuple[torch.Tensor, float]:
         progress.ema_updates += 1
     progress.step += 1
     return step_loss, lr
+
+
+def classifier_batch(run: Run, images: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, Any, int]:
+    """A classification batch on the device: normalised (when the loader left it uint8), MixUp/CutMix."""
+    device, data = run.proc.device, run.data
+    images = images.to(device, non_blocking=True)
+    if data.finish is not None:
+        images = data.finish(images)
+    targets = targets.to(device, non_blocking=True)
+    if data.mixup is not None:
+        images, targets = data.mixup(images, targets)
+    if run.cfg.train.channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    return images, targets, images.shape[0]
 
 
 def evaluate_epoch(run: Run) -> dict[str, float]:
@@ -298,7 +310,7 @@ def evaluate_epoch(run: Run) -> dict[str, float]:
 def end_epoch(run: Run) -> None:
     """Close the epoch: its record, evaluation, best, then the checkpoints and only then its metrics line
     (a kill in between is repaired from last.pth on the next start)."""
-    cfg, progress, trainer = run.cfg, run.progress, run.trainer
+    cfg, progress, trainer, task = run.cfg, run.progress, run.trainer, task_of(run.cfg)
     run.window.flush(progress.epoch)
     loss_sum = progress.loss_sum.clone()
     if dist.is_dist():
@@ -322,13 +334,15 @@ def end_epoch(run: Run) -> None:
         best_by = cfg.checkpoint.best_by
         if best_by == "auto":
             best_by = "ema" if trainer.ema is not None and cfg.ema.eval else "model"
-        score = record.get("ema_val_top1" if best_by == "ema" else "val_top1")
+        key = task.metric and f"{'ema_' if best_by == 'ema' else ''}val_{task.metric}"
+        score = record.get(key) if key else None
         if score is not None and (progress.best_top1 is None or score > progress.best_top1):
             progress.best_top1, progress.best_epoch, is_best = score, progress.epoch, True
-    val = ""
-    if "val_top1" in record:
-        val = f", val loss {record['val_loss']:.4f}, val top-1 {record['val_top1']:.2f}%"
-        val += f", EMA top-1 {record['ema_val_top1']:.2f}%" if "ema_val_top1" in record else ""
+    val, metric, label = "", f"val_{task.metric}", task.metric_label
+    if metric in record:
+        loss = f", val loss {record['val_loss']:.4f}" if "val_loss" in record else ""
+        val = f"{loss}, val {label} {record[metric]:.2f}%"
+        val += f", EMA {label} {record['ema_' + metric]:.2f}%" if "ema_" + metric in record else ""
     elif "val_loss" in record:  # pre-training: the reconstruction loss
         val = f", val loss {record['val_loss']:.4f}"
         val += f", EMA val loss {record['ema_val_loss']:.4f}" if "ema_val_loss" in record else ""

@@ -64,8 +64,8 @@ def build_model(cfg: TrainConfig, num_classes: int, resume_state: dict | None = 
     from ...models import family_of_name, layer_scale_option, set_chunked_mlp
     from ...weights.containers import model_options_of
 
-    if task_of(cfg).build_model is not None:  # pre-training: the FCMAE model (task.py)
-        return task_of(cfg).build_model(cfg)
+    if task_of(cfg).build_model is not None:  # pre-training, segmentation, detection (task.py)
+        return task_of(cfg).build_model(cfg, num_classes, resume_state)
     opts = dict(cfg.model.options)
     opts.setdefault("drop_path_rate", cfg.model.drop_path_rate)
     opts.setdefault("head_init_scale", cfg.model.head_init_scale)
@@ -167,6 +167,9 @@ def open_run(
 
 
 def build_data(cfg: TrainConfig, ckpt: dict | None, ckpt_path: Path | None, accum: int) -> Data:
+    """The loaders and class names of the run; a dense task reads its own data (task.py)."""
+    if task_of(cfg).build_data is not None:
+        return task_of(cfg).build_data(cfg, ckpt, ckpt_path, accum)
     from ...data import (
         BatchFinish,
         build_dataset,
@@ -228,7 +231,7 @@ def build_data(cfg: TrainConfig, ckpt: dict | None, ckpt_path: Path | None, accu
 
 
 def build_trainer(cfg: TrainConfig, proc: Process, data: Data, resume_state: dict | None = None) -> Trainer:
-    num_classes = len(data.classes)
+    num_classes = data.num_classes if data.num_classes is not None else len(data.classes)
     model = build_model(cfg, num_classes, resume_state)
     if getattr(model, "num_classes", num_classes) != num_classes:
         raise UserError(

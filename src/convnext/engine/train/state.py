@@ -58,6 +58,7 @@ class Data:
     n_train: int
     n_val: int
     steps_per_epoch: int
+    num_classes: int | None = None  # the model's class count when it is not len(classes) (detection: + 1)
 
 
 @dataclass

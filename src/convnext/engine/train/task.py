@@ -1,8 +1,10 @@
-"""What a run trains for: a classifier (the default, torchvision's reference loop as it is) or FCMAE
-pre-training (``model.name: fcmae_<encoder>``, ``convnext pretrain``). The one loop of loop.py asks the task
-for three things only: the model to build, the loss of a batch (the criterion applied to the model's output)
-and what to evaluate at an epoch's end. Everything else (DDP, AMP, EMA, accumulation, checkpoints, exact
-resume, trackers, curves) is the loop's, shared.
+"""What a run trains for: a classifier (the default, torchvision's reference loop as it is), FCMAE
+pre-training (``model.name: fcmae_<encoder>``, ``convnext pretrain``), semantic segmentation
+(``upernet_<backbone>``, segmentation.py) or detection (``maskrcnn_``/``fasterrcnn_<backbone>``,
+detection.py). The one loop of loop.py asks the task for: the model to build, the data (loaders and class
+names), a batch made ready on the device, the loss of that batch, what to evaluate at an epoch's end and
+which of its numbers picks the best checkpoint. Everything else (DDP, AMP, EMA, accumulation, checkpoints,
+exact resume, trackers, curves) is the loop's, shared.
 
 Pre-training reads images only: the data's labels (class folders, a catalog dataset's classes) are loaded as
 the loader yields them and ignored; the masks come from the global RNG, whose state every checkpoint carries
@@ -26,7 +28,7 @@ from ...recipe.pretrain import is_fcmae, split_fcmae
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-    from .state import Run
+    from .state import Data, Run
 
 #: val images shown in each epoch's reconstruction figure (the first of the val split: the same every epoch)
 FIGURE_IMAGES = 6
@@ -34,13 +36,26 @@ FIGURE_IMAGES = 6
 
 @dataclass(frozen=True)
 class Task:
-    """``build_model``/``evaluate`` None: the classifier's (setup.build_model, loop.evaluate_epoch)."""
+    """A hook left None is the classifier's: setup.build_model / setup.build_data, loop.classifier_batch
+    (to the device, normalisation, MixUp/CutMix, channels_last), ``criterion(model(inputs), targets)`` and
+    loop.evaluate_epoch (top-1/top-5/loss)."""
 
     name: str
     labels: bool  # the data's class labels are used (class checks, MixUp/CutMix, labels_per_class)
     criterion: Callable[[TrainConfig], nn.Module]
-    build_model: Callable[[TrainConfig], nn.Module] | None = None
+    # (cfg, class count of the data, the resumed checkpoint's model weights or None) -> the model to train
+    build_model: Callable[[TrainConfig, int, dict | None], nn.Module] | None = None
+    # (cfg, resumed checkpoint or None, its path, accum_steps) -> state.Data (loaders, classes, counts)
+    build_data: Callable[[TrainConfig, dict | None, Path | None, int], Data] | None = None
+    # (run, the loader's batch) -> (inputs, targets, images in the batch), on the run's device
+    prepare: Callable[[Run, Any, Any], tuple[Any, Any, int]] | None = None
+    # (model being trained (DDP-wrapped), criterion, inputs, targets) -> the scalar loss, under autocast
+    loss: Callable[[nn.Module, nn.Module, Any, Any], torch.Tensor] | None = None
     evaluate: Callable[[Run], dict[str, float]] | None = None
+    # the epoch records' val_<metric> / ema_val_<metric> (percent, higher is better) that pick best.pth and
+    # the curves' second panel; None: no best (pre-training keeps last.pth and the epochs)
+    metric: str | None = "top1"
+    metric_label: str = "top-1"  # how the epoch line, the curves and `convnext train`'s last line name it
 
 
 class FcmaeLoss(nn.Module):
@@ -51,7 +66,7 @@ class FcmaeLoss(nn.Module):
         return output.loss
 
 
-def build_fcmae(cfg: TrainConfig) -> nn.Module:
+def build_fcmae(cfg: TrainConfig, _num_classes: int = 0, _resume_state: dict | None = None) -> nn.Module:
     """The recipe's FCMAE model: ``model.name`` fcmae_<encoder>, the encoder's options and the FCMAE
     settings from ``model.options`` (recipe/pretrain.py), at ``data.img_size``."""
     from ...models.fcmae import create_fcmae
@@ -73,8 +88,28 @@ def _classification_criterion(cfg: TrainConfig) -> nn.Module:
 CLASSIFY = Task("classify", labels=True, criterion=_classification_criterion)
 
 
+#: model-name prefix -> "module:attribute" of its Task in this package (imported when a run needs it:
+#: torchvision's detection models are slow to import)
+DENSE_TASKS = {
+    "upernet_": "segmentation:SEGMENTATION",
+    "maskrcnn_": "detection:DETECTION",
+    "fasterrcnn_": "detection:DETECTION",
+}
+
+
 def task_of(cfg: TrainConfig) -> Task:
-    return FCMAE if is_fcmae(cfg.model.name) else CLASSIFY
+    """The task of the recipe's ``model.name``: its prefix decides (fcmae_, upernet_, maskrcnn_, fasterrcnn_;
+    any other name is a classifier)."""
+    name = cfg.model.name.partition(".")[0]
+    if is_fcmae(name):
+        return FCMAE
+    for prefix, where in DENSE_TASKS.items():
+        if name.startswith(prefix):
+            import importlib
+
+            module, _, attr = where.partition(":")
+            return getattr(importlib.import_module(f".{module}", __package__), attr)
+    return CLASSIFY
 
 
 # ------------------------------------------------------------------------------------------ evaluation
@@ -208,4 +243,5 @@ FCMAE = Task(
     criterion=lambda cfg: FcmaeLoss(),
     build_model=build_fcmae,
     evaluate=evaluate_reconstruction,
+    metric=None,
 )
