@@ -70,6 +70,25 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="N",
         help="refuse images whose header declares more pixels (default 89478485, as PIL's; 0: no limit)",
     )
+    dense = p.add_argument_group("detection and segmentation models (maskrcnn_*, fasterrcnn_*, upernet_*)")
+    dense.add_argument(
+        "--out",
+        metavar="OUTDIR",
+        help="write the drawn results there: boxes and masks on the image (<stem>_detections.png); the "
+        "coloured classes with a legend over the image and alone (<stem>_overlay.png, <stem>_mask.png)",
+    )
+    dense.add_argument(
+        "--score-threshold",
+        type=float,
+        default=0.5,
+        metavar="S",
+        help="detections scoring below S are dropped (default 0.5)",
+    )
+    dense.add_argument(
+        "--label-map",
+        action="store_true",
+        help="with --out: also the class index per pixel, <stem>_labels.png",
+    )
     add_progress(p)
     p.set_defaults(func=run)
 
@@ -81,6 +100,12 @@ def run(args: argparse.Namespace) -> int:
 
     if args.cam_class is not None and not args.cam:  # before the weights are read
         raise UserError("--cam-class needs --cam OUTDIR (where the Grad-CAM figures go)")
+    from ..inference.dense import dense_task
+
+    if dense_task(args.weights, args.model):  # detection, segmentation: inference/dense.py
+        return _run_dense(args)
+    if args.out or args.label_map:
+        raise UserError("--out and --label-map draw detection and segmentation results; a classifier: --cam")
     device = resolve_device(args.device)
     dtype = amp_dtype(args.amp, device)
     loaded = load_for_inference(
@@ -132,6 +157,47 @@ def run(args: argparse.Namespace) -> int:
         cam_class=cam_class,
     )
     failed = _print_predictions(preds, shown, args.json, text=not json_only(args), cam_class=cam_class)
+    if failed:
+        print(f"convnext predict: {failed} of {len(paths)} image(s) could not be read", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _run_dense(args: argparse.Namespace) -> int:
+    """``predict`` for a detector or a segmenter: per image its detections or class shares (text, JSON
+    lines), and with ``--out`` the drawn figures."""
+    from ..device import resolve_device
+    from ..inference.dense import load_dense, predict_dense, prediction_json, prediction_lines
+    from ..inference.predict import expand_inputs
+
+    if args.cam or args.classes:
+        raise UserError("--cam and --classes are for classifiers; a detector or segmenter takes --out")
+    if not 0 <= args.score_threshold <= 1:
+        raise UserError(f"--score-threshold must be between 0 and 1, got {args.score_threshold:g}")
+    if args.label_map and not args.out:
+        raise UserError("--label-map needs --out OUTDIR (where the label maps go)")
+    dense = load_dense(args.weights, args.model, img_size=args.img_size, device=resolve_device(args.device))
+    paths = expand_inputs(args.inputs)
+    if not paths:
+        raise UserError(f"no images found in {' '.join(args.inputs)}")
+    preds = predict_dense(
+        dense,
+        paths,
+        out_dir=args.out,
+        score_threshold=args.score_threshold,
+        label_map=args.label_map,
+        max_pixels=args.max_pixels,
+        progress=len(paths) > 1 and show_progress(args),
+    )
+    failed, text = 0, not json_only(args)
+    with json_output(args.json) if args.json else nullcontext(None) as jf:
+        for pred in preds:
+            failed += pred.error is not None
+            if jf is not None:
+                jf.write(json.dumps(prediction_json(pred)) + "\n")
+                jf.flush()
+            if text:
+                print("\n".join(prediction_lines(pred)), flush=True)
     if failed:
         print(f"convnext predict: {failed} of {len(paths)} image(s) could not be read", file=sys.stderr)
         return 1
