@@ -23,13 +23,32 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--model", help="architecture name (see `convnext models`; default convnext_tiny, or the --weights')"
     )
-    p.add_argument("--batch-size", type=positive_int, default=32)
-    add_img_size(p, crop=False, help="input resolution (default 224, or the --weights' own)")
+    p.add_argument(
+        "--task",
+        choices=("classification", "segmentation", "detection"),
+        default="classification",
+        help="segmentation: upernet_<backbone> against transformers' UperNet (--compare transformers); "
+        "detection: maskrcnn_ or fasterrcnn_<backbone> against torchvision's over timm's ConvNeXt "
+        "(--compare torchvision)",
+    )
+    p.add_argument(
+        "--batch-size", type=positive_int, help="images per step (default 32; segmentation, detection: 2)"
+    )
+    add_img_size(
+        p,
+        crop=False,
+        help="input resolution (default 224, or the --weights' own; segmentation 512 on a GPU, 256 on a CPU; "
+        "detection 800 on a GPU, 320 on a CPU)",
+    )
     p.add_argument("--mode", choices=["infer", "train"], default="infer", help="train: fwd+bwd+AdamW")
     p.add_argument("--channels-last", action="store_true", help="models and input in channels_last")
     p.add_argument("--compile", action="store_true", help="torch.compile every model first")
     add_device(p)
-    p.add_argument("--compare", default="", help="comma-separated peers: timm,torchvision")
+    p.add_argument(
+        "--compare",
+        default="",
+        help="comma-separated peers: timm,torchvision (segmentation: transformers; detection: torchvision)",
+    )
     p.add_argument(
         "--repeats", type=positive_int, default=5, help="timed rounds (each runs every contestant once)"
     )
@@ -65,13 +84,16 @@ def run(args: argparse.Namespace) -> int:
     from ..bench import format_backend_report, format_report, run_backend_benchmark, run_benchmark
 
     say = lambda msg: print(f"[benchmark] {msg}", file=sys.stderr, flush=True)  # noqa: E731
+    if args.task != "classification":
+        _emit(args, _run_dense(args, say), _format_dense)
+        return 0
     if args.backend:
         _refuse_with_backend(args)
         report = run_backend_benchmark(
             args.model,
             weights=args.weights,
             backends=args.backend,
-            batch_size=args.batch_size,
+            batch_size=args.batch_size or 32,
             img_size=args.img_size,
             repeats=args.repeats,
             warmup=args.warmup,
@@ -84,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--weights and --calibration go with --backend")
     report = run_benchmark(
         args.model or "convnext_tiny",
-        batch_size=args.batch_size,
+        batch_size=args.batch_size or 32,
         img_size=args.img_size or 224,
         mode=args.mode,
         channels_last=args.channels_last,
@@ -100,6 +122,38 @@ def run(args: argparse.Namespace) -> int:
     )
     _emit(args, report, format_report)
     return 0
+
+
+def _run_dense(args: argparse.Namespace, say: Callable[[str], None]) -> dict[str, Any]:
+    """--task segmentation | detection (bench/dense.py); the flags that only classification has refused."""
+    from ..bench.dense import run_dense_benchmark
+
+    flags = {"--backend": args.backend, "--weights": args.weights, "--calibration": args.calibration}
+    flags.update({"--channels-last": args.channels_last, "--compile": args.compile})
+    clash = [f for f, v in flags.items() if v]
+    if clash:
+        raise UserError(f"--task {args.task} times our dense model against its peer; drop {', '.join(clash)}")
+    return run_dense_benchmark(
+        args.task,
+        args.model,
+        batch_size=args.batch_size,
+        img_size=args.img_size,
+        mode=args.mode,
+        amp=args.amp,
+        device=args.device,
+        compare=tuple(p.strip() for p in args.compare.split(",") if p.strip()),
+        repeats=args.repeats,
+        warmup=args.warmup,
+        fuse=not args.no_fuse,
+        tuned_malloc=args.tuned_malloc,
+        progress=say,
+    )
+
+
+def _format_dense(report: dict[str, Any]) -> str:
+    from ..bench.dense import format_dense_report
+
+    return format_dense_report(report)
 
 
 def _refuse_with_backend(args: argparse.Namespace) -> None:
