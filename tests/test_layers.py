@@ -53,6 +53,7 @@ SIBLINGS: set[tuple[str, str]] = {
     ("export", "inference"),  # an exported file is checked against the PyTorch runner
     ("serve", "inference"),
     ("engine", "hub"),  # a training run starts from create_model (pretrained weights)
+    ("inference", "hub"),  # a detector or segmenter to predict with is create_model's (inference/dense.py)
 }
 
 

@@ -125,8 +125,21 @@ def run(args: argparse.Namespace) -> int:
         f"exported   {m.arch} ({m.source}) -> {res.path} ({files}, {_size(res.size_bytes)}) "
         f"in {res.seconds:.0f} s"
     )
-    print(f"format     {res.format} {res.precision}, dynamic batch, {d.img_size}x{d.img_size} input 'input'")
-    if res.max_rel_diff is not None:
+    detector = m.extra.get("task") == "detection"
+    if detector:  # torchvision's detector: one image of any size, resized inside the graph
+        print(
+            f"format     {res.format} {res.precision}, one image of any H x W "
+            f"(resized to {d.img_size} px inside)"
+        )
+        print(
+            f"verified   {EXPORTERS[res.format].verified_as} vs PyTorch on 2 images: every detection, box "
+            f"within {res.max_rel_diff:.1e} of the image side"
+        )
+    else:
+        print(
+            f"format     {res.format} {res.precision}, dynamic batch, {d.img_size}x{d.img_size} input 'input'"
+        )
+    if res.max_rel_diff is not None and not detector:
         where = EXPORTERS[res.format].verified_as
         print(
             f"verified   {where} vs PyTorch at batch 1 and 3: max relative difference {res.max_rel_diff:.1e}"

@@ -38,7 +38,7 @@ from torch import nn
 
 from ..errors import UserError
 from ..messages import warn
-from ..runtimes import EXPORTERS, FORMATS, PRECISIONS, SUPPORTED, require_runtime
+from ..runtimes import DETECTION_FORMATS, EXPORTERS, FORMATS, PRECISIONS, SUPPORTED, require_runtime
 from ..runtimes.base import (  # noqa: F401 (re-exported: the checks every format's writer runs)
     PARITY_RTOL,
     TRACE_BATCH,
@@ -181,9 +181,20 @@ def _export(
     say: Callable[[str], None],
     start: float,
 ) -> ExportResult:
+    from ..inference.dense import DETECTION, dense_task, loaded_for_export
     from ..inference.loading import load_for_inference
 
-    loaded = load_for_inference(weights, model_name, ema=ema, img_size=img_size)
+    task = dense_task(weights, model_name)  # detection, segmentation: their own loader
+    if task == DETECTION and (fmt not in DETECTION_FORMATS or precision != "fp32"):
+        raise UserError(
+            f"a detector exports as --format {' or '.join(DETECTION_FORMATS)} in fp32 (torch.export cannot "
+            f"capture torchvision's Mask/Faster R-CNN, and no int8/bf16 path is verified for it); not "
+            f"--format {fmt} --precision {precision}"
+        )
+    if task:
+        loaded = loaded_for_export(weights, model_name, img_size)
+    else:
+        loaded = load_for_inference(weights, model_name, ema=ema, img_size=img_size)
     if getattr(loaded.model, "exported", False):
         raise UserError(f"{weights} is already an exported file; export from PyTorch weights or a run folder")
     from_run = loaded.run_dir is not None or loaded.info.format == TRAIN_FORMAT
@@ -206,6 +217,7 @@ def _export(
             "exported_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "torch": torch.__version__,
             "convnext": _version(),
+            **({"task": task} if task else {}),
         },
     )
     calib = None

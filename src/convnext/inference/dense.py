@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import UserError
-from ..runtimes import is_exported
+from ..runtimes import exported_arch, is_exported
 
 SEGMENTATION, DETECTION = "segmentation", "detection"
 _PREFIXES = {"upernet_": SEGMENTATION, "maskrcnn_": DETECTION, "fasterrcnn_": DETECTION}
@@ -136,28 +136,6 @@ def _run_arch(run_dir: Path) -> str | None:
     return str(name).partition(".")[0] if name else None
 
 
-def _exported_arch(path: str) -> str | None:
-    """The architecture an exported file's metadata names (read without compiling it)."""
-    from ..runtimes.base import META_KEY
-
-    try:
-        if path.lower().endswith(".onnx"):
-            import onnx
-
-            proto = onnx.load(path, load_external_data=False)
-            raw = {p.key: p.value for p in proto.metadata_props}.get(META_KEY)
-        elif path.lower().endswith(".xml"):
-            import openvino as ov
-
-            model = ov.Core().read_model(path)
-            raw = model.get_rt_info([META_KEY]).astype(str) if model.has_rt_info([META_KEY]) else None
-        else:
-            return None
-        return json.loads(raw).get("arch") if raw else None
-    except Exception:
-        return None
-
-
 def dense_task(weights: str | None, model_name: str | None) -> str | None:
     """``segmentation`` or ``detection`` when ``--model`` or the weights are a dense model's (model name,
     training run's recipe, exported file's metadata, a checkpoint's tensor names), else None: a classifier.
@@ -167,7 +145,7 @@ def dense_task(weights: str | None, model_name: str | None) -> str | None:
     if not weights:
         return None
     if is_exported(weights):
-        return task_of_arch(_exported_arch(str(weights)))
+        return task_of_arch(exported_arch(weights))
     from ..weights.detection import is_detection
     from ..weights.fetch import is_run_dir
     from ..weights.upernet import is_upernet
@@ -236,8 +214,8 @@ def load_dense(
 
         runner = open_exported(str(weights), device=str(device))
         task = task_of_arch(runner.arch)
-        if task != SEGMENTATION:
-            raise UserError(f"{weights} is not an exported segmentation model ({runner.arch})")
+        if task is None:
+            raise UserError(f"{weights} is not an exported detection or segmentation model ({runner.arch})")
         fixed = runner.fixed_size
         if img_size is not None and fixed is not None and int(img_size) != fixed:
             raise UserError(
@@ -366,7 +344,10 @@ def segment(dense: DenseModel, img: Tensor) -> Tensor:
 def detect(dense: DenseModel, img: Tensor, threshold: float) -> list[Detection]:
     """Detections scoring at least ``threshold``, best first, in the image's pixels."""
     with torch.inference_mode():
-        out = dense.model([img.float().div(255).to(dense.device)])[0]
+        if dense.runner is not None:  # an exported detector: one image in, torchvision's dict out
+            out = dense.runner.detect(img.float().div(255))
+        else:
+            out = dense.model([img.float().div(255).to(dense.device)])[0]
     keep = out["scores"] >= threshold
     boxes, labels, scores = out["boxes"][keep].cpu(), out["labels"][keep].cpu(), out["scores"][keep].cpu()
     masks = out["masks"][keep][:, 0].cpu() > 0.5 if "masks" in out else None
@@ -602,3 +583,30 @@ def prediction_lines(pred: DensePrediction, most: int = 20) -> list[str]:
     for kind, path in pred.files.items():
         lines.append(f"{kind}: {shown_path(path)}")
     return lines
+
+
+def loaded_for_export(weights: str | None, model_name: str | None, img_size: int | None) -> Any:
+    """A dense model as ``export`` takes a classifier (``inference.loading.Loaded``): the segmenter is
+    exported at ``img_size`` square (default 512), the detector with torchvision's ``min_size`` (its graph
+    takes any H x W and resizes itself)."""
+    from ..data.config import DataConfig
+    from ..weights.load import CheckpointInfo
+    from .loading import Loaded
+
+    if weights and is_exported(weights):
+        raise UserError(f"{weights} is already an exported file; export from PyTorch weights or a run folder")
+    dense = load_dense(weights, model_name, img_size=img_size)
+    if getattr(dense.model, "auxiliary_head", None) is not None:
+        dense.model.auxiliary_head = None  # training's second loss: no part of the exported function
+    info = getattr(dense.model, "pretrained_info", None) or CheckpointInfo(
+        source=dense.source, path=dense.source, format="random", num_classes=dense.num_classes
+    )
+    data = DataConfig()
+    data.img_size, data.crop_pct, data.mean, data.std = dense.img_size, 1.0, dense.mean, dense.std
+    run_dir = None
+    if weights and Path(str(weights)).expanduser().is_dir():
+        from ..weights.fetch import is_run_dir
+
+        run_dir = Path(str(weights)).expanduser() if is_run_dir(Path(str(weights)).expanduser()) else None
+    names = info.class_names if info.class_names and len(info.class_names) == dense.num_classes else None
+    return Loaded(dense.model, dense.arch, dense.num_classes, names, data, dense.source, run_dir, info)

@@ -42,6 +42,7 @@ class Runtime:
     bench: tuple[str, ...] = ()  # the precisions ``convnext benchmark --backend`` times
     verified_as: str = ""  # what the export report says ran the verification
     run_precision: tuple[tuple[str, str], ...] = ()  # (exported precision, the hint stored for its runner)
+    detection: bool = False  # it exports torchvision's detectors (Mask/Faster R-CNN: fp32, any H x W)
 
     @property
     def runner(self) -> Any:
@@ -71,14 +72,14 @@ RUNTIMES: tuple[Runtime, ...] = (
     Runtime(
         "onnxruntime", "onnx", "onnxruntime", format="onnx", suffix=".onnx", companions=("{name}.data",),
         packages=("onnxruntime",), write_packages=("onnx", "onnxscript"), bench=("fp32",),
-        verified_as="onnxruntime",
+        verified_as="onnxruntime", detection=True,
     ),
     Runtime(
         "openvino", "openvino", "OpenVINO", format="openvino", suffix=".xml", companions=("{stem}.bin",),
         packages=("openvino",), extra="openvino", precisions=("fp32", "bf16", "int8"),
         precision_packages=(("int8", "nncf"),), bench=("fp32", "bf16", "int8"),
         verified_as="OpenVINO (fp32 graph)",
-        run_precision=(("fp32", "fp32"), ("bf16", "bf16"), ("int8", "bf16")),
+        run_precision=(("fp32", "fp32"), ("bf16", "bf16"), ("int8", "bf16")), detection=True,
     ),
     Runtime("pt2", "pt2", "torch.export", format="pt2", suffix=".pt2", verified_as="torch.export"),
 )  # fmt: skip
@@ -90,6 +91,7 @@ FORMATS = {f: r.suffix for f, r in EXPORTERS.items()}  # export format -> suffix
 EXPORT_SUFFIXES = tuple(r.suffix for r in RUNTIMES if r.suffix)
 PRECISIONS = tuple(dict.fromkeys(p for r in RUNTIMES for p in r.precisions))
 SUPPORTED = {f: r.precisions for f, r in EXPORTERS.items()}  # export format -> its precisions
+DETECTION_FORMATS = tuple(f for f, r in EXPORTERS.items() if r.detection)  # formats a detector exports to
 SERVE_BACKENDS = ("auto", *BY_NAME)  # convnext serve --backend
 # convnext benchmark --backend: name -> (runtime, precision), torch first (every ratio is against it)
 BENCH = {r.bench_name(p): (r, p) for r in RUNTIMES for p in r.bench}
@@ -107,6 +109,20 @@ def runtime_for(path: str | os.PathLike) -> Runtime:
     URL, Hugging Face folder or run folder)."""
     suffix = Path(str(path)).suffix.lower()
     return next((r for r in RUNTIMES if r.suffix and r.suffix == suffix), TORCH)
+
+
+def exported_arch(path: str | os.PathLike) -> str | None:
+    """The architecture an exported file's metadata names, read without compiling it (its runtime's
+    ``read_meta``); None when it names none or cannot be read."""
+    import json
+
+    runtime = runtime_for(path)
+    reader = getattr(importlib.import_module(f"{__name__}.{runtime.module}"), "read_meta", None)
+    try:
+        raw = reader(str(path)) if reader is not None else None
+        return json.loads(raw).get("arch") if raw else None
+    except Exception:  # a broken file: its runner says why when it is opened
+        return None
 
 
 def is_exported(path: str | os.PathLike) -> bool:

@@ -38,6 +38,10 @@ from ..messages import note
 META_KEY = "convnext"  # ONNX metadata_props key, OpenVINO rt_info key; pt2 extra file META_KEY + ".json"
 META_VERSION = 1
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
+DETECTION_OUTPUTS = ("boxes", "labels", "scores", "masks")  # an exported torchvision detector's outputs
+DETECTION_RTOL = (
+    1e-4  # max |box difference| / the image's longer side; scores and mask probabilities: absolute
+)
 PARITY_RTOL = 1e-5  # max |exported - pytorch| / max |pytorch logits|
 TRACE_BATCH = 2
 VERIFY_BATCHES = (1, 3)
@@ -201,6 +205,16 @@ class Runner:
     def forward(self, x: Tensor) -> Tensor:
         raise NotImplementedError
 
+    def forward_all(self, x: Tensor) -> list[Tensor]:
+        """Every output of the graph, in order (a detector's boxes, labels, scores[, masks]); ``forward``
+        is the first of a one-output graph."""
+        return [self.forward(x)]
+
+    def detect(self, image: Tensor) -> dict[str, Tensor]:
+        """An exported detector on one float (3, H, W) image in [0, 1]: torchvision's output dict (boxes
+        in the image's pixels, labels, scores[, masks])."""
+        return dict(zip(DETECTION_OUTPUTS, self.forward_all(image)))
+
     def __call__(self, x: Tensor) -> Tensor:
         return self.forward(x)
 
@@ -326,6 +340,57 @@ def verify(
         raise UserError(
             f"{what} differs from PyTorch by {worst:.2e} relative (limit {rtol:.0e}); the file was deleted"
         )
+    return worst
+
+
+def detection_examples(size: int) -> list[Tensor]:
+    """Two seeded float images in [0, 1], not square and of different sizes (the graph's H and W are
+    dynamic), with flat rectangles on noise so that a detector finds objects of several sizes."""
+    g = torch.Generator().manual_seed(size)
+    out = []
+    for h, w in ((size, round(size * 4 / 3)), (round(size * 3 / 4), size)):
+        img = torch.rand(3, h, w, generator=g) * 0.3
+        for _ in range(6):
+            y0 = int(torch.randint(0, max(1, h - 8), (1,), generator=g))
+            x0 = int(torch.randint(0, max(1, w - 8), (1,), generator=g))
+            bh = int(torch.randint(4, max(5, h // 2), (1,), generator=g))
+            bw = int(torch.randint(4, max(5, w // 2), (1,), generator=g))
+            img[:, y0 : y0 + bh, x0 : x0 + bw] = torch.rand(3, 1, 1, generator=g)
+        out.append(img)
+    return out
+
+
+def verify_detections(runner: Runner, model: nn.Module, images: list[Tensor], what: str) -> float:
+    """Every detection PyTorch makes on ``images`` (but the near-ties at the per-image limit) is in the
+    exported file's, same label, box within ``DETECTION_RTOL`` of the image's longer side, score and mask
+    within 1e-3; returns the worst box difference (relative), raises when anything differs."""
+    worst = 0.0
+    for img in images:
+        with torch.no_grad():
+            ref = model([img])[0]
+        out = {k: v.cpu() for k, v in runner.detect(img).items()}
+        side = float(max(img.shape[1:]))
+        n = len(ref["scores"])
+        if n != len(out.get("scores", ())):
+            raise UserError(f"{what} finds {len(out.get('scores', ()))} objects on a test image, PyTorch {n}")
+        cut = float(ref["scores"][-1]) + 1e-3 if n else 0.0  # the last places may swap at the limit
+        for i in range(n):
+            if n == getattr(model.roi_heads, "detections_per_img", -1) and float(ref["scores"][i]) < cut:
+                continue
+            same = (out["labels"] == ref["labels"][i]).nonzero().flatten()
+            if len(same) == 0:
+                raise UserError(f"{what} misses a {int(ref['labels'][i])}-label detection PyTorch makes")
+            diffs = (out["boxes"][same] - ref["boxes"][i]).abs().amax(1)
+            j = int(same[int(diffs.argmin())])
+            box = float(diffs.min()) / side
+            score = abs(float(out["scores"][j]) - float(ref["scores"][i]))
+            mask = float((out["masks"][j] - ref["masks"][i]).abs().max()) if "masks" in ref else 0.0
+            if not (box <= DETECTION_RTOL and score <= 1e-3 and mask <= 1e-3):
+                raise UserError(
+                    f"{what} differs from PyTorch (box {box:.1e} of the image side, score {score:.1e}, mask "
+                    f"{mask:.1e}); the file was deleted"
+                )
+            worst = max(worst, box)
     return worst
 
 

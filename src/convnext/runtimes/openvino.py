@@ -27,6 +27,7 @@ from .base import (
     WriteContext,
     Written,
     batched,
+    detection_examples,
     example,
     foreign_meta,
     from_meta,
@@ -35,6 +36,7 @@ from .base import (
     top1_agreement,
     torch_export,
     verify,
+    verify_detections,
 )
 from .openvino_form import openvino_form
 
@@ -111,6 +113,17 @@ class OpenVINORunner(Runner):
         out = self.request.infer({0: numpy_input(x)}, share_inputs=True)
         return torch.from_numpy(next(iter(out.values())).copy()).to(x.device)
 
+    def forward_all(self, x: Tensor) -> list[Tensor]:
+        out = self.request.infer({0: numpy_input(x)}, share_inputs=True)
+        return [torch.from_numpy(out[o].copy()).to(x.device) for o in self.compiled.outputs]
+
+
+def read_meta(path: str) -> str | None:
+    """The IR's convnext metadata (JSON), read without compiling it."""
+    ov = require("openvino", f"reading {path}")
+    model = ov.Core().read_model(path)
+    return model.get_rt_info([META_KEY]).astype(str) if model.has_rt_info([META_KEY]) else None
+
 
 def _ov_type_name(t: Any) -> str:
     s = str(t).lower()
@@ -180,10 +193,39 @@ def quantize_int8(
         raise UserError(f"NNCF quantization failed ({str(e).strip().splitlines()[0]})") from None
 
 
+def write_detection(model: nn.Module, meta: ExportMeta, target: Path, ctx: WriteContext) -> Written:
+    """A torchvision detector: converted from its ONNX export (torch.export cannot capture its NMS and RoI
+    selection; :func:`convnext.runtimes.onnx.write_detection_onnx`), any H x W, fp32, verified."""
+    import openvino as ov
+
+    from .onnx import write_detection_onnx
+
+    if meta.precision != "fp32":
+        raise UserError(
+            f"--precision {meta.precision} is for classifiers and UperNet; a detector exports in fp32 "
+            "(--format openvino or onnx)"
+        )
+    size = int(meta.data.img_size)
+    onnx_path = target.with_name("detector.onnx")
+    ctx.say(f"exporting {meta.arch} to ONNX (TorchScript exporter), then converting it to OpenVINO")
+    write_detection_onnx(model, onnx_path, meta, ctx.opset)
+    om = ov.convert_model(str(onnx_path))
+    onnx_path.unlink()
+    om.inputs[0].get_tensor().set_names({INPUT_NAME})
+    om.set_rt_info(meta.to_json(), [META_KEY])
+    ov.save_model(om, str(target), compress_to_fp16=False)
+    runner = OpenVINORunner(str(target), hint="fp32")
+    ctx.say("verifying in OpenVINO at fp32")
+    diff = verify_detections(runner, model, detection_examples(size), "the OpenVINO model run at fp32")
+    return Written(runner.precision, diff, None, [])
+
+
 def write(model: nn.Module, meta: ExportMeta, target: Path, ctx: WriteContext) -> Written:
     """fp32: the converted graph, verified. bf16 and int8: the fp32 graph is verified first whatever the
     precision (conversion errors are not rounding), then the file is written and its top-1 agreement with
     fp32 measured. ``ctx.cache`` keeps the conversion (the slow part) between fp32, bf16 and int8."""
+    if meta.extra.get("task") == "detection":
+        return write_detection(model, meta, target, ctx)
     size, precision, images, say, notes = int(meta.data.img_size), meta.precision, ctx.images, ctx.say, []
     if precision == "int8" and images is None:
         raise UserError("int8 needs calibration images")

@@ -73,6 +73,11 @@ class PT2Runner(Runner):
 
 
 def write(model: nn.Module, meta: ExportMeta, target: Path, ctx: WriteContext) -> Written:
+    if meta.extra.get("task") == "detection":
+        raise UserError(
+            f"torch.export cannot capture {meta.arch} (torchvision's NMS and RoI selection depend on the "
+            "data); export it with --format onnx or --format openvino"
+        )
     size = int(meta.data.img_size)
     ctx.say(f"exporting {meta.arch} with torch.export (dynamic batch, {size} px)")
     program = torch_export(model, size)
