@@ -97,8 +97,13 @@ def run(args: argparse.Namespace) -> int:
     # KeyboardInterrupt through OpenVINO's or NNCF's native code can abort the process (SIGABRT).
     if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
         signal.signal(signal.SIGINT, _interrupted)
+    from ..inference.dense import dense_task
+
+    weights = args.weights
+    if not (weights or dense_task(None, args.model)):  # a detector or segmenter by name: random weights
+        weights = weights_source(args.weights, args.model)
     res = export_model(
-        weights_source(args.weights, args.model),
+        weights,
         out=args.out,
         fmt=args.format,
         precision=args.precision,

@@ -105,8 +105,12 @@ def run(args: argparse.Namespace) -> int:
         if args.threads < 1:
             raise UserError(f"--threads must be at least 1, got {args.threads}")
         torch.set_num_threads(args.threads)
-    weights = weights_source(args.weights, args.model)
-    check_backend(args.backend, weights)  # an unusable backend fails here, before the socket opens
+    from ..inference.dense import dense_task
+
+    weights = args.weights
+    if not (weights or dense_task(None, args.model)):  # a detector or segmenter by name: random weights
+        weights = weights_source(args.weights, args.model)
+    check_backend(args.backend, weights or "")  # an unusable backend fails here, before the socket opens
     names = read_names_file(args.classes) if args.classes else None
 
     def load():  # runs in the server's loading thread
@@ -140,7 +144,7 @@ def run(args: argparse.Namespace) -> int:
 
     app = create_app(load, settings, on_load_error=on_load_error)
     sock = bind(args.host, args.port)
-    print(f"convnext serve: {url_of(sock)}/ (loading {weights})", flush=True)
+    print(f"convnext serve: {url_of(sock)}/ (loading {weights or args.model})", flush=True)
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"convnext serve: listening on {args.host}: reachable from other machines", file=sys.stderr)
     serve_forever(

@@ -130,7 +130,7 @@ def plain_copy(model: nn.Module) -> nn.Module:
 
 
 def export_model(
-    weights: str,
+    weights: str | None,
     *,
     out: str | os.PathLike,
     fmt: str | None = None,
@@ -166,7 +166,7 @@ def export_model(
 
 
 def _export(
-    weights: str,
+    weights: str | None,
     path: Path,
     tmp: Path,
     fmt: str,

@@ -28,8 +28,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..data.config import DataConfig
 from ..errors import UserError
 from ..runtimes import exported_arch, is_exported
+from ..runtimes.base import Runner
 
 SEGMENTATION, DETECTION = "segmentation", "detection"
 _PREFIXES = {"upernet_": SEGMENTATION, "maskrcnn_": DETECTION, "fasterrcnn_": DETECTION}
@@ -44,6 +46,7 @@ __all__ = [
     "SEGMENTATION",
     "DenseModel",
     "DensePrediction",
+    "DenseRunner",
     "ade20k_classes",
     "dense_task",
     "load_dense",
@@ -589,7 +592,6 @@ def loaded_for_export(weights: str | None, model_name: str | None, img_size: int
     """A dense model as ``export`` takes a classifier (``inference.loading.Loaded``): the segmenter is
     exported at ``img_size`` square (default 512), the detector with torchvision's ``min_size`` (its graph
     takes any H x W and resizes itself)."""
-    from ..data.config import DataConfig
     from ..weights.load import CheckpointInfo
     from .loading import Loaded
 
@@ -610,3 +612,51 @@ def loaded_for_export(weights: str | None, model_name: str | None, img_size: int
         run_dir = Path(str(weights)).expanduser() if is_run_dir(Path(str(weights)).expanduser()) else None
     names = info.class_names if info.class_names and len(info.class_names) == dense.num_classes else None
     return Loaded(dense.model, dense.arch, dense.num_classes, names, data, dense.source, run_dir, info)
+
+
+class DenseRunner(Runner):
+    """A dense model as ``convnext serve`` runs it: one image per request (their sizes differ), answered
+    with :meth:`answer`; ``forward`` only warms the model up. ``task`` tells the server and its page what
+    the answer holds."""
+
+    supports_cam = False
+
+    def __init__(self, dense: DenseModel) -> None:
+        self.dense, self.task = dense, dense.task
+        self.backend, self.arch, self.num_classes = dense.backend, dense.arch, dense.num_classes
+        self.precision, self.source, self.labels = dense.precision, dense.source, list(dense.names)
+        self.class_names = list(dense.names)
+        self.data = DataConfig()
+        self.data.img_size, self.data.crop_pct = dense.img_size, 1.0
+        self.data.mean, self.data.std = dense.mean, dense.std
+
+    def preprocess(self, img: Tensor) -> Tensor:
+        return img
+
+    def forward(self, x: Tensor) -> Tensor:
+        """A warm-up pass on a (N, 3, H, W) batch (zeros at start): each image once."""
+        for img in x:
+            img = img.clamp(0, 255).to(torch.uint8)
+            if self.task == DETECTION:
+                detect(self.dense, img, 1.0)
+            else:
+                segment(self.dense, img)
+        return x
+
+    def answer(self, img: Tensor, score_threshold: float = 0.5) -> dict[str, Any]:
+        """The API's answer for one uint8 image: detections (boxes, labels, names, scores, RLE masks) or
+        the class shares and the label map as a base64 PNG."""
+        out: dict[str, Any] = {"model": self.arch, "task": self.task, "size": [int(s) for s in img.shape[1:]]}
+        if self.task == DETECTION:
+            out["detections"] = detection_json(detect(self.dense, img, score_threshold))
+        else:
+            label_map = segment(self.dense, img)
+            out["classes"] = segmentation_json(fractions_of(label_map, self.dense.names))
+            out["label_map"] = label_map_b64(label_map)
+        return out
+
+    def describe(self) -> dict[str, Any]:
+        info = super().describe()
+        info["task"] = self.task
+        info["palette"] = [list(c) for c in self.dense.palette]
+        return info

@@ -332,10 +332,35 @@ def create_app(
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
+    async def predict_dense(request: Request, runner: Runner, t0: float) -> JSONResponse:
+        """A detector's or segmenter's answer (``inference.dense.DenseRunner.answer``): one image per
+        forward (their sizes differ), on the model thread as every forward."""
+        threshold = _fraction(request.query_params.get("score_threshold"), 0.5, "score_threshold")
+        if state.in_flight >= settings.max_queue:
+            raise ApiError(
+                503, f"the server is busy ({state.in_flight} requests in flight)", {"Retry-After": "1"}
+            )
+        state.in_flight += 1
+        m.in_flight.inc()
+        try:
+            data = await _read_image_body(request)
+            loop = asyncio.get_running_loop()
+            img, _ = await loop.run_in_executor(state.pool, _prepare, runner, data, settings.max_pixels)
+            t1 = time.perf_counter()
+            out = await loop.run_in_executor(state.model_thread, runner.answer, img, threshold)  # type: ignore[attr-defined]
+            m.observe_batch(1, time.perf_counter() - t1)
+            out["latency_ms"] = round((time.perf_counter() - t0) * 1000, 2)
+            return JSONResponse(out)
+        finally:
+            state.in_flight -= 1
+            m.in_flight.dec()
+
     @app.post("/v1/predict", openapi_extra=PREDICT_OPENAPI)
     async def predict(request: Request) -> JSONResponse:
         t0 = time.perf_counter()
         runner = _runner()
+        if getattr(runner, "task", None):  # detection, segmentation
+            return await predict_dense(request, runner, t0)
         topk = _topk(request.query_params.get("topk"), settings.default_topk, runner.num_classes)
         want_cam = _flag(request.query_params.get("cam"), "cam")
         if want_cam and not runner.supports_cam:
@@ -402,6 +427,18 @@ def _topk(raw: str | None, default: int, num_classes: int) -> int:
     if k is None or k < 1:
         raise ApiError(400, f"topk must be a whole number, 1 or more, got {raw!r}")
     return min(k, num_classes)
+
+
+def _fraction(raw: str | None, default: float, name: str) -> float:
+    if raw is None:
+        return default
+    try:
+        v = float(raw)
+    except ValueError:
+        v = -1.0
+    if not 0 <= v <= 1:
+        raise ApiError(400, f"{name} must be a number from 0 to 1, got {raw!r}")
+    return v
 
 
 def _flag(raw: str | None, name: str) -> bool:

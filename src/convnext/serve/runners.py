@@ -43,7 +43,7 @@ def _labelled(runner: Runner, names: list[str] | None, weights: str) -> Runner:
 
 
 def load_runner(
-    weights: str,
+    weights: str | None,
     model_name: str | None = None,
     *,
     backend: str = "auto",
@@ -54,7 +54,21 @@ def load_runner(
     crop_pct: float | None = None,
     class_names: list[str] | None = None,
 ) -> Runner:
-    """The runner for what ``convnext predict`` accepts as --weights (tag, file, URL, HF folder, run)."""
+    """The runner for what ``convnext predict`` accepts as --weights (tag, file, URL, HF folder, run); a
+    detector or segmenter (``inference.dense.DenseRunner``) answers with boxes and masks or class shares."""
+    from ..inference.dense import dense_task
+
+    if dense_task(weights, model_name):
+        from ..device import resolve_device
+        from ..inference.dense import DenseRunner, load_dense
+
+        resolve_backend(backend, weights or "")
+        dense = load_dense(weights, model_name, img_size=img_size, device=resolve_device(device))
+        if class_names is not None and len(class_names) == dense.num_classes:
+            dense.names = list(class_names)
+        runner = DenseRunner(dense)
+        runner.source = str(weights or model_name)
+        return runner
     backend = resolve_backend(backend, weights)
     if backend != "torch":
         if amp:
