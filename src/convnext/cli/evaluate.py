@@ -53,7 +53,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--dataset", default=None, help="dataset kind (default imagefolder; digits, cifar10, ...)")
     p.add_argument("--split", default=None, help="split under --data (default: val when DIR/val exists)")
-    p.add_argument("--batch-size", type=positive_int, default=64)
+    p.add_argument(
+        "--batch-size", type=positive_int, default=None, help="default 64 (segmentation: 1, sizes differ)"
+    )
     add_img_size(p)
     p.add_argument(
         "--workers",
@@ -81,6 +83,22 @@ def register(sub: argparse._SubParsersAction) -> None:
         "correct): the mistakes are the rows with correct 0",
     )
     p.add_argument("--confusion", metavar="OUT.png", help="write a confusion-matrix plot")
+    seg = p.add_argument_group("segmentation (upernet_* weights: mIoU, mAcc, aAcc as mmsegmentation)")
+    seg.add_argument("--flip", action="store_true", help="also the mirrored image, softmax averaged")
+    seg.add_argument(
+        "--scales",
+        metavar="R,R,...",
+        help="multi-scale: ratios of the test scale, softmax averaged (ms: mmseg's 0.5,0.75,...,1.75)",
+    )
+    seg.add_argument(
+        "--slide", action="store_true", help="sliding windows of the training crop (the official test mode)"
+    )
+    seg.add_argument(
+        "--reduce-zero-label",
+        action="store_true",
+        default=None,
+        help="mask value 0 is 'unlabelled' (ignored) and k is class k - 1 (default: the run's, ade20k's)",
+    )
     p.add_argument(
         "--confusion-normalize",
         action="store_true",
@@ -91,8 +109,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..inference.dense import dense_task
     from ..inference.evaluate import evaluate_weights
 
+    if dense_task(args.weights, args.model) == "segmentation":
+        return _run_segmentation(args)
     ev = evaluate_weights(
         weights_source(args.weights, args.model),
         model=args.model,
@@ -102,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
         ema=args.ema,
         img_size=args.img_size,
         crop_pct=args.crop_pct,
-        batch_size=args.batch_size,
+        batch_size=args.batch_size or 64,
         workers=args.workers,
         device=args.device,
         amp=args.amp,
@@ -118,6 +139,36 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         write_json(args.json, ev.summary())
     _write_reports(ev, args.per_class, args.confusion, args.predictions, args.confusion_normalize)
+    return 0
+
+
+def _run_segmentation(args: argparse.Namespace) -> int:
+    """upernet_* weights: mIoU / mAcc / aAcc as mmsegmentation (inference/segmentation_eval.py)."""
+    from ..inference.segmentation_eval import evaluate_segmentation_weights, print_segmentation
+
+    ev = evaluate_segmentation_weights(
+        weights_source(args.weights, args.model),
+        model=args.model,
+        data=args.data,
+        dataset=args.dataset,
+        split=args.split,
+        scales=args.scales,
+        flip=args.flip,
+        slide=args.slide,
+        reduce_zero_label=args.reduce_zero_label,
+        img_size=args.img_size,
+        batch_size=args.batch_size or 1,  # images of many sizes: one at a time
+        workers=args.workers,
+        device=args.device,
+        amp=args.amp,
+        progress=show_progress(args),
+    )
+    if not ev.main:
+        return 0
+    if not json_only(args):
+        print_segmentation(ev, args.json)
+    if args.json:
+        write_json(args.json, ev.summary())
     return 0
 
 

@@ -166,6 +166,26 @@ CATALOG: tuple[DatasetSpec, ...] = (
         layout=layouts.image_files,
         seeded_split=True,
     ),
+    DatasetSpec(
+        "ade20k",
+        "ADEChallengeData2016: images/{training,validation}/*.jpg, annotations/.../*.png (150 classes)",
+        ("ade20k-150", "adechallengedata2016"),
+        builder=_lazy("segmentation", "ade20k"),
+        task="segmentation",
+    ),
+    DatasetSpec(
+        "segmentation-folder",
+        "images/<split>/x.jpg with masks/<split>/x.png (class index per pixel, 255 ignored), classes.txt",
+        ("seg-folder", "masks"),
+        builder=_lazy("segmentation", "segmentation_folder"),
+        task="segmentation",
+    ),
+    DatasetSpec(
+        "digit-scenes-seg",
+        "scikit-learn digits on coloured backgrounds, a class per pixel (background + 10 digits), built in",
+        builder=_lazy("segmentation", "digit_scenes_seg"),
+        task="segmentation",
+    ),
 )
 
 

@@ -73,3 +73,12 @@ class DataConfig:
     pin_memory: bool = True
     persistent_workers: bool = True
     prefetch_factor: int = 2  # batches each worker prepares ahead
+    # semantic segmentation (upernet_*: mmseg's ADE20K pipeline, data/segmentation.py); data.img_size is the
+    # training crop, data.hflip the flip probability
+    seg_scale: tuple[int, int] = (2048, 512)  # resize scale (long, short side bounds), mmseg's img_scale
+    seg_ratio_range: tuple[float, float] = (0.5, 2.0)  # train: the scale times a ratio drawn in this range
+    cat_max_ratio: float = 0.75  # train crop: redrawn (up to 10 times) while one class covers more
+    photometric: bool = True  # train: mmseg's PhotoMetricDistortion (brightness, contrast, saturation, hue)
+    reduce_zero_label: bool | None = None  # label 0 ignored, k -> k - 1; None: the dataset's (ade20k: true)
+    scenes: tuple[int, int] = (2000, 200)  # digit-scenes datasets: train and val scene counts
+    scene_size: int = 64  # digit-scenes datasets: the scenes' side in pixels

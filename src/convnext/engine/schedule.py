@@ -13,17 +13,22 @@ from torch.optim import Optimizer
 def lr_factor(
     step: int, *, total_steps: int, warmup_steps: int, base_lr: float, min_lr: float, name: str = "cosine"
 ) -> float:
-    """Multiplier of the peak lr at optimizer step ``step`` (0-based): linear warmup from 0, then cosine.
+    """Multiplier of the peak lr at optimizer step ``step`` (0-based): linear warmup from 0, then cosine
+    (or constant, or ``poly``: the official segmentation schedule, ``min + (1 - min) * (1 - step / total)``
+    from step 0 as mmcv's ``PolyLrUpdaterHook`` with power 1, times the warmup ramp while it lasts).
 
     Warmup: ``step / warmup_steps``; cosine: ``min + (1 - min) * (1 + cos(pi * t)) / 2`` with
     ``t = (step - warmup) / (total - warmup)`` and ``min = min_lr / base_lr``, the closed form of the
     official ``cosine_scheduler`` (which precomputes the same values in a numpy array).
     """
+    floor = min(min_lr / base_lr, 1.0) if base_lr > 0 else 0.0
+    if name == "poly":  # mmseg's poly (power 1) from step 0, the warmup ramp multiplying it (mmcv's hook)
+        poly = floor + (1.0 - floor) * (1.0 - min(step / max(total_steps, 1), 1.0))
+        return poly * step / warmup_steps if step < warmup_steps else poly
     if step < warmup_steps:
         return step / warmup_steps
     if name == "constant":
         return 1.0
-    floor = min(min_lr / base_lr, 1.0) if base_lr > 0 else 0.0
     t = min((step - warmup_steps) / max(total_steps - warmup_steps, 1), 1.0)
     return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * t))
 

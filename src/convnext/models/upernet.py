@@ -179,7 +179,11 @@ class UperNet(nn.Module):
             return logits, None
         return logits, _resize(self.auxiliary_head(feats[self.aux_index]), x.shape[2:])
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, aux: bool = False) -> Tensor | tuple[Tensor, Tensor | None]:
+        """The logits; with ``aux`` (training under DDP calls the wrapper, never a method of the module)
+        :meth:`forward_all`'s pair."""
+        if aux:
+            return self.forward_all(x)
         feats = self.backbone(x)
         return _resize(self.decode_head(feats), x.shape[2:])
 

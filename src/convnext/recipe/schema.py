@@ -37,7 +37,7 @@ class OptimConfig:
 
 @dataclass
 class ScheduleConfig:
-    name: str = "cosine"  # cosine | constant
+    name: str = "cosine"  # cosine | constant | poly (segmentation's: linear decay to min_lr)
     warmup_epochs: float = 20.0  # linear warmup from 0, stepped per optimizer step
     min_lr: float = 1e-6  # cosine floor
 

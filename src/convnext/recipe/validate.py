@@ -186,6 +186,17 @@ def _check_pretrained(src: str, arch: str, check_paths: bool) -> None:
     raise UserError(f"config key model.pretrained: {src} does not exist")
 
 
+def model_task(name: str) -> str:
+    """What ``model.name`` trains for: ``segmentation`` (upernet_*), ``detection`` (maskrcnn_*,
+    fasterrcnn_*), ``pretrain`` (fcmae_*) or ``classify``; a dataset's catalog ``task`` must agree."""
+    arch = name.partition(".")[0]
+    if arch.startswith("upernet_"):
+        return "segmentation"
+    if arch.startswith(("maskrcnn_", "fasterrcnn_")):
+        return "detection"
+    return "pretrain" if is_fcmae(arch) else "classify"
+
+
 def _validate_data(cfg: TrainConfig, check_paths: bool, model: Any) -> None:
     from ..data import datasets
     from ..data.randaugment import parse_randaugment
@@ -193,7 +204,28 @@ def _validate_data(cfg: TrainConfig, check_paths: bool, model: Any) -> None:
     d = cfg.data
     # data/catalog.py: UserError naming the known datasets; any spelling (ImageFolder, image_folder) is
     # stored as the catalog's name, so every later `d.dataset == "imagefolder"` holds for it too
-    d.dataset = name = datasets.find_dataset(d.dataset).name
+    spec = datasets.find_dataset(d.dataset)
+    d.dataset = name = spec.name
+    wants = model_task(cfg.model.name)
+    if spec.task != wants and not (wants == "pretrain" and spec.task == "classify"):
+        what = {"classify": "a classifier", "pretrain": "a pre-training model"}.get(wants, f"a {wants} model")
+        raise UserError(
+            f"config key data.dataset: {name} is a {spec.task} dataset but model.name={cfg.model.name} is "
+            f"{what}; choose a {wants if wants != 'pretrain' else 'classify'} dataset or another model"
+        )
+    if spec.task == "segmentation":
+        lo, hi = d.seg_ratio_range
+        _check(
+            0 < lo <= hi, "data.seg_ratio_range", "must be [min, max] with 0 < min <= max", d.seg_ratio_range
+        )
+        _check(min(d.seg_scale) >= 1, "data.seg_scale", "must be two positive sizes", d.seg_scale)
+        _check(
+            _in(d.cat_max_ratio, 0, 1, lo_open=True),
+            "data.cat_max_ratio",
+            "must be in (0, 1]",
+            d.cat_max_ratio,
+        )
+        _check(min(d.scenes) >= 1, "data.scenes", "must be two positive scene counts", d.scenes)
     for key in ("train_split", "val_split"):
         _check(bool(getattr(d, key).strip()), f"data.{key}", "must name a split folder", getattr(d, key))
     _check(
@@ -301,7 +333,9 @@ def _validate_optim(cfg: TrainConfig, model: Any) -> None:
     if o.fused and o.name == "adamw" and cfg.train.device == "cpu" and not cpu_fused_adamw():
         raise UserError("config key optim.fused: this torch has no fused AdamW for CPU; set optim.fused=null")
     s = cfg.schedule
-    _check(s.name in ("cosine", "constant"), "schedule.name", "must be cosine or constant", s.name)
+    _check(
+        s.name in ("cosine", "constant", "poly"), "schedule.name", "must be cosine, constant or poly", s.name
+    )
     _check(
         0 <= s.warmup_epochs <= cfg.epochs,
         "schedule.warmup_epochs",

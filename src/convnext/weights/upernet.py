@@ -17,7 +17,7 @@ from torch import nn
 
 from ..errors import UserError
 from . import containers, formats
-from .fetch import is_run_dir, resolve
+from .fetch import is_run_dir, resolve, run_checkpoint
 from .files import hf_class_names, hf_weights, read_file
 from .formats import StateDict
 from .load import CheckpointInfo, Prepared, load_backbone, load_fitting, prepare
@@ -111,8 +111,9 @@ def prepare_upernet(src: str | Path | dict) -> Prepared:
         if p.is_dir() and not is_run_dir(p):
             class_names = hf_class_names(p)
             p = hf_weights(p)
-        if is_run_dir(p):
-            return prepare(src)
+        run = p if is_run_dir(p) else None
+        if run is not None:  # a training run: its best.pth (else last.pth), read as a UperNet's below
+            p = run_checkpoint(run)
         obj, _ = read_file(p)
         path, where = str(p), str(src)
     sd, _ = containers.unwrap(obj, path, ema=False)
@@ -120,6 +121,8 @@ def prepare_upernet(src: str | Path | dict) -> Prepared:
     if not is_upernet(sd):
         return prepare(src)
     containers.check_tensors(sd, path)
+    if class_names is None and isinstance(obj, dict) and isinstance(obj.get("class_names"), (list, tuple)):
+        class_names = [str(c) for c in obj["class_names"]]  # a training checkpoint's (convnext train)
     fmt = upernet_format(sd)
     ours = upernet_to_ours(sd)
     meta = obj.get("meta") if isinstance(obj, dict) else None
