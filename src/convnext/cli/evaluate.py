@@ -114,6 +114,8 @@ def run(args: argparse.Namespace) -> int:
 
     if dense_task(args.weights, args.model) == "segmentation":
         return _run_segmentation(args)
+    if dense_task(args.weights, args.model) == "detection":
+        return _run_detection(args)
     ev = evaluate_weights(
         weights_source(args.weights, args.model),
         model=args.model,
@@ -242,3 +244,30 @@ def _write_reports(
             title=f"{loaded.arch} on {ev.where}",
             normalize=normalize,
         )
+
+
+def _run_detection(args: argparse.Namespace) -> int:
+    """maskrcnn_/fasterrcnn_* weights: COCO box and mask mAP by pycocotools (inference/detection_eval.py)."""
+    from ..inference.detection_eval import evaluate_detection_weights, format_detection
+
+    ev = evaluate_detection_weights(
+        weights_source(args.weights, args.model),
+        model=args.model,
+        data=args.data,
+        dataset=args.dataset,
+        split=args.split,
+        ema=args.ema,
+        img_size=args.img_size,
+        batch_size=args.batch_size or 4,
+        workers=args.workers,
+        device=args.device,
+        amp=args.amp,
+        progress=show_progress(args),
+    )
+    if not ev.main:  # under torchrun only rank 0 prints and writes
+        return 0
+    if not json_only(args):
+        print("\n".join(format_detection(ev)))
+    if args.json:
+        write_json(args.json, ev.summary())
+    return 0

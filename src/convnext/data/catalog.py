@@ -186,6 +186,19 @@ CATALOG: tuple[DatasetSpec, ...] = (
         builder=_lazy("segmentation", "digit_scenes_seg"),
         task="segmentation",
     ),
+    DatasetSpec(
+        "coco",
+        "detection: COCO 2017 layout, train2017/, val2017/, annotations/instances_{train,val}2017.json",
+        ("coco2017", "coco-detection"),
+        builder=_lazy("coco", "coco_folder"),
+        task="detection",
+    ),
+    DatasetSpec(
+        "digit-scenes",
+        "detection: scikit-learn's digits pasted on coloured backgrounds (boxes + masks), built in",
+        builder=_lazy("coco", "digit_scenes"),
+        task="detection",
+    ),
 )
 
 

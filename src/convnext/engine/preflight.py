@@ -73,8 +73,13 @@ def estimate_step_memory(cfg: TrainConfig, amp: str) -> int:
     hooks = [m.register_forward_hook(count) for m in leaves]
     try:
         model.train()
-        size, images = cfg.data.img_size, 2  # UperNet's BatchNorm after its 1x1 pooling needs 2 in training
-        model(torch.empty(images, 3, size, size, device="meta"))
+        size, images = cfg.data.img_size, 1
+        if hasattr(model, "rpn"):  # a detector: backbone + FPN at its largest training size (not the heads)
+            t = model.transform
+            model.backbone(torch.empty(1, 3, max(t.min_size), t.max_size, device="meta"))
+        else:
+            images = 2  # UperNet's BatchNorm after its 1x1 pooling needs two values per channel in training
+            model(torch.empty(images, 3, size, size, device="meta"))
     finally:
         for h in hooks:
             h.remove()

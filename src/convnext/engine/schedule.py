@@ -11,7 +11,15 @@ from torch.optim import Optimizer
 
 
 def lr_factor(
-    step: int, *, total_steps: int, warmup_steps: int, base_lr: float, min_lr: float, name: str = "cosine"
+    step: int,
+    *,
+    total_steps: int,
+    warmup_steps: int,
+    base_lr: float,
+    min_lr: float,
+    name: str = "cosine",
+    milestones: Sequence[int] = (),
+    gamma: float = 0.1,
 ) -> float:
     """Multiplier of the peak lr at optimizer step ``step`` (0-based): linear warmup from 0, then cosine
     (or constant, or ``poly``: the official segmentation schedule, ``min + (1 - min) * (1 - step / total)``
@@ -29,6 +37,8 @@ def lr_factor(
         return step / warmup_steps
     if name == "constant":
         return 1.0
+    if name == "step":  # mmdet's step policy: x gamma at each milestone step passed (Mask R-CNN 3x: 27, 33)
+        return gamma ** sum(step >= m for m in milestones)
     t = min((step - warmup_steps) / max(total_steps - warmup_steps, 1), 1.0)
     return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * t))
 
@@ -44,6 +54,8 @@ class LrSchedule:
     base_lr: float  # the peak lr before layer decay: the floor's reference
     min_lr: float
     name: str = "cosine"
+    milestones: tuple[int, ...] = ()  # "step": the optimizer steps at which the lr is multiplied by gamma
+    gamma: float = 0.1
 
     def factor(self, step: int) -> float:
         return lr_factor(
@@ -53,6 +65,8 @@ class LrSchedule:
             base_lr=self.base_lr,
             min_lr=self.min_lr,
             name=self.name,
+            milestones=self.milestones,
+            gamma=self.gamma,
         )
 
     def apply(self, optimizer: Optimizer, peaks: Sequence[float], step: int) -> float:

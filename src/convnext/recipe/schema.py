@@ -37,9 +37,11 @@ class OptimConfig:
 
 @dataclass
 class ScheduleConfig:
-    name: str = "cosine"  # cosine | constant | poly (segmentation's: linear decay to min_lr)
+    name: str = "cosine"  # cosine | constant | poly (segmentation's: linear decay to min_lr) | step (mmdet's)
     warmup_epochs: float = 20.0  # linear warmup from 0, stepped per optimizer step
     min_lr: float = 1e-6  # cosine floor
+    milestones: list[float] = field(default_factory=list)  # step: epochs at which the lr is x gamma
+    gamma: float = 0.1  # step: the factor at each milestone
 
 
 @dataclass

@@ -334,7 +334,10 @@ def _validate_optim(cfg: TrainConfig, model: Any) -> None:
         raise UserError("config key optim.fused: this torch has no fused AdamW for CPU; set optim.fused=null")
     s = cfg.schedule
     _check(
-        s.name in ("cosine", "constant", "poly"), "schedule.name", "must be cosine, constant or poly", s.name
+        s.name in ("cosine", "constant", "poly", "step"),
+        "schedule.name",
+        "must be cosine, constant, poly or step",
+        s.name,
     )
     _check(
         0 <= s.warmup_epochs <= cfg.epochs,
@@ -343,6 +346,11 @@ def _validate_optim(cfg: TrainConfig, model: Any) -> None:
         s.warmup_epochs,
     )
     _check(s.min_lr >= 0, "schedule.min_lr", "must be >= 0", s.min_lr)
+    if s.name == "step":
+        ms = list(s.milestones)
+        ok = bool(ms) and ms == sorted(ms) and all(0 < m <= cfg.epochs for m in ms)
+        _check(ok, "schedule.milestones", f"must be increasing epochs in (0, epochs={cfg.epochs}]", ms)
+        _check(_in(s.gamma, 0, 1, lo_open=True), "schedule.gamma", "must be in (0, 1]", s.gamma)
 
 
 def _validate_loop(cfg: TrainConfig, check_paths: bool) -> None:

@@ -35,7 +35,7 @@ from torch import nn
 
 from ..errors import UserError
 from . import containers, formats
-from .fetch import is_run_dir, resolve
+from .fetch import is_run_dir, resolve, run_checkpoint
 from .files import read_file
 from .formats import StateDict
 from .load import CheckpointInfo, Prepared, load_backbone, load_fitting, prepare
@@ -120,22 +120,26 @@ def mmdet_to_ours(sd: StateDict) -> tuple[StateDict, list[str]]:
     return out, unmapped
 
 
-def prepare_detection(src: str | Path | dict) -> Prepared:
-    """Read a detection checkpoint (file, URL, in-memory dict; mmdet's or ours) into our names; any other
-    checkpoint is ``prepare``'s (a classifier, for the backbone). mmdet keys that map onto nothing are
-    recorded in ``info.unexpected`` and named once on loading."""
+def prepare_detection(src: str | Path | dict, *, ema: bool | None = None) -> Prepared:
+    """Read a detection checkpoint (file, URL, in-memory dict, a detection training run's folder or
+    checkpoint; mmdet's or ours) into our names; any other checkpoint is ``prepare``'s (a classifier, for
+    the backbone). mmdet keys that map onto nothing are recorded in ``info.unexpected`` and named once on
+    loading. ``ema``: a training checkpoint's EMA weights or not (None: those its run ranked best by)."""
+    run_dir = None
     if isinstance(src, dict):
         obj, path, where = src, "<state dict>", "<state dict>"
     else:
         p, _ = resolve(src)
-        if p.is_dir() or is_run_dir(p):
+        if is_run_dir(p):  # a detection run's best.pth / last.pth (a classifier run's is prepare's)
+            run_dir, p = p, run_checkpoint(p)
+        elif p.is_dir():
             return prepare(src)
         obj, _ = read_file(p)
         path, where = str(p), str(src)
-    sd, _ = containers.unwrap(obj, path, ema=False)
+    sd, held = containers.unwrap(obj, path, ema=ema)
     sd = containers.strip_prefixes(sd)
     if not is_detection(sd):
-        return prepare(src)
+        return prepare(src, ema=ema)
     containers.check_tensors(sd, path)
     fmt = detection_format(sd)
     unmapped: list[str] = []
@@ -149,12 +153,17 @@ def prepare_detection(src: str | Path | dict) -> Prepared:
         class_names = ["__background__", *(str(c) for c in meta["CLASSES"])]
         if len(class_names) != n:
             class_names = None
+    recorded = held.get("class_names")  # a training checkpoint's (the background first)
+    if isinstance(recorded, (list, tuple)) and len(recorded) == n:
+        class_names = [str(c) for c in recorded]
     body = {k[len("backbone.body.") :]: v for k, v in sd.items() if k.startswith("backbone.body.")}
     arch = formats.infer_arch(body)
     info = CheckpointInfo(
         source=where, path=path, format=fmt, num_classes=n, class_names=class_names, arch=arch
     )
     info.unexpected = unmapped
+    info.ema = bool(held.get("ema"))
+    info.run_dir = str(run_dir) if run_dir is not None else None
     return Prepared(sd, info)
 
 

@@ -266,6 +266,8 @@ def build_trainer(cfg: TrainConfig, proc: Process, data: Data, resume_state: dic
         base_lr=lr,
         min_lr=cfg.schedule.min_lr,
         name=cfg.schedule.name,
+        milestones=tuple(round(e * steps_per_epoch) for e in cfg.schedule.milestones),
+        gamma=cfg.schedule.gamma,
     )
     ddp = None
     train_model: nn.Module = model
