@@ -365,6 +365,17 @@ _artefact(r"timm_convnext_tiny\.bin")(_timm_file)
 _artefact(r"ConvNext_tiny-ImageNet_1K\.pth\.tar")(_seed_project_file)
 
 
+@_artefact(r"upernet_ade20k\.pth|maskrcnn_coco\.pth")
+def _dense_checkpoints(work: Path) -> None:
+    """The detection and segmentation checkpoints the README names (an official mmseg / mmdet file in
+    use): random ConvNeXt-atto UperNet (150 ADE20K classes) and Mask R-CNN (91 COCO labels), mmseg's way."""
+    from convnext import create_model
+
+    pairs = (("upernet_ade20k.pth", "upernet_convnext_atto"), ("maskrcnn_coco.pth", "maskrcnn_convnext_atto"))
+    for name, arch in pairs:
+        torch.save({"state_dict": create_model(arch).state_dict()}, work / name)
+
+
 @_artefact(r"hf-hub:")
 def _hub_cache(work: Path) -> None:
     """The hf-hub: repos the README names, in huggingface_hub's cache layout (models--ORG--NAME/refs/main ->
@@ -568,7 +579,10 @@ def _serve(work: Path, cmd: Command) -> None:
         )
         with _LOCAL.open(req, timeout=60) as r:
             body = json.loads(r.read())
-        assert len(body["predictions"]) == 3, body
+        if body.get("task") == "segmentation":  # a segmenter answers with its classes and label map
+            assert body["classes"] and body["label_map"], body
+        else:
+            assert len(body["predictions"]) == 3, body
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGTERM)

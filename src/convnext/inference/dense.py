@@ -272,20 +272,26 @@ def load_dense(
 
 
 def _arch_of(src: str) -> str:
-    """The dense architecture a checkpoint holds, from its backbone's shapes."""
-    from ..weights.detection import is_detection, prepare_detection
+    """The dense architecture a checkpoint holds, from its backbone's shapes (and, for a detector, whether
+    it has a mask head)."""
+    from ..weights.detection import prepare_detection
     from ..weights.upernet import prepare_upernet
 
-    prepared = prepare_upernet(src)
-    if prepared.info.arch:
-        return prepared.info.arch
-    if is_detection(prepared.state_dict):
-        arch = prepare_detection(src).info.arch
-        if arch:
-            kind = "maskrcnn" if any(".mask_" in k for k in prepared.state_dict) else "fasterrcnn"
-            return f"{kind}_{arch}"
+    task = dense_task(src, None)
+    if task == SEGMENTATION:
+        arch = prepare_upernet(src).info.arch
+    elif task == DETECTION:
+        prepared = prepare_detection(src)
+        kind = (
+            "maskrcnn" if any(k.startswith("roi_heads.mask_") for k in prepared.state_dict) else "fasterrcnn"
+        )
+        arch = f"{kind}_{prepared.info.arch}" if prepared.info.arch else None
+    else:
+        arch = None
+    if arch:
+        return arch
     raise UserError(
-        f"cannot tell the backbone of {src}; pass --model (e.g. --model upernet_convnext_tiny or "
+        f"cannot tell the architecture of {src}; pass --model (e.g. --model upernet_convnext_tiny or "
         "--model maskrcnn_convnext_tiny)"
     )
 
