@@ -110,6 +110,7 @@ def test_benchmark_json_file_keeps_the_table(tmp_path, capsys: pytest.CaptureFix
     assert json.loads(dst.read_text())["results"][0]["name"] == "ours"
 
 
+@pytest.mark.slow  # CI runs another variant of this guarantee (suite under 10 minutes)
 def test_benchmark_train_mode_table() -> None:
     from convnext.bench import CHUNKED_NOTE, SMALL_NOTE
 
@@ -127,6 +128,7 @@ def test_benchmark_train_mode_table() -> None:
     assert plain["results"][0]["note"].startswith("plain model")
 
 
+@pytest.mark.slow  # CI runs another variant of this guarantee (suite under 10 minutes)
 def test_a_peer_without_the_architecture_is_left_out_with_a_note(capsys) -> None:
     pytest.importorskip("timm")
     args = [

@@ -207,7 +207,8 @@ def test_uninterrupted_run_writes_independent_files_with_the_umask(ref: Path) ->
 @pytest.mark.parametrize(
     "point",
     [
-        "last.tmp@2",  # during the write of last.pth: a half-written temporary file, last.pth still epoch 1
+        # during the write of last.pth: a half-written temporary file, last.pth still epoch 1
+        pytest.param("last.tmp@2", marks=pytest.mark.slow),
         "last@2",  # last.pth written, best.pth and metrics.jsonl not yet: best.pth would be stale
         pytest.param("epoch@1", marks=pytest.mark.slow),  # epoch_0001.pth copied, no best.pth at all yet
         pytest.param("best@1", marks=pytest.mark.slow),  # best.pth copied, metrics.jsonl not yet
@@ -251,6 +252,7 @@ def test_sigterm_then_resume_logs_the_epoch_as_if_uninterrupted(
     assert_nothing_lost(tmp_path, ref, r.stdout)
 
 
+@pytest.mark.slow  # the process-group SIGTERM test runs the same stop path in CI
 def test_ctrl_c_saves_at_the_next_step_and_resumes_exactly(ref: Path, tmp_path: Path) -> None:
     """Ctrl-C in a terminal (SIGINT to the whole process group, loader workers included) mid-epoch 2: the
     run checkpoints at that step and exits 130 (so `train && evaluate` stops), and the next run ends as the
@@ -294,6 +296,7 @@ def test_sigterm_to_the_process_group_with_workers_saves_and_exits_143(ref: Path
     assert_nothing_lost(tmp_path, ref, r.stdout)
 
 
+@pytest.mark.slow  # CI runs another variant of this guarantee (suite under 10 minutes)
 def test_double_ctrl_c_during_a_checkpoint_write_finishes_the_write(ref: Path, tmp_path: Path) -> None:
     """Ctrl-C twice while last.pth is being written (the test hook stops the write after 4 KiB): before, the
     second one raised KeyboardInterrupt inside torch.save (a traceback, exit 1); now both wait until every

@@ -47,6 +47,7 @@ def test_every_gradient_has_its_parameters_strides(name: str) -> None:
     assert [n for n, p in model.named_parameters() if p.grad.stride() != p.stride()] == []
 
 
+@pytest.mark.slow  # the per-gradient stride test checks the cause in CI
 def test_two_process_gloo_prints_no_grad_stride_warning(tmp_path: Path) -> None:
     script = tmp_path / "ddp_step.py"
     script.write_text(SCRIPT)

@@ -106,7 +106,9 @@ def _start_and_wait_for_epoch_1(run: Path, persistent: bool) -> subprocess.Popen
     return proc
 
 
-@pytest.mark.parametrize("persistent", [True, False], ids=["persistent", "respawned"])
+@pytest.mark.parametrize(
+    "persistent", [True, pytest.param(False, marks=pytest.mark.slow)], ids=["persistent", "respawned"]
+)
 def test_kill9_in_epoch_2_then_resume_from_epoch_1(straight: Path, tmp_path: Path, persistent: bool) -> None:
     proc = _start_and_wait_for_epoch_1(tmp_path, persistent)
     os.killpg(proc.pid, signal.SIGKILL)  # the trainer and its loader workers, somewhere in epoch 2
@@ -119,6 +121,7 @@ def test_kill9_in_epoch_2_then_resume_from_epoch_1(straight: Path, tmp_path: Pat
     assert_same_run(straight, tmp_path)
 
 
+@pytest.mark.slow  # test_faults' SIGTERM to the process group with workers is the CI variant
 @pytest.mark.parametrize("persistent", [True, False], ids=["persistent", "respawned"])
 def test_sigterm_mid_epoch_then_resume(straight: Path, tmp_path: Path, persistent: bool) -> None:
     proc = _start_and_wait_for_epoch_1(tmp_path, persistent)
@@ -132,6 +135,7 @@ def test_sigterm_mid_epoch_then_resume(straight: Path, tmp_path: Path, persisten
     assert_same_run(straight, tmp_path)
 
 
+@pytest.mark.slow  # test_ddp's two gloo processes equal one process in CI
 def test_torchrun_one_process_equals_plain_run(straight: Path, tmp_path: Path) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -162,6 +162,7 @@ def test_every_tracker_gets_the_run_and_a_resume_continues_it(stores: Path) -> N
     assert all(len(list(f.glob("files/media/images/curves_*.png"))) == 1 for f in folders)
 
 
+@pytest.mark.slow  # CI runs another variant of this guarantee (suite under 10 minutes)
 def test_a_resume_after_kill_9_logs_each_step_once(stores: Path) -> None:
     """kill -9 at step 31 (step 30 logged, the checkpoint at step 22): the resumed run does steps 23-31 again,
     and MLflow (which keeps every point it gets) must not get step 30 twice."""
