@@ -206,3 +206,26 @@ def test_dense_flags_are_refused_in_one_sentence(tmp_path: Path, capsys: pytest.
     args = ["predict", str(photo()), "--weights", str(classifier), "--model", "convnext_atto", "--out", "x"]
     assert main(args) == 2
     assert "a classifier: --cam" in capsys.readouterr().err
+
+
+def test_a_training_run_folder_gives_its_model_options_and_class_names(tmp_path: Path) -> None:
+    """A run folder of `convnext train` (config.yaml's model name and options, checkpoints/last.pth in the
+    training container with its class names) predicts with the run's classes."""
+    import yaml
+
+    from convnext.inference.dense import load_dense, predict_dense
+
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    model = nontrivial_(create_model(SEG, num_classes=3, **SEG_OPTS))
+    (run / "config.yaml").write_text(yaml.safe_dump({"model": {"name": SEG, "options": SEG_OPTS}}))
+    ckpt = {"format": "convnext-train", "model": model.state_dict(), "class_names": ["road", "car", "sky"]}
+    torch.save(ckpt, run / "checkpoints" / "last.pth")
+    dense = load_dense(str(run), img_size=64)
+    assert dense.arch == SEG and dense.names == ["road", "car", "sky"]
+    assert dense.source == str(run / "checkpoints" / "last.pth")
+    picture = small_photo(tmp_path / "tench.png")
+    (pred,) = predict_dense(dense, [str(picture)])
+    from convnext.data.images import load_image
+
+    assert torch.equal(pred.label_map, reference_segmentation(model, load_image(str(picture)), 64))

@@ -127,16 +127,23 @@ def _peek_keys(path: Path) -> dict[str, Any] | None:
     return {str(k).removeprefix("module."): None for k in obj}
 
 
-def _run_arch(run_dir: Path) -> str | None:
+def _run_model(run_dir: Path) -> tuple[str | None, dict[str, Any]]:
+    """A training run's model name and constructor options (its config.yaml)."""
     from ..recipe import read_yaml
 
     try:
         cfg = read_yaml(run_dir / "config.yaml")
     except Exception:
-        return None
+        return None, {}
     model = cfg.get("model") if isinstance(cfg, dict) else None
-    name = model.get("name") if isinstance(model, dict) else None
-    return str(name).partition(".")[0] if name else None
+    if not isinstance(model, dict) or not model.get("name"):
+        return None, {}
+    options = model.get("options") if isinstance(model.get("options"), dict) else {}
+    return str(model["name"]).partition(".")[0], dict(options)
+
+
+def _run_arch(run_dir: Path) -> str | None:
+    return _run_model(run_dir)[0]
 
 
 def dense_task(weights: str | None, model_name: str | None) -> str | None:
@@ -234,28 +241,35 @@ def load_dense(
     from ..hub import create_model
 
     arch = model_name.partition(".")[0] if model_name else None
-    src = weights
-    if arch is None and src:
-        p = Path(str(src)).expanduser()
-        from ..weights.fetch import is_run_dir
+    src: str | dict | None = weights
+    shown, options, run_names = str(weights or arch), {}, None
+    p = Path(str(weights)).expanduser() if weights else None
+    from ..weights.fetch import is_run_dir, run_checkpoint
 
-        if p.is_dir() and is_run_dir(p):
-            arch = _run_arch(p)
-        if arch is None:
-            arch = _arch_of(str(src))
+    if p is not None and p.is_dir() and is_run_dir(p):  # a training run: its recipe's model, its checkpoint
+        from ..weights.files import read_file
+
+        held, options = _run_model(p)
+        arch = arch or held
+        ckpt = run_checkpoint(p)
+        src, _ = read_file(ckpt)  # read once; the task's reader unwraps it in memory
+        shown = str(ckpt)
+        run_names = src.get("class_names") if isinstance(src, dict) else None
+    elif arch is None and weights:
+        arch = _arch_of(str(weights))
     task = task_of_arch(arch)
     if task is None:
-        raise UserError(f"{arch or src} is not a detection or segmentation model")
+        raise UserError(f"{arch or weights} is not a detection or segmentation model")
     if src is None:
         note(f"no --weights: {arch} has random weights (its predictions mean nothing)")
     try:
-        model = create_model(arch, pretrained=src)
+        model = create_model(arch, pretrained=src, **options)
     except (TypeError, ValueError) as e:
-        raise UserError(f"cannot build {arch} from {src} ({e})") from None
+        raise UserError(f"cannot build {arch} from {shown} ({e})") from None
     model.eval().to(device)
     info = getattr(model, "pretrained_info", None)
     n = int(getattr(model, "num_classes", 0) or model.roi_heads.box_predictor.cls_score.out_features)
-    names = class_names_for(task, n, getattr(info, "class_names", None))
+    names = class_names_for(task, n, getattr(info, "class_names", None) or run_names)
     if task == DETECTION:
         t = model.transform
         if img_size is not None:
@@ -265,7 +279,9 @@ def load_dense(
         size, mean, std = int(img_size or DEFAULT_SEG_SIZE), IMAGENET_MEAN, IMAGENET_STD
     if size < model.reduction:
         raise UserError(f"--img-size {size} is below the {model.reduction} px {arch} needs")
-    shown = str(getattr(info, "path", None) or src or arch)
+    read = getattr(info, "path", None)
+    if isinstance(read, str) and read != "<state dict>":  # the file the reader resolved (URL, HF folder)
+        shown = read
     return DenseModel(
         task, arch, n, names, palette_for(n), shown, size, mean, std, model=model, device=device
     )  # fmt: skip
