@@ -437,20 +437,30 @@ def prediction_json(pred: DensePrediction) -> dict[str, Any]:
 
 # ------------------------------------------------------------------------------------------------ drawing
 def draw_detections(img: Tensor, dets: list[Detection], palette: list[tuple[int, int, int]]) -> Tensor:
-    """The image with masks (alpha 0.5) and labelled boxes drawn by torchvision, uint8 (3, H, W)."""
+    """The image with masks (alpha 0.5) and labelled boxes drawn by torchvision, uint8 (3, H, W); an image
+    under 320 px is enlarged by a whole factor first."""
     from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
 
+    k = -(-320 // max(img.shape[1:])) if max(img.shape[1:]) < 320 else 1  # small images: enlarged k times,
+    if k > 1:  # as predict's Grad-CAM figures are, so that the labels can be read
+        img = img.repeat_interleave(k, 1).repeat_interleave(k, 2)
     if not dets:
         return img
     colors = [palette[d.label % len(palette)] for d in dets]
-    masks = [d.mask for d in dets if d.mask is not None]
+    masks = [d.mask.repeat_interleave(k, 0).repeat_interleave(k, 1) for d in dets if d.mask is not None]
     if masks:
         mcolors = [c for c, d in zip(colors, dets) if d.mask is not None]
         img = draw_segmentation_masks(img, torch.stack(masks), alpha=0.5, colors=mcolors)
-    boxes = torch.tensor([d.box for d in dets], dtype=torch.float32)
-    width = max(1, round(max(img.shape[1:]) / 300))
+    boxes = torch.tensor([d.box for d in dets], dtype=torch.float32) * k
+    side = max(img.shape[1:])
     labels = [f"{d.name} {d.score:.2f}" for d in dets]
-    return draw_bounding_boxes(img, boxes, labels=labels, colors=colors, width=width)
+    from matplotlib import font_manager  # a TrueType font that scales (PIL's default bitmap one does not)
+
+    font = font_manager.findfont("DejaVu Sans")
+    return draw_bounding_boxes(
+        img, boxes, labels=labels, colors=colors, width=max(2, round(side / 250)), font=font,
+        font_size=max(10, round(side / 40)), fill_labels=True,
+    )  # fmt: skip
 
 
 def colour_mask(label_map: Tensor, palette: list[tuple[int, int, int]]) -> Tensor:
