@@ -99,6 +99,11 @@ def test_digit_scenes_seg() -> None:
     )
     again_img, again_mask = build_dataset(cfg, "train")[2]
     assert torch.equal(img, again_img) and torch.equal(mask, again_mask)  # a function of (split, index, seed)
+    from convnext.data.digit_scenes import digit_scene, label_map
+
+    ink = torch.from_numpy(label_map(digit_scene(2, split="train", seed=0, size=48)[1], (48, 48))).long()
+    assert torch.equal(mask[ink > 0], ink[ink > 0])  # every ink pixel keeps its digit
+    assert (mask > 0).sum() > (ink > 0).sum()  # and a 1 px rim around the strokes is the digit's too
 
 
 def test_rescale_size_is_mmcv_keep_ratio() -> None:

@@ -133,6 +133,9 @@ def prepare_upernet(src: str | Path | dict) -> Prepared:
     if class_names is not None and len(class_names) != n:
         class_names = None
     arch = formats.infer_arch(_backbone(ours))
+    recorded = obj.get("arch") if isinstance(obj, dict) else None  # a training checkpoint names its model
+    if arch is None and isinstance(recorded, str) and recorded.startswith("upernet_"):
+        arch = recorded.removeprefix("upernet_")  # its own depths and widths: the shapes tell no variant
     info = CheckpointInfo(
         source=where,
         path=path,
