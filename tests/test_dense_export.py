@@ -68,6 +68,7 @@ def test_maskrcnn_onnx_detections_equal_pytorch_on_a_photo(tmp_path: Path) -> No
     weights = det_checkpoint(tmp_path / "maskrcnn.pth")
     res = export_model(str(weights), out=tmp_path / "maskrcnn.onnx", model_name=DET, img_size=64)
     assert res.meta.extra["task"] == "detection" and res.max_rel_diff <= 1e-4
+    assert not res.notes  # detections were compared, not only counted
     picture = small_photo(tmp_path / "tench.png", (150, 100))  # not the traced size: H and W are dynamic
     exported = load_dense(str(res.path))
     assert exported.names == ["__background__", "circle", "square"]

@@ -360,38 +360,57 @@ def detection_examples(size: int) -> list[Tensor]:
     return out
 
 
-def verify_detections(runner: Runner, model: nn.Module, images: list[Tensor], what: str) -> float:
-    """Every detection PyTorch makes on ``images`` (but the near-ties at the per-image limit) is in the
-    exported file's, same label, box within ``DETECTION_RTOL`` of the image's longer side, score and mask
-    within 1e-3; returns the worst box difference (relative), raises when anything differs."""
-    worst = 0.0
+def verify_detections(runner: Runner, model: nn.Module, images: list[Tensor], what: str) -> tuple[float, int]:
+    """Every detection PyTorch makes on ``images`` is in the exported file's and the other way round, same
+    label, box within ``DETECTION_RTOL`` of the image's longer side, score and mask within 1e-3; those whose
+    score is within 1e-3 of the model's score threshold, or of the last place at its per-image limit, may
+    fall on either side of it by rounding and are not counted. Returns the worst box difference
+    (relative) and how many detections were compared; raises when anything differs."""
+    worst, compared = 0.0, 0
+    heads = model.roi_heads
     for img in images:
         with torch.no_grad():
             ref = model([img])[0]
         out = {k: v.cpu() for k, v in runner.detect(img).items()}
         side = float(max(img.shape[1:]))
-        n = len(ref["scores"])
-        if n != len(out.get("scores", ())):
-            raise UserError(f"{what} finds {len(out.get('scores', ()))} objects on a test image, PyTorch {n}")
-        cut = float(ref["scores"][-1]) + 1e-3 if n else 0.0  # the last places may swap at the limit
-        for i in range(n):
-            if n == getattr(model.roi_heads, "detections_per_img", -1) and float(ref["scores"][i]) < cut:
-                continue
-            same = (out["labels"] == ref["labels"][i]).nonzero().flatten()
-            if len(same) == 0:
-                raise UserError(f"{what} misses a {int(ref['labels'][i])}-label detection PyTorch makes")
-            diffs = (out["boxes"][same] - ref["boxes"][i]).abs().amax(1)
-            j = int(same[int(diffs.argmin())])
-            box = float(diffs.min()) / side
-            score = abs(float(out["scores"][j]) - float(ref["scores"][i]))
-            mask = float((out["masks"][j] - ref["masks"][i]).abs().max()) if "masks" in ref else 0.0
-            if not (box <= DETECTION_RTOL and score <= 1e-3 and mask <= 1e-3):
-                raise UserError(
-                    f"{what} differs from PyTorch (box {box:.1e} of the image side, score {score:.1e}, mask "
-                    f"{mask:.1e}); the file was deleted"
-                )
-            worst = max(worst, box)
-    return worst
+        floor = float(heads.score_thresh) + 1e-3
+        for scores in (ref["scores"], out["scores"]):
+            if len(scores) == heads.detections_per_img:
+                floor = max(floor, float(scores[-1]) + 1e-3)
+        firm = [int((d["scores"] >= floor).sum()) for d in (ref, out)]
+        if firm[0] != firm[1]:
+            raise UserError(
+                f"{what} finds {firm[1]} objects scoring {floor:.3f} or more on a test image, PyTorch "
+                f"{firm[0]}; the file was deleted"
+            )
+        for a, b in ((ref, out), (out, ref)):
+            for i in range(firm[0]):
+                same = (b["labels"] == a["labels"][i]).nonzero().flatten()
+                if len(same) == 0:
+                    raise UserError(f"{what} and PyTorch disagree on the labels of a test image's objects")
+                diffs = (b["boxes"][same] - a["boxes"][i]).abs().amax(1)
+                j = int(same[int(diffs.argmin())])
+                box = float(diffs.min()) / side
+                score = abs(float(b["scores"][j]) - float(a["scores"][i]))
+                mask = float((b["masks"][j] - a["masks"][i]).abs().max()) if "masks" in a else 0.0
+                if not (box <= DETECTION_RTOL and score <= 1e-3 and mask <= 1e-3):
+                    raise UserError(
+                        f"{what} differs from PyTorch (box {box:.1e} of the image side, score {score:.1e}, "
+                        f"mask {mask:.1e}); the file was deleted"
+                    )
+                worst = max(worst, box)
+        compared += firm[0]
+    return worst, compared
+
+
+def detection_notes(compared: int) -> list[str]:
+    """What an export report says when the check had no detection to compare (untrained weights)."""
+    if compared:
+        return []
+    return [
+        "no detection scored above the threshold on the test images (untrained weights?): only the "
+        "counts were compared"
+    ]
 
 
 def count_modules(model: nn.Module) -> dict[str, int]:

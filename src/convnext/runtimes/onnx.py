@@ -23,6 +23,7 @@ from .base import (
     Written,
     count_modules,
     detection_examples,
+    detection_notes,
     dynamic_batch,
     foreign_meta,
     from_meta,
@@ -173,8 +174,10 @@ def write(model: nn.Module, meta: ExportMeta, target: Path, ctx: WriteContext) -
         check_onnx_graph(target, model, opset, only=("LayerNormalization",))  # the RPN head runs per level
         runner = OnnxRunner(str(target))
         ctx.say("verifying in onnxruntime")
-        diff = verify_detections(runner, model, detection_examples(size), "the ONNX file run in onnxruntime")
-        return Written(runner.precision, diff, None, [])
+        diff, compared = verify_detections(
+            runner, model, detection_examples(size), "the ONNX file run in onnxruntime"
+        )
+        return Written(runner.precision, diff, None, detection_notes(compared))
     ctx.say(f"exporting {meta.arch} to ONNX (opset {opset}, dynamic batch, {size} px)")
     meta.extra["opset"] = opset
     write_onnx(model, target, meta, size, opset)

@@ -28,6 +28,7 @@ from .base import (
     Written,
     batched,
     detection_examples,
+    detection_notes,
     example,
     foreign_meta,
     from_meta,
@@ -216,8 +217,10 @@ def write_detection(model: nn.Module, meta: ExportMeta, target: Path, ctx: Write
     ov.save_model(om, str(target), compress_to_fp16=False)
     runner = OpenVINORunner(str(target), hint="fp32")
     ctx.say("verifying in OpenVINO at fp32")
-    diff = verify_detections(runner, model, detection_examples(size), "the OpenVINO model run at fp32")
-    return Written(runner.precision, diff, None, [])
+    diff, compared = verify_detections(
+        runner, model, detection_examples(size), "the OpenVINO model run at fp32"
+    )
+    return Written(runner.precision, diff, None, detection_notes(compared))
 
 
 def write(model: nn.Module, meta: ExportMeta, target: Path, ctx: WriteContext) -> Written:
