@@ -229,3 +229,24 @@ def test_a_training_run_folder_gives_its_model_options_and_class_names(tmp_path:
     from convnext.data.images import load_image
 
     assert torch.equal(pred.label_map, reference_segmentation(model, load_image(str(picture)), 64))
+
+
+def test_a_transformers_upernet_folder_predicts_as_transformers(tmp_path: Path) -> None:
+    """A Hugging Face UperNet folder (save_pretrained, ConvNeXt backbone): its id2label names the classes and
+    the label map is transformers' own logits' argmax on the photo."""
+    from test_upernet import _hf_upernet
+
+    from convnext.data.images import load_image
+    from convnext.inference.dense import SEGMENTATION, dense_task, load_dense, predict_dense
+
+    hf = _hf_upernet(num_labels=3)
+    hf.config.id2label = {0: "wall", 1: "floor", 2: "sky"}
+    hf.config.label2id = {v: k for k, v in hf.config.id2label.items()}
+    hf.save_pretrained(tmp_path / "hf")
+    assert dense_task(str(tmp_path / "hf"), None) == SEGMENTATION
+    dense = load_dense(str(tmp_path / "hf"), SEG, img_size=64)
+    assert dense.names == ["wall", "floor", "sky"]
+    picture = small_photo(tmp_path / "tench.png")
+    (pred,) = predict_dense(dense, [str(picture)])
+    ref = reference_segmentation(lambda x: hf(pixel_values=x).logits, load_image(str(picture)), 64)
+    assert (pred.label_map == ref).float().mean() > 0.999

@@ -115,8 +115,11 @@ def _peek_keys(path: Path) -> dict[str, Any] | None:
 
             with safe_open(str(path), "pt") as f:
                 return dict.fromkeys(f.keys())
+        from ..weights.files import check_archive
+
+        check_archive(path)  # the zip directory checked before anything inflates, as every read does
         obj = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
-    except Exception:
+    except Exception:  # the reader that loads it says what is wrong
         return None
     for key in ("state_dict", "model", "module", "model_ema", "state_dict_ema"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
