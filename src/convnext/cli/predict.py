@@ -8,6 +8,9 @@ still predicted, and the exit code is 1; so does anything but a regular file (a 
 /dev/zero), refused unread. A file name with a newline or another control character is printed quoted
 (Python's repr) in the text, exactly in the JSON. ``--cam-class NAME`` draws the Grad-CAM of that class
 (name or index) instead of the top-1's.
+
+A detector or segmenter (``maskrcnn_*``, ``fasterrcnn_*``, ``upernet_*``: by ``--model`` or the weights) goes
+to ``inference/dense.py``: its detections or class shares per image, ``--out DIR`` for the drawn figures.
 """
 
 from __future__ import annotations
@@ -38,8 +41,9 @@ from .common import (
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "predict",
-        help="top-k classes (and Grad-CAM heat maps) for images",
-        description="Classify image files, folders or globs with any ConvNeXt checkpoint or training run.",
+        help="top-k classes (and Grad-CAM heat maps) for images; a detector's boxes, a segmenter's classes",
+        description="Classify image files, folders or globs with any ConvNeXt checkpoint or training run; "
+        "with a detector or segmenter (maskrcnn_*, fasterrcnn_*, upernet_*), its objects or classes, drawn.",
     )
     p.add_argument(
         "inputs", nargs="+", metavar="IMG|DIR|GLOB", help="image files, folders (recursive), globs"
