@@ -231,6 +231,7 @@ def test_a_training_run_folder_gives_its_model_options_and_class_names(tmp_path:
     assert torch.equal(pred.label_map, reference_segmentation(model, load_image(str(picture)), 64))
 
 
+@pytest.mark.slow  # transformers' import and model: ~15 s on the shared host; CI has the mmseg-layout tests
 def test_a_transformers_upernet_folder_predicts_as_transformers(tmp_path: Path) -> None:
     """A Hugging Face UperNet folder (save_pretrained, ConvNeXt backbone): its id2label names the classes and
     the label map is transformers' own logits' argmax on the photo."""

@@ -93,7 +93,13 @@ def _drawn_pixels(page) -> dict:
     )
 
 
-@pytest.mark.parametrize("task", ["detection", "segmentation"])
+@pytest.mark.parametrize(
+    "task",
+    [
+        pytest.param("detection", marks=pytest.mark.slow),
+        "segmentation",
+    ],  # detection: 100 RLE masks drawn, ~13 s
+)
 def test_page_draws_boxes_masks_or_classes_with_a_legend(browser, tmp_path: Path, task: str) -> None:
     chromium, expect = browser
     from PIL import Image
