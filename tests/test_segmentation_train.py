@@ -367,3 +367,60 @@ def test_evaluate_equals_mmseg_formula_and_sklearn(tmp_path: Path) -> None:
     assert [r["iou"] for r in got["per_class"]] == pytest.approx(list(100 * sk_iou), abs=1e-3)
     assert [r["pixels"] for r in got["per_class"]] == cm.sum(1).tolist()
     assert len(set(np.concatenate([p.ravel() for p in preds]).tolist())) > 1  # the predictions vary
+
+
+def test_slide_windows_cover_every_pixel_once_averaged() -> None:
+    """mmseg's slide inference of a pixel-wise model equals the whole image's: every pixel's windows are
+    summed and divided by how many cover it (a 48 x 80 input, 32 px windows every 21 px)."""
+    from convnext.evaluation.segmentation_loop import slide_logits
+
+    torch.manual_seed(0)
+    model = torch.nn.Conv2d(3, 5, 1)
+    x = torch.randn(2, 3, 48, 80)
+    with torch.no_grad():
+        assert torch.allclose(slide_logits(model, x, 32, 21, 5), model(x), atol=1e-6)
+
+
+def test_flip_and_scales_average_the_softmax_as_mmseg_aug_test() -> None:
+    """--flip --scales: each (ratio, flip) view resized (mmcv's keep-ratio size, bilinear, to uint8),
+    its logits flipped back and resized to the image, softmax, averaged: re-done here with plain torch."""
+    import torch.nn.functional as F
+
+    from convnext.evaluation.segmentation_loop import seg_probs
+    from convnext.hub import create_model
+
+    torch.manual_seed(0)
+    model = create_model(
+        "upernet_convnext_atto",
+        num_classes=4,
+        depths=[1, 1, 1, 1],
+        dims=[8, 16, 32, 64],
+        channels=16,
+        aux_channels=8,
+    ).eval()
+    img = torch.randint(0, 256, (1, 3, 40, 56), dtype=torch.uint8)
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    want = torch.zeros(1, 4, 40, 56)
+    for r in (0.75, 1.5):
+        f = min(256 * r / 56, 64 * r / 40)  # mmcv rescale_size with scale (256, 64) x r
+        size = (int(40 * f + 0.5), int(56 * f + 0.5))
+        x = F.interpolate(img.float(), size=size, mode="bilinear", align_corners=False).round().clamp(0, 255)
+        x = (x / 255 - mean) / std
+        for flip in (False, True):
+            with torch.no_grad():
+                out = model(x.flip(-1) if flip else x)
+            out = out.flip(-1) if flip else out
+            want += F.interpolate(out, size=(40, 56), mode="bilinear", align_corners=False).softmax(1) / 4
+    with torch.no_grad():
+        got = seg_probs(
+            model,
+            img,
+            scale=(256, 64),
+            ratios=(0.75, 1.5),
+            flip=True,
+            mean=mean.flatten().tolist(),
+            std=std.flatten().tolist(),
+        )
+    # torchvision's uint8 resize kernel rounds a few pixels one level apart from float-then-round
+    assert torch.allclose(got, want, atol=1e-3) and (got.argmax(1) == want.argmax(1)).float().mean() > 0.99
