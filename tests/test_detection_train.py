@@ -212,6 +212,33 @@ def test_resume_after_kill_with_two_workers_is_bit_identical(tmp_path: Path) -> 
     _assert_same_run(tmp_path / "straight", killed)
 
 
+def test_ddp_wrapped_detector_trains_in_a_gloo_group(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fast variant of the torchrun test below: this process as rank 0 of a gloo group of one (torchrun's
+    variables), so the detector trains wrapped in DistributedDataParallel (lists of images and targets in,
+    its loss dict out) and the val mAP goes through the gathered COCO evaluation."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {
+        "RANK": "0",
+        "LOCAL_RANK": "0",
+        "WORLD_SIZE": "1",
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(port),
+    }
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    cfg = load_config(
+        RECIPE, [*TINY, "epochs=1", "data.workers=0", "ema.enabled=false", f"run.dir={tmp_path}"]
+    )
+    result = train(cfg)
+    assert result.step == 4 and not torch.distributed.is_initialized()
+    last = load_train_checkpoint(tmp_path / "checkpoints" / "last.pth")
+    assert last["world_size"] == 1 and "val_map" in read_metrics(tmp_path)[-1]
+
+
 @pytest.mark.slow  # ~60 s on 2 loaded cores: torchrun starts three interpreters
 def test_two_processes_gloo(tmp_path: Path) -> None:
     """torchrun, 2 CPU processes: the batch split between the ranks (2 steps per epoch at 2 x 4 images),
@@ -231,3 +258,16 @@ def test_two_processes_gloo(tmp_path: Path) -> None:
     ev = evaluate_detection_weights(str(run / "checkpoints" / "last.pth"), device="cpu", workers=0)
     assert ev.n == 5 and "segm" not in ev.metrics
     assert record["val_map"] == pytest.approx(100 * ev.metrics["bbox"]["map"], abs=1e-9)
+    # `convnext evaluate` under torchrun: each rank its shard, the results gathered, each scene once
+    out = tmp_path / "ev.json"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
+           "convnext.cli.main", "evaluate", "--weights", str(run / "checkpoints" / "last.pth"),
+           "--device", "cpu", "--workers", "0", "--json", str(out)]  # fmt: skip
+    res = subprocess.run(cmd, cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, (res.stdout + res.stderr)[-3000:]
+    got = json.loads(out.read_text())
+    assert (
+        got["n"] == 5
+        and got["world_size"] == 2
+        and got["box"] == pytest.approx(ev.metrics["bbox"], abs=1e-12)
+    )
