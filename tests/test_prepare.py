@@ -693,8 +693,11 @@ def test_every_catalog_spelling_means_one_dataset_to_build_prepare_help_and_conf
             assert all(a in help_text for a in spec.spellings), (spec.name, help_text)
             assert spec.description in help_text
         spelling = spec.aliases[-1] if spec.aliases else spec.name
+        model = {"segmentation": "upernet_convnext_atto", "detection": "fasterrcnn_convnext_atto"}.get(
+            spec.task, "convnext_atto"
+        )  # a model of the dataset's task (a classifier on a detection dataset is refused by name)
         try:
-            load_config(None, ["model.name=convnext_atto", f"data.dataset={spelling}"], check_paths=False)
+            load_config(None, [f"model.name={model}", f"data.dataset={spelling}"], check_paths=False)
         except UserError as e:  # another key may object (e.g. data.root), never the dataset's name
             assert "data.dataset" not in str(e), e
     with pytest.raises(
