@@ -271,3 +271,33 @@ def test_two_processes_gloo(tmp_path: Path) -> None:
         and got["world_size"] == 2
         and got["box"] == pytest.approx(ev.metrics["bbox"], abs=1e-12)
     )
+
+
+def test_multiscale_resize_draws_from_the_global_rng() -> None:
+    """The official multi-scale training (``min_size`` a list): torchvision's GeneralizedRCNNTransform draws
+    one shorter side per image from torch's global RNG, whose state every checkpoint carries: the same seed
+    gives the same sizes; evaluation takes the last size."""
+    import convnext
+
+    m = convnext.create_model(
+        "fasterrcnn_convnext_atto", num_classes=3, depths=[1, 1, 1, 1], dims=[8, 16, 32, 64], fpn_channels=16,
+        min_size=[64, 80, 96], max_size=200,
+    ).train()  # fmt: skip
+    img = [torch.rand(3, 50, 60)]
+
+    def sizes(seed: int) -> list[int]:
+        torch.manual_seed(seed)
+        return [m.transform(img)[0].image_sizes[0][0] for _ in range(16)]
+
+    drawn = sizes(0)
+    assert set(drawn) == {64, 80, 96} and sizes(0) == drawn and sizes(1) != drawn
+    assert m.eval().transform(img)[0].image_sizes[0][0] == 96
+
+
+def test_step_schedule_is_mmdets() -> None:
+    """``schedule.name: step``: linear warmup, then x gamma at each milestone (3x: epochs 27 and 33)."""
+    from convnext.engine.schedule import lr_factor
+
+    kw = {"total_steps": 360, "warmup_steps": 5, "base_lr": 1e-4, "min_lr": 0.0, "name": "step"}
+    f = [lr_factor(s, milestones=(270, 330), gamma=0.1, **kw) for s in (0, 4, 5, 269, 270, 329, 330, 359)]
+    assert f == pytest.approx([0.0, 0.8, 1.0, 1.0, 0.1, 0.1, 0.01, 0.01])
