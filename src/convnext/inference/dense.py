@@ -640,6 +640,7 @@ def loaded_for_export(weights: str | None, model_name: str | None, img_size: int
     )
     data = DataConfig()
     data.img_size, data.crop_pct, data.mean, data.std = dense.img_size, 1.0, dense.mean, dense.std
+    data.interpolation = "bilinear"  # what seg_input resizes with (mmseg's), and torchvision's detectors
     run_dir = None
     if weights and Path(str(weights)).expanduser().is_dir():
         from ..weights.fetch import is_run_dir
@@ -664,6 +665,7 @@ class DenseRunner(Runner):
         self.data = DataConfig()
         self.data.img_size, self.data.crop_pct = dense.img_size, 1.0
         self.data.mean, self.data.std = dense.mean, dense.std
+        self.data.interpolation = "bilinear"  # seg_input's and torchvision's detectors' resize
 
     def preprocess(self, img: Tensor) -> Tensor:
         return img
