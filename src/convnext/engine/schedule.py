@@ -37,7 +37,7 @@ def lr_factor(
         return step / warmup_steps
     if name == "constant":
         return 1.0
-    if name == "step":  # mmdet's step policy: x gamma at each milestone step passed (Mask R-CNN 3x: 27, 33)
+    if name == "step":  # mmdet's step policy: x gamma at each milestone passed (Mask R-CNN: epochs 27, 33)
         return gamma ** sum(step >= m for m in milestones)
     t = min((step - warmup_steps) / max(total_steps - warmup_steps, 1), 1.0)
     return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * t))
