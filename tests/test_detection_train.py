@@ -302,3 +302,19 @@ def test_step_schedule_is_mmdets() -> None:
     kw = {"total_steps": 360, "warmup_steps": 5, "base_lr": 1e-4, "min_lr": 0.0, "name": "step"}
     f = [lr_factor(s, milestones=(270, 330), gamma=0.1, **kw) for s in (0, 4, 5, 269, 270, 329, 330, 359)]
     assert f == pytest.approx([0.0, 0.8, 1.0, 1.0, 0.1, 0.1, 0.01, 0.01])
+
+
+def test_labels_map_to_category_ids_by_name_else_by_order(tmp_path: Path) -> None:
+    """A checkpoint's names pick the categories; without names K + 1 labels are the categories in id order
+    (ours, mmdet's) and any other count the ids themselves (torchvision's 91 COCO labels)."""
+    from pycocotools.coco import COCO
+
+    from convnext.inference.detection_eval import label_mapping
+
+    root = write_coco(tmp_path / "coco", "val2017", n=2)
+    gt = COCO(str(root / "annotations" / "instances_val2017.json"))
+    assert label_mapping(["__background__", "ring", "square"], 3, gt) == {1: 7, 2: 3}
+    assert label_mapping(None, 4, gt) == {1: 3, 2: 7, 3: 9}
+    assert label_mapping(None, 91, gt) is None
+    with pytest.raises(UserError, match=r"classes \['cat'\] are not categories"):
+        label_mapping(["__background__", "cat"], 2, gt)

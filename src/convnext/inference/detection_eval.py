@@ -4,8 +4,9 @@ COCO-layout folder or the digit scenes (evaluation/detection.py, the numbers the
 
 The weights: a detection training run folder or checkpoint (its model options, eval size, categories and
 data), or any detector file ``create_model`` reads (ours, the official mmdet ones). Labels go back to the
-ground truth's category ids by the checkpoint's class names (``["__background__", *names]``), or, for a
-checkpoint without names, the labels are the category ids themselves (torchvision's 91-label COCO models).
+ground truth's category ids by the checkpoint's class names (``["__background__", *names]``); without
+names, labels 1..K are the categories in id order when the model has K + 1 labels, else the category ids
+themselves (torchvision's 91-label COCO models).
 Under torchrun each process predicts its shard; the COCO results are gathered, every image counted once.
 """
 
@@ -22,7 +23,7 @@ from torch import nn
 from ..data.config import DataConfig
 from ..errors import UserError
 
-__all__ = ["DetectionEvaluation", "evaluate_detection_weights", "load_detector"]
+__all__ = ["DetectionEvaluation", "evaluate_detection_weights", "label_mapping", "load_detector"]
 
 
 @dataclass
@@ -105,6 +106,20 @@ def load_detector(weights: str, model_name: str | None = None, *, ema: bool | No
     return _Detector(dense.model, dense.arch, names, dense.source, None, False)
 
 
+def label_mapping(names: list[str] | None, n_labels: int, coco: Any) -> dict[int, int] | None:
+    """Label -> the ground truth's category id: by the checkpoint's class names; without names, labels
+    1..K in category-id order when the model has K + 1 labels (ours, mmdet's), else None: the labels are
+    the category ids themselves (torchvision's 91-label COCO models)."""
+    from ..data.coco import label_to_category
+
+    if names and len(names) == n_labels and n_labels > 1:
+        return label_to_category(names, coco)
+    ids = sorted(int(c["id"]) for c in coco.dataset.get("categories", []))
+    if n_labels == len(ids) + 1:
+        return {i + 1: c for i, c in enumerate(ids)}
+    return None
+
+
 def _data_config(det: _Detector, data: str | None, dataset: str | None, split: str | None) -> DataConfig:
     """``--data`` (a COCO-layout folder; ``--dataset`` digit-scenes needs none), else the run's val split."""
     if data or dataset:
@@ -142,7 +157,7 @@ def evaluate_detection_weights(
     detector's eval ``min_size`` (``max_size`` scaled as 800 -> 1333); default the weights' own."""
     from .. import dist
     from ..data import build_loader
-    from ..data.coco import build_detection_dataset, collate, label_to_category
+    from ..data.coco import build_detection_dataset, collate
     from ..device import amp_dtype, resolve_device
     from ..evaluation.detection import evaluate_detector
 
@@ -159,10 +174,8 @@ def evaluate_detection_weights(
         cfg.workers = max(int(workers), 0)
         masks = hasattr(net.roi_heads, "mask_head") and net.roi_heads.mask_head is not None
         ds = build_detection_dataset(cfg, cfg.val_split, train=False, masks=False)
-        if det.class_names and len(det.class_names) > 1:
-            mapping: dict[int, int] | None = label_to_category(det.class_names, ds.coco)
-        else:
-            mapping = None  # the labels are the category ids (torchvision's COCO models)
+        n_labels = int(net.roi_heads.box_predictor.cls_score.out_features)
+        mapping = label_mapping(det.class_names, n_labels, ds.coco)
         kw = {"cfg": cfg, "seed": 0, "distributed": dist.is_dist(), "collate_fn": collate}
         loader = build_loader(ds, batch_size, train=False, **kw)
         res = evaluate_detector(
