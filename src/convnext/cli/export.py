@@ -151,7 +151,11 @@ def run(args: argparse.Namespace) -> int:
         )
     if res.agreement is not None:
         n = len(res.calibration.images) if res.calibration is not None else 8
-        print(f"agreement  {res.precision} top-1 equals fp32 on {100 * res.agreement:.1f}% of {n} images")
+        if m.extra.get("task") == "segmentation":
+            what = f"per-pixel class equals fp32's on {100 * res.agreement:.1f}% of the pixels of {n} images"
+        else:
+            what = f"top-1 equals fp32 on {100 * res.agreement:.1f}% of {n} images"
+        print(f"agreement  {res.precision} {what}")
     if res.calibration is not None:
         print(f"calibrated {res.calibration.source}; {len(res.calibration.skipped)} unreadable skipped")
     print(f"runs as    {res.runs_as} on this CPU ({cpu_features_line()})")
