@@ -47,6 +47,26 @@ def test_upernet_onnx_parity_on_a_photo_and_a_dropped_block_is_caught(tmp_path: 
     (a,) = predict_dense(load_dense(str(res.path)), [str(picture)])
     (b,) = predict_dense(load_dense(str(weights), SEG, img_size=64), [str(picture)])
     assert a.label_map is not None and torch.equal(a.label_map, b.label_map)
+    # serve runs the exported file as predict does
+    pytest.importorskip("fastapi")
+    import base64
+    import io
+
+    import httpx
+    import numpy as np
+    from PIL import Image
+    from test_serve import wait_ready
+
+    from convnext.serve.app import ServeSettings, create_app
+    from convnext.serve.runners import load_runner
+    from convnext.serve.server import ThreadedServer
+
+    with ThreadedServer(create_app(lambda: load_runner(str(res.path)), ServeSettings())) as srv:
+        wait_ready(srv.url)
+        assert httpx.get(srv.url + "/v1/model").json()["backend"] == "onnxruntime"
+        answer = httpx.post(srv.url + "/v1/predict", files={"file": picture.read_bytes()}, timeout=60).json()
+    served = np.asarray(Image.open(io.BytesIO(base64.b64decode(answer["label_map"])))).astype("int64")
+    assert torch.equal(torch.from_numpy(served), a.label_map)
     # the check that deletes a wrong file sees a block gone (layer scale 1, non-trivial norms)
     broken = copy.deepcopy(model)
     broken.backbone.stages[2][0] = torch.nn.Identity()
