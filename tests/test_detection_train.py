@@ -125,9 +125,7 @@ def test_evaluate_equals_pycocotools_on_the_same_detections(tmp_path: Path) -> N
     with torch.no_grad():
         for image_id in sorted(gt.imgs):
             info = gt.imgs[image_id]
-            img = torch.from_numpy(
-                np.asarray(Image.open(root / "val2017" / info["file_name"]).convert("RGB"))
-            )
+            img = torch.from_numpy(np.array(Image.open(root / "val2017" / info["file_name"]).convert("RGB")))
             (pred,) = model([img.permute(2, 0, 1).float() / 255])
             for b, s, lab, m in zip(pred["boxes"], pred["scores"], pred["labels"], pred["masks"]):
                 x0, y0, x1, y1 = b.tolist()
