@@ -58,6 +58,7 @@ def test_torchvision_detector_over_timm_computes_our_function(name: str) -> None
     pytest.importorskip("timm")
     torch.manual_seed(0)
     opts = {"min_size": 96, "max_size": 96, "fpn_channels": 32, "box_score_thresh": 0.0}
+    opts.update(rpn_pre_nms_top_n_test=200, rpn_post_nms_top_n_test=100, box_detections_per_img=10)
     ours = build_model(name, num_classes=5, **opts)
     _randomise(ours)
     peer = torchvision_detector(ours, name, opts)
@@ -124,3 +125,19 @@ def test_table_and_mistakes(capsys) -> None:
         run_dense_benchmark("segmentation", "convnext_atto", img_size=64, batch_size=1, mode="train")
     assert main(["benchmark", "--task", "detection", "--compile"]) == 2
     assert "drop --compile" in capsys.readouterr().err
+
+
+def test_head_resizes_from_channels_last_give_the_plain_logits(monkeypatch) -> None:
+    """The UperNet head's inner resizes read channels_last memory on CPU (models/upernet.py): the logits are
+    those of the plain (N, C, H, W) resizes, and the returned logits keep the usual layout."""
+    import convnext.models.upernet as upernet
+
+    torch.manual_seed(0)
+    model = build_model("upernet_convnext_atto", num_classes=5, **SMALL_HEAD).eval()
+    x = torch.randn(2, 3, 96, 64)
+    with torch.no_grad():
+        fast = model(x)
+        monkeypatch.setattr(upernet, "_resize_inside", upernet._resize)
+        plain = model(x)
+    assert fast.is_contiguous()
+    torch.testing.assert_close(fast, plain, atol=1e-6, rtol=0)

@@ -17,6 +17,7 @@ of the work).
 
 from __future__ import annotations
 
+import copy
 import inspect
 import re
 import statistics
@@ -32,13 +33,15 @@ from torch import Tensor, nn
 from ..device import amp_dtype, autocast, resolve_device
 from ..engine.allocator import allocator_tuned, tune_cpu_allocator
 from ..errors import UserError
-from ..models import build_model, get_variant, set_chunked_mlp
+from ..models import build_model, fuse_for_inference, get_variant, set_chunked_mlp
 from ..models.profile import count_params
 from .models import adamw
 from .timing import device_name, interleaved_rounds, measure_memory, ratio_of_medians, ratio_spread
 
 TASKS = ("segmentation", "detection")
 DENSE_PEERS = {"segmentation": ("transformers",), "detection": ("torchvision",)}
+# Our own model run another way, as a contestant (same weights): --compare plain / fused.
+OWN_VARIANTS = {"plain": "ours-plain", "fused": "ours-fused"}
 _PREFIXES = {"segmentation": ("upernet_",), "detection": ("maskrcnn_", "fasterrcnn_")}
 # task -> (model, CPU size, GPU size, batch): see the module docstring for why.
 DEFAULTS = {
@@ -73,9 +76,23 @@ def dense_model_name(task: str, model: str | None) -> str:
 def _check_peers(task: str, compare: tuple[str, ...]) -> tuple[str, ...]:
     peers = tuple(p for p in compare if p)
     for p in peers:
-        if p not in DENSE_PEERS[task]:
-            raise UserError(f"--task {task} compares with {', '.join(DENSE_PEERS[task])}, not {p!r}")
+        if p not in DENSE_PEERS[task] + tuple(OWN_VARIANTS):
+            known = ", ".join(DENSE_PEERS[task] + tuple(OWN_VARIANTS))
+            raise UserError(f"--task {task} compares with {known}, not {p!r}")
     return peers
+
+
+def _own_variants(ours: nn.Module, peers: tuple[str, ...], mode: str) -> dict[str, nn.Module]:
+    """``plain``: our model without its CPU fast path (the reference ops); ``fused``: ``fuse_for_inference``'s
+    copy (folded layer scale, chunked MLP, the whole network in channels_last), inference only."""
+    out: dict[str, nn.Module] = {}
+    if "plain" in peers:
+        out[OWN_VARIANTS["plain"]] = set_chunked_mlp(copy.deepcopy(ours), False)
+    if "fused" in peers:
+        if mode != "infer":
+            raise UserError("--compare fused times fuse_for_inference's frozen copy: --mode infer only")
+        out[OWN_VARIANTS["fused"]] = fuse_for_inference(ours)
+    return out
 
 
 def _drop_path(model: nn.Module) -> float:
@@ -364,20 +381,25 @@ def run_dense_benchmark(
     ours = set_chunked_mlp(ours, fuse).to(dev)
     g = torch.Generator().manual_seed(0)
     say(f"building the peers: {', '.join(peers)}" if peers else "building the model")
+    others = _own_variants(ours, peers, mode)
     if task == "segmentation":
-        others = {p: transformers_upernet(ours).to(dev) for p in peers}
+        others.update({p: transformers_upernet(ours).to(dev) for p in peers if p not in OWN_VARIANTS})
         x = torch.randn(batch, 3, size, size, generator=g).to(dev)
         labels = torch.randint(0, ours.num_classes, (batch, size, size), generator=g).to(dev)
         with torch.inference_mode():
             ref = ours.eval()(x[:2])
             diffs = {"ours": 0.0}
-            diffs.update({p: _max_diff(m.eval()(pixel_values=x[:2]).logits, ref) for p, m in others.items()})
+            for p, m in others.items():
+                out = m.eval()(pixel_values=x[:2]).logits if p == "transformers" else m.eval()(x[:2])
+                diffs[p] = _max_diff(out, ref)
         checked = "logits"
         steps = {
             n: _seg_steps(n, m, x, labels, mode, dev, dtype) for n, m in {"ours": ours, **others}.items()
         }
     else:
-        others = {p: torchvision_detector(ours, name, head).to(dev) for p in peers}
+        others.update(
+            {p: torchvision_detector(ours, name, head).to(dev) for p in peers if p not in OWN_VARIANTS}
+        )
         masks = name.startswith("maskrcnn_")
         images, targets = _det_data(
             batch, size, ours.roi_heads.box_predictor.cls_score.out_features, masks, dev, g
@@ -394,6 +416,8 @@ def run_dense_benchmark(
 
     ours_note = "chunked MLP where faster (models/chunked_mlp.py)" if fuse else "plain ops"
     peer_notes = {
+        OWN_VARIANTS["plain"]: "our model, plain ops (no chunked MLP)",
+        OWN_VARIANTS["fused"]: "fuse_for_inference (folded layer scale, chunked MLP, channels_last)",
         "transformers": "UperNetForSemanticSegmentation, ConvNeXt backbone; infers the auxiliary head too",
         "torchvision": f"{'MaskRCNN' if name.startswith('maskrcnn_') else 'FasterRCNN'} over timm's ConvNeXt "
         "(features_only) + per-stage LayerNorm + FeaturePyramidNetwork",

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .base import ConvNeXtBase, Family
+from .chunked_mlp import _capturing
 from .layer_ids import LayerIds
 
 __all__ = ["ConvModule", "FCNHead", "UPerHead", "UperNet", "official_drop_path", "upernet_builder"]
@@ -57,6 +58,16 @@ def _resize(x: Tensor, size: Sequence[int]) -> Tensor:
     return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
 
 
+def _resize_inside(x: Tensor, size: Sequence[int]) -> Tensor:
+    """:func:`_resize` for a map the head adds or concatenates at once (so its layout goes no further): on
+    CPU from channels_last memory, where ATen's bilinear kernel vectorises over channels and is several times
+    faster than on (N, C, H, W) rows (BENCHMARKS.md, "Detection and segmentation"); the same values. Graph
+    capture (export, compile) records the plain op."""
+    if x.device.type == "cpu" and not _capturing():
+        x = x.contiguous(memory_format=torch.channels_last)
+    return _resize(x, size)
+
+
 class UPerHead(nn.Module):
     """Pyramid pooling on the last feature map, then an FPN that fuses all four at the first's resolution."""
 
@@ -82,14 +93,14 @@ class UPerHead(nn.Module):
 
     def forward(self, feats: Sequence[Tensor]) -> Tensor:
         top = feats[-1]
-        psp = [top] + [_resize(m(top), top.shape[2:]) for m in self.psp_modules]
+        psp = [top] + [_resize_inside(m(top), top.shape[2:]) for m in self.psp_modules]
         laterals = [conv(f) for conv, f in zip(self.lateral_convs, feats)]
         laterals.append(self.bottleneck(torch.cat(psp, 1)))
         for i in range(len(laterals) - 1, 0, -1):  # top-down: each level plus the coarser one upsampled
-            laterals[i - 1] = laterals[i - 1] + _resize(laterals[i], laterals[i - 1].shape[2:])
+            laterals[i - 1] = laterals[i - 1] + _resize_inside(laterals[i], laterals[i - 1].shape[2:])
         outs = [conv(x) for conv, x in zip(self.fpn_convs, laterals)] + [laterals[-1]]
         size = outs[0].shape[2:]
-        fused = self.fpn_bottleneck(torch.cat([outs[0]] + [_resize(o, size) for o in outs[1:]], 1))
+        fused = self.fpn_bottleneck(torch.cat([outs[0]] + [_resize_inside(o, size) for o in outs[1:]], 1))
         return self.conv_seg(self.dropout(fused))
 
 
