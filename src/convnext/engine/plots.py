@@ -93,11 +93,19 @@ def curves_figure(
     val_key, ema_key, caption = loss_basis(records, label_smoothing, mixup)
     smoothed = val_key.endswith("_smoothed")
     kind = "" if reconstruction else " (same smoothing)" if smoothed else " (plain CE)"
+    dense = metric[0] not in ("top1", None)  # segmentation, detection: the task's own loss
     if reconstruction:  # FCMAE pre-training: no classes, the loss is the masked patches' error
         val_key, ema_key = "val_loss", "ema_val_loss"
         caption = (
             "Loss: mean squared error on the masked patches (per-patch normalised pixels); train over each "
             "epoch's batches, val with fixed masks at the end of the epoch."
+        )
+    elif dense:
+        val_key, ema_key, kind = "val_loss", "ema_val_loss", ""
+        caption = (
+            "Loss: the model's training loss (a segmenter's pixel cross-entropy with its 0.4-weighted "
+            "auxiliary head, a detector's sum of RPN and RoI-head losses), mean over each epoch's batches; "
+            f"the second panel is the val {metric[1]}, percent."
         )
     for key, label, color in (
         ("train_loss", "train loss", "C0"),
@@ -107,7 +115,9 @@ def curves_figure(
         x, y = _series(records, key)
         if x:
             ax_loss.plot(x, y, label=label, color=color, **style)
-    ax_loss.set_ylabel("masked-patch MSE" if reconstruction else "cross-entropy")
+    ax_loss.set_ylabel(
+        "masked-patch MSE" if reconstruction else "training loss" if dense else "cross-entropy"
+    )
     ax_loss.set_title("loss")
 
     key, name = metric

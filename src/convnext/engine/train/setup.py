@@ -110,6 +110,8 @@ def describe_run(cfg: TrainConfig, proc: Process, data: Data, trainer: Trainer) 
         else ""
     )
     classes = f"{len(data.classes)} classes, " if task_of(cfg).labels else "labels unused, "
+    if data.classes[:1] == ["__background__"]:  # a detector's labels count the background (label 0)
+        classes = f"{len(data.classes) - 1} classes + the background, "
     return (
         f"{describe_model(cfg, trainer.model)}, {classes}{data.n_train} train / "
         f"{data.n_val} val images, {proc.world} process(es) on {proc.device.type}; effective batch "
