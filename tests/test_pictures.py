@@ -288,3 +288,17 @@ def test_tick_names_keep_full_names_when_first_names_collide() -> None:
     assert shown == ["tench", f"crane #{cranes[0]}", f"crane #{cranes[1]}"]
     shown = tick_names(["cat, kitty", "cat, lion", "dog"], [0, 1, 2])
     assert shown == ["cat, kitty", "cat, lion", "dog"]
+
+
+def test_curves_of_a_segmenter_plot_its_miou_and_name_its_loss() -> None:
+    """A dense run's records carry val_miou / val_map, not top-1: the second panel plots them (and marks
+    the best), the loss panel says it is the task's own loss, not a smoothed cross-entropy."""
+    recs = [
+        {"epoch": e, "train_loss": 2.0 / e, "lr": 1e-3, "val_miou": 10.0 * e, "val_macc": 12.0 * e}
+        for e in (1, 2, 3)
+    ]
+    fig = curves_figure(recs, num_classes=11, label_smoothing=0.0, mixup=False, metric=("miou", "mIoU"))
+    loss, acc, _ = fig.axes
+    assert _lines(acc) == {"val mIoU": [10.0, 20.0, 30.0]} and "mIoU" in acc.get_title()
+    assert loss.get_ylabel() == "training loss"
+    assert not any("smoothing" in t for t in _texts(fig))
