@@ -36,7 +36,7 @@ from ..errors import UserError
 from ..models import build_model, fuse_for_inference, get_variant, set_chunked_mlp
 from ..models.profile import count_params
 from .models import adamw
-from .timing import device_name, interleaved_rounds, measure_memory, ratio_of_medians, ratio_spread
+from .timing import device_name, measure_memory, ratio_of_medians, ratio_spread, time_call
 
 TASKS = ("segmentation", "detection")
 DENSE_PEERS = {"segmentation": ("transformers",), "detection": ("torchvision",)}
@@ -458,11 +458,10 @@ def _time(
         memory[c.name], mem_method = measure_memory(c.step, dev)
     if tuned_malloc and dev.type == "cpu":
         tune_cpu_allocator()
-    noop = lambda: None  # noqa: E731  (no matmul peak here: the figure is the ratio)
-    rounds = interleaved_rounds({c.name: c.step for c in contestants}, {}, noop, dev, repeats, say)
+    times_of = _rotated_rounds(contestants, dev, repeats, say)
     results = []
     for c in contestants:
-        times = rounds.times[c.name]
+        times = times_of[c.name]
         res = {
             "name": c.name,
             "images_per_s": batch / statistics.median(times),
@@ -473,8 +472,8 @@ def _time(
             "note": c.note,
         }
         if c.name != "ours":
-            res["ours_speedup"] = ratio_of_medians(times, rounds.times["ours"])
-            res["ours_speedup_range"] = ratio_spread(times, rounds.times["ours"])
+            res["ours_speedup"] = ratio_of_medians(times, times_of["ours"])
+            res["ours_speedup_range"] = ratio_spread(times, times_of["ours"])
         results.append(res)
     return {
         "task": task, "model": name, "mode": mode, "batch_size": batch, "img_size": size, "device": str(dev),
@@ -483,6 +482,21 @@ def _time(
         "malloc": "tuned" if allocator_tuned() else "default", "params_m": count_params(ours) / 1e6,
         "checked": checked, "memory_method": mem_method, "results": results,
     }  # fmt: skip
+
+
+def _rotated_rounds(
+    contestants: list[DenseContestant], dev: torch.device, repeats: int, say: Callable[[str], None]
+) -> dict[str, list[float]]:
+    """Seconds per step over ``repeats`` rounds, every contestant once per round, the order rotated by one
+    each round, so that whatever a place in the round costs (the first call after another model's, a load
+    that changes over a step of seconds) falls on every contestant alike rather than on ours."""
+    times: dict[str, list[float]] = {c.name: [] for c in contestants}
+    for r in range(repeats):
+        say(f"round {r + 1}/{repeats}")
+        k = r % len(contestants)
+        for c in contestants[k:] + contestants[:k]:
+            times[c.name].append(time_call(c.step, dev))
+    return times
 
 
 def _versions(names: list[str]) -> dict[str, str]:
