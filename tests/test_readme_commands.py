@@ -197,6 +197,17 @@ RULES: tuple[Rule, ...] = (
     ),
     Rule(r"data\.root='pipe:cat my_data_shards/", AGAIN),  # the shards' train line with a folder runs in CI
     Rule(
+        r"^convnext evaluate --weights runs/quickstart_segmentation ",
+        "trains the quickstart's run folder first (one epoch of 16 scenes) and starts torch again: "
+        "tests/test_segmentation_train.py evaluates a segmentation run folder in CI",
+    ),
+    Rule(
+        r"^convnext evaluate --weights runs/upernet_convnext_",
+        "reads the run folder of a 160k-iteration ADE20K training on 8 GPUs (tests/test_segmentation_train.py "
+        "evaluates a run folder with --flip, under torchrun too)",
+        kind="skip",
+    ),
+    Rule(
         r"^convnext evaluate --weights runs/maskrcnn_convnext_",
         "reads the run folder of a 36-epoch COCO training on 8 GPUs (tests/test_detection_train.py evaluates "
         "a detection run folder the same way, against pycocotools)",
@@ -313,12 +324,31 @@ def _data(work: Path) -> None:
     for c in ("accordion", "airplanes"):
         for i in range(5):
             _image(work / "data" / "caltech101" / "101_ObjectCategories" / c / f"image_{i:04d}.jpg", i, 16)
+    _segmentation_folders(work)
     rng = np.random.default_rng(0)
     for prefix, n in (("train", 6), ("t10k", 4)):
         _idx_gz(
             work / "Downloads" / "mnist" / f"{prefix}-images-idx3-ubyte.gz", rng.integers(0, 256, (n, 28, 28))
         )
         _idx_gz(work / "Downloads" / "mnist" / f"{prefix}-labels-idx1-ubyte.gz", np.arange(n) % 3)
+
+
+def _segmentation_folders(work: Path) -> None:
+    """my_masks/ (images + PNG masks + classes.txt) and data/ADEChallengeData2016/, two images a split."""
+    from PIL import Image
+
+    layouts = (
+        ("my_masks", "masks", {"train": "train", "val": "val"}),
+        ("data/ADEChallengeData2016", "annotations", {"train": "training", "val": "validation"}),
+    )
+    for i, (root, masks, splits) in enumerate(layouts):
+        for split in splits.values():
+            for k in range(2):
+                _image(work / root / "images" / split / f"{k}.jpg", 300 + 10 * i + k)
+                (work / root / masks / split).mkdir(parents=True, exist_ok=True)
+                mask = np.random.default_rng(k).integers(0, 3, (40, 40), dtype=np.uint8)
+                Image.fromarray(mask).save(work / root / masks / split / f"{k}.png")
+    (work / "my_masks" / "classes.txt").write_text("sky\nroad\ncar\n")
 
 
 def _tiny_state_dict() -> dict[str, torch.Tensor]:
@@ -504,6 +534,13 @@ def _tiny_run(work: Path) -> None:
 def _detection_run(work: Path) -> None:
     """The detector run folder `convnext evaluate` reads: quickstart_detection, one step on 8 scenes."""
     args = ["--config", "quickstart_detection", "epochs=1", "model.pretrained=null", "data.scenes=[8, 4]"]
+    _train(work, [*args, "schedule.warmup_epochs=0", "run.loggers=[]"])
+
+
+@_artefact(_READS + r"runs/quickstart_segmentation\b")
+def _segmentation_run(work: Path) -> None:
+    """The segmenter run folder `convnext evaluate` reads: quickstart_segmentation, one epoch of 16 scenes."""
+    args = ["--config", "quickstart_segmentation", "epochs=1", "data.scenes=[16, 4]", "train.batch_size=8"]
     _train(work, [*args, "schedule.warmup_epochs=0", "run.loggers=[]"])
 
 
