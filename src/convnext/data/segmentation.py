@@ -42,20 +42,18 @@ _ADE_SPLITS = {"train": "training", "val": "validation"}
 
 JointTransform = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
 
+# (the readers ade20k, segmentation_folder and digit_scenes_seg are reached through data/catalog.py)
 __all__ = [
     "IGNORE_INDEX",
     "DigitScenesSeg",
     "SegEvalTransform",
     "SegTrainTransform",
     "SegmentationFiles",
-    "ade20k",
     "ade20k_names",
-    "digit_scenes_seg",
     "list_collate",
     "normalize",
     "reduce_zero_label",
     "rescale_size",
-    "segmentation_folder",
 ]
 
 
