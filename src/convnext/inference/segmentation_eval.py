@@ -173,9 +173,9 @@ def evaluate_segmentation_weights(
     progress: bool = False,
 ) -> SegEvaluation:
     """Load ``weights`` (a segmentation model) and evaluate it on ``data`` or the run's validation split.
-    ``img_size``: the test scale's short side (long side 4x, mmseg's (2048, 512) shape), default the
-    run's ``data.seg_scale`` or (2048, 512); ``slide``: mmseg's sliding windows of the training crop
-    (``data.img_size``) every 2/3 of it (the official 512 / 341)."""
+    ``img_size``: the test scale's short side (the long side four times it, as mmseg's (2048, 512)),
+    default the run's ``data.seg_scale`` or (2048, 512); ``slide``: mmseg's sliding windows of the training
+    crop (``data.img_size``) every 2/3 of it (the official 512 / 341)."""
     from .. import dist
     from ..data import build_dataset, build_loader
     from ..data.segmentation import SegEvalTransform, list_collate
