@@ -96,6 +96,21 @@ def test_run_records_miou_and_the_best_checkpoint(straight: Path) -> None:
     assert any(k.startswith("auxiliary_head.") for k in ckpt["model"])
 
 
+def test_evaluate_a_run_folder_repeats_its_best_epoch(straight: Path, tmp_path: Path) -> None:
+    """`convnext evaluate --weights RUN` (best.pth, the run's own val split and test scale, its class names)
+    gives the mIoU / mAcc / aAcc the run recorded for its best epoch."""
+    from convnext.cli.main import main
+
+    out = tmp_path / "m.json"
+    assert main(["evaluate", "--weights", str(straight), "--workers", "0", "--json", str(out)]) == 0
+    got = json.loads(out.read_text())
+    best = load_train_checkpoint(straight / "checkpoints" / "best.pth")
+    record = next(m for m in read_metrics(straight) if m["epoch"] == best["best_epoch"])
+    assert got["n"] == 8 and got["per_class"][0]["class"] == "background"
+    for key, mine in (("mIoU", "val_miou"), ("mAcc", "val_macc"), ("aAcc", "val_aacc")):
+        assert got[key] == pytest.approx(record[mine], abs=1e-3), key
+
+
 @pytest.mark.parametrize("workers", [0, 2])
 def test_preempted_mid_epoch_then_resumed_equals_straight(
     straight: Path, tmp_path: Path, workers: int
