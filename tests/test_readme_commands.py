@@ -203,8 +203,8 @@ RULES: tuple[Rule, ...] = (
     ),
     Rule(
         r"^convnext evaluate --weights runs/upernet_convnext_",
-        "reads the run folder of a 160k-iteration ADE20K training on 8 GPUs (tests/test_segmentation_train.py "
-        "evaluates a run folder with --flip, under torchrun too)",
+        "reads the run folder of a 160k-iteration ADE20K training on 8 GPUs "
+        "(tests/test_segmentation_train.py evaluates a run folder with --flip, under torchrun too)",
         kind="skip",
     ),
     Rule(

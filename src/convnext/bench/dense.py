@@ -132,7 +132,7 @@ def transformers_upernet(ours: nn.Module) -> nn.Module:
     from ..weights.upernet import HF_UPERNET, upernet_from_ours
 
     bb, head, aux = ours.backbone, ours.decode_head, ours.auxiliary_head
-    v2 = ours.family == "v2"
+    v2 = bb.use_grn  # ConvNeXt V2: transformers' ConvNextV2 backbone (GRN, no layer scale)
     backbone_cfg = (ConvNextV2Config if v2 else ConvNextConfig)(
         depths=[len(s) for s in bb.stages],
         hidden_sizes=bb.feature_info.channels(),
