@@ -243,3 +243,14 @@ def epoch_iterator(loader: DataLoader, seed: int, epoch: int, skip: int = 0) -> 
     if hasattr(sampler, "set_epoch"):
         sampler.set_epoch(epoch)
     return itertools.islice(iter(loader), skip, None)
+
+
+def close_loader(loader: Any) -> None:
+    """Stop ``loader``'s worker processes now. Persistent workers otherwise live as long as the loader's
+    iterator; when something still holds it at interpreter exit, multiprocessing stops its children with
+    SIGTERM, which the workers ignore (:func:`seed_worker`: a scheduler signals the whole group), and waits
+    for them forever. torch has no public call for this: its iterator's own shutdown is used."""
+    it = getattr(loader, "_iterator", None)
+    shutdown = getattr(it, "_shutdown_workers", None)
+    if callable(shutdown):
+        shutdown()

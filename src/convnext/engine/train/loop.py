@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from ... import dist
+from ...data.loader import close_loader
 from ...messages import cli_verb
 from ...recipe import TrainConfig, check_run_dir, dump_yaml, to_dict
 from ..checkpoint import CheckpointManager, is_epoch_end, rng_state, set_rng_state, train_state
@@ -144,6 +145,8 @@ def _train(
         raise
     finally:
         run.stop.restore()
+        close_loader(data.train_loader)  # the workers end with the run, not at interpreter exit
+        close_loader(data.val_loader)
     return _finish(
         run_dir,
         proc,
