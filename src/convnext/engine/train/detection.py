@@ -26,7 +26,6 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from ... import dist
 from ...errors import UserError
 from ...recipe import TrainConfig
 from ...recipe.schema import ModelConfig
@@ -74,8 +73,8 @@ def build_detector(cfg: TrainConfig, num_classes: int, resume_state: dict | None
 def build_detection_data(cfg: TrainConfig, ckpt: dict | None, ckpt_path: Path | None, accum: int) -> Data:
     """COCO-layout or digit-scene loaders (lists of images and targets, data/coco.py); the classes are
     ``["__background__", *category names]``, one per label."""
-    from ...data import build_loader
     from ...data.coco import build_detection_dataset, collate
+    from .setup import loaders
 
     masks = has_masks(cfg)
     train_ds = build_detection_dataset(cfg.data, cfg.data.train_split, train=True, masks=masks)
@@ -93,34 +92,10 @@ def build_detection_data(cfg: TrainConfig, ckpt: dict | None, ckpt_path: Path | 
             f"config key model.num_classes is {cfg.model.num_classes} but the dataset has "
             f"{len(classes) - 1} categories (+ the background: {len(classes)} labels)"
         )
-    if ckpt is not None and ckpt.get("class_names") and list(ckpt["class_names"]) != classes:
-        raise UserError(
-            f"checkpoint {ckpt_path} was trained on other categories than data.root={cfg.data.root!r}"
-        )
-    kw = {"cfg": cfg.data, "seed": cfg.seed, "distributed": dist.is_dist(), "collate_fn": collate}
-    train_loader = build_loader(train_ds, cfg.train.batch_size, train=True, **kw)
-    val_loader = None
-    if val_ds is not None:
-        val_loader = build_loader(
-            val_ds, cfg.train.eval_batch_size or 2 * cfg.train.batch_size, train=False, **kw
-        )
-    steps_per_epoch = len(train_loader) // accum
-    if steps_per_epoch == 0:
-        raise UserError(
-            f"train.batch_size={cfg.train.batch_size} x train.accum_steps={accum} is more than the "
-            f"{len(train_ds)} training images allow for one optimizer step"
-        )
-    return Data(
-        train_loader=train_loader,
-        val_loader=val_loader,
-        finish=None,
-        mixup=None,
-        classes=classes,
-        n_train=len(train_ds),
-        n_val=len(val_ds) if val_ds is not None else 0,
-        steps_per_epoch=steps_per_epoch,
+    return loaders(
+        cfg, train_ds, val_ds, classes, (ckpt, ckpt_path), accum, what="categories", collate_fn=collate,
         num_classes=len(classes),
-    )
+    )  # fmt: skip
 
 
 def detection_batch(run: Run, images: Any, targets: Any) -> tuple[list[torch.Tensor], list[dict], int]:

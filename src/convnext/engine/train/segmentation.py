@@ -91,8 +91,9 @@ def build_segmenter(cfg: TrainConfig, num_classes: int, resume_state: dict | Non
 def build_segmentation_data(cfg: TrainConfig, ckpt: dict | None, ckpt_path: Path | None, accum: int) -> Data:
     """Train: the mmseg pipeline's crops (stacked); val: each image and mask as read (lists), the model's
     input resized by the evaluation."""
-    from ...data import build_dataset, build_loader
+    from ...data import build_dataset
     from ...data.segmentation import SegEvalTransform, SegTrainTransform, list_collate
+    from .setup import loaders
 
     d = cfg.data
     train_ds = build_dataset(d, d.train_split, SegTrainTransform(d))
@@ -104,30 +105,10 @@ def build_segmentation_data(cfg: TrainConfig, ckpt: dict | None, ckpt_path: Path
             f"config key model.num_classes is {num_classes} but dataset {d.dataset} has "
             f"{len(classes)} classes"
         )
-    if ckpt is not None and ckpt.get("class_names") and list(ckpt["class_names"]) != classes:
-        raise UserError(f"checkpoint {ckpt_path} was trained on other classes than data.root={d.root!r}")
-    kw = {"cfg": d, "seed": cfg.seed, "distributed": dist.is_dist()}
-    train_loader = build_loader(train_ds, cfg.train.batch_size, train=True, **kw)
-    val_loader = None
-    if val_ds is not None:
-        batch = cfg.train.eval_batch_size or cfg.train.batch_size
-        val_loader = build_loader(val_ds, batch, train=False, collate_fn=list_collate, **kw)
-    steps_per_epoch = len(train_loader) // accum
-    if steps_per_epoch == 0:
-        raise UserError(
-            f"train.batch_size={cfg.train.batch_size} x train.accum_steps={accum} is more than the "
-            f"{len(train_ds)} training images allow for one optimizer step"
-        )
-    return Data(
-        train_loader=train_loader,
-        val_loader=val_loader,
-        finish=None,
-        mixup=None,
-        classes=classes,
-        n_train=len(train_ds),
-        n_val=len(val_ds) if val_ds is not None else 0,
-        steps_per_epoch=steps_per_epoch,
-    )
+    return loaders(
+        cfg, train_ds, val_ds, classes, (ckpt, ckpt_path), accum, val_collate_fn=list_collate,
+        val_batch=cfg.train.batch_size,
+    )  # fmt: skip
 
 
 def prepare_batch(run: Run, images: Tensor, masks: Tensor) -> tuple[Tensor, Tensor, int]:

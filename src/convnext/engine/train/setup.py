@@ -176,7 +176,6 @@ def build_data(cfg: TrainConfig, ckpt: dict | None, ckpt_path: Path | None, accu
         BatchFinish,
         build_dataset,
         build_eval_transform,
-        build_loader,
         build_mixup_cutmix,
         build_train_transform,
     )
@@ -203,17 +202,50 @@ def build_data(cfg: TrainConfig, ckpt: dict | None, ckpt_path: Path | None, accu
         raise UserError(
             f"config key model.num_classes is {num_classes} but the dataset has {len(classes)} classes"
         )
+    return loaders(
+        cfg,
+        train_ds,
+        val_ds,
+        classes,
+        (ckpt, ckpt_path),
+        accum,
+        finish=BatchFinish(cfg.data) if on_device else None,
+        mixup=build_mixup_cutmix(cfg.data, num_classes) if labels else None,
+    )
+
+
+def loaders(
+    cfg: TrainConfig,
+    train_ds: Any,
+    val_ds: Any | None,
+    classes: list[str],
+    checkpoint: tuple[dict | None, Path | None],
+    accum: int,
+    *,
+    what: str = "classes",
+    collate_fn: Callable | None = None,
+    val_collate_fn: Callable | None = None,
+    val_batch: int | None = None,
+    finish: Any = None,
+    mixup: Any = None,
+    num_classes: int | None = None,
+) -> Data:
+    """What every task's ``build_data`` ends with, once: the resumed checkpoint's class names against the
+    data's (``what`` names them in the sentence), the seeded loaders (val batch: ``train.eval_batch_size``,
+    else ``val_batch``, else twice the train batch) and at least one optimizer step per epoch."""
+    from ...data import build_loader
+
+    ckpt, ckpt_path = checkpoint
     if ckpt is not None and ckpt.get("class_names") and list(ckpt["class_names"]) != classes:
         raise UserError(
-            f"checkpoint {ckpt_path} was trained on other classes than data.root={cfg.data.root!r}"
+            f"checkpoint {ckpt_path} was trained on other {what} than data.root={cfg.data.root!r}"
         )
     kw = {"cfg": cfg.data, "seed": cfg.seed, "distributed": dist.is_dist()}
-    train_loader = build_loader(train_ds, cfg.train.batch_size, train=True, **kw)
+    train_loader = build_loader(train_ds, cfg.train.batch_size, train=True, collate_fn=collate_fn, **kw)
     val_loader = None
     if val_ds is not None:
-        val_loader = build_loader(
-            val_ds, cfg.train.eval_batch_size or 2 * cfg.train.batch_size, train=False, **kw
-        )
+        batch = cfg.train.eval_batch_size or val_batch or 2 * cfg.train.batch_size
+        val_loader = build_loader(val_ds, batch, train=False, collate_fn=val_collate_fn or collate_fn, **kw)
     steps_per_epoch = len(train_loader) // accum
     if steps_per_epoch == 0:
         raise UserError(
@@ -223,12 +255,13 @@ def build_data(cfg: TrainConfig, ckpt: dict | None, ckpt_path: Path | None, accu
     return Data(
         train_loader=train_loader,
         val_loader=val_loader,
-        finish=BatchFinish(cfg.data) if on_device else None,
-        mixup=build_mixup_cutmix(cfg.data, num_classes) if labels else None,
+        finish=finish,
+        mixup=mixup,
         classes=classes,
         n_train=len(train_ds),
         n_val=len(val_ds) if val_ds is not None else 0,
         steps_per_epoch=steps_per_epoch,
+        num_classes=num_classes,
     )
 
 
