@@ -302,6 +302,28 @@ def test_step_schedule_is_mmdets() -> None:
     assert f == pytest.approx([0.0, 0.8, 1.0, 1.0, 0.1, 0.1, 0.01, 0.01])
 
 
+def test_warmup_ratio_is_mmcvs_linear_warmup() -> None:
+    """mmcv's ``warmup='linear'``: lr = regular_lr * (1 - (1 - i / warmup_iters) * (1 - warmup_ratio)); the
+    official Mask R-CNN configs start at 0.001 x the lr, the UperNet ones at 1e-6 x."""
+    from convnext.engine.schedule import lr_factor
+
+    def mmcv(i: int, regular: float, warmup_iters: int, ratio: float) -> float:
+        return regular * (1 - (1 - i / warmup_iters) * (1 - ratio))
+
+    kw = {"total_steps": 360, "warmup_steps": 500, "base_lr": 1e-4, "min_lr": 0.0}
+    for i in (0, 1, 250, 499, 500):
+        step = lr_factor(i, name="step", milestones=(800,), warmup_ratio=0.001, **{**kw, "total_steps": 900})
+        assert step == pytest.approx(mmcv(i, 1.0, 500, 0.001) if i < 500 else 1.0)
+        poly = lr_factor(i, name="poly", warmup_ratio=1e-6, **{**kw, "total_steps": 1000})
+        assert poly == pytest.approx(mmcv(i, 1 - i / 1000, 500, 1e-6) if i < 500 else 1 - i / 1000)
+    assert lr_factor(0, name="step", warmup_ratio=0.001, **kw) == pytest.approx(0.001)
+    assert load_config("maskrcnn_convnext_tiny_coco_3x", check_paths=False).schedule.warmup_ratio == 0.001
+    assert load_config("upernet_convnext_tiny_ade20k_160k", check_paths=False).schedule.warmup_ratio == 1e-6
+    assert load_config("quickstart_detection", check_paths=False).schedule.warmup_ratio == 0.0
+    with pytest.raises(UserError, match="schedule.warmup_ratio"):
+        load_config("quickstart_detection", ["schedule.warmup_ratio=2"], check_paths=False)
+
+
 def test_labels_map_to_category_ids_by_name_else_by_order(tmp_path: Path) -> None:
     """A checkpoint's names pick the categories; without names K + 1 labels are the categories in id order
     (ours, mmdet's) and any other count the ids themselves (torchvision's 91 COCO labels)."""

@@ -38,7 +38,8 @@ class OptimConfig:
 @dataclass
 class ScheduleConfig:
     name: str = "cosine"  # cosine | constant | poly (segmentation's: linear decay to min_lr) | step (mmdet's)
-    warmup_epochs: float = 20.0  # linear warmup from 0, stepped per optimizer step
+    warmup_epochs: float = 20.0  # linear warmup, stepped per optimizer step
+    warmup_ratio: float = 0.0  # the warmup's first lr / the peak (mmcv's warmup_ratio; the official code: 0)
     min_lr: float = 1e-6  # cosine floor
     milestones: list[float] = field(default_factory=list)  # step: epochs at which the lr is x gamma
     gamma: float = 0.1  # step: the factor at each milestone

@@ -346,6 +346,7 @@ def _validate_optim(cfg: TrainConfig, model: Any) -> None:
         s.warmup_epochs,
     )
     _check(s.min_lr >= 0, "schedule.min_lr", "must be >= 0", s.min_lr)
+    _check(0 <= s.warmup_ratio <= 1, "schedule.warmup_ratio", "must be in [0, 1]", s.warmup_ratio)
     if s.name == "step":
         ms = list(s.milestones)
         ok = bool(ms) and ms == sorted(ms) and all(0 < m <= cfg.epochs for m in ms)

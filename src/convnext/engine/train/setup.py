@@ -303,6 +303,7 @@ def build_trainer(cfg: TrainConfig, proc: Process, data: Data, resume_state: dic
         name=cfg.schedule.name,
         milestones=tuple(round(e * steps_per_epoch) for e in cfg.schedule.milestones),
         gamma=cfg.schedule.gamma,
+        warmup_ratio=cfg.schedule.warmup_ratio,
     )
     ddp = None
     train_model: nn.Module = model
