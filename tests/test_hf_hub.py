@@ -84,6 +84,23 @@ def _transformers_repo(tmp: Path, v2: bool, seed: int, names: list[str]) -> tupl
     return model, _files(folder)
 
 
+def _upernet_repo(tmp: Path) -> tuple[nn.Module, dict]:
+    """transformers' UperNet on a ConvNeXt-atto (as ``openmmlab/upernet-convnext-*``), narrow heads."""
+    backbone = tr.ConvNextConfig(
+        depths=DEPTHS, hidden_sizes=SIZES, out_features=["stage1", "stage2", "stage3", "stage4"],
+        layer_scale_init_value=1.0,
+    )  # fmt: skip
+    cfg = tr.UperNetConfig(
+        backbone_config=backbone, hidden_size=16, auxiliary_channels=8, num_labels=3,
+        id2label=dict(enumerate(["wall", "floor", "sky"])),
+    )  # fmt: skip
+    torch.manual_seed(4)
+    model = randomize_(tr.UperNetForSemanticSegmentation(cfg), 4)
+    folder = tmp / "upernet"
+    model.save_pretrained(folder)
+    return model, _files(folder)
+
+
 def _timm_repo(tmp: Path) -> tuple[nn.Module, dict]:
     model = randomize_(timm.create_model("convnext_atto", num_classes=3), 2)
     folder = tmp / "timm"
@@ -156,7 +173,13 @@ def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     old, old_files = _transformers_repo(tmp, v2=False, seed=1, names=["old_a", "old_b", "old_c"])
     v2, v2_files = _transformers_repo(tmp, v2=True, seed=3, names=HF_NAMES)
     tm, tm_files = _timm_repo(tmp)
+    up, up_files = _upernet_repo(tmp)
     repos = {
+        "acme/upernet-convnext-atto": {"refs": {"main": MAIN}, MAIN: up_files},
+        "acme/upernet-swin": {
+            "refs": {"main": MAIN},
+            MAIN: {"config.json": b'{"model_type": "upernet", "backbone_config": {"model_type": "swin"}}'},
+        },
         "acme/convnext-atto": {"refs": {"main": MAIN, "v1": V1}, MAIN: v1_files, V1: old_files},
         "acme/convnextv2-atto": {"refs": {"main": MAIN}, MAIN: v2_files},
         "timm/convnext_atto.test": {"refs": {"main": MAIN}, MAIN: tm_files},
@@ -176,6 +199,7 @@ def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
         "hf-hub:acme/convnext-atto", "hf-hub:acme/convnext-atto@v1", "hf-hub:acme/convnextv2-atto",
         "hf-hub:timm/convnext_atto.test", "hf-hub:acme/missing", "hf-hub:acme/convnext-atto@v9",
         "hf-hub:acme/vit", "hf-hub:acme/readme-only", "hf-hub:acme/unknown-variant",
+        "hf-hub:acme/upernet-convnext-atto", "hf-hub:acme/upernet-swin",
     ]  # fmt: skip
     script = (
         "import json, sys\n"
@@ -193,7 +217,7 @@ def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     assert r.returncode == 0, r.stderr
     online = json.loads(r.stdout.strip().splitlines()[-1])
     yield {"cache": cache, "server": server, "online": online, "endpoint": endpoint,
-           "v1": v1, "old": old, "v2": v2, "timm": tm}  # fmt: skip
+           "v1": v1, "old": old, "v2": v2, "timm": tm, "upernet": up}  # fmt: skip
     server.shutdown()
 
 
@@ -282,6 +306,31 @@ def test_create_model_with_the_repo_as_name_like_timm(offline: dict) -> None:
     fresh = convnext.create_model("hf-hub:timm/convnext_atto.test", num_classes=7)  # timm: no weights
     assert type(fresh).__name__ == type(model).__name__ and fresh.head.out_features == 7
     assert fresh.downsample_layers[0][0].weight.shape == (40, 3, 4, 4) and len(fresh.stages[2]) == 6  # atto
+
+
+def test_transformers_upernet_repo_by_name_and_as_weights(offline: dict) -> None:
+    """A transformers UperNet repo (``openmmlab/upernet-convnext-*``'s layout): ``create_model`` with the
+    repo as name builds ``upernet_<backbone>`` from its config and gives transformers' per-pixel logits and
+    the repo's class names; a UperNet on another backbone is one sentence."""
+    assert offline["online"]["hf-hub:acme/upernet-swin"].startswith("error: hf-hub:acme/upernet-swin is a ")
+    assert "UperNet on a 'swin' backbone, not a ConvNeXt" in offline["online"]["hf-hub:acme/upernet-swin"]
+    model = convnext.create_model("hf-hub:acme/upernet-convnext-atto", pretrained=True).eval()
+    assert type(model).__name__ == "UperNet" and model.pretrained_info.class_names == ["wall", "floor", "sky"]
+    x = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        ref = offline["upernet"](pixel_values=x).logits
+        torch.testing.assert_close(model(x), ref, rtol=1e-4, atol=1e-4)
+        named = convnext.create_model("upernet_convnext_atto", pretrained="hf-hub:acme/upernet-convnext-atto")
+        torch.testing.assert_close(named.eval()(x), ref, rtol=1e-4, atol=1e-4)
+    # what predict / evaluate / export / serve load (`--weights hf-hub:...`, no --model): the segmenter
+    from convnext.inference.dense import dense_task, load_dense
+
+    assert dense_task("hf-hub:acme/upernet-convnext-atto", None) == "segmentation"
+    assert dense_task("hf-hub:acme/convnext-atto", None) is None  # a classifier repo
+    loaded = load_dense("hf-hub:acme/upernet-convnext-atto")
+    assert (loaded.arch, loaded.names) == ("upernet_convnext_atto", ["wall", "floor", "sky"])
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.model(x), ref, rtol=1e-4, atol=1e-4)
 
 
 def test_revision_tag_and_commit_resolve_offline(offline: dict) -> None:

@@ -151,8 +151,9 @@ def _run_arch(run_dir: Path) -> str | None:
 
 def dense_task(weights: str | None, model_name: str | None) -> str | None:
     """``segmentation`` or ``detection`` when ``--model`` or the weights are a dense model's (model name,
-    training run's recipe, exported file's metadata, a checkpoint's tensor names), else None: a classifier.
-    Cheap: no weights are loaded."""
+    training run's recipe, exported file's metadata, a checkpoint's tensor names, a Hub repo's config), else
+    None: a classifier. Cheap: no weights are loaded (a Hub repo is fetched into the cache, as loading
+    would be)."""
     if model_name:
         return task_of_arch(model_name.partition(".")[0])
     if not weights:
@@ -161,9 +162,10 @@ def dense_task(weights: str | None, model_name: str | None) -> str | None:
         return task_of_arch(exported_arch(weights))
     from ..weights.detection import is_detection
     from ..weights.fetch import is_run_dir
+    from ..weights.hf_hub import download, is_hub
     from ..weights.upernet import is_upernet
 
-    p = Path(str(weights)).expanduser()
+    p = download(str(weights)) if is_hub(weights) else Path(str(weights)).expanduser()  # a Hub repo: a folder
     if p.is_dir():
         if is_run_dir(p):
             return task_of_arch(_run_arch(p))

@@ -64,6 +64,14 @@ def _kind(config: Path, name: str) -> str:
     if not isinstance(cfg, dict):
         cfg = {}
     model_type, arch = cfg.get("model_type"), cfg.get("architecture")
+    if model_type == "upernet":  # transformers' UperNetForSemanticSegmentation: its backbone decides
+        backbone = cfg.get("backbone_config")
+        inner = backbone.get("model_type") if isinstance(backbone, dict) else None
+        if isinstance(inner, str) and "convnext" in inner:
+            return "transformers"
+        raise UserError(
+            f"{name} is a transformers UperNet on a {inner or 'named'!r} backbone, not a ConvNeXt"
+        )
     if isinstance(model_type, str):  # transformers: convnext, convnextv2 (dinov3_convnext: DINOv3's)
         if "convnext" in model_type:
             return "transformers"
@@ -152,11 +160,19 @@ def download(src: str) -> Path:
 
 def architecture(src: str) -> str:
     """Our name for the architecture a Hub repo holds (timm's ``create_model("hf-hub:ORG/NAME")``): timm's
-    config.json names it; a transformers config by its depths and widths (the plain variant of them)."""
+    config.json names it; a transformers config by its depths and widths (the plain variant of them), a
+    transformers UperNet (``openmmlab/upernet-convnext-*``) as ``upernet_`` + its backbone's."""
     folder = download(src)
     cfg = json.loads((folder / CONFIG).read_text())
     if isinstance(cfg.get("architecture"), str):  # timm's; download checked that we build it
         return cfg["architecture"]
+    if cfg.get("model_type") == "upernet":
+        return "upernet_" + _variant(cfg["backbone_config"], src)
+    return _variant(cfg, src)
+
+
+def _variant(cfg: dict, src: str) -> str:
+    """The plain variant of a transformers ConvNeXt config's family, depths and widths."""
     from ..models.factory import VARIANTS
 
     family = "v2" if cfg.get("model_type") == "convnextv2" else "v1"
