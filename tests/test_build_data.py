@@ -38,3 +38,32 @@ def test_resuming_on_other_classes_is_one_sentence(task: str, tmp_path: Path) ->
     with pytest.raises(UserError, match=f"checkpoint {tmp_path}/last.pth was trained on other {what} than"):
         build_data(cfg, ckpt, tmp_path / "last.pth", 1)
 
+
+@pytest.mark.parametrize(
+    ("task", "override", "text"),
+    [
+        (
+            "segmentation",
+            "data.digit_size=[40, 30]",
+            r"data.digit_size=\[40, 30\]: the digits' side must lie in",
+        ),
+        ("detection", "data.scene_digits=0", "data.scene_digits=0: a scene holds at least one digit"),
+    ],
+)
+def test_digit_scene_options_are_one_sentence(task: str, override: str, text: str) -> None:
+    recipe, overrides, _ = TASKS[task]
+    with pytest.raises(UserError, match=text):
+        build_data(load_config(recipe, [*overrides, override]), None, None, 1)
+
+
+def test_digit_size_and_count_shape_the_scenes() -> None:
+    from convnext.data.digit_scenes import digit_scene
+
+    counts = set()
+    for i in range(40):
+        _, digits = digit_scene(i, size=64, max_digits=2, digit_size=(24, 30))
+        counts.add(len(digits))
+        for d in digits:  # the ink's box lies inside the digit's square of 24-30 px
+            assert d.box[2] - d.box[0] <= 30 and d.box[3] - d.box[1] <= 30
+            assert max(d.box[2] - d.box[0], d.box[3] - d.box[1]) >= 12
+    assert counts == {1, 2}

@@ -212,12 +212,19 @@ class DigitScenes(_Detection):
         seed: int = 0,
         masks: bool = True,
         transform: v2.Transform | None = None,
+        max_digits: int = 4,
+        digit_size: tuple[int, int] | None = None,
     ) -> None:
-        from .digit_scenes import DIGIT_CLASSES
+        from .digit_scenes import DIGIT_CLASSES, check_scene_options
 
         if split not in ("train", "val"):
             raise UserError(f"digit-scenes has the splits train and val, not {split!r}")
+        try:
+            check_scene_options(size, max_digits, digit_size)
+        except ValueError as e:
+            raise UserError(str(e)) from None
         self.split, self.n, self.size, self.seed = split, n, size, seed
+        self.max_digits, self.digit_size = max_digits, digit_size
         self.masks, self.transform = masks, transform
         self.classes = [BACKGROUND, *DIGIT_CLASSES]
         self._coco: Any = None
@@ -228,7 +235,10 @@ class DigitScenes(_Detection):
     def _scene(self, i: int) -> tuple[np.ndarray, list[Any]]:
         from .digit_scenes import digit_scene
 
-        return digit_scene(i, split=self.split, seed=self.seed, size=self.size)
+        return digit_scene(
+            i, split=self.split, seed=self.seed, size=self.size, max_digits=self.max_digits,
+            digit_size=self.digit_size,
+        )  # fmt: skip
 
     def __getitem__(self, i: int) -> tuple[Any, dict[str, Any]]:
         image, instances = self._scene(i)
@@ -286,7 +296,14 @@ def digit_scenes(cfg: DataConfig, split: str, *, train: bool, masks: bool) -> Di
     n = int(cfg.scenes[0] if split == "train" else cfg.scenes[1])
     transform = detection_transform(train, cfg.hflip)
     size = int(cfg.scene_size)
-    return DigitScenes(split, n, size=size, seed=cfg.split_seed, masks=masks, transform=transform)
+    return DigitScenes(
+        split, n, size=size, seed=cfg.split_seed, masks=masks, transform=transform,
+        max_digits=int(cfg.scene_digits), digit_size=_pair(cfg.digit_size),
+    )  # fmt: skip
+
+
+def _pair(v: Any) -> tuple[int, int] | None:
+    return None if v is None else (int(v[0]), int(v[1]))
 
 
 def build_detection_dataset(cfg: DataConfig, split: str, *, train: bool, masks: bool = True) -> _Detection:

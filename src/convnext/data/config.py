@@ -82,3 +82,5 @@ class DataConfig:
     reduce_zero_label: bool | None = None  # label 0 ignored, k -> k - 1; None: the dataset's (ade20k: true)
     scenes: tuple[int, int] = (2000, 200)  # digit-scenes datasets: train and val scene counts
     scene_size: int = 64  # digit-scenes datasets: the scenes' side in pixels
+    scene_digits: int = 4  # digit-scenes datasets: 1 to this many digits per scene
+    digit_size: tuple[int, int] | None = None  # digit-scenes: digits' sides in px (None: 22-56 per 128)

@@ -50,11 +50,19 @@ def _upscale(img: np.ndarray, size: int) -> np.ndarray:
 
 
 def digit_scene(
-    index: int, *, split: str = "train", seed: int = 0, size: int = 128, max_digits: int = 4
+    index: int,
+    *,
+    split: str = "train",
+    seed: int = 0,
+    size: int = 128,
+    max_digits: int = 4,
+    digit_size: tuple[int, int] | None = None,
 ) -> tuple[np.ndarray, list[Instance]]:
-    """Scene ``index`` of ``split``: (uint8 H x W x 3 image, its digits). 1..max_digits digits of 22-56 px
-    (scaled to ``size``), apart from each other, each in its own colour on a smooth two-colour background
-    with a little noise; a digit's mask is its ink above half intensity."""
+    """Scene ``index`` of ``split``: (uint8 H x W x 3 image, its digits). 1..max_digits digits whose side is
+    drawn in ``digit_size`` (default 22-56 px scaled to ``size``), apart from each other, each in its own
+    colour on a smooth two-colour background with a little noise; a digit's mask is its ink above half
+    intensity."""
+    check_scene_options(size, max_digits, digit_size)
     if split not in ("train", "val"):
         raise ValueError(f"split must be train or val, got {split!r}")
     images, labels = _digits()
@@ -69,7 +77,7 @@ def digit_scene(
     canvas += rng.normal(0, 0.03, (h, w, 3)).astype(np.float32)
     taken = np.zeros((h, w), bool)
     out: list[Instance] = []
-    lo, hi = max(8, round(22 * size / 128)), max(10, round(56 * size / 128))
+    lo, hi = digit_size or (max(8, round(22 * size / 128)), max(10, round(56 * size / 128)))
     for _ in range(int(rng.integers(1, max_digits + 1))):
         k = int(pool[rng.integers(len(pool))])
         s = int(rng.integers(lo, hi + 1))
@@ -96,6 +104,21 @@ def digit_scene(
         out.append(Instance(int(labels[k]), box, mask))
     image = (np.clip(canvas, 0, 1) * 255 + 0.5).astype(np.uint8)
     return image, out
+
+
+def check_scene_options(size: int, max_digits: int, digit_size: tuple[int, int] | None) -> None:
+    """One sentence naming the option when the scenes cannot be drawn."""
+    if size < 16:
+        raise ValueError(f"data.scene_size={size}: a scene needs at least 16 px")
+    if max_digits < 1:
+        raise ValueError(f"data.scene_digits={max_digits}: a scene holds at least one digit")
+    if digit_size is not None:
+        lo, hi = digit_size
+        if not 8 <= lo <= hi <= size:
+            raise ValueError(
+                f"data.digit_size={[lo, hi]}: the digits' side must lie in 8..data.scene_size ({size}) px, "
+                "smallest first"
+            )
 
 
 def label_map(instances: list[Instance], size: tuple[int, int], background: int = 0) -> np.ndarray:

@@ -226,10 +226,17 @@ class DigitScenesSeg(Dataset):
         seed: int = 0,
         transform: JointTransform | None = None,
         thicken: bool = True,
+        max_digits: int = 4,
+        digit_size: tuple[int, int] | None = None,
     ) -> None:
-        from .digit_scenes import DIGIT_CLASSES
+        from .digit_scenes import DIGIT_CLASSES, check_scene_options
 
+        try:
+            check_scene_options(size, max_digits, digit_size)
+        except ValueError as e:
+            raise UserError(str(e)) from None
         self.split, self.n, self.size, self.seed, self.transform = split, n, size, seed, transform
+        self.max_digits, self.digit_size = max_digits, digit_size
         self.thicken = thicken
         self.classes = ["background", *DIGIT_CLASSES]
         self.skipped: list[tuple[str, str]] = []
@@ -243,7 +250,10 @@ class DigitScenesSeg(Dataset):
     def raw(self, index: int) -> tuple[Tensor, Tensor]:
         from .digit_scenes import digit_scene, label_map
 
-        image, instances = digit_scene(index, split=self.split, seed=self.seed, size=self.size)
+        image, instances = digit_scene(
+            index, split=self.split, seed=self.seed, size=self.size, max_digits=self.max_digits,
+            digit_size=self.digit_size,
+        )  # fmt: skip
         mask = torch.from_numpy(label_map(instances, image.shape[:2])).long()
         if self.thicken:  # each digit's label over its ink and a 1 px rim: strokes a stride-4 head resolves
             grown = torch.nn.functional.max_pool2d(mask[None, None].float(), 3, 1, 1)[0, 0].long()
@@ -262,7 +272,11 @@ def digit_scenes_seg(
     if split not in ("train", "val"):
         raise UserError(f"split {split!r} does not exist in digit-scenes-seg; use train or val")
     n = int(cfg.scenes[0] if split == "train" else cfg.scenes[1])
-    return DigitScenesSeg(split, n, int(cfg.scene_size), cfg.split_seed, transform)
+    size = None if cfg.digit_size is None else (int(cfg.digit_size[0]), int(cfg.digit_size[1]))
+    return DigitScenesSeg(
+        split, n, int(cfg.scene_size), cfg.split_seed, transform, max_digits=int(cfg.scene_digits),
+        digit_size=size,
+    )  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------- transforms
