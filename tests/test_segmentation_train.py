@@ -113,6 +113,34 @@ def test_evaluate_a_run_folder_repeats_its_best_epoch(straight: Path, tmp_path: 
         assert got[key] == pytest.approx(record[mine], abs=1e-3), key
 
 
+def test_exported_run_evaluates_on_its_data_and_int8_calibrates_on_it(straight: Path, tmp_path: Path) -> None:
+    """A segmentation run exported (ONNX, its fixed square) evaluates on the run's own val split with the
+    PyTorch model's counts; int8's calibration sample is the run's training scenes as the graph takes them
+    (before: both looked for an image folder and stopped)."""
+    pytest.importorskip("onnxruntime")
+    from torchvision.transforms.v2.functional import resize
+
+    from convnext.data.segmentation import DigitScenesSeg, normalize
+    from convnext.export import export_model
+    from convnext.export.calibration import load_calibration
+    from convnext.inference.dense import loaded_for_export
+    from convnext.inference.segmentation_eval import evaluate_segmentation_weights
+
+    res = export_model(str(straight), out=tmp_path / "seg.onnx", img_size=32)
+    exported = evaluate_segmentation_weights(str(res.path), workers=0)
+    torch_ev = evaluate_segmentation_weights(str(straight), workers=0)
+    assert exported.data.dataset == "digit-scenes-seg" and exported.metrics["n"] == 8
+    hist, ref = exported.metrics["hist"], torch_ev.metrics["hist"]
+    assert float((hist - ref).abs().sum()) <= 0.01 * float(ref.sum())  # argmax ties may flip a pixel
+    loaded = loaded_for_export(str(straight), None, 32)
+    calib = load_calibration(None, loaded.data, run_data=True, where=str(straight), limit=5)
+    assert calib.images.shape == (5, 3, 32, 32) and "digit-scenes-seg" in calib.source
+    scenes = DigitScenesSeg("train", 32, 32, max_digits=4)
+    want = {normalize(resize(scenes.raw(i)[0], [32, 32], antialias=True), loaded.data.mean, loaded.data.std)
+            .sum().item() for i in range(32)}  # fmt: skip
+    assert all(any(abs(img.sum().item() - w) < 1e-3 for w in want) for img in calib.images)
+
+
 @pytest.mark.parametrize("workers", [0, 2])
 def test_preempted_mid_epoch_then_resumed_equals_straight(
     straight: Path, tmp_path: Path, workers: int

@@ -8,6 +8,7 @@ when deployed.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -63,13 +64,33 @@ def from_folder(root: Path, data: DataConfig, limit: int = DEFAULT_SIZE, seed: i
     return Calibration(torch.stack(images), f"{len(images)} images from {root}", sorted(skipped))
 
 
+def _segmentation_input(
+    data: DataConfig,
+) -> Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, None]]:
+    """A segmentation sample (uint8 image, mask) as an exported UperNet's input: the image resized to its
+    fixed square and normalised, as ``predict`` feeds the graph (inference/dense.py ``seg_input``)."""
+    from torchvision.transforms.v2.functional import resize
+
+    from ..data.segmentation import normalize
+
+    def transform(img: torch.Tensor, _mask: torch.Tensor) -> tuple[torch.Tensor, None]:
+        size = [data.img_size, data.img_size]
+        return normalize(resize(img, size, antialias=True), data.mean, data.std), None
+
+    return transform
+
+
 def from_dataset(data: DataConfig, where: str, limit: int = DEFAULT_SIZE, seed: int = 0) -> Calibration:
-    """A seeded sample of the training split a run was trained on (eval transform, no augmentation)."""
+    """A seeded sample of the training split a run was trained on (eval transform, no augmentation; a
+    segmentation run's images as its exported graph takes them)."""
     from ..data import build_dataset
+    from ..data.catalog import find_dataset
     from ..data.transforms import build_eval_transform
 
     split = data.train_split
-    ds = build_dataset(data, split, build_eval_transform(data))  # names the files it skips, as in training
+    segmentation = find_dataset(data.dataset).task == "segmentation"
+    transform = _segmentation_input(data) if segmentation else build_eval_transform(data)
+    ds = build_dataset(data, split, transform)  # names the files it skips, as in training
     n = len(ds)  # type: ignore[arg-type]
     idx = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:limit].tolist()
     images = torch.stack([ds[i][0] for i in idx])

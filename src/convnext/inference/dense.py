@@ -371,6 +371,26 @@ def segment(dense: DenseModel, img: Tensor) -> Tensor:
     return logits[0].argmax(0)
 
 
+class ExportedSegmenter(nn.Module):
+    """An exported UperNet (fixed square input) as a module of any input size, for the evaluation loop: the
+    normalised batch resized to the graph's square (bilinear), its logits resized back. An image already at
+    the square (the export's own test scale) goes through untouched."""
+
+    def __init__(self, runner: Any, size: int) -> None:
+        super().__init__()
+        self.runner, self.size = runner, int(size)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h, w = x.shape[-2:]
+        square = (h, w) == (self.size, self.size)
+        if not square:
+            x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False)
+        logits = self.runner.forward(x.float().cpu())
+        if not square:
+            logits = F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)
+        return logits
+
+
 def detect(dense: DenseModel, img: Tensor, threshold: float) -> list[Detection]:
     """Detections scoring at least ``threshold``, best first, in the image's pixels."""
     with torch.inference_mode():
@@ -640,14 +660,18 @@ def loaded_for_export(weights: str | None, model_name: str | None, img_size: int
     info = getattr(dense.model, "pretrained_info", None) or CheckpointInfo(
         source=dense.source, path=dense.source, format="random", num_classes=dense.num_classes
     )
-    data = DataConfig()
-    data.img_size, data.crop_pct, data.mean, data.std = dense.img_size, 1.0, dense.mean, dense.std
-    data.interpolation = "bilinear"  # what seg_input resizes with (mmseg's), and torchvision's detectors
     run_dir = None
     if weights and Path(str(weights)).expanduser().is_dir():
         from ..weights.fetch import is_run_dir
 
         run_dir = Path(str(weights)).expanduser() if is_run_dir(Path(str(weights)).expanduser()) else None
+    data = DataConfig()
+    if run_dir is not None:  # the run's dataset (int8 calibrates on it), this model's preprocessing below
+        from ..recipe import config_from_dict, read_yaml
+
+        data = config_from_dict(read_yaml(run_dir / "config.yaml"), check_paths=False).data
+    data.img_size, data.crop_pct, data.mean, data.std = dense.img_size, 1.0, dense.mean, dense.std
+    data.interpolation = "bilinear"  # what seg_input resizes with (mmseg's), and torchvision's detectors
     names = info.class_names if info.class_names and len(info.class_names) == dense.num_classes else None
     return Loaded(dense.model, dense.arch, dense.num_classes, names, data, dense.source, run_dir, info)
 

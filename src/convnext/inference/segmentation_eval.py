@@ -94,10 +94,22 @@ class SegEvaluation:
 
 
 def _run_data(weights: str) -> DataConfig | None:
-    """A training run's data settings (its recipe), when ``weights`` is a run folder or its checkpoint."""
+    """A training run's data settings (its recipe), when ``weights`` is a run folder or its checkpoint, or
+    a file exported from one (its run folder's, else the dataset its metadata recorded)."""
     from ..recipe import config_from_dict, read_yaml, rebase_paths
+    from ..runtimes import exported_meta, is_exported
     from ..weights.fetch import is_run_dir
 
+    if is_exported(weights):
+        doc = exported_meta(weights) or {}
+        if not doc.get("dataset"):
+            return None
+        run_dir = doc.get("run_dir")
+        if run_dir and Path(run_dir).is_dir() and is_run_dir(Path(run_dir)):
+            return _run_data(run_dir)
+        from ..runtimes.base import data_from_dict
+
+        return data_from_dict(doc.get("data"))
     p = Path(str(weights)).expanduser()
     run = p if p.is_dir() and is_run_dir(p) else None
     if run is None and p.is_file() and p.parent.name == "checkpoints" and is_run_dir(p.parent.parent):
@@ -181,7 +193,9 @@ def evaluate_segmentation_weights(
     from ..data.segmentation import SegEvalTransform, list_collate
     from ..device import amp_dtype, resolve_device
     from ..evaluation.segmentation_loop import evaluate_segmentation
-    from .dense import load_dense
+    from .dense import ExportedSegmenter, load_dense
+
+    cpu = torch.device("cpu")
 
     want = resolve_device(device)
     _, world, local_rank = dist.init_distributed(want.type)
@@ -190,8 +204,15 @@ def evaluate_segmentation_weights(
     ratios = parse_scales(scales) or (1.0,)
     try:
         dense = load_dense(weights, model, device=dev)
-        if dense.task != "segmentation" or dense.model is None:
-            raise UserError(f"{weights} is not a PyTorch segmentation model")
+        if dense.task != "segmentation":
+            raise UserError(f"{weights} is not a segmentation model")
+        net = dense.model
+        if net is None:  # an exported UperNet (ONNX / OpenVINO): its fixed square, on the CPU
+            net, dev, dtype = (
+                ExportedSegmenter(dense.runner, int(dense.fixed_size or dense.img_size)),
+                cpu,
+                None,
+            )
         cfg = _data_config(_run_data(weights), data, dataset, split, workers)
         if img_size is not None:
             cfg = dataclasses.replace(cfg, seg_scale=(4 * int(img_size), int(img_size)))
@@ -209,7 +230,7 @@ def evaluate_segmentation_weights(
         crop = int(cfg.img_size)
         window = (crop, max(1, round(crop * 2 / 3))) if slide else None
         res = evaluate_segmentation(
-            dense.model,
+            net,
             loader,
             dev,
             dense.num_classes,

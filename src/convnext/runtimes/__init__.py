@@ -111,18 +111,25 @@ def runtime_for(path: str | os.PathLike) -> Runtime:
     return next((r for r in RUNTIMES if r.suffix and r.suffix == suffix), TORCH)
 
 
-def exported_arch(path: str | os.PathLike) -> str | None:
-    """The architecture an exported file's metadata names, read without compiling it (its runtime's
-    ``read_meta``); None when it names none or cannot be read."""
+def exported_meta(path: str | os.PathLike) -> dict[str, Any] | None:
+    """An exported file's convnext metadata as JSON data, read without compiling it (its runtime's
+    ``read_meta``); None when it has none or cannot be read."""
     import json
 
     runtime = runtime_for(path)
     reader = getattr(importlib.import_module(f"{__name__}.{runtime.module}"), "read_meta", None)
     try:
         raw = reader(str(path)) if reader is not None else None
-        return json.loads(raw).get("arch") if raw else None
+        doc = json.loads(raw) if raw else None
     except Exception:  # a broken file: its runner says why when it is opened
         return None
+    return doc if isinstance(doc, dict) else None
+
+
+def exported_arch(path: str | os.PathLike) -> str | None:
+    """The architecture an exported file's metadata names; None when it names none or cannot be read."""
+    doc = exported_meta(path)
+    return doc.get("arch") if doc else None
 
 
 def is_exported(path: str | os.PathLike) -> bool:
