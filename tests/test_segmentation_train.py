@@ -113,6 +113,18 @@ def test_evaluate_a_run_folder_repeats_its_best_epoch(straight: Path, tmp_path: 
         assert got[key] == pytest.approx(record[mine], abs=1e-3), key
 
 
+def test_predict_and_export_of_a_run_take_its_test_scale(straight: Path) -> None:
+    """predict / serve / export of a run folder resize images as the run was evaluated (the short side of its
+    data.seg_scale, here 32 px), not at ADE20K's 512 (before: a 64 px scene was read at 512 px, its digits
+    eight times the size the model learned, and came out all background)."""
+    from convnext.inference.dense import load_dense, loaded_for_export
+
+    dense = load_dense(str(straight))
+    assert dense.img_size == 32 and dense.mean == pytest.approx((0.485, 0.456, 0.406))
+    assert load_dense(str(straight), img_size=48).img_size == 48  # --img-size still wins
+    assert loaded_for_export(str(straight), None, None).data.img_size == 32
+
+
 def test_exported_run_evaluates_on_its_data_and_int8_calibrates_on_it(straight: Path, tmp_path: Path) -> None:
     """A segmentation run exported (ONNX, its fixed square) evaluates on the run's own val split with the
     PyTorch model's counts; int8's calibration sample is the run's training scenes as the graph takes them

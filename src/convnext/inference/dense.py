@@ -149,6 +149,17 @@ def _run_arch(run_dir: Path) -> str | None:
     return _run_model(run_dir)[0]
 
 
+def run_data(run_dir: Path) -> DataConfig:
+    """A training run's data settings (its config.yaml's ``data``; defaults where it says nothing): its
+    dataset and its test scale."""
+    from ..recipe import read_yaml
+    from ..runtimes.base import data_from_dict
+
+    raw = read_yaml(run_dir / "config.yaml")
+    data = raw.get("data") if isinstance(raw, dict) else None
+    return data_from_dict(data if isinstance(data, dict) else None)
+
+
 def dense_task(weights: str | None, model_name: str | None) -> str | None:
     """``segmentation`` or ``detection`` when ``--model`` or the weights are a dense model's (model name,
     training run's recipe, exported file's metadata, a checkpoint's tensor names, a Hub repo's config), else
@@ -248,6 +259,7 @@ def load_dense(
     arch = model_name.partition(".")[0] if model_name else None
     src: str | dict | None = weights
     shown, options, run_names = str(weights or arch), {}, None
+    trained_on: DataConfig | None = None  # a run's data: its test scale and normalisation are the default
     p = Path(str(weights)).expanduser() if weights else None
     from ..weights.fetch import is_run_dir, run_checkpoint
 
@@ -256,6 +268,7 @@ def load_dense(
 
         held, options = _run_model(p)
         arch = arch or held
+        trained_on = run_data(p)
         ckpt = run_checkpoint(p)
         src, _ = read_file(ckpt)  # read once; the task's reader unwraps it in memory
         shown = str(ckpt)
@@ -280,6 +293,9 @@ def load_dense(
         if img_size is not None:
             t.min_size, t.max_size = (int(img_size),), int(round(img_size * 1333 / 800))
         size, mean, std = int(t.min_size[-1]), tuple(t.image_mean), tuple(t.image_std)
+    elif trained_on is not None:  # the run's test scale (mmseg's short side of data.seg_scale)
+        size = int(img_size or min(trained_on.seg_scale))
+        mean, std = tuple(trained_on.mean), tuple(trained_on.std)
     else:
         size, mean, std = int(img_size or DEFAULT_SEG_SIZE), IMAGENET_MEAN, IMAGENET_STD
     if size < model.reduction:
@@ -665,11 +681,7 @@ def loaded_for_export(weights: str | None, model_name: str | None, img_size: int
         from ..weights.fetch import is_run_dir
 
         run_dir = Path(str(weights)).expanduser() if is_run_dir(Path(str(weights)).expanduser()) else None
-    data = DataConfig()
-    if run_dir is not None:  # the run's dataset (int8 calibrates on it), this model's preprocessing below
-        from ..recipe import config_from_dict, read_yaml
-
-        data = config_from_dict(read_yaml(run_dir / "config.yaml"), check_paths=False).data
+    data = run_data(run_dir) if run_dir is not None else DataConfig()  # int8 calibrates on a run's data
     data.img_size, data.crop_pct, data.mean, data.std = dense.img_size, 1.0, dense.mean, dense.std
     data.interpolation = "bilinear"  # what seg_input resizes with (mmseg's), and torchvision's detectors
     names = info.class_names if info.class_names and len(info.class_names) == dense.num_classes else None
