@@ -111,6 +111,11 @@ def test_evaluate_a_run_folder_repeats_its_best_epoch(straight: Path, tmp_path: 
     assert got["n"] == 8 and got["per_class"][0]["class"] == "background"
     for key, mine in (("mIoU", "val_miou"), ("mAcc", "val_macc"), ("aAcc", "val_aacc")):
         assert got[key] == pytest.approx(record[mine], abs=1e-3), key
+    # --ema: the EMA weights of that checkpoint, which the run evaluated too (before: --ema was ignored)
+    assert main(["evaluate", "--weights", str(straight), "--workers", "0", "--ema", "--json", str(out)]) == 0
+    got_ema = json.loads(out.read_text())
+    for key, mine in (("mIoU", "ema_val_miou"), ("mAcc", "ema_val_macc"), ("aAcc", "ema_val_aacc")):
+        assert got_ema[key] == pytest.approx(record[mine], abs=1e-3), key
 
 
 def test_predict_and_export_of_a_run_take_its_test_scale(straight: Path) -> None:

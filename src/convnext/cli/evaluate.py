@@ -158,6 +158,7 @@ def _run_segmentation(args: argparse.Namespace) -> int:
         flip=args.flip,
         slide=args.slide,
         reduce_zero_label=args.reduce_zero_label,
+        ema=args.ema,
         img_size=args.img_size,
         batch_size=args.batch_size or 1,  # images of many sizes: one at a time
         workers=args.workers,

@@ -229,13 +229,17 @@ def load_dense(
     *,
     img_size: int | None = None,
     device: torch.device | str = "cpu",
+    ema: bool | None = None,
 ) -> DenseModel:
     """Build and load a dense model from anything ``--weights`` takes (``create_model``'s sources, a run
-    folder, an exported UperNet); no weights and a ``--model`` name: random weights, for a try-out."""
+    folder, an exported UperNet); no weights and a ``--model`` name: random weights, for a try-out.
+    ``ema`` (a training run's checkpoint only): its EMA weights; None: those its best was ranked by."""
     from ..messages import note
 
     device = torch.device(device)
     if weights and is_exported(weights):
+        if ema:
+            raise UserError(f"--ema: {weights} is an exported model (it holds one set of weights)")
         from ..runtimes.base import open_exported
 
         runner = open_exported(str(weights), device=str(device))
@@ -273,6 +277,12 @@ def load_dense(
         src, _ = read_file(ckpt)  # read once; the task's reader unwraps it in memory
         shown = str(ckpt)
         run_names = src.get("class_names") if isinstance(src, dict) else None
+        from ..weights.containers import unwrap
+
+        src, held_ema = unwrap(src, shown, ema=ema)  # the model's or the EMA's weights, as asked
+        shown += ", EMA" if held_ema["ema"] else ""
+    elif ema:
+        raise UserError(f"--ema: {weights} is not a training run (it holds one set of weights)")
     elif arch is None and weights:
         arch = _arch_of(str(weights))
     task = task_of_arch(arch)

@@ -183,6 +183,7 @@ def evaluate_segmentation_weights(
     device: str = "auto",
     amp: str | None = None,
     progress: bool = False,
+    ema: bool | None = None,
 ) -> SegEvaluation:
     """Load ``weights`` (a segmentation model) and evaluate it on ``data`` or the run's validation split.
     ``img_size``: the test scale's short side (the long side four times it, as mmseg's (2048, 512)),
@@ -203,7 +204,7 @@ def evaluate_segmentation_weights(
     dtype = amp_dtype(amp, dev)
     ratios = parse_scales(scales) or (1.0,)
     try:
-        dense = load_dense(weights, model, device=dev)
+        dense = load_dense(weights, model, device=dev, ema=ema)
         if dense.task != "segmentation":
             raise UserError(f"{weights} is not a segmentation model")
         net = dense.model
