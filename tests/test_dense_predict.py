@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from conftest import IMAGENET_SAMPLE
 
+from convnext.errors import UserError
 from convnext.hub import create_model
 
 BIN = Path(sys.executable).parent
@@ -229,6 +230,8 @@ def test_a_training_run_folder_gives_its_model_options_and_class_names(tmp_path:
     from convnext.data.images import load_image
 
     assert torch.equal(pred.label_map, reference_segmentation(model, load_image(str(picture)), 64))
+    with pytest.raises(UserError, match=r"last.pth has no EMA weights"):  # --ema of predict / serve
+        load_dense(str(run), img_size=64, ema=True)
 
 
 @pytest.mark.slow  # transformers' import and model: ~15 s on the shared host; CI has the mmseg-layout tests

@@ -180,7 +180,9 @@ def _run_dense(args: argparse.Namespace) -> int:
         raise UserError(f"--score-threshold must be between 0 and 1, got {args.score_threshold:g}")
     if args.label_map and not args.out:
         raise UserError("--label-map needs --out OUTDIR (where the label maps go)")
-    dense = load_dense(args.weights, args.model, img_size=args.img_size, device=resolve_device(args.device))
+    dense = load_dense(
+        args.weights, args.model, img_size=args.img_size, device=resolve_device(args.device), ema=args.ema
+    )
     paths = expand_inputs(args.inputs)
     if not paths:
         raise UserError(f"no images found in {' '.join(args.inputs)}")

@@ -63,7 +63,7 @@ def load_runner(
         from ..inference.dense import DenseRunner, load_dense
 
         resolve_backend(backend, weights or "")
-        dense = load_dense(weights, model_name, img_size=img_size, device=resolve_device(device))
+        dense = load_dense(weights, model_name, img_size=img_size, device=resolve_device(device), ema=ema)
         if class_names is not None and len(class_names) == dense.num_classes:
             dense.names = list(class_names)
         runner = DenseRunner(dense)
