@@ -215,14 +215,10 @@ class DigitScenes(_Detection):
         max_digits: int = 4,
         digit_size: tuple[int, int] | None = None,
     ) -> None:
-        from .digit_scenes import DIGIT_CLASSES, check_scene_options
+        from .digit_scenes import DIGIT_CLASSES
 
         if split not in ("train", "val"):
             raise UserError(f"digit-scenes has the splits train and val, not {split!r}")
-        try:
-            check_scene_options(size, max_digits, digit_size)
-        except ValueError as e:
-            raise UserError(str(e)) from None
         self.split, self.n, self.size, self.seed = split, n, size, seed
         self.max_digits, self.digit_size = max_digits, digit_size
         self.masks, self.transform = masks, transform
@@ -294,16 +290,12 @@ def digit_scenes(cfg: DataConfig, split: str, *, train: bool, masks: bool) -> Di
     """The catalog's ``digit-scenes``: ``data.scenes`` (train, val) scenes of ``data.scene_size`` px,
     seeded by ``data.split_seed``."""
     n = int(cfg.scenes[0] if split == "train" else cfg.scenes[1])
+    from .digit_scenes import scene_options
+
     transform = detection_transform(train, cfg.hflip)
-    size = int(cfg.scene_size)
     return DigitScenes(
-        split, n, size=size, seed=cfg.split_seed, masks=masks, transform=transform,
-        max_digits=int(cfg.scene_digits), digit_size=_pair(cfg.digit_size),
+        split, n, seed=cfg.split_seed, masks=masks, transform=transform, **scene_options(cfg)
     )  # fmt: skip
-
-
-def _pair(v: Any) -> tuple[int, int] | None:
-    return None if v is None else (int(v[0]), int(v[1]))
 
 
 def build_detection_dataset(cfg: DataConfig, split: str, *, train: bool, masks: bool = True) -> _Detection:

@@ -11,9 +11,15 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+
+from ..errors import UserError
+
+if TYPE_CHECKING:
+    from .config import DataConfig
 
 #: the 10 digit classes, in label order
 DIGIT_CLASSES = tuple(str(d) for d in range(10))
@@ -62,7 +68,6 @@ def digit_scene(
     drawn in ``digit_size`` (default 22-56 px scaled to ``size``), apart from each other, each in its own
     colour on a smooth two-colour background with a little noise; a digit's mask is its ink above half
     intensity."""
-    check_scene_options(size, max_digits, digit_size)
     if split not in ("train", "val"):
         raise ValueError(f"split must be train or val, got {split!r}")
     images, labels = _digits()
@@ -106,19 +111,21 @@ def digit_scene(
     return image, out
 
 
-def check_scene_options(size: int, max_digits: int, digit_size: tuple[int, int] | None) -> None:
-    """One sentence naming the option when the scenes cannot be drawn."""
+def scene_options(cfg: DataConfig) -> dict[str, Any]:
+    """``data.scene_size`` / ``scene_digits`` / ``digit_size`` as :func:`digit_scene`'s keywords, for both
+    digit-scene readers (detection and segmentation); one sentence naming the key that cannot be drawn."""
+    size, max_digits = int(cfg.scene_size), int(cfg.scene_digits)
+    digit_size = None if cfg.digit_size is None else (int(cfg.digit_size[0]), int(cfg.digit_size[1]))
     if size < 16:
-        raise ValueError(f"data.scene_size={size}: a scene needs at least 16 px")
+        raise UserError(f"data.scene_size={size}: a scene needs at least 16 px")
     if max_digits < 1:
-        raise ValueError(f"data.scene_digits={max_digits}: a scene holds at least one digit")
-    if digit_size is not None:
-        lo, hi = digit_size
-        if not 8 <= lo <= hi <= size:
-            raise ValueError(
-                f"data.digit_size={[lo, hi]}: the digits' side must lie in 8..data.scene_size ({size}) px, "
-                "smallest first"
-            )
+        raise UserError(f"data.scene_digits={max_digits}: a scene holds at least one digit")
+    if digit_size is not None and not 8 <= digit_size[0] <= digit_size[1] <= size:
+        raise UserError(
+            f"data.digit_size={list(digit_size)}: the digits' side must lie in 8..data.scene_size ({size}) "
+            "px, smallest first"
+        )
+    return {"size": size, "max_digits": max_digits, "digit_size": digit_size}
 
 
 def label_map(instances: list[Instance], size: tuple[int, int], background: int = 0) -> np.ndarray:

@@ -229,12 +229,8 @@ class DigitScenesSeg(Dataset):
         max_digits: int = 4,
         digit_size: tuple[int, int] | None = None,
     ) -> None:
-        from .digit_scenes import DIGIT_CLASSES, check_scene_options
+        from .digit_scenes import DIGIT_CLASSES
 
-        try:
-            check_scene_options(size, max_digits, digit_size)
-        except ValueError as e:
-            raise UserError(str(e)) from None
         self.split, self.n, self.size, self.seed, self.transform = split, n, size, seed, transform
         self.max_digits, self.digit_size = max_digits, digit_size
         self.thicken = thicken
@@ -271,12 +267,11 @@ def digit_scenes_seg(
     """Digit scenes for segmentation, built in: ``data.scenes`` (train, val) scenes of ``data.scene_size``."""
     if split not in ("train", "val"):
         raise UserError(f"split {split!r} does not exist in digit-scenes-seg; use train or val")
+    from .digit_scenes import scene_options
+
     n = int(cfg.scenes[0] if split == "train" else cfg.scenes[1])
-    size = None if cfg.digit_size is None else (int(cfg.digit_size[0]), int(cfg.digit_size[1]))
-    return DigitScenesSeg(
-        split, n, int(cfg.scene_size), cfg.split_seed, transform, max_digits=int(cfg.scene_digits),
-        digit_size=size,
-    )  # fmt: skip
+    opts = scene_options(cfg)
+    return DigitScenesSeg(split, n, opts.pop("size"), cfg.split_seed, transform, **opts)
 
 
 # ------------------------------------------------------------------------------------------- transforms

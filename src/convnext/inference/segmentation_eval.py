@@ -196,8 +196,6 @@ def evaluate_segmentation_weights(
     from ..evaluation.segmentation_loop import evaluate_segmentation
     from .dense import ExportedSegmenter, load_dense
 
-    cpu = torch.device("cpu")
-
     want = resolve_device(device)
     _, world, local_rank = dist.init_distributed(want.type)
     dev = torch.device("cuda", local_rank) if want.type == "cuda" and world > 1 else want
@@ -211,7 +209,7 @@ def evaluate_segmentation_weights(
         if net is None:  # an exported UperNet (ONNX / OpenVINO): its fixed square, on the CPU
             net, dev, dtype = (
                 ExportedSegmenter(dense.runner, int(dense.fixed_size or dense.img_size)),
-                cpu,
+                torch.device("cpu"),
                 None,
             )
         cfg = _data_config(_run_data(weights), data, dataset, split, workers)
